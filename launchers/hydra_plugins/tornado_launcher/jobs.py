@@ -1,0 +1,297 @@
+"""What both launchers share: each job's config, folder, resources and command; skip on resume; failure records."""
+
+import datetime as _dt
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from tornado.errors import TornadoError
+from tornado.records import config_hash, flatten, read_result, task_container, write_json
+
+log = logging.getLogger(__name__)
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# hydra.* command-line overrides that belong to the sweep, not to one job's single run.
+_SWEEP_ONLY = ("hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher", "hydra/launcher",
+               "hydra.run", "hydra.mode", "hydra.job.id", "hydra.job.num")
+
+
+class JobFailed(Exception):
+    """The return value of a failed job, for sweepers that look at it."""
+
+
+@dataclass
+class Job:
+    num: int
+    overrides: List[str]
+    cfg: DictConfig  # the composed config, hydra node included
+    dir: Path
+    gpus: int = 0  # GPUs the job needs
+    procs: int = 1  # training processes (DDP ranks)
+    threads: Optional[int] = None  # torch threads per process
+    cost: float = 1.0  # estimated, for the static schedule
+    config_hash: str = ""
+    status: str = "pending"  # pending | running | ok | failed | skipped
+    error: Optional[str] = None
+    start: Optional[float] = None
+    end: Optional[float] = None
+    worker: Optional[int] = None
+    devices: List[str] = field(default_factory=list)
+    slurm_id: Optional[str] = None
+    result: Optional[dict] = None
+
+    @property
+    def label(self) -> str:
+        return f"job {self.num} [{' '.join(filter_overrides(self.overrides))}]"
+
+
+def job_module(configured: Optional[str]) -> str:
+    """The module each job runs as `python -m`: the configured one, else the one that started this sweep."""
+    if configured:
+        return configured
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    if spec is not None and spec.name:
+        return spec.name.removesuffix(".__main__")
+    raise TornadoError("hydra.launcher.module: not set and the sweep was not started with `python -m`; "
+                       "set it, e.g. hydra.launcher.module=tornado.train")
+
+
+def compose_jobs(hydra_context: Any, config: DictConfig, job_overrides: Sequence[Sequence[str]],
+                 initial_job_idx: int) -> List[Job]:
+    """Compose every job's config as Hydra's basic launcher does, and find its output folder."""
+    sweep_dir = Path(str(config.hydra.sweep.dir)).absolute()
+    jobs = []
+    for i, overrides in enumerate(job_overrides):
+        num = initial_job_idx + i
+        cfg = hydra_context.config_loader.load_sweep_config(config, list(overrides))
+        with open_dict(cfg):
+            cfg.hydra.job.id = num
+            cfg.hydra.job.num = num
+        HydraConfig.instance().set_config(cfg)
+        jobs.append(Job(num=num, overrides=list(overrides), cfg=cfg, dir=sweep_dir / str(cfg.hydra.sweep.subdir)))
+    HydraConfig.instance().set_config(config)
+    return jobs
+
+
+def gpu_request(cfg: DictConfig) -> tuple[Any, bool]:
+    """(the job's `gpus` value, whether trainer.accelerator=cpu forces CPU processes)."""
+    gpus = cfg.get("gpus", 0)
+    accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto") or "auto").lower()
+    return gpus, accelerator == "cpu"
+
+
+def as_count(gpus: Any, where: str) -> int:
+    try:
+        n = int(gpus)
+    except (TypeError, ValueError):
+        raise TornadoError(f"{where}: gpus={gpus!r} is not a number or auto") from None
+    if n < 0:
+        raise TornadoError(f"{where}: gpus={n} is negative")
+    return n
+
+
+def set_override(job: Job, key: str, value: Any) -> None:
+    """Set a config key in the composed config and in the job's overrides (so the job composes the same)."""
+    job.overrides = [o for o in job.overrides if o.lstrip("+~").split("=", 1)[0] != key]
+    job.overrides.append(f"{key}={value}")
+    with open_dict(job.cfg):
+        OmegaConf.update(job.cfg, key, value, merge=False)
+
+
+def assign_threads(job: Job, per_job: Optional[int]) -> None:
+    """Threads per process: the job's own `threads` if set, else its share of `per_job` (passed as threads=N)."""
+    own = job.cfg.get("threads") if "threads" in job.cfg else None
+    if own is not None:
+        job.threads = int(own)
+    elif per_job:
+        job.threads = max(1, per_job // job.procs)
+        if "threads" in job.cfg:
+            set_override(job, "threads", job.threads)
+
+
+def check_resume(job: Job) -> None:
+    """Hash the job's config; mark it skipped if its folder already holds an ok result of the same config.
+
+    A folder holding a result of another config (the grid changed) is moved aside, so the job
+    never resumes from someone else's checkpoint.
+    """
+    HydraConfig.instance().set_config(job.cfg)
+    job.config_hash = config_hash(job.cfg)
+    old = read_result(job.dir)
+    if old is None:
+        return
+    if old.get("config_hash") == job.config_hash:
+        if old.get("status") == "ok":
+            job.status, job.result = "skipped", old
+        return
+    stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    aside = job.dir.parent / ".replaced" / f"{job.dir.name}-{stamp}-{os.getpid()}"
+    aside.parent.mkdir(parents=True, exist_ok=True)
+    job.dir.rename(aside)
+    log.warning(f"{job.label}: {job.dir} held another config's run; moved to {aside}")
+
+
+def job_cost(cfg: DictConfig, batch_overhead: float) -> float:
+    """Estimated cost ~ epochs * data_multiplier * (1 + c / batch_size): samples seen, plus per-step overhead."""
+    def num(key: str, default: float) -> float:
+        try:
+            return float(cfg.get(key, default))
+        except (TypeError, ValueError):
+            return default
+    return num("epochs", 1) * num("data_multiplier", 1) * (1.0 + batch_overhead / max(num("batch_size", 128), 1.0))
+
+
+def _quote(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def passthrough_overrides(config: DictConfig) -> List[str]:
+    """The user's hydra.* overrides that make sense for one job's single run."""
+    out = []
+    for o in config.hydra.overrides.hydra:
+        key = str(o).lstrip("+~").split("=", 1)[0]
+        if not key.startswith(_SWEEP_ONLY):
+            out.append(str(o))
+    return out
+
+
+def job_args(module: str, job: Job, passthrough: Sequence[str]) -> List[str]:
+    """Arguments after the Python executable: `-m module overrides... hydra.run.dir=JOB_DIR`."""
+    return ["-m", module, *job.overrides, *passthrough, f"hydra.run.dir={_quote(str(job.dir))}"]
+
+
+def _tail(path: Path, limit: int = 300) -> str:
+    """The last non-empty line of a log, shortened: usually the exception that ended the job."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:limit] if lines else ""
+
+
+def describe_exit(rc: Optional[int], log_path: Optional[Path] = None) -> str:
+    if rc is None:
+        text = "no exit code"
+    elif rc < 0:
+        try:
+            name = signal.Signals(-rc).name
+        except ValueError:
+            name = f"signal {-rc}"
+        text = f"exit code {rc} (killed by {name}{', e.g. out of memory' if name == 'SIGKILL' else ''})"
+    else:
+        text = f"exit code {rc}"
+    tail = _tail(log_path) if log_path else ""
+    return f"{text}: {tail}" if tail else text
+
+
+def _iso(t: Optional[float]) -> Optional[str]:
+    return None if t is None else _dt.datetime.fromtimestamp(t).astimezone().isoformat(timespec="seconds")
+
+
+def settle(job: Job, rc: Optional[int], reason: Optional[str] = None) -> None:
+    """Decide a finished job's status from its exit code and result.json; record failures the job couldn't."""
+    res = read_result(job.dir)
+    if rc == 0 and reason is None and res and res.get("status") == "ok":
+        job.status, job.result = "ok", res
+        return
+    job.status = "failed"
+    own = res.get("error") if res and res.get("status") == "failed" else None
+    if own and not reason:
+        job.error, job.result = str(own), res
+        return
+    if reason:
+        job.error = f"{reason} ({own})" if own else reason
+    elif rc == 0:
+        job.error = f"exit code 0 but result.json {'says ' + repr(res.get('status')) if res else 'is missing'}"
+    else:
+        job.error = describe_exit(rc, job.dir / "stdout.log")
+    rec = dict(res or {})
+    rec.update(status="failed", error=job.error, config_hash=job.config_hash, overrides=list(job.overrides),
+               output_dir=str(job.dir), finished=_iso(job.end or time.time()), host=rec.get("host") or socket.gethostname())
+    rec.setdefault("started", _iso(job.start))
+    if not rec.get("hparams"):
+        rec["hparams"] = flatten(task_container(job.cfg))
+    write_json(job.dir / "result.json", rec)
+    job.result = rec
+
+
+def job_return(job: Job) -> JobReturn:
+    task_cfg = OmegaConf.create(task_container(job.cfg)) if job.status != "pending" else None
+    ret = JobReturn(overrides=list(job.overrides), cfg=task_cfg, hydra_cfg=OmegaConf.create({"hydra": job.cfg.hydra}),
+                    working_dir=str(job.dir), task_name=str(job.cfg.hydra.job.name))
+    if job.status == "failed":
+        ret.status, ret.return_value = JobStatus.FAILED, JobFailed(f"{job.label}: {job.error}")
+    else:
+        ret.status = JobStatus.COMPLETED
+        metric = job.cfg.get("optimize_metric")
+        metrics = (job.result or {}).get("metrics") or {}
+        ret.return_value = metrics.get(metric) if metric else None
+    return ret
+
+
+class Progress:
+    """One refreshed status line on a terminal; silent otherwise."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.on = enabled and sys.stderr.isatty()
+        self.shown = False
+
+    def show(self, text: str) -> None:
+        if self.on:
+            sys.stderr.write("\r\033[K" + text)
+            sys.stderr.flush()
+            self.shown = True
+
+    def close(self) -> None:
+        if self.shown:
+            sys.stderr.write("\r\033[K")
+            sys.stderr.flush()
+
+
+def counts(jobs: Sequence[Job]) -> dict[str, int]:
+    out = {k: 0 for k in ("ok", "failed", "skipped", "running", "pending")}
+    for j in jobs:
+        out[j.status] += 1
+    return out
+
+
+def finish(config: DictConfig, jobs: Sequence[Job], sweep_dir: Path) -> List[JobReturn]:
+    """Collect results.csv, print the summary, and fail the command if any job failed."""
+    from tornado.collect import collect
+
+    c = counts(jobs)
+    for j in jobs:
+        if j.status == "failed":
+            print(f"failed: {j.label}: {j.error} ({j.dir})", file=sys.stderr)
+    try:
+        collect(sweep_dir)
+        where = f"results: {sweep_dir / 'results.csv'}"
+    except TornadoError as e:
+        where = f"no results.csv ({e})"
+    print(f"sweep {sweep_dir}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped (already ok); {where}",
+          flush=True)
+    returns = [job_return(j) for j in jobs]
+    # Hydra's basic sweeper turns a failed job into a traceback; the summary above already says it all.
+    if c["failed"] and str(config.hydra.sweeper.get("_target_")) == BASIC_SWEEPER:
+        sys.stderr.flush()
+        raise SystemExit(1)
+    return returns
+
+
+def job_record(j: Job) -> dict:
+    return {"num": j.num, "dir": j.dir.name, "overrides": j.overrides, "status": j.status, "error": j.error,
+            "gpus": j.gpus, "procs": j.procs, "threads": j.threads, "cost": round(j.cost, 4),
+            "config_hash": j.config_hash,
+            "start": j.start, "end": j.end, "worker": j.worker, "devices": j.devices, "slurm_id": j.slurm_id}

@@ -1,0 +1,246 @@
+"""Local launcher: every job is its own single-run process, scheduled onto this machine's GPUs and cores."""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, configure_log, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig
+
+from tornado.errors import TornadoError, run_cli
+from tornado.records import write_json
+
+from .config import LocalLauncherConf
+from .jobs import (Job, Progress, as_count, assign_threads, check_resume, compose_jobs, counts, finish,
+                   gpu_request, job_args, job_cost, job_module, job_record, passthrough_overrides, settle)
+from .schedule import imbalance, partition
+
+log = logging.getLogger(__name__)
+
+
+def visible_gpus() -> List[str]:
+    """Ids of the GPUs this process may use, as CUDA_VISIBLE_DEVICES names them."""
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if env is not None and not env.strip():
+        return []
+    if not any(os.path.exists(d) for d in ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd")):
+        return []  # no GPU driver: skip importing torch
+    try:
+        import torch
+
+        n = torch.cuda.device_count()
+    except Exception:  # no usable CUDA at all
+        n = 0
+    if env:
+        return [x.strip() for x in env.split(",") if x.strip()][:n]
+    return [str(i) for i in range(n)]
+
+
+def _visible_note(configured: Optional[Sequence[str]]) -> str:
+    if configured is not None:
+        return "hydra.launcher.devices"
+    env = os.environ.get("CUDA_VISIBLE_DEVICES")
+    return "CUDA_VISIBLE_DEVICES unset" if env is None else f"CUDA_VISIBLE_DEVICES={env!r}"
+
+
+class _DevicePool:
+    """GPUs handed to jobs: a job needing g waits until g are free and gets exactly those."""
+
+    def __init__(self, ids: Sequence[str]) -> None:
+        self.order = {d: i for i, d in enumerate(ids)}
+        self.free = list(ids)
+        self.cond = threading.Condition()
+
+    def acquire(self, n: int, stop: threading.Event) -> Optional[List[str]]:
+        with self.cond:
+            while len(self.free) < n:
+                if stop.is_set():
+                    return None
+                self.cond.wait(0.5)
+            taken, self.free = self.free[:n], self.free[n:]
+            return taken
+
+    def release(self, ids: Sequence[str]) -> None:
+        with self.cond:
+            self.free = sorted(self.free + list(ids), key=self.order.__getitem__)
+            self.cond.notify_all()
+
+
+class TornadoLocalLauncher(Launcher):
+    def __init__(self, **params: Any) -> None:
+        self.p = LocalLauncherConf(**params)
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.task_function: Optional[TaskFunction] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return run_cli(lambda: self._launch(job_overrides, initial_job_idx))
+
+    # -- planning -------------------------------------------------------------------------------------
+    def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
+        p = self.p
+        if p.schedule not in ("dynamic", "static"):
+            raise TornadoError(f"hydra.launcher.schedule={p.schedule!r}: use dynamic or static")
+        module = job_module(p.module)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        jobs = compose_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)
+
+        requests = [gpu_request(j.cfg) for j in jobs]
+        may_use_gpus = any(not cpu and str(g) != "0" for g, cpu in requests)
+        devices = [str(d) for d in p.devices] if p.devices is not None else (visible_gpus() if may_use_gpus else [])
+        for job, (gpus, cpu) in zip(jobs, requests):
+            n = 1 if str(gpus) == "auto" and cpu else len(devices) if str(gpus) == "auto" else as_count(gpus, job.label)
+            job.gpus, job.procs = (0 if cpu else n), max(1, n)
+
+        cores = len(os.sched_getaffinity(0))
+        gpu_jobs = any(j.gpus for j in jobs)
+        max_parallel = p.max_parallel or (max(1, len(devices)) if gpu_jobs else max(1, cores // 4))
+        slots = (p.workers or max_parallel) if p.schedule == "static" else max_parallel
+        if slots < 1:
+            raise TornadoError(f"hydra.launcher: max_parallel/workers={slots} must be at least 1")
+        per_job = p.threads_per_job or max(1, cores // slots)
+        for job in jobs:
+            assign_threads(job, per_job)
+            job.cost = job_cost(job.cfg, p.cost_batch_overhead)
+            check_resume(job)
+        HydraConfig.instance().set_config(self.config)
+
+        todo = [j for j in jobs if j.status == "pending"]
+        for job in todo:
+            if job.gpus > len(devices):
+                g, s = job.gpus, "" if job.gpus == 1 else "s"
+                raise TornadoError(
+                    f"gpus={g} asks for {g} GPU{s} but {len(devices)} are visible ({_visible_note(p.devices)}): "
+                    f"{job.label}; add trainer.accelerator=cpu to run {g} CPU process{'' if g == 1 else 'es'} instead")
+        skipped = len(jobs) - len(todo)
+        log.info(f"Launching {len(todo)} jobs locally ({skipped} already ok): {p.schedule} schedule, {slots} at once, "
+                 f"{per_job} threads per job, GPUs {devices or 'none'}")
+
+        plan: Dict[str, Any] = {"launcher": "local", "schedule": p.schedule, "slots": slots, "cores": cores,
+                                "threads_per_job": per_job, "devices": devices, "skipped": skipped}
+        lists: Optional[List[List[Job]]] = None
+        if p.schedule == "static" and todo:
+            lists = [[todo[i] for i in idx] for idx in partition([j.cost for j in todo], slots)]
+            loads = [sum(j.cost for j in lst) for lst in lists]
+            plan["predicted_cost"] = loads
+            plan["predicted_imbalance"] = imbalance(loads)
+            log.info(f"Static split over {slots} workers: predicted cost {[round(x, 2) for x in loads]} "
+                     f"(imbalance {imbalance(loads):.1%})")
+
+        t0 = time.time()
+        if todo:
+            self._run(todo, sweep_dir, module, devices, slots, lists)
+        t1 = time.time()
+        busy = [sum(j.end - j.start for j in todo if j.worker == w and j.start and j.end) for w in range(slots)]
+        plan.update(started=t0, finished=t1, wall_s=t1 - t0, achieved_busy_s=busy, achieved_imbalance=imbalance(busy),
+                    jobs=[job_record(j) for j in jobs])
+        write_json(sweep_dir / "launcher.json", plan)
+        if lists is not None:
+            log.info(f"Static split achieved busy time per worker {[round(x, 1) for x in busy]} s "
+                     f"(imbalance {imbalance(busy):.1%}) in {t1 - t0:.1f} s")
+        return finish(self.config, jobs, sweep_dir)
+
+    # -- running --------------------------------------------------------------------------------------
+    def _run(self, todo: List[Job], sweep_dir: Path, module: str, devices: List[str], slots: int,
+             lists: Optional[List[List[Job]]]) -> None:
+        pool = _DevicePool(devices)
+        stop = threading.Event()
+        lock = threading.Lock()
+        running: Dict[int, subprocess.Popen] = {}
+        queue = deque(todo)
+        passthrough = passthrough_overrides(self.config)
+
+        def next_job(w: int) -> Optional[Job]:
+            with lock:
+                if stop.is_set():
+                    return None
+                if lists is not None:
+                    return lists[w].pop(0) if lists[w] else None
+                return queue.popleft() if queue else None
+
+        def work(w: int) -> None:
+            while (job := next_job(w)) is not None:
+                ids = pool.acquire(job.gpus, stop)
+                if ids is None:
+                    return
+                try:
+                    self._run_one(job, w, ids, sweep_dir, module, passthrough, running, lock, stop)
+                except Exception as e:  # keep the sweep going; the job records what happened
+                    job.end = time.time()
+                    settle(job, None, reason=f"launcher could not run it: {type(e).__name__}: {e}")
+                finally:
+                    pool.release(ids)
+                if job.status == "failed":
+                    log.warning(f"{job.label} failed: {job.error}")
+
+        workers = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(slots)]
+        for t in workers:
+            t.start()
+        progress = Progress(self.p.progress)
+        t0 = time.time()
+        try:
+            while any(t.is_alive() for t in workers):
+                for t in workers:
+                    t.join(0.2)
+                c = counts(todo)
+                progress.show(f"sweep: {c['ok'] + c['failed']}/{len(todo)} done ({c['ok']} ok, {c['failed']} failed), "
+                              f"{c['running']} running, {c['pending']} waiting, {time.time() - t0:.0f} s")
+        except KeyboardInterrupt:
+            stop.set()
+            self._kill(running, lock, signal.SIGTERM)
+            for t in workers:
+                t.join(10)
+            self._kill(running, lock, signal.SIGKILL)
+            raise
+        finally:
+            progress.close()
+
+    def _run_one(self, job: Job, w: int, ids: List[str], sweep_dir: Path, module: str, passthrough: List[str],
+                 running: Dict[int, subprocess.Popen], lock: threading.Lock, stop: threading.Event) -> None:
+        job.dir.mkdir(parents=True, exist_ok=True)
+        env = dict(os.environ, TORNADO_SWEEP_DIR=str(sweep_dir), CUDA_VISIBLE_DEVICES=",".join(ids))
+        if job.threads:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(job.threads)
+        job.worker, job.devices = w, list(ids)
+        with open(job.dir / "stdout.log", "ab") as out, lock:
+            if stop.is_set():
+                return
+            job.status, job.start = "running", time.time()
+            proc = subprocess.Popen([sys.executable, *job_args(module, job, passthrough)], env=env, stdout=out,
+                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+            running[job.num] = proc
+        rc = proc.wait()
+        job.end = time.time()
+        with lock:
+            running.pop(job.num, None)
+        settle(job, rc)
+        if job.status == "ok":
+            log.info(f"{job.label} ok in {job.end - job.start:.1f} s")
+
+    @staticmethod
+    def _kill(running: Dict[int, subprocess.Popen], lock: threading.Lock, sig: int) -> None:
+        with lock:
+            procs = list(running.values())
+        for proc in procs:
+            try:
+                os.killpg(proc.pid, sig)  # the job's own process group: DDP ranks too
+            except ProcessLookupError:
+                pass

@@ -1,0 +1,239 @@
+"""SLURM launcher: jobs grouped by resource need, each group one submitit job array; one task per rank."""
+import json
+import logging
+import shutil
+import subprocess
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobReturn, configure_log, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
+
+from tornado.errors import TornadoError, run_cli
+from tornado.records import write_json
+
+from .config import SlurmLauncherConf
+from .jobs import (Job, Progress, as_count, assign_threads, check_resume, compose_jobs, counts, finish,
+                   gpu_request, job_args, job_cost, job_module, job_record, job_return, passthrough_overrides,
+                   settle, describe_exit)
+
+log = logging.getLogger(__name__)
+
+# SLURM job states after which a job may still run (it is queued, running, or being requeued).
+_ALIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "RESIZING",
+          "SUSPENDED", "PREEMPTED", "STAGE_OUT", "SIGNALING", "STOPPED", "RESV_DEL_HOLD"}
+
+
+def queue_states(slurm_ids: Sequence[str]) -> Optional[Dict[str, str]]:
+    """SLURM state of each job or array task still known to slurmctld; None if squeue did not answer."""
+    bases = sorted({i.split("_")[0] for i in slurm_ids})
+    if not bases:
+        return {}
+    try:
+        r = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(bases)],
+                           capture_output=True, text=True, timeout=120)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if r.returncode != 0:
+        return {} if "Invalid job id" in r.stderr else None
+    states = {}
+    for line in r.stdout.splitlines():
+        jid, _, state = line.strip().partition("|")
+        states[jid] = state.split()[0] if state else ""
+    return states
+
+
+def _result_pickles(folder: Path, slurm_id: str, tasks: int) -> List[Path]:
+    from submitit.core.utils import JobPaths
+
+    return [JobPaths(folder, job_id=slurm_id, task_id=t).result_pickle for t in range(tasks)]
+
+
+def _outcome(pickles: List[Path]) -> tuple:
+    """(exit code of the first failing rank or 0, reason if a task itself raised) from submitit's result files."""
+    from submitit.core.utils import pickle_load
+
+    rc = 0
+    for p in pickles:
+        try:
+            outcome, value = pickle_load(p)
+        except Exception as e:
+            return None, f"unreadable submitit result {p.name}: {e}"
+        if outcome != "success":
+            lines = [ln for ln in str(value).splitlines() if ln.strip()]
+            return None, f"SLURM task failed: {lines[-1].strip() if lines else value}"
+        if rc == 0 and value:
+            rc = int(value)
+    return rc, None
+
+
+class TornadoSlurmLauncher(Launcher):
+    def __init__(self, **params: Any) -> None:
+        params = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in params.items()}
+        self.p = SlurmLauncherConf(**params)
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.task_function: Optional[TaskFunction] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return run_cli(lambda: self._launch(job_overrides, initial_job_idx))
+
+    def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
+        p = self.p
+        module = job_module(p.module)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        jobs = compose_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)
+        for job in jobs:
+            gpus, cpu = gpu_request(job.cfg)
+            # On SLURM, gpus=auto asks for none: say how many GPUs a job needs.
+            n = 0 if str(gpus) == "auto" else as_count(gpus, job.label)
+            job.gpus, job.procs = (0 if cpu else n), max(1, n)
+            assign_threads(job, p.cpus_per_task * job.procs)
+            job.cost = job_cost(job.cfg, 64.0)
+            check_resume(job)
+        HydraConfig.instance().set_config(self.config)
+        todo = [j for j in jobs if j.status == "pending"]
+        folder = sweep_dir / ".submitit"
+        record_path = sweep_dir / "launcher.json"
+        adopted = self._adopt(todo, record_path)
+        submit = [j for j in todo if j.slurm_id is None]
+        if submit:
+            if shutil.which("sbatch") is None:
+                raise TornadoError("launcher=slurm: sbatch not found; run on a SLURM login node "
+                                   "(or start a local cluster: bash launchers/slurm_local.sh start)")
+            self._submit(submit, sweep_dir, folder, module)
+        for j in todo:
+            j.status = "running"  # submitted: queued or running
+        plan = {"launcher": "slurm", "slots": None, "submitted": time.time(), "jobs": [job_record(j) for j in jobs]}
+        write_json(record_path, plan)
+        log.info(f"{len(submit)} jobs submitted, {len(adopted)} still in SLURM from before, "
+                 f"{len(jobs) - len(todo)} already ok")
+        if not p.wait:
+            ids = sorted({j.slurm_id.split("_")[0] for j in todo})
+            print(f"submitted to SLURM: job ids {', '.join(ids) or 'none'} ({len(todo)} jobs). Each job refreshes "
+                  f"{sweep_dir / 'results.csv'} as it ends; collect any time with: python -m tornado.collect "
+                  f"{sweep_dir}; run the same command again to wait for them and resubmit failed ones.", flush=True)
+            return [job_return(j) for j in jobs]
+        t0 = time.time()
+        try:
+            self._wait(todo, folder)
+        except KeyboardInterrupt:
+            running = [j.slurm_id for j in todo if j.status == "running"]
+            print(f"\nstopped waiting; {len(running)} jobs stay in SLURM (scancel {' '.join(running)} to stop them); "
+                  f"collect later with: python -m tornado.collect {sweep_dir}", flush=True)
+            raise
+        plan.update(started=t0, finished=time.time(), wall_s=time.time() - t0, jobs=[job_record(j) for j in jobs])
+        write_json(record_path, plan)
+        return finish(self.config, jobs, sweep_dir)
+
+    def _adopt(self, todo: List[Job], record_path: Path) -> List[Job]:
+        """Jobs of the same config that an earlier launch submitted and SLURM still holds: watch, don't resubmit."""
+        try:
+            before = {r["num"]: r for r in json.loads(record_path.read_text())["jobs"]}
+        except (OSError, ValueError, KeyError, TypeError):
+            return []
+        candidates = {j.num: before[j.num]["slurm_id"] for j in todo
+                      if before.get(j.num, {}).get("slurm_id") and before[j.num].get("config_hash") == j.config_hash}
+        states = queue_states(list(candidates.values())) if candidates else {}
+        adopted = []
+        for j in todo:
+            sid = candidates.get(j.num)
+            if sid and (states or {}).get(sid) in _ALIVE:
+                j.slurm_id = sid
+                adopted.append(j)
+        return adopted
+
+    def _submit(self, jobs: List[Job], sweep_dir: Path, folder: Path, module: str) -> None:
+        import submitit
+
+        from .slurm_task import TrainTask
+
+        p = self.p
+        passthrough = passthrough_overrides(self.config)
+        groups: Dict[tuple, List[Job]] = defaultdict(list)
+        for j in jobs:
+            groups[(j.gpus, j.procs)].append(j)
+        for (gpus, tasks), group in sorted(groups.items()):
+            ex = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=p.max_num_timeout, python=p.python)
+            params = dict(job_name=p.job_name, partition=p.partition, account=p.account, qos=p.qos, time=p.time_min,
+                          nodes=1, ntasks_per_node=tasks, gpus_per_node=gpus or None, cpus_per_task=p.cpus_per_task,
+                          mem=f"{int(p.mem_gb * 1024)}MB" if p.mem_gb else None, constraint=p.constraint,
+                          exclude=p.exclude, array_parallelism=p.array_parallelism, signal_delay_s=p.signal_delay_s,
+                          setup=list(p.setup), additional_parameters=dict(p.additional_parameters),
+                          stderr_to_stdout=True)
+            ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+            for j in group:
+                j.dir.mkdir(parents=True, exist_ok=True)
+            try:
+                with ex.batch():
+                    handles = [ex.submit(TrainTask(job_args(module, j, passthrough), str(j.dir), self._env(j, sweep_dir)))
+                               for j in group]
+            except Exception as e:
+                lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+                raise TornadoError(f"sbatch refused {len(group)} jobs with gpus={gpus}, {tasks} tasks of "
+                                   f"{p.cpus_per_task} CPUs: {lines[-1] if lines else type(e).__name__}") from None
+            for j, h in zip(group, handles):
+                j.slurm_id = str(h.job_id)
+            log.info(f"SLURM job {handles[0].job_id.split('_')[0]}: {len(group)} jobs, gpus={gpus}, {tasks} tasks each")
+
+    @staticmethod
+    def _env(job: Job, sweep_dir: Path) -> Dict[str, str]:
+        env = {"TORNADO_SWEEP_DIR": str(sweep_dir)}
+        if job.threads:
+            env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(job.threads)
+        return env
+
+    def _wait(self, todo: List[Job], folder: Path) -> None:
+        """Poll until every job has a result or has left SLURM without one; settle each as it ends."""
+        progress = Progress(self.p.progress)
+        grace = max(10.0, 2 * self.p.poll_s)  # for result files on a slow shared file system
+        gone: Dict[int, float] = {}
+        t0 = time.time()
+        waiting = {j.num: j for j in todo}
+        try:
+            while waiting:
+                states = queue_states([j.slurm_id for j in waiting.values()])
+                queued = running = 0
+                for num, j in list(waiting.items()):
+                    pickles = _result_pickles(folder / j.slurm_id, j.slurm_id, j.procs)
+                    state = (states or {}).get(j.slurm_id)
+                    if all(pk.exists() for pk in pickles):
+                        rc, reason = _outcome(pickles)
+                        # A failed job: wait (briefly) for SLURM's final state, e.g. CANCELLED, to name the cause.
+                        if rc and state in _ALIVE and time.time() - gone.setdefault(num, time.time()) < grace:
+                            continue
+                        if rc and state and state not in _ALIVE and state != "COMPLETED":
+                            reason = f"SLURM job {j.slurm_id} {state}: {describe_exit(rc)}"
+                    elif states is None or state in _ALIVE:
+                        gone.pop(num, None)
+                        running += state in ("RUNNING", "COMPLETING")
+                        queued += state not in ("RUNNING", "COMPLETING")
+                        continue
+                    elif time.time() - gone.setdefault(num, time.time()) < grace:
+                        continue
+                    else:
+                        rc, reason = None, f"SLURM job {j.slurm_id} {state or 'left the queue'} without a result"
+                    j.end = time.time()
+                    settle(j, rc, reason)
+                    if j.status == "failed":
+                        log.warning(f"{j.label} failed: {j.error}")
+                    del waiting[num]
+                c = counts(todo)
+                progress.show(f"slurm: {c['ok'] + c['failed']}/{len(todo)} done ({c['ok']} ok, {c['failed']} failed), "
+                              f"{running} running, {queued} queued, {time.time() - t0:.0f} s")
+                if waiting:
+                    time.sleep(self.p.poll_s)
+        finally:
+            progress.close()

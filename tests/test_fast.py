@@ -1,0 +1,51 @@
+"""Every speed switch computes the same training: the loss after a few steps matches with and without it."""
+from __future__ import annotations
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from tests.test_train import CONF, small
+
+# switch override -> relative tolerance on the mean training loss of the first steps
+SWITCHES = {
+    "fast.channels_last=true": 1e-4,
+    "fast.storage=float16": 5e-3,
+    "fast.bf16=true": 3e-2,
+    "fast.compile=true": 1e-4,
+    "fast.resident=false": None,  # streamed: another batch order, so only the same ballpark
+}
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("fast")
+
+
+def loss_after_steps(data_dir, tmp_path, *overrides: str) -> float:
+    from tornado.train import train
+
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        cfg = compose("train", overrides=small(data_dir, "epochs=1", "trainer.limit_train_batches=6",
+                                               "fast.channels_last=false", *overrides))
+    result = train(cfg, output_dir=tmp_path)
+    assert result["status"] == "ok"
+    return result["history"][0]["train_loss"]
+
+
+@pytest.mark.parametrize("switch", list(SWITCHES))
+def test_switch_keeps_the_loss(switch, data_dir, tmp_path):
+    base = loss_after_steps(data_dir, tmp_path / "off")
+    fast = loss_after_steps(data_dir, tmp_path / "on", switch)
+    tol = SWITCHES[switch]
+    if tol is None:
+        assert abs(fast - base) / base < 0.5
+    else:
+        assert abs(fast - base) / base < tol, (switch, base, fast)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a GPU (run by launchers/device_check.sh)")
+def test_cuda_graph_keeps_the_loss(data_dir, tmp_path):
+    base = loss_after_steps(data_dir, tmp_path / "eager", "gpus=1", "fast.cuda_graph=false", "fast.bf16=false")
+    graphed = loss_after_steps(data_dir, tmp_path / "graph", "gpus=1", "fast.cuda_graph=true", "fast.bf16=false")
+    assert abs(graphed - base) / base < 1e-3, (base, graphed)

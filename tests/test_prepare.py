@@ -1,0 +1,388 @@
+"""The prepared HDF5 file: layout, contents, split, scaler, reuse, balance, and refusal of bad input."""
+import datetime as dt
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import netCDF4
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from tornado import data, synth
+from tornado.errors import TornadoError
+from tornado.prepare import ensure_prepared, prepare
+
+ROOT = Path(__file__).resolve().parents[1]
+TEST_START = dt.date(2015, 1, 1)
+
+
+def make_cfg(out_dir, source=None, **over):
+    """The data config of conf/data/synthetic.yaml with a small synthetic set and ``over`` applied."""
+    cfg = OmegaConf.load(ROOT / "conf" / "data" / "synthetic.yaml")
+    cfg.out_dir = str(out_dir)
+    cfg.source = None if source is None else str(source)
+    cfg.synth = {"days": 6, "patches_per_day": 60, "seed": 3}
+    for key, value in over.items():
+        OmegaConf.update(cfg, key, value, merge=False)
+    return cfg
+
+
+AUG = OmegaConf.load(ROOT / "conf" / "augment" / "paper.yaml")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("ncar")
+    synth.generate(folder, days=6, patches_per_day=60, seed=3)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def prepared(source, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prepared")
+    return ensure_prepared(make_cfg(out, source), AUG)
+
+
+def reader(source, test: bool):
+    files = [f for f in data.find_files(source) if (data.run_date(f) >= TEST_START) == test]
+    return data.read_storms(files)
+
+
+def leftovers(out_dir):
+    """Prepared files or temp files left in ``out_dir`` (lock files are meant to stay)."""
+    return sorted(p.name for p in Path(out_dir).iterdir() if p.name.endswith((".h5", ".tmp")))
+
+
+def test_layout_and_attributes(prepared, source):
+    with h5py.File(prepared, "r") as f:
+        n, n_test, r = f.attrs["n_train"], f.attrs["n_test"], 4
+        assert f["train/x"].shape == (r * n, 3, 32, 32) and f["train/x"].dtype == np.float32
+        assert f["train/y"].shape == (r * n,) and f["train/y"].dtype == np.uint8
+        assert f["train/date"].shape == (n,) and f["train/date"].dtype == np.int32
+        assert f["train/track_id"].shape == (n,) and f["train/track_id"].dtype == np.int64
+        assert f["test/x"].shape == (n_test, 3, 32, 32) and f["test/y"].shape == (n_test,)
+        assert f["test/date"].shape == (n_test,) and f["test/track_id"].shape == (n_test,)
+        assert f["scaler/mean"].shape == (3,) and f["scaler/std"].dtype == np.float64
+        a = dict(f.attrs)
+    assert n + n_test == data.count_patches(data.find_files(source))
+    assert a["format_version"] == 1 and list(a["multipliers"]) == [1, 2, 4]
+    assert (a["label_reduce"], a["label_threshold"], bool(a["label_inclusive"])) == ("max", 0.005, False)
+    assert a["test_start"] == "2015-01-01" and a["dtype"] == "float32" and a["seed"] == 0
+    assert prepared.name == f"storms-{a['content_hash'][:12]}.h5" and len(a["content_hash"]) == 64
+    files = json.loads(a["source_files"])
+    assert [x["name"] for x in files] == [p.name for p in data.find_files(source)]
+    assert all(x["size"] == (source / x["name"]).stat().st_size for x in files)
+    assert json.loads(a["augment"])["rotation"] == 5.0
+    assert json.loads(a["balance"])["enabled"] is False and a["n_balance_added"] == 0
+    assert a["n_dropped_nonfinite"] == 0 and a["tornado_version"]
+    assert a["positives_train"] == reader(source, False).y.sum()
+    assert a["positives_test"] == reader(source, True).y.sum()
+
+
+def test_originals_and_test_split_are_the_reader_s_patches(prepared, source):
+    train, test = reader(source, False), reader(source, True)
+    with h5py.File(prepared, "r") as f:
+        n = f.attrs["n_train"]
+        assert n == len(train.y)
+        np.testing.assert_array_equal(f["train/x"][:n], train.x)
+        np.testing.assert_array_equal(f["train/y"][:n], train.y)
+        np.testing.assert_array_equal(f["train/date"][:], train.date)
+        np.testing.assert_array_equal(f["train/track_id"][:], train.track_id)
+        np.testing.assert_array_equal(f["test/x"][:], test.x)
+        np.testing.assert_array_equal(f["test/y"][:], test.y)
+        np.testing.assert_array_equal(f["test/date"][:], test.date)
+        np.testing.assert_array_equal(f["test/track_id"][:], test.track_id)
+
+
+def test_copies_differ_but_keep_labels(prepared):
+    with h5py.File(prepared, "r") as f:
+        n = f.attrs["n_train"]
+        x, y = f["train/x"][:], f["train/y"][:]
+    for k in range(1, 4):
+        copy = x[k * n:(k + 1) * n]
+        np.testing.assert_array_equal(y[k * n:(k + 1) * n], y[:n])
+        assert bool((copy != x[:n]).reshape(n, -1).any(axis=1).all())  # every copy is changed
+        # rotated by at most 5 degrees: the same storm, near where it was
+        assert np.abs(copy - x[:n]).mean() < 0.2 * np.abs(x[:n] - x[:n].mean()).mean() + 1.0
+    assert not np.allclose(x[n:2 * n], x[2 * n:3 * n])
+
+
+def test_split_by_run_date(prepared, source, tmp_path):
+    with h5py.File(prepared, "r") as f:
+        assert (f["train/date"][:] < 20150101).all() and (f["test/date"][:] >= 20150101).all()
+        n_test = f.attrs["n_test"]
+    later = ensure_prepared(make_cfg(tmp_path, source, **{"split.test_start": "2016-01-01"}), AUG)
+    with h5py.File(later, "r") as f:
+        assert (f["test/date"][:] >= 20160101).all() and (f["train/date"][:] < 20160101).all()
+        assert 0 < f.attrs["n_test"] < n_test
+
+
+def test_scaler_is_fitted_on_training_originals(prepared, source):
+    train, test = reader(source, False), reader(source, True)
+    with h5py.File(prepared, "r") as f:
+        mean, std = f["scaler/mean"][:], f["scaler/std"][:]
+    x = train.x.astype(np.float64)
+    np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)), rtol=1e-9, atol=1e-9)
+    np.testing.assert_allclose(std, x.std(axis=(0, 2, 3)), rtol=1e-9)
+    both = np.concatenate([x, test.x.astype(np.float64)])
+    assert not np.allclose(mean, both.mean(axis=(0, 2, 3)), rtol=1e-4)
+
+
+def test_reuse_and_rebuild(source, tmp_path):
+    cfg = make_cfg(tmp_path, source, multipliers=[1, 2])
+    path, built = prepare(cfg, AUG)
+    st = path.stat()
+    again, built2 = prepare(cfg, AUG)
+    assert built and not built2 and again == path
+    assert (path.stat().st_ino, path.stat().st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+    other = ensure_prepared(make_cfg(tmp_path, source, multipliers=[1, 2], **{"label.threshold": 0.004}), AUG)
+    rotated = ensure_prepared(cfg, {**AUG, "rotation": 10.0})
+    assert len({path, other, rotated}) == 3
+    with h5py.File(other, "r") as f:
+        assert f.attrs["label_threshold"] == 0.004
+    assert leftovers(tmp_path) == sorted(p.name for p in (path, other, rotated))
+
+
+def test_a_killed_build_s_temp_file_is_cleared(source, tmp_path):
+    cfg = make_cfg(tmp_path, source, multipliers=[1])
+    path = ensure_prepared(cfg, AUG)
+    path.unlink()
+    stale = tmp_path / f".{path.name}.999999-dead.tmp"
+    stale.write_bytes(b"half a file")
+    assert ensure_prepared(cfg, AUG) == path
+    assert leftovers(tmp_path) == [path.name]
+
+
+def test_source_files_change_the_hash(source, tmp_path):
+    sub = tmp_path / "src"
+    sub.mkdir()
+    for p in data.find_files(source)[1:]:
+        (sub / p.name).symlink_to(p)
+    a = ensure_prepared(make_cfg(tmp_path / "out", source, multipliers=[1]), AUG)
+    b = ensure_prepared(make_cfg(tmp_path / "out", sub, multipliers=[1]), AUG)
+    assert a != b
+
+
+def test_balance_adds_augmented_positives(source, tmp_path):
+    path = ensure_prepared(make_cfg(tmp_path, source, balance=True, balance_ratio=0.5, multipliers=[1, 2]), AUG)
+    train = reader(source, False)
+    pos = np.flatnonzero(train.y)
+    n0, p, neg = len(train.y), len(pos), int((train.y == 0).sum())
+    with h5py.File(path, "r") as f:
+        n, added = f.attrs["n_train"], f.attrs["n_balance_added"]
+        x, y = f["train/x"][:], f["train/y"][:]
+        date, track = f["train/date"][:], f["train/track_id"][:]
+        assert f.attrs["n_train_originals"] == n0 and f.attrs["positives_train"] == p + added
+        assert json.loads(f.attrs["balance"]) == {"enabled": True, "ratio": 0.5, "n_added": int(added)}
+    assert added == round(0.5 * neg) - p and n == n0 + added and x.shape[0] == 2 * n
+    assert (p + added) / neg == pytest.approx(0.5, abs=1 / neg)
+    np.testing.assert_array_equal(x[:n0], train.x)
+    assert (y[n0:n] == 1).all()
+    src = pos[np.arange(added) % p]  # the positives, cycled
+    np.testing.assert_array_equal(date[n0:], train.date[src])
+    np.testing.assert_array_equal(track[n0:], train.track_id[src])
+    assert bool((x[n0:n] != train.x[src]).reshape(added, -1).any(axis=1).all())
+    np.testing.assert_array_equal(y[n:], y[:n])  # copy 1 is a copy of the whole block, balance rows included
+
+
+def test_float16_storage(prepared, source, tmp_path):
+    half = ensure_prepared(make_cfg(tmp_path, source, dtype="float16"), AUG)
+    with h5py.File(half, "r") as f, h5py.File(prepared, "r") as g:
+        assert f["train/x"].dtype == np.float16 and f["test/x"].dtype == np.float16
+        assert f.attrs["dtype"] == "float16" and half != prepared
+        n = f.attrs["n_train"]
+        # rounded to nearest, as numpy does (HDF5's own conversion gets some values near powers of two wrong)
+        np.testing.assert_array_equal(f["train/x"][:n], g["train/x"][:n].astype(np.float16))
+        np.testing.assert_array_equal(f["test/x"][:], g["test/x"][:].astype(np.float16))
+        np.testing.assert_allclose(f["scaler/mean"][:], g["scaler/mean"][:])
+        copy = f["train/x"][n:2 * n].astype(np.float32)
+        np.testing.assert_allclose(copy, g["train/x"][n:2 * n], rtol=1e-2, atol=0.05)
+
+
+def test_deterministic_for_a_seed(prepared, source, tmp_path):
+    same = ensure_prepared(make_cfg(tmp_path / "a", source), AUG)
+    other = ensure_prepared(make_cfg(tmp_path / "b", source, seed=1), AUG)
+    with h5py.File(prepared, "r") as f, h5py.File(same, "r") as g, h5py.File(other, "r") as h:
+        n = f.attrs["n_train"]
+        np.testing.assert_array_equal(f["train/x"][:], g["train/x"][:])
+        np.testing.assert_array_equal(f["train/x"][:n], h["train/x"][:n])
+        assert not np.array_equal(f["train/x"][n:], h["train/x"][n:])
+
+
+def test_synthetic_source_generated_once(tmp_path):
+    cfg = make_cfg(tmp_path, None, multipliers=[1])
+    path = ensure_prepared(cfg, AUG)
+    folder = tmp_path / "synthetic"
+    marker = json.loads((folder / "synth.json").read_text())
+    assert marker["settings"] == {"days": 6, "patches_per_day": 60, "seed": 3}
+    assert marker["files"] == sorted(p.name for p in folder.glob("NCARSTORM_*.nc")) and len(marker["files"]) == 6
+    mtimes = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.nc")}
+    assert ensure_prepared(cfg, AUG) == path
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.nc")} == mtimes
+    with h5py.File(path, "r") as f:
+        assert "synthetic" in f.attrs["source"] and json.loads(f.attrs["synth"])["seed"] == 3
+    # other synth settings: the folder is regenerated (no stale files) and the prepared file differs
+    cfg.synth = {"days": 5, "patches_per_day": 40, "seed": 4}
+    other = ensure_prepared(cfg, AUG)
+    assert other != path
+    assert len(list(folder.glob("NCARSTORM_*.nc"))) == 5
+    with h5py.File(other, "r") as f:
+        assert f.attrs["n_train"] + f.attrs["n_test"] == 5 * 40
+
+
+@pytest.mark.slow
+def test_concurrent_callers_build_once(tmp_path):
+    """Several jobs at once on a fresh out_dir: the synthetic set is made once, the file is built once."""
+    script = (
+        "import sys; from omegaconf import OmegaConf; from tornado.prepare import prepare\n"
+        "cfg = OmegaConf.create(sys.argv[1]); aug = OmegaConf.create(sys.argv[2])\n"
+        "p, built = prepare(cfg, aug); print(p, built)\n"
+    )
+    cfg = OmegaConf.to_yaml(make_cfg(tmp_path, None, multipliers=[1, 2, 4]))
+    procs = [subprocess.Popen([sys.executable, "-c", script, cfg, OmegaConf.to_yaml(AUG)], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    outs = [p.communicate(timeout=120) for p in procs]
+    assert all(p.returncode == 0 for p in procs), [o[1] for o in outs]
+    results = [o[0].split() for o in outs]
+    assert len({r[0] for r in results}) == 1
+    assert sorted(r[1] for r in results) == ["False", "False", "True"]
+    assert leftovers(tmp_path) == [Path(results[0][0]).name]
+    assert len(json.loads((tmp_path / "synthetic" / "synth.json").read_text())["files"]) == 6
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+def copy_files(source, dest, n=None):
+    dest.mkdir(parents=True, exist_ok=True)
+    for p in data.find_files(source)[:n]:
+        (dest / p.name).write_bytes(p.read_bytes())
+    return dest
+
+
+def write_small(path, size=16):
+    """A file with every variable the reader wants, on a grid of the wrong size."""
+    with netCDF4.Dataset(path, "w") as ds:
+        ds.createDimension("p", 3)
+        ds.createDimension("row", size)
+        ds.createDimension("col", size)
+        for name in (*data.CHANNELS, data.LABEL_VAR):
+            ds.createVariable(name, "f4", ("p", "row", "col"))[:] = np.zeros((3, size, size))
+        ds.createVariable(data.TRACK_VAR, "i4", ("p",))[:] = np.arange(3)
+
+
+def corrupt(folder):
+    (folder / "NCARSTORM_20120601-0000_d01_model_patches.nc").write_bytes(b"not a netcdf file" * 100)
+
+
+def missing_variable(folder):
+    path = data.find_files(folder)[1]
+    with netCDF4.Dataset(path, "a") as ds:
+        ds.renameVariable("V10_curr", "V10_gone")
+
+
+def wrong_shape(folder):
+    write_small(folder / "NCARSTORM_20120601-0000_d01_model_patches.nc")
+
+
+BAD_FILES = {
+    "corrupt file": (corrupt, "cannot be read as netCDF"),
+    "missing variable": (missing_variable, "missing variable 'V10_curr'"),
+    "wrong shape": (wrong_shape, "has shape 3x16x16"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_FILES))
+def test_bad_files_leave_nothing_behind(case, source, tmp_path):
+    spoil, message = BAD_FILES[case]
+    src = copy_files(source, tmp_path / "src")
+    spoil(src)
+    out = tmp_path / "out"
+    with pytest.raises(TornadoError, match=message):
+        ensure_prepared(make_cfg(out, src), AUG)
+    assert leftovers(out) == []
+
+
+BAD_SETTINGS = {
+    "no positives": ({"label.threshold": 1e9}, "leaves no positive"),
+    "empty test split": ({"split.test_start": "2030-01-01"}, "empty test split"),
+    "empty training split": ({"split.test_start": "2000-01-01"}, "empty training split"),
+    "bad date": ({"split.test_start": "soon"}, "split.test_start"),
+    "multiplier zero": ({"multipliers": [1, 0]}, "multipliers"),
+    "multiplier fraction": ({"multipliers": [1, 1.5]}, "multipliers"),
+    "multiplier not a list": ({"multipliers": "four"}, "multipliers"),
+    "multipliers empty": ({"multipliers": []}, "multipliers"),
+    "dtype": ({"dtype": "float64"}, "dtype"),
+    "nonfinite": ({"nonfinite": "ignore"}, "nonfinite"),
+    "balance ratio": ({"balance": True, "balance_ratio": 0}, "balance_ratio"),
+    "label reduce": ({"label.reduce": "median"}, "label.reduce"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(BAD_SETTINGS))
+def test_bad_settings_are_refused(case, source, tmp_path):
+    over, message = BAD_SETTINGS[case]
+    with pytest.raises(TornadoError, match=message):
+        ensure_prepared(make_cfg(tmp_path, source, **over), AUG)
+    assert leftovers(tmp_path) == []
+
+
+def test_missing_folder_and_no_files(tmp_path):
+    with pytest.raises(TornadoError, match="no such folder"):
+        ensure_prepared(make_cfg(tmp_path / "out", tmp_path / "nowhere"), AUG)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TornadoError, match="no NCARSTORM"):
+        ensure_prepared(make_cfg(tmp_path / "out", tmp_path / "empty"), AUG)
+    with pytest.raises(TornadoError, match="no files match"):
+        ensure_prepared(make_cfg(tmp_path / "out", tmp_path / "empty" / "*.nc"), AUG)
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_bad_augment_settings(source, tmp_path):
+    with pytest.raises(TornadoError, match="augment.rotation"):
+        ensure_prepared(make_cfg(tmp_path, source), {**AUG, "rotation": -3})
+
+
+def test_nonfinite_patches(source, tmp_path):
+    src = copy_files(source, tmp_path / "src")
+    path = data.find_files(src)[0]
+    with netCDF4.Dataset(path, "a") as ds:
+        u = ds.variables["U10_curr"][:]
+        u[[2, 7], 5, 5] = np.nan
+        ds.variables["U10_curr"][:] = u
+    dropped = ensure_prepared(make_cfg(tmp_path / "out", src, multipliers=[1]), AUG)
+    with h5py.File(dropped, "r") as f:
+        assert f.attrs["n_dropped_nonfinite"] == 2
+        assert f.attrs["n_train"] == len(reader(source, False).y) - 2
+        assert np.isfinite(f["train/x"][:]).all()
+    with pytest.raises(TornadoError, match="NaN or inf"):
+        ensure_prepared(make_cfg(tmp_path / "out", src, multipliers=[1], nonfinite="fail"), AUG)
+    assert leftovers(tmp_path / "out") == [dropped.name]
+
+
+def run_cli(*args, cwd=ROOT):
+    return subprocess.run([sys.executable, "-m", "tornado.prepare", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_cli_prepares_and_refuses(source, tmp_path):
+    out = tmp_path / "out"
+    ok = run_cli(f"source={source}", f"out_dir={out}", "multipliers=[1,2]")
+    assert ok.returncode == 0, ok.stderr
+    path = Path(ok.stdout.strip().splitlines()[-1])
+    assert path.parent == out and path.exists()
+    with h5py.File(path, "r") as f:
+        assert list(f.attrs["multipliers"]) == [1, 2]
+
+    bad = tmp_path / "bad"
+    for args, message in [
+        ([f"source={tmp_path / 'nowhere'}"], "no such folder"),
+        ([f"source={source}", "label.threshold=1e9"], "leaves no positive"),
+    ]:
+        res = run_cli(*args, f"out_dir={bad}")
+        assert res.returncode == 2, res.stderr
+        lines = res.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
+        assert leftovers(bad) == []

@@ -1,0 +1,444 @@
+"""Sweep analytics: pivots, paper comparison, files written, report.html, CLI errors."""
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tornado import report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+# A hand-written results.csv: two epochs groups; the failed job must not count.
+PIVOT_CSV = """\
+job,status,error,output_dir,epochs,batch_size,data_multiplier,seed,lr,trainer.max_epochs,wall_s,accuracy
+0,ok,,,5,128,1,0,0.001,5,10,0.90
+1,ok,,,5,128,2,0,0.001,5,20,0.91
+2,ok,,,5,256,1,0,0.001,5,6,0.92
+3,ok,,,5,256,2,0,0.001,5,12,0.93
+4,ok,,,10,128,1,0,0.001,10,21,0.94
+5,ok,,,10,256,2,0,0.001,10,25,0.95
+6,failed,boom,,10,128,2,0,0.001,10,999,
+"""
+
+
+def write_csv_sweep(tmp_path: Path, text: str, name: str = "sweep") -> Path:
+    d = tmp_path / name
+    d.mkdir()
+    (d / "results.csv").write_text(text)
+    return d
+
+
+def result_json(job_dir: Path, hparams: dict, status: str = "ok", error: str | None = None,
+                metrics: dict | None = None, wall_s: float = 10.0, history: list[tuple[float, float]] = (),
+                accelerator: str = "cpu", predictions: bool = True) -> dict:
+    """A job dir as tornado.train leaves it: result.json (+ test_predictions.npz)."""
+    job_dir.mkdir(parents=True)
+    hist = [{"epoch": i, "train_loss": 0.5, "train_acc": acc, "epoch_s": sec} for i, (acc, sec) in enumerate(history)]
+    r = {"status": status, "error": error, "config_hash": "h", "overrides": [], "hparams": hparams,
+         "times": {"total_s": wall_s + 1, "wall_s": wall_s, "epoch_s": [h["epoch_s"] for h in hist],
+                   "data_wait_s": 0.1, "compute_s": wall_s - 0.1, "test_s": 0.2},
+         "samples_per_s": 100.0, "batch": {"global": hparams.get("batch_size"), "per_device": hparams.get("batch_size"),
+                                           "devices": 1, "effective_global": hparams.get("batch_size")},
+         "devices": {"accelerator": accelerator, "count": 1, "names": [accelerator]},
+         "metrics": metrics if metrics is not None else {}, "history": hist, "output_dir": str(job_dir)}
+    (job_dir / "result.json").write_text(json.dumps(r))
+    if predictions and status == "ok":
+        rng = np.random.default_rng(0)
+        label = (np.arange(200) % 10 == 0).astype(np.uint8)
+        prob = np.clip(0.1 + 0.6 * label + 0.2 * rng.random(200), 0, 1).astype(np.float32)
+        np.savez(job_dir / "test_predictions.npz", prob=prob, label=label)
+    return r
+
+
+def write_results_csv(sweep: Path, results: dict[str, dict]) -> None:
+    """results.csv as docs/design.md lays it out (job, status, error, output_dir, hparams, metrics, times, ...)."""
+    rows = []
+    for job, r in results.items():
+        row = {"job": job, "status": r["status"], "error": r["error"] or "", "output_dir": r["output_dir"]}
+        row.update(r["hparams"])
+        row.update(r["metrics"])
+        row.update({k: v for k, v in r["times"].items() if k != "epoch_s"})
+        row.update(samples_per_s=r["samples_per_s"], batch_global=r["batch"]["global"],
+                   batch_per_device=r["batch"]["per_device"], devices=r["batch"]["devices"],
+                   accelerator=r["devices"]["accelerator"])
+        rows.append(row)
+    fields = list(dict.fromkeys(k for row in rows for k in row))
+    with open(sweep / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=fields)
+        w.writeheader()
+        w.writerows(rows)
+
+
+def gpu_batch_sweep(tmp_path: Path, failed: bool = True, running: bool = False) -> Path:
+    """2 batch sizes x 2 GPU counts, histories and predictions; optionally one failed and one running job."""
+    sweep = tmp_path / "gpus"
+    results = {}
+    for i, (b, g) in enumerate([(128, 1), (128, 2), (256, 1), (256, 2)]):
+        hp = {"epochs": 3, "batch_size": b, "lr": 0.001, "data_multiplier": 1, "gpus": g, "seed": 0}
+        hist = [(0.80 + 0.05 * k - b / 10000, 1.0 + b / 256) for k in range(3)]
+        results[str(i)] = result_json(sweep / str(i), hp, metrics={"roc_auc": 0.7 + 0.01 * i, "accuracy": 0.9},
+                                      wall_s=3.0 + b / 128 + g, history=hist, accelerator="gpu")
+    if failed:
+        hp = {"epochs": 3, "batch_size": 512, "lr": 0.001, "data_multiplier": 1, "gpus": 4, "seed": 0}
+        results["4"] = result_json(sweep / "4", hp, status="failed", error="RuntimeError: CUDA out of memory <oom>")
+    if running:
+        hp = {"epochs": 3, "batch_size": 512, "lr": 0.001, "data_multiplier": 1, "gpus": 1, "seed": 0}
+        results["5"] = result_json(sweep / "5", hp, status="running", history=[(0.8, 1.0)])
+    write_results_csv(sweep, results)
+    return sweep
+
+
+# --------------------------------------------------------------------------------------------------- pivots
+def test_pivot_equals_hand_computed_table(tmp_path):
+    sweep = write_csv_sweep(tmp_path, PIVOT_CSV)
+    df = report.load_sweep(sweep).df
+    tables = report.pivot(df, "batch_size", "data_multiplier", "epochs", "wall_s")
+    assert sorted(tables) == [5, 10]
+    assert tables[5].index.tolist() == [128, 256] and tables[5].columns.tolist() == [1, 2]
+    assert tables[5].to_numpy().tolist() == [[10.0, 20.0], [6.0, 12.0]]
+    t10 = tables[10].to_numpy()
+    assert t10[0, 0] == 21.0 and t10[1, 1] == 25.0
+    assert math.isnan(t10[0, 1]), "the failed job (999 s) must not fill a cell"
+    assert math.isnan(t10[1, 0])
+    assert tables[5].attrs["n"].to_numpy().tolist() == [[1, 1], [1, 1]]
+    # rows and cols swapped, no groups, max over epochs
+    t = report.pivot(df, "data_multiplier", "batch_size", "none", "wall_s", agg="max")
+    assert list(t) == [None]
+    assert t[None].to_numpy().tolist() == [[21.0, 6.0], [20.0, 25.0]]
+
+
+def test_markdown_table_and_derived_column_does_not_split(tmp_path):
+    sweep = write_csv_sweep(tmp_path, PIVOT_CSV)
+    paths = report.build_report(sweep)
+    md = paths["table.md"].read_text()
+    assert "### epochs = 5" in md and "### epochs = 10" in md
+    assert "| 128 | 10 | 20 |" in md
+    assert "| 256 | 6 | 12 |" in md
+    assert "999" not in md
+    summary = json.loads(paths["summary.json"].read_text())
+    # trainer.max_epochs follows epochs: it must not make separate tables
+    assert summary["table"]["sections"] == [{}]
+    assert summary["table"]["averaged"] == []
+
+
+def test_seeds_are_averaged_with_spread(tmp_path):
+    text = """\
+job,status,error,output_dir,epochs,batch_size,data_multiplier,seed,wall_s
+0,ok,,,5,128,1,0,10
+1,ok,,,5,128,1,1,12
+2,ok,,,5,128,1,2,17
+3,ok,,,5,128,2,0,30
+"""
+    sweep = write_csv_sweep(tmp_path, text)
+    tables = report.pivot(report.load_sweep(sweep).df, "batch_size", "data_multiplier", "epochs", "wall_s")
+    t = tables[5]
+    assert t.loc[128, 1] == pytest.approx(13.0)                        # (10 + 12 + 17) / 3
+    assert t.attrs["std"].loc[128, 1] == pytest.approx(3.605551, abs=1e-6)  # sqrt(((-3)^2 + 1 + 4^2) / 2)
+    assert t.attrs["n"].loc[128, 1] == 3
+    assert t.loc[128, 2] == 30.0 and t.attrs["n"].loc[128, 2] == 1
+    paths = report.build_report(sweep)
+    md = paths["table.md"].read_text()
+    assert "| 128 | 13 ± 3.6 (n=3) | 30 |" in md
+    assert "Repeats averaged: seed" in md
+    tidy = list(csv.DictReader(paths["table.csv"].open()))
+    cell = next(r for r in tidy if r["data_multiplier"] == "1")
+    assert float(cell["wall_s_mean"]) == pytest.approx(13.0) and cell["n"] == "3"
+
+
+def test_other_varying_setting_gives_separate_tables(tmp_path):
+    text = """\
+job,status,error,output_dir,epochs,batch_size,data_multiplier,lr,wall_s
+0,ok,,,5,128,1,0.001,10
+1,ok,,,5,128,1,0.01,40
+2,ok,,,5,256,1,0.001,6
+3,ok,,,5,256,1,0.01,24
+"""
+    sweep = write_csv_sweep(tmp_path, text)
+    paths = report.build_report(sweep)
+    md = paths["table.md"].read_text()
+    assert "### lr = 0.001, epochs = 5" in md and "### lr = 0.01, epochs = 5" in md
+    low, high = md.split("### lr = 0.01")
+    assert "| 128 | 10 |" in low and "| 256 | 6 |" in low
+    assert "| 128 | 40 |" in high and "| 256 | 24 |" in high
+    summary = json.loads(paths["summary.json"].read_text())
+    assert summary["table"]["sections"] == [{"lr": 0.001}, {"lr": 0.01}]
+
+
+def test_many_other_combinations_are_averaged_and_named(tmp_path):
+    lines = ["job,status,error,output_dir,epochs,batch_size,data_multiplier,lr,wall_s"]
+    lrs = [0.001 * (k + 1) for k in range(report.MAX_SECTIONS + 1)]
+    for k, lr in enumerate(lrs):
+        lines.append(f"{k},ok,,,5,128,1,{lr},{k + 1}")
+    sweep = write_csv_sweep(tmp_path, "\n".join(lines) + "\n")
+    paths = report.build_report(sweep)
+    summary = json.loads(paths["summary.json"].read_text())
+    assert summary["table"]["averaged"] == ["lr"]
+    md = paths["table.md"].read_text()
+    assert "Also averaged over" in md and "lr" in md
+    assert "| 128 | 5 ± 2.7 (n=9) |" in md        # mean of 1..9 = 5, sample std = sqrt(7.5) = 2.74
+
+
+# --------------------------------------------------------------------------------------- paper comparison
+def test_paper_comparison_cpu_and_gpu_tables(tmp_path):
+    text = """\
+job,status,error,output_dir,epochs,batch_size,data_multiplier,paper,accelerator,wall_s
+0,ok,,,5,128,1,6.1.1,cpu,97.5
+1,ok,,,5,256,2,6.1.1,gpu,48
+"""
+    sweep = write_csv_sweep(tmp_path, text)
+    paths = report.build_report(sweep, rows="batch_size", cols="data_multiplier", group="epochs")
+    md = paths["table.md"].read_text()
+    assert "97.5 · paper 195 · 0.5×" in md        # Table 2: 5 epochs, batch 128, multiplier 1 = 195 s
+    assert "48 · paper 24 · 2×" in md              # Table 3: 5 epochs, batch 256, multiplier 2 = 24 s
+    assert "Table 2" in md and "Table 3" in md
+    tidy = {(r["batch_size"], r["data_multiplier"]): r for r in csv.DictReader(paths["table.csv"].open())}
+    assert float(tidy[("128", "1")]["paper"]) == 195.0 and float(tidy[("128", "1")]["ratio"]) == 0.5
+    assert float(tidy[("256", "2")]["paper"]) == 24.0 and float(tidy[("256", "2")]["ratio"]) == 2.0
+    tex = paths["table.tex"].read_text()
+    assert "97.5 (195; 0.5)" in tex
+    # the explicit override compares every job with Table 3 (5 epochs, 128, x1 = 20 s)
+    paths = report.build_report(sweep, paper="table3")
+    assert "97.5 · paper 20 · 4.88×" in paths["table.md"].read_text()
+    paths = report.build_report(sweep, paper="none")
+    assert "paper" not in paths["table.md"].read_text()
+
+
+def test_paper_comparison_accuracy_section_6_2(tmp_path):
+    text = """\
+job,status,error,output_dir,epochs,batch_size,data_multiplier,gpus,paper,accelerator,accuracy,wall_s
+0,ok,,,5,128,1,2,6.2,gpu,0.9,15.5
+"""
+    sweep = write_csv_sweep(tmp_path, text)
+    md = report.build_report(sweep, rows="epochs", cols="batch_size", group="none",
+                             value="accuracy")["table.md"].read_text()
+    assert "0.9 · paper 87.96% · 1.02×" in md     # Table 8: 87.96 %; 90 / 87.96 = 1.0232
+    tidy = next(csv.DictReader((sweep / "report" / "table.csv").open()))
+    assert float(tidy["ratio"]) == pytest.approx(1.0232, abs=1e-4)
+    md = report.build_report(sweep, rows="epochs", cols="batch_size", group="none")["table.md"].read_text()
+    assert "15.5 · paper 31 · 0.5×" in md         # Table 9: 00:31
+
+
+# ------------------------------------------------------------------------------------------ files, plots, html
+def test_latex_csv_and_plots_written(tmp_path):
+    sweep = gpu_batch_sweep(tmp_path)
+    paths = report.build_report(sweep, rows="batch_size", cols="gpus", group="epochs")
+    tex = paths["table.tex"].read_text()
+    for token in ("\\begin{tabular}", "\\toprule", "\\midrule", "\\bottomrule", "3 epochs", "batch\\_size"):
+        assert token in tex
+    tidy = list(csv.DictReader(paths["table.csv"].open()))
+    assert len(tidy) == 4
+    assert {(r["batch_size"], r["gpus"], float(r["wall_s_mean"])) for r in tidy} == {
+        ("128", "1", 5.0), ("128", "2", 6.0), ("256", "1", 6.0), ("256", "2", 7.0)}
+    for name in ("train_acc_by_gpus", "train_acc_by_batch", "wall_vs_batch", "roc", "reliability"):
+        png, svg = paths[f"{name}.png"], paths[f"{name}.svg"]
+        assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
+        assert b"<svg" in svg.read_bytes()[:2000]
+    assert "train_acc.png" not in paths     # GPU count and batch size vary: the paper's figure grouping
+
+
+def test_one_curve_per_job_when_gpus_and_batch_are_fixed(tmp_path):
+    sweep = tmp_path / "lr"
+    results = {}
+    for i, lr in enumerate([0.001, 0.01]):
+        hp = {"epochs": 2, "batch_size": 128, "lr": lr, "data_multiplier": 1, "gpus": 0, "seed": 0}
+        results[str(i)] = result_json(sweep / str(i), hp, metrics={"roc_auc": 0.7}, history=[(0.9, 1), (0.95, 1)],
+                                      predictions=False)
+    write_results_csv(sweep, results)
+    paths = report.build_report(sweep, rows="lr", cols="batch_size", group="none")
+    assert paths["train_acc.png"].read_bytes()[:8] == PNG_MAGIC
+    assert not any(k.startswith("train_acc_by") for k in paths)
+    assert "roc.png" not in paths          # no predictions saved
+    assert "test_predictions.npz" in paths["report.html"].read_text()
+
+
+def test_html_is_self_contained_with_tables_and_errors(tmp_path):
+    sweep = gpu_batch_sweep(tmp_path)
+    first = {k: p.read_bytes() for k, p in report.build_report(sweep).items()}
+    again = {k: p.read_bytes() for k, p in report.build_report(sweep).items()}
+    assert first == again, "same sweep, same report"
+    paths = report.build_report(sweep, rows="batch_size", cols="gpus", group="epochs")
+    assert paths["report.html"] == sweep / "report.html"
+    page = paths["report.html"].read_text()
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)
+    assert "<link" not in page and "<script" not in page
+    assert page.count('src="data:image/png;base64,') >= 5
+    assert 'class="pivot"' in page and "batch_size \\ gpus" in page
+    assert "RuntimeError: CUDA out of memory &lt;oom&gt;" in page   # the failed job's error, escaped
+    assert "Partial report" not in page
+    summary = json.loads(paths["summary.json"].read_text())
+    assert summary["failed_jobs"] == [
+        {"job": "4", "status": "failed", "error": "RuntimeError: CUDA out of memory <oom>"}]
+    assert summary["partial"] is False
+
+
+def test_running_sweep_is_marked_partial(tmp_path):
+    sweep = gpu_batch_sweep(tmp_path, failed=False, running=True)
+    paths = report.build_report(sweep, rows="batch_size", cols="gpus")
+    page = paths["report.html"].read_text()
+    assert 'id="partial"' in page and "still running" in page
+    summary = json.loads(paths["summary.json"].read_text())
+    assert summary["partial"] is True and summary["running"] == ["5"]
+    assert summary["ok"] == 4
+
+
+def test_stale_results_csv_is_rebuilt_from_result_json(tmp_path):
+    sweep = gpu_batch_sweep(tmp_path, failed=False)
+    r = json.loads((sweep / "0" / "result.json").read_text())
+    r["status"] = "running"           # results.csv (ok) now disagrees with the job dir
+    (sweep / "0" / "result.json").write_text(json.dumps(r))
+    loaded = report.load_sweep(sweep)
+    assert loaded.running == ["0"]
+    assert loaded.df.set_index("job").loc["0", "status"] == "running"
+    assert any("rebuilt" in n for n in loaded.notes)
+
+
+def test_all_failed_sweep_still_reports(tmp_path):
+    sweep = tmp_path / "bad"
+    for i in range(2):
+        hp = {"epochs": 5, "batch_size": 128 * (i + 1), "lr": 0.001, "data_multiplier": 1, "gpus": 0, "seed": 0}
+        result_json(sweep / str(i), hp, status="failed", error=f"TornadoError: data.path: missing {i}")
+    paths = report.build_report(sweep)     # no results.csv: read from result.json
+    page = paths["report.html"].read_text()
+    assert "No job finished successfully" in page
+    assert "TornadoError: data.path: missing 0" in page and "TornadoError: data.path: missing 1" in page
+    assert "nothing to tabulate" in paths["table.md"].read_text()
+
+
+def test_sweep_without_results_csv_uses_result_json(tmp_path):
+    sweep = gpu_batch_sweep(tmp_path, failed=False)
+    (sweep / "results.csv").unlink()
+    tables = report.pivot(report.load_sweep(sweep).df, "batch_size", "gpus", "none", "wall_s")
+    assert tables[None].to_numpy().tolist() == [[5.0, 6.0], [6.0, 7.0]]
+
+
+def test_reader_without_collect_module(tmp_path, monkeypatch):
+    sweep = gpu_batch_sweep(tmp_path)
+    (sweep / "results.csv").unlink()
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "tornado.collect" else find_spec(name, *a))
+    df = report.load_sweep(sweep).df
+    assert not (sweep / "results.csv").exists()      # read in memory; results.csv is collect's to write
+    tables = report.pivot(df, "batch_size", "gpus", "none", "wall_s")
+    assert tables[None].to_numpy().tolist() == [[5.0, 6.0], [6.0, 7.0]]
+    jobs = df.set_index("job")
+    assert jobs.loc["4", "status"] == "failed" and jobs.loc["4", "error"] == "RuntimeError: CUDA out of memory <oom>"
+    assert jobs.loc["0", "accelerator"] == "gpu" and jobs.loc["0", "roc_auc"] == 0.7
+
+
+def test_time_to_accuracy_and_time_to_skill(tmp_path):
+    sweep = tmp_path / "tta"
+    specs = {  # job: (batch, history [(train_acc, epoch_s)], roc_auc, wall_s)
+        "a": (128, [(0.80, 1.0), (0.90, 1.0), (0.94, 1.0)], 0.800, 10.0),   # reaches 0.93 after 3 s
+        "b": (256, [(0.95, 5.0)], 0.805, 20.0),                               # after 5 s
+        "c": (512, [(0.50, 0.5), (0.60, 0.5)], 0.700, 1.0),                   # never
+    }
+    results = {}
+    for job, (b, hist, auc, wall) in specs.items():
+        hp = {"epochs": len(hist), "batch_size": b, "lr": 0.001, "data_multiplier": 1, "gpus": 0, "seed": 0}
+        results[job] = result_json(sweep / job, hp, metrics={"roc_auc": auc}, wall_s=wall, history=hist,
+                                   predictions=False)
+    write_results_csv(sweep, results)
+    summary = json.loads(report.build_report(sweep, target=0.93)["summary.json"].read_text())
+    tta = summary["time_to_accuracy"]
+    assert [(t["job"], t["seconds"], t["epochs"]) for t in tta] == [("a", 3.0, 3), ("b", 5.0, 1)]
+    assert [b["job"] for b in summary["best_by_metric"]] == ["b", "a", "c"]
+    # best roc_auc 0.805; within 1%: >= 0.79695, so a (0.800, 10 s) beats b (20 s); c (0.700) is out
+    assert summary["time_to_skill"]["job"] == "a"
+    summary = json.loads(report.build_report(sweep, metric="wall_s")["summary.json"].read_text())
+    assert summary["best_by_metric"][0]["job"] == "c"        # lower is better for times
+
+
+def test_roc_and_reliability_points_by_hand():
+    prob, label = np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])
+    fpr, tpr, auc = report.roc_points(prob, label)
+    # thresholds 0.8, 0.4, 0.35, 0.1 -> (0, .5), (.5, .5), (.5, 1), (1, 1)
+    assert fpr.tolist() == [0.0, 0.0, 0.5, 0.5, 1.0] and tpr.tolist() == [0.0, 0.5, 0.5, 1.0, 1.0]
+    assert auc == 0.75
+    _, _, tied = report.roc_points(np.array([0.5, 0.5, 0.5, 0.9]), np.array([0, 1, 0, 1]))
+    assert tied == pytest.approx(0.75)      # one threshold for the three ties: (0, .5) -> (1, 1)
+    mean_p, frac = report.reliability_points(np.array([0.05, 0.15, 0.12, 0.95, 1.0]), np.array([0, 1, 0, 1, 1]))
+    assert mean_p == pytest.approx([0.05, 0.135, 0.975]) and frac == pytest.approx([0.0, 0.5, 1.0])
+
+
+# ---------------------------------------------------------------------------------------------------- CLI
+@pytest.mark.parametrize("args, fragment", [
+    (["foo=1"], "foo: unknown argument"),
+    (["rows=nonexistent"], "rows=nonexistent: no such column"),
+    (["agg=sum"], "agg=sum"),
+    (["target=high"], "target=high"),
+    (["target=93"], "target=93"),
+    (["cols=batch_size"], "must be different columns"),
+    (["paper=table10"], "paper=table10"),
+    (["paper=table8"], "paper=table8: that table holds accuracy"),
+    (["value=lr", "extra"], "extra: expected key=value"),
+])
+def test_bad_cli_args_exit_2_with_one_line(tmp_path, capsys, args, fragment):
+    sweep = write_csv_sweep(tmp_path, PIVOT_CSV)
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(sweep), *args])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("error: ") and fragment in err
+
+
+def test_missing_sweep_dir_exits_2(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(tmp_path / "nope")])
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a directory" in err
+
+
+def test_cli_prints_markdown_and_writes_report(tmp_path):
+    sweep = write_csv_sweep(tmp_path, PIVOT_CSV)
+    proc = subprocess.run([sys.executable, "-m", "tornado.report", str(sweep), "group=none", "agg=min"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "| 128 | 10 | 20 |" in proc.stdout       # min over epochs 5 and 10
+    assert "| 256 | 6 | 12 |" in proc.stdout
+    assert (sweep / "report.html").is_file() and (sweep / "report" / "table.tex").is_file()
+
+
+# ------------------------------------------------------------------------------------------------ browser
+def _chromium() -> str:
+    exe = shutil.which("chromium")
+    if exe is None:
+        if os.environ.get("TORNADO_REQUIRE_CHROMIUM") == "1":
+            pytest.fail("TORNADO_REQUIRE_CHROMIUM=1 but chromium is not installed (apt-get install chromium)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
+    return exe
+
+
+@pytest.mark.chromium
+def test_report_loads_in_chromium_without_console_errors(tmp_path):
+    exe = _chromium()
+    sweep = gpu_batch_sweep(tmp_path, running=True)
+    page = report.build_report(sweep, rows="batch_size", cols="gpus")["report.html"]
+    shot = tmp_path / "shot.png"
+    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             f"--user-data-dir={tmp_path / 'profile'}", "--enable-logging=stderr", "--v=0", "--hide-scrollbars"]
+    url = page.resolve().as_uri()
+    dom = subprocess.run([exe, *flags, "--dump-dom", url], capture_output=True, text=True, timeout=120)
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    console = [ln for ln in dom.stderr.splitlines() if re.search(r"CONSOLE[:(]|Uncaught", ln)]
+    assert console == [], console
+    assert "Partial report" in dom.stdout and 'class="pivot"' in dom.stdout
+    assert "CUDA out of memory" in dom.stdout
+    snap = subprocess.run([exe, *flags, f"--screenshot={shot}", "--window-size=1200,3000", url],
+                          capture_output=True, text=True, timeout=120)
+    assert snap.returncode == 0, snap.stderr[-2000:]
+    assert shot.read_bytes()[:8] == PNG_MAGIC
+    assert shot.stat().st_size > 50_000    # a blank page compresses to a few kB

@@ -1,0 +1,265 @@
+"""Local sweeps: scheduling, failure isolation, resume, GPU refusal, CPU DDP jobs, results.csv.
+
+Scheduler logic runs the fake app (tests/apps/tornado_fake_train.py: tornado.train's run contract, no
+training); the GPU refusal and the CPU DDP sweep run the real tornado.train.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from hydra_plugins.tornado_launcher.schedule import imbalance, partition
+from tornado.collect import collect, sweep_efficiency
+from tornado.records import write_json
+
+
+def job_dirs(sweep: Path) -> list[Path]:
+    return sorted((p for p in sweep.iterdir() if p.is_dir() and not p.name.startswith(".")), key=lambda p: p.name)
+
+
+def results(sweep: Path) -> dict[str, dict]:
+    return {p.name: json.loads((p / "result.json").read_text()) for p in job_dirs(sweep)}
+
+
+def intervals(sweep: Path) -> list[tuple[float, float]]:
+    """(start, end) of each job as the job itself recorded them."""
+    t = dt.datetime.fromisoformat
+    return [(t(r["started"]).timestamp(), t(r["finished"]).timestamp()) for r in results(sweep).values()]
+
+
+def max_overlap(spans: list[tuple[float, float]]) -> int:
+    events = sorted([(s, 1) for s, _ in spans] + [(e, -1) for _, e in spans])
+    now = best = 0
+    for _, d in events:
+        now += d
+        best = max(best, now)
+    return best
+
+
+def test_grid_runs_as_separate_jobs_two_at_a_time(sweep_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "batch_size=32,64,128,256", "sleep_s=1.5", f"hydra.sweep.dir={sweep}",
+                   "hydra.launcher.max_parallel=2"])
+    assert p.returncode == 0, p.stderr
+    assert "4 ok, 0 failed, 0 skipped" in p.stdout
+    res = results(sweep)
+    assert sorted(res) == ["0", "1", "2", "3"]
+    assert sorted(r["hparams"]["batch_size"] for r in res.values()) == [32, 64, 128, 256]
+    assert max_overlap(intervals(sweep)) == 2
+    # cores are shared: 2 slots on this machine's cores, threads passed to the job and to OpenMP
+    launch = json.loads((sweep / "launcher.json").read_text())
+    for d in job_dirs(sweep):
+        env = json.loads((d / "env_0.json").read_text())
+        assert env["OMP_NUM_THREADS"] == str(launch["threads_per_job"])
+        assert res[d.name]["hparams"]["threads"] == launch["threads_per_job"]
+        assert env["TORNADO_SWEEP_DIR"] == str(sweep)
+    table = pd.read_csv(sweep / "results.csv")
+    assert list(table["status"]) == ["ok"] * 4 and list(table["job"]) == [0, 1, 2, 3]
+    assert list(table["score"]) == [32.0, 64.0, 128.0, 256.0]
+
+
+def test_failures_are_isolated_reported_and_rerun_on_resume(sweep_cli, tmp_path):
+    sweep, counter = tmp_path / "sweep", tmp_path / "trainings.txt"
+    args = ["-m", "batch_size=32,64,128,256", f"counter={counter}", f"hydra.sweep.dir={sweep}",
+            "hydra.launcher.max_parallel=2"]
+    first = sweep_cli(args, env={"FAKE_FAIL_BATCH": "64", "FAKE_CRASH_BATCH": "128"})
+    assert first.returncode == 1
+    assert "2 ok, 2 failed, 0 skipped" in first.stdout
+    res = results(sweep)
+    by_batch = {r["hparams"]["batch_size"]: r for r in res.values()}
+    assert by_batch[64]["status"] == "failed" and by_batch[64]["error"] == "RuntimeError: fake failure"
+    # the killed job could not write its result: the launcher did
+    assert by_batch[128]["status"] == "failed" and "exit code -9" in by_batch[128]["error"]
+    assert by_batch[128]["hparams"]["batch_size"] == 128 and by_batch[128]["config_hash"]
+    assert [by_batch[b]["status"] for b in (32, 256)] == ["ok", "ok"]
+    assert "failed: job" in first.stderr and "exit code -9" in first.stderr
+    assert sorted(pd.read_csv(sweep / "results.csv")["status"]) == ["failed", "failed", "ok", "ok"]
+    assert len(counter.read_text().splitlines()) == 4
+
+    again = sweep_cli(args)  # same command, no failure injection
+    assert again.returncode == 0, again.stderr
+    assert "2 ok, 0 failed, 2 skipped" in again.stdout
+    ran = [ln.split()[0] for ln in counter.read_text().splitlines()[4:]]
+    assert sorted(ran) == sorted(d for d, r in res.items() if r["status"] == "failed")
+    now = {r["hparams"]["batch_size"]: r for r in results(sweep).values()}
+    assert {r["status"] for r in now.values()} == {"ok"}
+    # the hash the launcher recorded for the killed job is the one the job itself computes
+    assert now[128]["config_hash"] == by_batch[128]["config_hash"]
+
+
+def test_changed_config_reruns_and_keeps_the_old_run_aside(sweep_cli, tmp_path):
+    sweep, counter = tmp_path / "sweep", tmp_path / "trainings.txt"
+    base = ["-m", "batch_size=32,64", f"counter={counter}", f"hydra.sweep.dir={sweep}"]
+    assert sweep_cli(base).returncode == 0
+    p = sweep_cli([*base, "epochs=2"])
+    assert p.returncode == 0, p.stderr
+    assert "2 ok, 0 failed, 0 skipped" in p.stdout
+    assert len(counter.read_text().splitlines()) == 4
+    assert {r["hparams"]["epochs"] for r in results(sweep).values()} == {2}
+    assert len(list((sweep / ".replaced").iterdir())) == 2
+
+
+def test_sweeper_params_from_an_experiment_file(sweep_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "experiment=tiny", f"hydra.sweep.dir={sweep}", "hydra.launcher.max_parallel=2"])
+    assert p.returncode == 0, p.stderr
+    grid = sorted((r["hparams"]["epochs"], r["hparams"]["batch_size"]) for r in results(sweep).values())
+    assert grid == [(1, 32), (1, 64), (2, 32), (2, 64)]
+
+
+def test_dynamic_and_static_schedules_finish_the_same_grid(sweep_cli, tmp_path):
+    grid = ["epochs=1,2,3", "batch_size=64,128"]
+    tables = {}
+    for schedule in ("dynamic", "static"):
+        sweep = tmp_path / schedule
+        p = sweep_cli(["-m", *grid, "sleep_s=0.3", f"hydra.sweep.dir={sweep}", "hydra.launcher.max_parallel=2",
+                       f"hydra.launcher.schedule={schedule}"])
+        assert p.returncode == 0, p.stderr
+        launch = json.loads((sweep / "launcher.json").read_text())
+        assert launch["schedule"] == schedule
+        tables[schedule] = pd.read_csv(sweep / "results.csv").sort_values("config_hash")
+        if schedule == "static":
+            assert "Static split over 2 workers: predicted cost" in p.stdout + p.stderr
+            assert len(launch["predicted_cost"]) == 2 and len(launch["achieved_busy_s"]) == 2
+            # each worker ran its own list one job at a time, in job order
+            for w in range(2):
+                mine = sorted((j for j in launch["jobs"] if j["worker"] == w), key=lambda j: j["start"])
+                assert [j["num"] for j in mine] == sorted(j["num"] for j in mine)
+                assert all(a["end"] <= b["start"] for a, b in zip(mine, mine[1:]))
+            costs = {j["num"]: j["cost"] for j in launch["jobs"]}
+            for w, load in enumerate(launch["predicted_cost"]):
+                assert load == pytest.approx(sum(costs[j["num"]] for j in launch["jobs"] if j["worker"] == w))
+    assert list(tables["dynamic"]["config_hash"]) == list(tables["static"]["config_hash"])
+    assert set(tables["dynamic"]["status"]) == set(tables["static"]["status"]) == {"ok"}
+
+
+def test_static_partition_balances_estimated_cost():
+    costs = [8.0, 1.0, 4.0, 4.0, 3.0, 2.0, 2.0]
+    lists = partition(costs, 2)
+    assert sorted(i for lst in lists for i in lst) == list(range(len(costs)))
+    loads = [sum(costs[i] for i in lst) for lst in lists]
+    assert sorted(loads) == [12.0, 12.0] and imbalance(loads) == 0.0
+    assert partition(costs, 2) == lists  # deterministic
+    equal = partition([1.0] * 7, 3)
+    assert sorted(len(lst) for lst in equal) == [2, 2, 3]
+
+
+def test_gpu_jobs_wait_for_free_devices_and_get_only_theirs(sweep_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "gpus=1,2", "batch_size=32,64", "sleep_s=1", f"hydra.sweep.dir={sweep}",
+                   "hydra.launcher.devices=[a,b,c]", "hydra.launcher.max_parallel=3"])
+    assert p.returncode == 0, p.stderr
+    spans, devices = [], []
+    for d in job_dirs(sweep):
+        r = json.loads((d / "result.json").read_text())
+        env = json.loads((d / "env_0.json").read_text())
+        got = env["CUDA_VISIBLE_DEVICES"].split(",")
+        assert len(got) == r["hparams"]["gpus"] and set(got) <= {"a", "b", "c"}
+        t = dt.datetime.fromisoformat
+        spans.append((t(r["started"]).timestamp(), t(r["finished"]).timestamp()))
+        devices.append(set(got))
+    for i in range(len(spans)):
+        for k in range(i + 1, len(spans)):
+            if spans[i][0] < spans[k][1] and spans[k][0] < spans[i][1]:
+                assert not devices[i] & devices[k], "two running jobs shared a GPU"
+
+
+def test_gpu_request_without_gpus_is_refused_up_front(sweep_cli, tmp_path):
+    # Two sweeps of the real app started together, with the default sweep folder: both refused, own folders.
+    import concurrent.futures as cf
+
+    with cf.ThreadPoolExecutor(2) as ex:
+        runs = list(ex.map(lambda _: sweep_cli(["-m", "gpus=1,2", "epochs=1"], module="tornado.train",
+                                               cwd=tmp_path), range(2)))
+    for p in runs:
+        assert p.returncode == 2
+        assert p.stderr.strip().splitlines()[-1].startswith(
+            "error: gpus=1 asks for 1 GPU but 0 are visible (CUDA_VISIBLE_DEVICES unset)")
+    folders = list((tmp_path / "outputs" / "multirun").iterdir())
+    assert len(folders) == 2
+    for f in folders:
+        assert (f / "multirun.yaml").exists() and not job_dirs(f)  # nothing was launched
+
+
+def test_cpu_ddp_sweep_of_the_real_train(sweep_cli, sweep_train_overrides, tmp_path):
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "gpus=1,2", "trainer.accelerator=cpu", "batch_size=64", *sweep_train_overrides,
+                   f"hydra.sweep.dir={sweep}", "hydra.launcher.max_parallel=2"],
+                  module="tornado.train", cwd=tmp_path, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert [d.name for d in job_dirs(sweep)] == ["0", "1"]  # no sweep re-run by a DDP rank
+    assert not (tmp_path / "outputs").exists()
+    res = results(sweep)
+    assert [res[n]["status"] for n in ("0", "1")] == ["ok", "ok"]
+    assert [res[n]["devices"]["count"] for n in ("0", "1")] == [1, 2]
+    assert [res[n]["devices"]["accelerator"] for n in ("0", "1")] == ["cpu", "cpu"]
+    assert (sweep / "1" / "train_ddp_process_1.log").exists()
+    assert not (sweep / "0" / "train_ddp_process_1.log").exists()
+    table = pd.read_csv(sweep / "results.csv")
+    assert list(table["status"]) == ["ok", "ok"] and list(table["devices"]) == [1, 2]
+    assert table["wall_s"].gt(0).all() and table["roc_auc"].notna().all()
+
+
+# -- tornado.collect ----------------------------------------------------------------------------------
+
+def _design_result(out: Path, batch: int, status: str = "ok") -> dict:
+    return {"status": status, "error": None if status == "ok" else "RuntimeError: x", "config_hash": f"h{batch}",
+            "overrides": [f"batch_size={batch}"], "output_dir": str(out),
+            "hparams": {"epochs": 5, "batch_size": batch, "model.pool3": False},
+            "times": {"total_s": 12.0, "wall_s": 9.0, "epoch_s": [4.5, 4.5], "data_wait_s": 0.2, "compute_s": 8.8,
+                      "test_s": 0.4},
+            "samples_per_s": 7400.0, "batch": {"global": batch, "per_device": batch // 2, "devices": 2,
+                                              "effective_global": batch},
+            "devices": {"accelerator": "cpu", "count": 2, "names": ["cpu", "cpu"]},
+            "metrics": {"accuracy": 0.95, "roc_auc": 0.8}, "started": "2026-01-01T00:00:00+00:00",
+            "finished": "2026-01-01T00:00:12+00:00", "host": "h"}
+
+
+def test_collect_writes_one_row_per_job_with_the_design_columns(tmp_path):
+    for name, batch, status in (("10", 64, "ok"), ("2", 128, "failed"), ("x", 256, "ok")):
+        write_json(tmp_path / name / "result.json", _design_result(tmp_path / name, batch, status))
+    write_json(tmp_path / ".replaced" / "old" / "result.json", _design_result(tmp_path, 1))
+    (tmp_path / "empty").mkdir()
+    df = collect(tmp_path)
+    on_disk = pd.read_csv(tmp_path / "results.csv", dtype={"job": str})
+    assert list(on_disk["job"]) == ["2", "10", "x"] == list(df["job"])
+    cols = list(on_disk.columns)
+    assert cols[:4] == ["job", "status", "error", "output_dir"]
+    for c in ("epochs", "batch_size", "model.pool3", "accuracy", "roc_auc", "total_s", "wall_s", "data_wait_s",
+              "samples_per_s", "batch_global", "batch_per_device", "devices", "accelerator"):
+        assert c in cols
+    assert "epoch_s" not in cols
+    assert cols.index("batch_size") < cols.index("accuracy") < cols.index("wall_s") < cols.index("samples_per_s")
+    assert list(on_disk["status"]) == ["failed", "ok", "ok"]
+    assert list(on_disk["batch_per_device"]) == [64, 32, 128]
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: d / "missing", "no such folder"),
+    (lambda d: d, "no */result.json in it"),
+])
+def test_collect_cli_refuses_a_folder_without_results(sweep_cli, tmp_path, make, message):
+    p = sweep_cli([make(tmp_path)], module="tornado.collect")
+    assert p.returncode == 2
+    assert p.stderr.strip().startswith("error: sweep folder") and message in p.stderr
+    assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_collect_cli_and_sweep_efficiency(sweep_cli, tmp_path):
+    t0 = 1000.0
+    jobs = []
+    for i, (start, end, fit) in enumerate([(0, 10, 8.0), (0, 12, 9.0), (10, 20, 7.0), (12, 20, 6.0)]):
+        write_json(tmp_path / str(i) / "result.json", {"status": "ok", "times": {"wall_s": fit}})
+        jobs.append({"num": i, "dir": str(i), "status": "ok", "start": t0 + start, "end": t0 + end})
+    write_json(tmp_path / "launcher.json", {"slots": 2, "schedule": "dynamic", "wall_s": 20.0, "jobs": jobs})
+    eff = sweep_efficiency(tmp_path)
+    assert eff["efficiency"] == pytest.approx((8 + 9 + 7 + 6) / (20.0 * 2))
+    assert eff["occupancy"] == pytest.approx((10 + 12 + 10 + 8) / (20.0 * 2))
+    p = sweep_cli([tmp_path, "--efficiency"], module="tornado.collect")
+    assert p.returncode == 0, p.stderr
+    assert "4 jobs (4 ok)" in p.stdout and '"efficiency": 0.75' in p.stdout
+    assert len(pd.read_csv(tmp_path / "results.csv")) == 4

@@ -1,0 +1,206 @@
+"""Synthetic NCARSTORM files: format fidelity, physical structure, label rates, determinism and the CLI."""
+import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+import pytest
+import xarray as xr
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+
+from tornado import synth
+from tornado.data import LabelRule, find_files, read_storms, run_date
+from tornado.errors import TornadoError
+
+GRID_F32 = ("REFL_COM_curr", "U10_curr", "V10_curr", "T2_curr", "RVORT1_MAX_future", "HAIL_MAXK1_future",
+            "lon", "lat", "x", "y")
+GRID_I32 = ("i", "j", "masks")
+PATCH_VARS = {"time": "i4", "centroid_lon": "f4", "centroid_lat": "f4", "centroid_i": "f4", "centroid_j": "f4",
+              "track_id": "i4", "track_step": "i4"}
+PAPER = LabelRule(reduce="mean", threshold=0.008, inclusive=True)
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    out = tmp_path_factory.mktemp("small")
+    return synth.generate(out, days=3, patches_per_day=80, seed=5)
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory):
+    """A few thousand patches, for label rates and learnability."""
+    out = tmp_path_factory.mktemp("big")
+    synth.generate(out, days=10, patches_per_day=400, seed=11)
+    return read_storms(out), read_storms(out, label=PAPER)
+
+
+def test_files_have_the_ncarstorm_layout(small):
+    assert [p.name for p in small] == sorted(p.name for p in small)
+    for path in small:
+        assert path.name == f"NCARSTORM_{run_date(path):%Y%m%d}-0000_d01_model_patches.nc"
+        d = run_date(path)
+        with netCDF4.Dataset(path) as ds:
+            assert ds.data_model == "NETCDF4"
+            assert {k: len(v) for k, v in ds.dimensions.items()} == {"p": 80, "row": 32, "col": 32}
+            assert set(ds.variables) == set(GRID_F32) | set(GRID_I32) | set(PATCH_VARS)
+            for v in GRID_F32 + GRID_I32:
+                assert ds[v].dimensions == ("p", "row", "col")
+                assert ds[v].dtype == (np.float32 if v in GRID_F32 else np.int32), v
+            for v, kind in PATCH_VARS.items():
+                assert ds[v].dimensions == ("p",) and ds[v].dtype == np.dtype(kind), v
+            assert ds.Conventions == "CF-1.6"
+            assert ds.title == f"NCARSTORM Storm Patches for run {d:%Y%m%d}-0000 member d01"
+            assert ds.object_variable == "REFL_COM"
+            assert ds["time"].units == f"hours since {d:%Y-%m-%d} 00:00:00"
+        with xr.open_dataset(path) as xds:
+            assert np.issubdtype(xds["time"].dtype, np.datetime64)
+            hours = (xds["time"].values - np.datetime64(d, "ns")) / np.timedelta64(1, "h")
+            with netCDF4.Dataset(path) as ds:
+                np.testing.assert_array_equal(hours, ds["time"][:])
+            assert (hours >= 12).all() and (hours <= 35).all()
+
+
+def test_georeference_is_consistent(small):
+    with netCDF4.Dataset(small[0]) as ds:
+        v = {k: np.asarray(ds[k][:]) for k in ds.variables}
+    assert (v["lon"] > -110).all() and (v["lon"] < -80).all()
+    assert (v["lat"] > 28).all() and (v["lat"] < 48).all()
+    # row runs south -> north, col west -> east, 3 km apart; i, j are the grid indices of x, y
+    np.testing.assert_array_equal(np.diff(v["i"], axis=1), 1)
+    np.testing.assert_array_equal(np.diff(v["j"], axis=2), 1)
+    np.testing.assert_array_equal(v["x"], v["j"] * 3000.0)
+    np.testing.assert_array_equal(v["y"], v["i"] * 3000.0)
+    assert (np.diff(v["lat"], axis=1) > 0).all() and (np.diff(v["lon"], axis=2) > 0).all()
+    dlat_km = np.diff(v["lat"], axis=1) * np.pi / 180 * 6371
+    np.testing.assert_allclose(dlat_km, 3.0, rtol=1e-3)
+    # centroid: inside the storm object, reflectivity-weighted
+    w = v["REFL_COM_curr"] * v["masks"]
+    ci = (w * v["i"]).sum(axis=(1, 2)) / w.sum(axis=(1, 2))
+    np.testing.assert_allclose(v["centroid_i"], ci, atol=1e-3)
+    nearest = np.abs(v["lat"] - v["centroid_lat"][:, None, None]) + np.abs(v["lon"] - v["centroid_lon"][:, None, None])
+    k = nearest.reshape(len(ci), -1).argmin(axis=1)
+    assert (np.abs(v["i"].reshape(len(ci), -1)[np.arange(len(ci)), k] - v["centroid_i"]) <= 1).all()
+
+
+def test_storm_structure(small):
+    with netCDF4.Dataset(small[1]) as ds:
+        v = {k: np.asarray(ds[k][:]) for k in ds.variables}
+    refl, mask = v["REFL_COM_curr"], v["masks"]
+    assert set(np.unique(mask)) == {0, 1}
+    assert (refl[mask == 1] >= 40).all()  # the object is the >= 40 dBZ region of the main cell
+    assert (mask.sum(axis=(1, 2)) > 0).all()
+    assert (refl.max(axis=(1, 2)) >= 40).all() and refl.min() >= 0 and refl.max() <= 75
+    assert np.median(refl[:, :4, :4]) < 25  # a low background at the corners
+    speed = np.hypot(v["U10_curr"].mean(axis=(1, 2)), v["V10_curr"].mean(axis=(1, 2)))
+    assert 2 < np.median(speed) < 16
+    assert 260 < v["T2_curr"].min() and v["T2_curr"].max() < 315
+    hail = v["HAIL_MAXK1_future"]
+    assert hail.min() >= 0 and (hail == 0).mean() > 0.5 and hail.max() > 0
+    assert (refl[hail > 0] > 40).mean() > 0.95
+    assert (v["RVORT1_MAX_future"] > 0).all()
+    # tracks: consecutive steps of one track are consecutive hours
+    tid, step, time = v["track_id"], v["track_step"], v["time"]
+    for t in np.unique(tid):
+        sel = tid == t
+        assert step[sel].tolist() == list(range(sel.sum()))
+        assert (np.diff(time[sel]) == 1).all()
+
+
+def test_label_rates(big):
+    default, paper = big
+    n = len(default.y)
+    assert n == 4000
+    assert 0.03 <= default.y.mean() <= 0.08
+    assert 0 < paper.y.sum() < default.y.sum()
+    assert (paper.y <= default.y).all()  # mean >= 0.008 implies max > 0.005
+
+
+def test_labels_are_learnable_from_the_wind(big):
+    storms, _ = big
+    u, v = storms.x[:, 1].astype(np.float64), storms.x[:, 2].astype(np.float64)
+    curl = np.gradient(v, axis=2) - np.gradient(u, axis=1)
+    flat = np.sort(curl.reshape(len(curl), -1), axis=1)
+    feats = np.stack([flat[:, -1], flat[:, -10:].mean(1), flat[:, 0], curl.mean((1, 2)),
+                      storms.x[:, 0].max((1, 2))], axis=1)
+    feats = (feats - feats.mean(0)) / feats.std(0)
+    train = storms.date < np.sort(np.unique(storms.date))[7]  # first 7 run dates
+    model = LogisticRegression(max_iter=500).fit(feats[train], storms.y[train])
+    auc = roc_auc_score(storms.y[~train], model.predict_proba(feats[~train])[:, 1])
+    assert 0.7 < auc < 0.99
+
+
+def test_run_dates_split_and_range():
+    dates = synth.run_dates(40, seed=3)
+    assert dates == sorted(set(dates)) and len(dates) == 40
+    assert dt.date(2010, 10, 24) <= dates[0] and dates[-1] <= dt.date(2017, 3, 29)
+    assert sum(d >= dt.date(2015, 1, 1) for d in dates) == 10
+    for days in (2, 3, 5):
+        for seed in range(5):
+            ds = synth.run_dates(days, seed)
+            n_test = sum(d >= dt.date(2015, 1, 1) for d in ds)
+            assert 1 <= n_test <= days - 1
+    assert synth.run_dates(1, 0, start="2012-05-01", end="2012-05-01") == [dt.date(2012, 5, 1)]
+    assert synth.run_dates(7, 9) == synth.run_dates(7, 9) != synth.run_dates(7, 10)
+
+
+def test_same_seed_same_data(tmp_path):
+    a = synth.generate(tmp_path / "a", days=2, patches_per_day=30, seed=4)
+    b = synth.generate(tmp_path / "b", days=2, patches_per_day=30, seed=4)
+    c = synth.generate(tmp_path / "c", days=2, patches_per_day=30, seed=5)
+    assert [p.name for p in a] == [p.name for p in b]
+    for fa, fb in zip(a, b):
+        with netCDF4.Dataset(fa) as da, netCDF4.Dataset(fb) as db:
+            for var in da.variables:
+                np.testing.assert_array_equal(da[var][:], db[var][:], err_msg=var)
+    assert [p.name for p in a] != [p.name for p in c]
+    with netCDF4.Dataset(a[0]) as da, netCDF4.Dataset(c[0]) as dc:
+        assert not np.array_equal(da["REFL_COM_curr"][:], dc["REFL_COM_curr"][:])
+
+
+def test_writes_are_atomic(tmp_path):
+    paths = synth.generate(tmp_path, days=2, patches_per_day=10, seed=0)
+    assert sorted(tmp_path.iterdir()) == sorted(paths)  # no temp files left behind
+    fields = synth.storm_fields(np.random.default_rng(0), 10, dt.date(2012, 5, 1))
+    del fields["track_step"]  # fails at the very end of the write
+    target = tmp_path / synth.file_name(dt.date(2012, 5, 1))
+    with pytest.raises(KeyError):
+        synth.write_file(target, dt.date(2012, 5, 1), fields)
+    assert not target.exists() and sorted(tmp_path.iterdir()) == sorted(paths)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"days": 0}, "synth.days"),
+    ({"patches_per_day": -1}, "synth.patches_per_day"),
+    ({"start": "2013-01-01", "end": "2012-01-01"}, "after"),
+    ({"start": "2012-01-01", "end": "2012-01-03", "days": 4}, "only 3 dates"),
+    ({"start": "May 2012"}, "synth.start"),
+])
+def test_generate_refuses_bad_settings(tmp_path, kwargs, match):
+    with pytest.raises(TornadoError, match=match):
+        synth.generate(tmp_path, **{"days": 2, "patches_per_day": 5, **kwargs})
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "tornado.synth", *args], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1], timeout=120)
+
+
+def test_cli_writes_files(tmp_path):
+    out = tmp_path / "syn"
+    r = run_cli(f"out_dir={out}", "days=2", "patches_per_day=12", "seed=3")
+    assert r.returncode == 0, r.stderr
+    files = find_files(out)
+    assert len(files) == 2 and str(out) in r.stdout
+    assert len(read_storms(out).y) == 24
+
+
+@pytest.mark.parametrize("arg, match", [("bogus=1", "bogus"), ("days=many", "synth.days"), ("seed", "seed")])
+def test_cli_bad_argument(tmp_path, arg, match):
+    r = run_cli(f"out_dir={tmp_path}", arg)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and match in lines[0]
+    assert list(tmp_path.iterdir()) == []

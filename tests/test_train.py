@@ -1,0 +1,219 @@
+"""Training: config composition, one real run, records, determinism, DDP, bad configs, predict."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from tornado.errors import TornadoError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = str(ROOT / "conf")
+EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+
+
+def small(data_dir: Path, *extra: str) -> list[str]:
+    """Overrides for a fast CPU run on a small synthetic set."""
+    return [f"data.out_dir={data_dir}", "data.synth.days=16", "data.synth.patches_per_day=250",
+            "gpus=0", "epochs=2", "batch_size=64", "threads=1", *extra]
+
+
+def cfg_for(*overrides: str):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("storms")
+
+
+@pytest.fixture(scope="module")
+def first_run(data_dir, tmp_path_factory):
+    from tornado.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    return train(cfg_for(*small(data_dir, "epochs=4")), output_dir=out), out
+
+
+def test_every_group_option_composes():
+    for group in ("model", "augment", "data", "trainer", "logger", "launcher"):
+        for opt in (ROOT / "conf" / group).glob("*.yaml"):
+            cfg = cfg_for(f"{group}={opt.stem}")
+            OmegaConf.to_container(cfg, resolve=True)
+    for name in EXPERIMENTS:
+        cfg = cfg_for(f"experiment={name}")
+        assert cfg.paper, f"experiment {name} does not say which paper section it reproduces"
+
+
+def test_configs_instantiate(data_dir, tmp_path):
+    from tornado.datamodule import StormDataModule
+    from tornado.model import StormModule
+    from tornado.prepare import ensure_prepared
+
+    cfg = cfg_for(*small(data_dir))
+    path = ensure_prepared(cfg.data, cfg.augment)
+    dm = StormDataModule(path, cfg.batch_size, cfg.data_multiplier, cfg.augmentation,
+                         OmegaConf.to_container(cfg.augment))
+    dm.setup()
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.shape == (64, 3, 32, 32) and y.shape == (64,)
+    assert abs(float(x.mean())) < 0.5 and 0.5 < float(x.std()) < 1.5  # standardised
+    module = StormModule(pool3=cfg.model.pool3, dropout=cfg.model.dropout, lr=cfg.lr)
+    assert module(x).shape == (64,)
+    trainer = instantiate(cfg.trainer, accelerator="cpu", devices=1, logger=False)
+    assert trainer.max_epochs == cfg.epochs
+    loggers = [instantiate(c, save_dir=str(tmp_path)) for c in cfg.logger.values()]
+    assert {type(l).__name__ for l in loggers} == {"CSVLogger", "TensorBoardLogger"}
+
+
+def test_paper_code_variant_pools_after_third_conv():
+    from tornado.model import StormCNN
+
+    assert StormCNN(pool3=False).layers[-1].in_features == 32 * 8 * 8
+    assert StormCNN(pool3=True).layers[-1].in_features == 32 * 4 * 4
+
+
+def test_run_writes_full_records_and_learns(first_run):
+    result, out = first_run
+    on_disk = json.loads((out / "result.json").read_text())
+    assert on_disk["status"] == "ok" and on_disk["error"] is None
+    assert on_disk["hparams"]["batch_size"] == 64 and on_disk["hparams"]["epochs"] == 4
+    assert on_disk["hparams"]["data.label.threshold"] == 0.005
+    t = on_disk["times"]
+    assert len(t["epoch_s"]) == 4 and 0 < t["wall_s"] <= t["total_s"]
+    assert t["data_wait_s"] >= 0 and t["compute_s"] > 0
+    assert on_disk["samples_per_s"] > 0
+    assert on_disk["devices"] == {"accelerator": "cpu", "count": 1, "names": on_disk["devices"]["names"]}
+    assert {"torch", "pytorch_lightning", "tornado"} <= set(on_disk["versions"])
+    m = on_disk["metrics"]
+    for key in ("accuracy", "roc_auc", "average_precision", "csi_050", "pod_050", "far_050", "best_threshold",
+                "csi_best", "pod_best", "far_best", "brier", "bss"):
+        assert key in m
+    assert m["roc_auc"] > 0.6, m  # a few hundred steps on 3,000 patches; the default run is checked below
+    hist = on_disk["history"]
+    assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
+    assert hist[-1]["train_loss"] < 0.9 * hist[0]["train_loss"]
+    assert (out / "csv" / "metrics.csv").exists()
+    assert list((out / "tb").rglob("events.out.tfevents.*"))
+    assert (out / "checkpoints" / "last.ckpt").exists()
+    preds = np.load(out / "test_predictions.npz")
+    assert len(preds["prob"]) == len(preds["label"]) == int(m["n"])
+
+
+def test_live_augmentation_runs(data_dir, tmp_path):
+    from tornado.train import train
+
+    r = train(cfg_for(*small(data_dir, "augmentation=live", "data_multiplier=2", "epochs=1")), output_dir=tmp_path)
+    assert r["status"] == "ok" and r["hparams"]["augmentation"] == "live"
+
+
+def test_streamed_data_runs(data_dir, tmp_path):
+    from tornado.train import train
+
+    r = train(cfg_for(*small(data_dir, "fast.resident=false", "data_multiplier=2", "epochs=1")), output_dir=tmp_path)
+    assert r["status"] == "ok" and r["fast"]["resident"] is False
+
+
+def test_same_seed_same_metrics(data_dir, tmp_path, first_run):
+    from tornado.train import train
+
+    again = train(cfg_for(*small(data_dir, "epochs=4")), output_dir=tmp_path)
+    assert again["metrics"] == first_run[0]["metrics"]
+    other = train(cfg_for(*small(data_dir, "epochs=1", "seed=1")), output_dir=tmp_path / "s1")
+    zero = train(cfg_for(*small(data_dir, "epochs=1", "seed=0")), output_dir=tmp_path / "s0")
+    assert other["metrics"]["brier"] != zero["metrics"]["brier"]
+
+
+@pytest.mark.parametrize("name", EXPERIMENTS)
+def test_experiment_fast_dev_run(name, data_dir, tmp_path):
+    from tornado.train import train
+
+    r = train(cfg_for(f"experiment={name}", *small(data_dir, "epochs=1", "batch_size=256",
+                                                   "trainer.limit_train_batches=2")), output_dir=tmp_path)
+    assert r["status"] == "ok"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("batch_size=0", "batch_size=0: must be a positive integer"),
+    ("augmentation=sideways", "augmentation=sideways: unknown"),
+    ("data_multiplier=3", "data_multiplier=3: "),
+    ("gpus=2", "gpus=2 asks for 2 GPUs but 0 are visible"),
+    ("epochs=-1", "epochs=-1: must be a positive integer"),
+])
+def test_bad_config_fails_before_training(override, message, data_dir, tmp_path):
+    from tornado.train import train
+
+    if override == "gpus=2" and torch.cuda.device_count() >= 2:
+        pytest.skip("this machine has 2 GPUs")
+    with pytest.raises(TornadoError, match=message):
+        train(cfg_for(*small(data_dir), override), output_dir=tmp_path)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "failed" and message.split(":")[0] in result["error"]
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def _cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TORNADO_SWEEP_DIR", None)
+    return subprocess.run([sys.executable, "-m", "tornado.train", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def test_cli_bad_value_one_line_exit_2(data_dir, tmp_path):
+    p = _cli([*small(data_dir), "batch_size=-5", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT)
+    assert p.returncode == 2
+    assert p.stderr.strip().splitlines()[-1] == "error: batch_size=-5: must be a positive integer"
+    assert "Traceback" not in p.stderr
+
+
+def test_cpu_ddp_two_processes_keep_global_batch(data_dir, tmp_path):
+    run = tmp_path / "ddp"
+    p = _cli([*small(data_dir, "epochs=1", "batch_size=128", "trainer.accelerator=cpu", "gpus=2"),
+              f"hydra.run.dir={run}"], cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads((run / "result.json").read_text())
+    assert result["batch"] == {"global": 128, "per_device": 64, "devices": 2, "effective_global": 128}
+    assert result["devices"]["count"] == 2
+    assert (run / "train_ddp_process_1.log").exists()
+
+
+def test_predict_round_trip(first_run, data_dir, tmp_path):
+    from tornado.data import find_files, read_storms
+    from tornado.predict import predict
+
+    result, out = first_run
+    files = find_files(data_dir / "synthetic")[-2:]
+    df = predict(out / "checkpoints" / "last.ckpt", str(data_dir / "synthetic" / files[0].name))
+    storms = read_storms([files[0]])
+    assert len(df) == len(storms.y)
+    assert np.array_equal(df["label"].to_numpy(dtype=np.int64), storms.y.astype(np.int64))
+    assert ((df["probability"] >= 0) & (df["probability"] <= 1)).all()
+    csv = tmp_path / "p.csv"
+    p = subprocess.run([sys.executable, "-m", "tornado.predict", f"checkpoint={out / 'checkpoints' / 'last.ckpt'}",
+                        f"input={data_dir / 'synthetic'}", f"output={csv}"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    assert len(pd.read_csv(csv)) == len(read_storms(data_dir / "synthetic").y)
+    bad = subprocess.run([sys.executable, "-m", "tornado.predict", f"checkpoint={tmp_path / 'nope.ckpt'}",
+                          f"input={data_dir}"], capture_output=True, text=True)
+    assert bad.returncode == 2 and bad.stderr.strip() == f"error: checkpoint={tmp_path / 'nope.ckpt'}: no such file"
+
+
+@pytest.mark.slow
+def test_default_run_reaches_skill(tmp_path):
+    """`python -m tornado.train` with no arguments: the default synthetic set is learnable (ROC AUC >= 0.75)."""
+    p = _cli([f"data.out_dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT, timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert "ROC AUC" in p.stdout and str(tmp_path / "run") in p.stdout
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["metrics"]["roc_auc"] >= 0.75, result["metrics"]

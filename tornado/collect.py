@@ -1,0 +1,128 @@
+"""Every job's result.json in a sweep folder -> SWEEP_DIR/results.csv (python -m tornado.collect SWEEP_DIR)."""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+from tornado.errors import TornadoError, run_cli
+from tornado.records import flatten, write_atomic
+
+_EXTRA = ("config_hash", "started", "finished", "host")
+
+
+def _job_key(name: str) -> tuple:
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def result_files(sweep_dir: str | os.PathLike) -> list[Path]:
+    """The result.json of every job folder directly under the sweep folder, in job order."""
+    sweep = Path(sweep_dir)
+    if not sweep.is_dir():
+        raise TornadoError(f"sweep folder {sweep}: no such folder")
+    files = [p for p in sweep.glob("*/result.json") if not p.parent.name.startswith(".")]
+    if not files:
+        raise TornadoError(f"sweep folder {sweep}: no */result.json in it (is it a sweep folder?)")
+    return sorted(files, key=lambda p: _job_key(p.parent.name))
+
+
+def result_row(job: str, res: dict) -> dict[str, Any]:
+    """One results.csv row: identity, then hparams, metrics, times and throughput (design.md)."""
+    row: dict[str, Any] = {"job": job, "status": res.get("status"), "error": res.get("error"),
+                           "output_dir": res.get("output_dir")}
+    row.update(flatten(res.get("hparams") or {}))
+    row.update(res.get("metrics") or {})
+    row.update({k: v for k, v in (res.get("times") or {}).items() if k != "epoch_s"})
+    batch = res.get("batch") or {}
+    devices = res.get("devices") or {}
+    row.update(samples_per_s=res.get("samples_per_s"), batch_global=batch.get("global"),
+               batch_per_device=batch.get("per_device"), devices=devices.get("count"),
+               accelerator=devices.get("accelerator"))
+    row.update({k: res.get(k) for k in _EXTRA})
+    return row
+
+
+def _read(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        return {"status": "unreadable", "error": f"result.json unreadable: {e}", "output_dir": str(path.parent)}
+
+
+def _ordered_columns(rows: Iterable[dict]) -> list[str]:
+    seen: dict[str, None] = {}
+    for r in rows:
+        seen.update(dict.fromkeys(r))
+    return list(seen)
+
+
+def collect(sweep_dir: str | os.PathLike) -> pd.DataFrame:
+    """Gather the sweep's result.json files into SWEEP_DIR/results.csv (atomic, under a lock) and return them."""
+    sweep = Path(sweep_dir)
+    files = result_files(sweep)
+    with open(sweep / ".collect.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        # Read under the lock, so the last writer always saw every finished job.
+        rows = [result_row(p.parent.name, _read(p)) for p in files]
+        df = pd.DataFrame(rows, columns=_ordered_columns(rows))
+        write_atomic(sweep / "results.csv", df.to_csv(index=False))
+    return df
+
+
+def _launch_record(sweep: Path) -> dict | None:
+    try:
+        return json.loads((sweep / "launcher.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def sweep_efficiency(sweep_dir: str | os.PathLike, slots: int | None = None) -> dict[str, Any]:
+    """How well a sweep kept its slots busy with training: sum of fit times / (sweep wall time x slots).
+
+    Uses the jobs that ran in the last launch (launcher.json) and their result.json `times.wall_s`.
+    `occupancy` is the same ratio with each job's whole process time: the gap between the two is
+    per-job start-up (imports, data loading, test), the gap between occupancy and 1 is the scheduler's.
+    """
+    sweep = Path(sweep_dir)
+    record = _launch_record(sweep)
+    if record is None:
+        raise TornadoError(f"sweep folder {sweep}: no launcher.json (was it run by the local launcher?)")
+    ran = [j for j in record["jobs"] if j.get("start") is not None and j.get("end") is not None]
+    if not ran:
+        raise TornadoError(f"sweep folder {sweep}: the last launch ran no jobs")
+    slots = slots or record["slots"]
+    wall = record["wall_s"]
+    fit = 0.0
+    for j in ran:
+        res = _read(sweep / j["dir"] / "result.json")
+        fit += float((res.get("times") or {}).get("wall_s") or 0.0)
+    process = sum(j["end"] - j["start"] for j in ran)
+    return {"jobs": len(ran), "ok": sum(j["status"] == "ok" for j in ran), "slots": slots,
+            "schedule": record.get("schedule"), "sweep_wall_s": wall, "sum_fit_s": fit, "sum_process_s": process,
+            "efficiency": fit / (wall * slots), "occupancy": process / (wall * slots)}
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="python -m tornado.collect", description=__doc__)
+    ap.add_argument("sweep_dir", help="a sweep folder (hydra.sweep.dir): job folders holding result.json")
+    ap.add_argument("--efficiency", action="store_true", help="also print how busy the last launch kept its slots")
+    args = ap.parse_args(argv)
+
+    def work() -> None:
+        df = collect(args.sweep_dir)
+        c = df["status"].value_counts().to_dict()
+        print(f"wrote {Path(args.sweep_dir) / 'results.csv'}: {len(df)} jobs "
+              f"({', '.join(f'{n} {s}' for s, n in sorted(c.items()))})")
+        if args.efficiency:
+            print(json.dumps(sweep_efficiency(args.sweep_dir), indent=2))
+
+    run_cli(work)
+
+
+if __name__ == "__main__":
+    main()

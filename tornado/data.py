@@ -1,0 +1,253 @@
+"""Read NCARSTORM storm-patch files (netCDF4, one per model run date) into inputs and labels.
+
+Inputs are ``(p, 3, 32, 32)`` float32 in physical units, channels ``CHANNELS`` (dBZ, m/s, m/s); axis -2 runs
+south to north, axis -1 west to east. Labels come from ``RVORT1_MAX_future`` through a ``LabelRule``.
+Patches holding NaN or inf (in an input channel or in the label field) are dropped by default
+(``nonfinite="drop"``, a warning per file gives the count) or refused (``nonfinite="fail"``).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import glob
+import logging
+import numbers
+import re
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import netCDF4
+import numpy as np
+
+from tornado.errors import TornadoError
+
+log = logging.getLogger(__name__)
+
+CHANNELS = ("REFL_COM_curr", "U10_curr", "V10_curr")
+LABEL_VAR = "RVORT1_MAX_future"
+TRACK_VAR = "track_id"
+PATCH_SIZE = 32
+FILE_GLOB = "NCARSTORM_*.nc"
+REDUCES = ("max", "mean")
+NONFINITE = ("drop", "fail")
+_NAME = re.compile(r"NCARSTORM_(\d{8})-\d{4}_")
+
+
+@dataclass(frozen=True)
+class LabelRule:
+    """A patch is positive when ``reduce`` of its future 1 km vorticity exceeds ``threshold``.
+
+    Default: the AMS short course's rule, max > 0.005 s^-1. The paper's text: mean >= 0.008
+    (``reduce="mean", threshold=0.008, inclusive=True``).
+    """
+
+    reduce: str = "max"
+    threshold: float = 0.005
+    inclusive: bool = False
+
+    def __post_init__(self) -> None:
+        if self.reduce not in REDUCES:
+            raise TornadoError(f"label.reduce: {self.reduce!r}: must be one of {', '.join(REDUCES)}")
+        if not isinstance(self.threshold, numbers.Real) or not np.isfinite(self.threshold):
+            raise TornadoError(f"label.threshold: {self.threshold!r}: must be a finite number")
+        if not isinstance(self.inclusive, (bool, np.bool_)):
+            raise TornadoError(f"label.inclusive: {self.inclusive!r}: must be true or false")
+
+    def apply(self, field: np.ndarray) -> np.ndarray:
+        """``(p, 32, 32)`` future vorticity -> ``(p,)`` uint8 labels."""
+        if self.reduce not in REDUCES:  # guards instances altered after construction
+            raise TornadoError(f"label.reduce: {self.reduce!r}: must be one of {', '.join(REDUCES)}")
+        field = np.asarray(field)
+        if field.dtype.kind != "f":
+            field = field.astype(np.float64)
+        axes = tuple(range(1, field.ndim))
+        if self.reduce == "max":
+            value = field.max(axis=axes, initial=-np.inf)
+        else:  # accumulate in float64, compare in the data's precision (0.008 stored as float32 is 0.008)
+            value = field.mean(axis=axes, dtype=np.float64).astype(field.dtype)
+        threshold = field.dtype.type(self.threshold)
+        hit = value >= threshold if self.inclusive else value > threshold
+        return hit.astype(np.uint8)
+
+    @classmethod
+    def from_cfg(cls, cfg: Mapping) -> "LabelRule":
+        """From any mapping (or DictConfig) with ``reduce``, ``threshold`` and ``inclusive``."""
+        d = cls()
+        threshold = cfg.get("threshold", d.threshold)
+        if isinstance(threshold, int) and not isinstance(threshold, bool):
+            threshold = float(threshold)
+        return cls(
+            reduce=str(cfg.get("reduce", d.reduce)),
+            threshold=threshold,
+            inclusive=cfg.get("inclusive", d.inclusive),
+        )
+
+
+def find_files(source: str | Path) -> list[Path]:
+    """NCARSTORM files from a folder (``NCARSTORM_*.nc`` inside, sorted) or a glob pattern."""
+    text = str(source)
+    if any(c in text for c in "*?["):
+        files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
+        if not files:
+            raise TornadoError(f"data.source: {text}: no files match")
+        return files
+    folder = Path(text)
+    if not folder.is_dir():
+        raise TornadoError(f"data.source: {text}: no such folder")
+    files = sorted(p for p in folder.glob(FILE_GLOB) if p.is_file())
+    if not files:
+        raise TornadoError(f"data.source: {text}: no {FILE_GLOB} files in this folder")
+    return files
+
+
+def run_date(path: str | Path) -> dt.date:
+    """The model run date in a name like ``NCARSTORM_20130520-0000_d01_model_patches.nc``."""
+    name = Path(path).name
+    m = _NAME.match(name)
+    try:
+        if m is None:
+            raise ValueError
+        return dt.datetime.strptime(m.group(1), "%Y%m%d").date()
+    except ValueError:
+        raise TornadoError(
+            f"NCARSTORM file: {path}: name does not hold a run date (NCARSTORM_YYYYMMDD-HHMM_...)"
+        ) from None
+
+
+@dataclass
+class StormFile:
+    """The patches of one file: inputs ``x`` (p, 3, 32, 32) float32, labels ``y`` (p,) uint8."""
+
+    path: Path
+    date: dt.date
+    x: np.ndarray
+    y: np.ndarray
+    track_id: np.ndarray
+    n_dropped: int
+
+
+@dataclass
+class Storms:
+    """Patches of many files: ``date`` (N,) int32 yyyymmdd of each patch's run date."""
+
+    x: np.ndarray
+    y: np.ndarray
+    date: np.ndarray
+    track_id: np.ndarray
+    n_dropped: int = 0
+    files: list[Path] = field(default_factory=list)
+
+
+def _open(path: Path) -> netCDF4.Dataset:
+    try:
+        return netCDF4.Dataset(path, "r")
+    except (OSError, RuntimeError, ValueError) as e:
+        raise TornadoError(f"NCARSTORM file: {path}: cannot be read as netCDF ({_reason(e)})") from None
+
+
+def _reason(e: Exception) -> str:
+    text = e.strerror if isinstance(e, OSError) and e.strerror else str(e)  # without the repeated file name
+    return " ".join(text.split()) or type(e).__name__
+
+
+def _n_patches(ds: netCDF4.Dataset, path: Path) -> int:
+    if "p" not in ds.dimensions:
+        raise TornadoError(f"NCARSTORM file: {path}: missing dimension 'p'")
+    return len(ds.dimensions["p"])
+
+
+def count_patches(files: Iterable[str | Path]) -> int:
+    """Total patches in ``files``, from the dimension sizes only."""
+    total = 0
+    for f in files:
+        path = Path(f)
+        with _open(path) as ds:
+            total += _n_patches(ds, path)
+    return total
+
+
+def _read_var(ds: netCDF4.Dataset, path: Path, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    if name not in ds.variables:
+        raise TornadoError(f"NCARSTORM file: {path}: missing variable {name!r}")
+    var = ds.variables[name]
+    if tuple(var.shape) != shape:
+        want = "x".join(map(str, shape))
+        got = "x".join(map(str, var.shape))
+        raise TornadoError(f"NCARSTORM file: {path}: variable {name!r} has shape {got}, expected {want}")
+    data = var[:]
+    if np.ma.is_masked(data):  # fill values in a float field become NaN, dropped or refused like inf
+        if data.dtype.kind != "f":
+            raise TornadoError(f"NCARSTORM file: {path}: variable {name!r} has missing values")
+        data = np.ma.filled(data, np.nan)
+    return np.asarray(np.ma.getdata(data))
+
+
+def read_file(path: str | Path, label: LabelRule = LabelRule(), nonfinite: str = "drop") -> StormFile:
+    """One NCARSTORM file -> ``StormFile``; every fault is a ``TornadoError`` naming the file."""
+    if nonfinite not in NONFINITE:
+        raise TornadoError(f"data.nonfinite: {nonfinite!r}: must be one of {', '.join(NONFINITE)}")
+    path = Path(path)
+    date = run_date(path)
+    with _open(path) as ds:
+        try:
+            p = _n_patches(ds, path)
+            grid = (p, PATCH_SIZE, PATCH_SIZE)
+            x = np.empty((p, len(CHANNELS), PATCH_SIZE, PATCH_SIZE), np.float32)
+            for c, name in enumerate(CHANNELS):
+                x[:, c] = _read_var(ds, path, name, grid)
+            future = _read_var(ds, path, LABEL_VAR, grid)
+            track = _read_var(ds, path, TRACK_VAR, (p,))
+        except (OSError, RuntimeError, ValueError, IndexError, KeyError) as e:
+            raise TornadoError(f"NCARSTORM file: {path}: cannot be read ({_reason(e)})") from None
+    finite = np.isfinite(x).all(axis=(1, 2, 3)) & np.isfinite(future).all(axis=(1, 2))
+    n_bad = int(p - finite.sum())
+    if n_bad:
+        if nonfinite == "fail":
+            raise TornadoError(
+                f"NCARSTORM file: {path}: {n_bad} of {p} patches hold NaN or inf (data.nonfinite=drop skips them)"
+            )
+        log.warning("%s: dropped %d of %d patches holding NaN or inf", path, n_bad, p)
+        x, future, track = x[finite], future[finite], track[finite]
+    if not np.issubdtype(track.dtype, np.integer):
+        raise TornadoError(f"NCARSTORM file: {path}: variable {TRACK_VAR!r} is {track.dtype}, expected integers")
+    return StormFile(path=path, date=date, x=x, y=label.apply(future), track_id=track.astype(np.int64),
+                     n_dropped=n_bad)
+
+
+def iter_storm_files(files: Iterable[str | Path], label: LabelRule = LabelRule(),
+                     nonfinite: str = "drop") -> Iterator[StormFile]:
+    """Read ``files`` one at a time (see ``read_file``)."""
+    for f in files:
+        yield read_file(f, label, nonfinite)
+
+
+def _as_files(source_or_files) -> list[Path]:
+    if isinstance(source_or_files, (str, Path)):
+        return find_files(source_or_files)
+    return [Path(f) for f in source_or_files]
+
+
+def read_storms(source_or_files, label: LabelRule = LabelRule(), nonfinite: str = "drop") -> Storms:
+    """All patches of a folder, glob or list of files, in file order.
+
+    Output arrays are allocated once from ``count_patches`` and filled file by file, so memory stays about
+    the size of the result. Default ``nonfinite="drop"``: patches with NaN/inf are skipped and counted.
+    """
+    files = _as_files(source_or_files)
+    total = count_patches(files)
+    x = np.empty((total, len(CHANNELS), PATCH_SIZE, PATCH_SIZE), np.float32)
+    y = np.empty(total, np.uint8)
+    date = np.empty(total, np.int32)
+    track = np.empty(total, np.int64)
+    n = dropped = 0
+    for sf in iter_storm_files(files, label, nonfinite):
+        k = len(sf.y)
+        if n + k > total:
+            raise TornadoError(f"NCARSTORM file: {sf.path}: changed while being read")
+        x[n:n + k], y[n:n + k], track[n:n + k] = sf.x, sf.y, sf.track_id
+        date[n:n + k] = sf.date.year * 10000 + sf.date.month * 100 + sf.date.day
+        n += k
+        dropped += sf.n_dropped
+    if n < total:  # patches were dropped: trim (the views keep the original buffers)
+        x, y, date, track = x[:n], y[:n], date[:n], track[:n]
+    return Storms(x=x, y=y, date=date, track_id=track, n_dropped=dropped, files=files)

@@ -1,0 +1,233 @@
+"""LightningDataModule over a prepared HDF5 file: preaugmented copies or live augmentation.
+
+Data that fits is held where training runs (GPU memory on a GPU) and every batch is a slice of a
+device-side random permutation: no per-sample DataLoader work. Larger data streams from the HDF5
+file in contiguous chunks, shuffled by chunk and within each chunk. Under DDP every rank takes its
+own shard of each epoch's permutation (or of the chunk list), with equal step counts.
+"""
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import h5py
+import numpy as np
+import pytorch_lightning as pl
+import torch
+
+from tornado.augment import AugmentConfig, augment
+from tornado.errors import TornadoError
+
+AUGMENTATIONS = ("preaugmented", "live")
+
+
+def read_meta(path) -> dict:
+    try:
+        with h5py.File(path, "r") as f:
+            return {
+                "n_train": int(f.attrs["n_train"]),
+                "n_test": int(f.attrs["n_test"]),
+                "multipliers": [int(m) for m in f.attrs["multipliers"]],
+                "mean": f["scaler/mean"][:].astype(np.float64),
+                "std": f["scaler/std"][:].astype(np.float64),
+                "positives_train": int(f.attrs.get("positives_train", -1)),
+            }
+    except (OSError, KeyError) as e:
+        raise TornadoError(f"{path}: not a prepared storm file ({e})") from None
+
+
+def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
+
+
+def load_test(path, device="cpu") -> tuple[torch.Tensor, np.ndarray]:
+    """The untouched test set, standardised with the stored scaler."""
+    meta = read_meta(path)
+    with h5py.File(path, "r") as f:
+        x = torch.from_numpy(f["test/x"][:].astype(np.float32))
+        y = f["test/y"][:].astype(np.uint8)
+    mean = torch.tensor(meta["mean"], dtype=torch.float32)
+    std = torch.tensor(meta["std"], dtype=torch.float32)
+    return standardise(x, mean, std).to(device), y
+
+
+def _fits_in_memory(nbytes: int, device: torch.device) -> bool:
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return nbytes < 0.5 * free
+    try:
+        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):
+        return True
+    return nbytes < 0.5 * avail
+
+
+class StormDataModule(pl.LightningDataModule):
+    def __init__(self, path: str, batch_size: int, data_multiplier: int = 1,
+                 augmentation: str = "preaugmented", augment: dict | None = None, seed: int = 0,
+                 resident: str | bool = "auto", storage: str = "float32", chunk_batches: int = 32):
+        super().__init__()
+        if augmentation not in AUGMENTATIONS:
+            raise TornadoError(f"augmentation={augmentation}: unknown, use one of {', '.join(AUGMENTATIONS)}")
+        if storage not in ("float32", "float16"):
+            raise TornadoError(f"fast.storage={storage}: unknown, use float32 or float16")
+        self.path = str(path)
+        self.batch_size = int(batch_size)
+        self.multiplier = int(data_multiplier)
+        self.augmentation = augmentation
+        self.augment_cfg = AugmentConfig.from_cfg(augment or {})
+        self.seed = int(seed)
+        self.resident = resident
+        self.storage = getattr(torch, storage)
+        self.chunk_batches = chunk_batches
+        self.meta = read_meta(self.path)
+        if augmentation == "preaugmented" and self.multiplier not in self.meta["multipliers"]:
+            raise TornadoError(
+                f"data_multiplier={self.multiplier}: {self.path} holds multipliers "
+                f"{self.meta['multipliers']} (prepare with multipliers=[...,{self.multiplier}])")
+        if self.multiplier < 1:
+            raise TornadoError(f"data_multiplier={self.multiplier}: must be a positive integer")
+        self.data_wait_s = 0.0
+        self.x = self.y = None
+
+    # sizes -------------------------------------------------------------------------------
+    @property
+    def world(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    @property
+    def per_device_batch(self) -> int:
+        return max(1, self.batch_size // self.world[1])
+
+    @property
+    def samples_per_epoch(self) -> int:
+        return self.meta["n_train"] * self.multiplier
+
+    @property
+    def stored_rows(self) -> int:
+        return self.samples_per_epoch if self.augmentation == "preaugmented" else self.meta["n_train"]
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.samples_per_epoch // self.world[1] / self.per_device_batch)
+
+    @property
+    def device(self) -> torch.device:
+        t = self.trainer
+        return t.strategy.root_device if t is not None else torch.device("cpu")
+
+    # loading -----------------------------------------------------------------------------
+    def setup(self, stage: str | None = None) -> None:
+        if self.x is not None:
+            return
+        dev = self.device
+        self.mean = torch.tensor(self.meta["mean"], dtype=torch.float32, device=dev)
+        self.std = torch.tensor(self.meta["std"], dtype=torch.float32, device=dev)
+        nbytes = self.stored_rows * 3 * 32 * 32 * self.storage.itemsize
+        resident = self.resident if isinstance(self.resident, bool) else _fits_in_memory(nbytes, dev)
+        self.is_resident = bool(resident)
+        if not self.is_resident:
+            return
+        with h5py.File(self.path, "r") as f:  # opened here, in this process, and closed again
+            x = torch.from_numpy(f["train/x"][: self.stored_rows].astype(np.float32, copy=False))
+            y = torch.from_numpy(f["train/y"][: self.stored_rows].astype(np.float32))
+        x = x.to(dev)
+        if self.augmentation == "preaugmented":
+            x = standardise(x, self.mean, self.std)
+        self.x = x.to(self.storage)
+        self.y = y.to(dev)
+
+    def train_dataloader(self):
+        return _ResidentBatches(self) if self.is_resident else _StreamedBatches(self)
+
+    def prepare_batch(self, x: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+        x = x.float()
+        if self.augmentation == "live":
+            x = standardise(augment(x, self.augment_cfg, gen), self.mean, self.std)
+        return x
+
+    def _generators(self) -> tuple[torch.Generator, torch.Generator, int]:
+        epoch = self.trainer.current_epoch if self.trainer is not None else 0
+        dev = self.device
+        order = torch.Generator(device=dev)
+        order.manual_seed(self.seed * 1_000_003 + epoch)
+        rank = self.world[0]
+        aug = torch.Generator(device=dev)
+        aug.manual_seed((self.seed * 1_000_003 + epoch) * 64 + 1 + rank)
+        return order, aug, epoch
+
+
+class _ResidentBatches:
+    def __init__(self, dm: StormDataModule):
+        self.dm = dm
+
+    def __len__(self) -> int:
+        return self.dm.steps_per_epoch()
+
+    def __iter__(self):
+        dm = self.dm
+        order, aug, _ = dm._generators()
+        rank, world = dm.world
+        b, steps = dm.per_device_batch, len(self)
+        perm = torch.randperm(dm.samples_per_epoch, generator=order, device=dm.device)
+        if world > 1:
+            perm = perm[: len(perm) // world * world][rank::world]
+        if dm.augmentation == "live":
+            perm = perm % dm.meta["n_train"]
+        for i in range(steps):
+            t0 = time.perf_counter()
+            idx = perm[i * b:(i + 1) * b]
+            xb = dm.prepare_batch(dm.x.index_select(0, idx), aug)
+            yb = dm.y.index_select(0, idx)
+            dm.data_wait_s += time.perf_counter() - t0
+            yield xb, yb
+
+
+class _StreamedBatches:
+    """Contiguous chunks read from HDF5 (a handle opened lazily in the iterating process)."""
+
+    def __init__(self, dm: StormDataModule):
+        self.dm = dm
+
+    def __len__(self) -> int:
+        return self.dm.steps_per_epoch()
+
+    def _chunks(self, gen: torch.Generator):
+        dm = self.dm
+        rank, world = dm.world
+        size = dm.per_device_batch * dm.chunk_batches
+        starts = list(range(0, dm.stored_rows, size))
+        while True:  # live: multiplier passes over the originals; cycles until the step count is reached
+            for k in torch.randperm(len(starts), generator=gen)[rank::world].tolist():
+                yield starts[k], min(starts[k] + size, dm.stored_rows)
+
+    def __iter__(self):
+        dm = self.dm
+        _, aug, epoch = dm._generators()
+        b, steps = dm.per_device_batch, len(self)
+        base = dm.seed * 1_000_003 + epoch
+        local = torch.Generator().manual_seed(base * 64 + 1 + dm.world[0])
+        with h5py.File(dm.path, "r") as f:
+            fx, fy = f["train/x"], f["train/y"]
+            done = 0
+            chunks = self._chunks(torch.Generator().manual_seed(base))  # same order on every rank
+            while done < steps:
+                t0 = time.perf_counter()
+                s, e = next(chunks)
+                x = torch.from_numpy(fx[s:e].astype(np.float32, copy=False)).to(dm.device)
+                y = torch.from_numpy(fy[s:e].astype(np.float32)).to(dm.device)
+                if dm.augmentation == "preaugmented":
+                    x = standardise(x, dm.mean, dm.std)
+                perm = torch.randperm(e - s, generator=local).to(dm.device)
+                dm.data_wait_s += time.perf_counter() - t0
+                for i in range(0, e - s, b):
+                    if done >= steps:
+                        break
+                    t0 = time.perf_counter()
+                    idx = perm[i:i + b]
+                    xb = dm.prepare_batch(x.index_select(0, idx), aug)
+                    yb = y.index_select(0, idx)
+                    dm.data_wait_s += time.perf_counter() - t0
+                    done += 1
+                    yield xb, yb

@@ -1,0 +1,68 @@
+"""Verification scores for a rare-event forecast: what forecasters read beside plain accuracy."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+
+def _contingency(prob: np.ndarray, label: np.ndarray, threshold: float) -> dict[str, float]:
+    yes = prob >= threshold
+    hits = float(np.sum(yes & (label == 1)))
+    false_alarms = float(np.sum(yes & (label == 0)))
+    misses = float(np.sum(~yes & (label == 1)))
+    return _scores(hits, false_alarms, misses)
+
+
+def _scores(hits: float, false_alarms: float, misses: float) -> dict[str, float]:
+    def ratio(a: float, b: float) -> float:
+        return a / b if b > 0 else math.nan
+
+    return {
+        "csi": ratio(hits, hits + false_alarms + misses),
+        "pod": ratio(hits, hits + misses),
+        "far": ratio(false_alarms, hits + false_alarms),
+    }
+
+
+def best_csi_threshold(prob: np.ndarray, label: np.ndarray) -> tuple[float, dict[str, float]]:
+    """The probability threshold that maximises CSI, scanning every distinct forecast value."""
+    order = np.argsort(-prob, kind="stable")
+    p, y = prob[order], label[order].astype(np.float64)
+    hits = np.cumsum(y)
+    false_alarms = np.cumsum(1 - y)
+    last = np.r_[np.nonzero(np.diff(p))[0], len(p) - 1]  # forecast "yes" for p >= p[last]
+    h, f = hits[last], false_alarms[last]
+    m = y.sum() - h
+    with np.errstate(invalid="ignore", divide="ignore"):
+        csi = np.where(h + f + m > 0, h / (h + f + m), 0.0)
+    k = int(np.argmax(csi))
+    return float(p[last[k]]), _scores(float(h[k]), float(f[k]), float(m[k]))
+
+
+def forecast_scores(prob: np.ndarray, label: np.ndarray, climatology: float | None = None) -> dict[str, float]:
+    """Accuracy, ROC AUC, average precision, CSI/POD/FAR at 0.5 and at the best-CSI threshold,
+    Brier score and Brier skill score against climatology (the training base rate if given)."""
+    prob = np.asarray(prob, dtype=np.float64)
+    label = np.asarray(label).astype(np.int64)
+    base = float(label.mean()) if climatology is None else float(climatology)
+    out: dict[str, float] = {"n": float(len(label)), "positives": float(label.sum()), "climatology": base}
+    out["accuracy"] = float(np.mean((prob >= 0.5) == (label == 1)))
+    if 0 < label.sum() < len(label):
+        p, y = torch.from_numpy(prob), torch.from_numpy(label)
+        out["roc_auc"] = float(binary_auroc(p, y))
+        out["average_precision"] = float(binary_average_precision(p, y))
+    else:
+        out["roc_auc"] = out["average_precision"] = math.nan
+    for k, v in _contingency(prob, label, 0.5).items():
+        out[f"{k}_050"] = v
+    threshold, best = best_csi_threshold(prob, label)
+    out["best_threshold"] = threshold
+    for k, v in best.items():
+        out[f"{k}_best"] = v
+    out["brier"] = float(np.mean((prob - label) ** 2))
+    ref = float(np.mean((base - label) ** 2))
+    out["bss"] = 1 - out["brier"] / ref if ref > 0 else math.nan
+    return out

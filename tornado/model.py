@@ -1,0 +1,164 @@
+"""The paper's CNN (a plain nn.Module) and the thin LightningModule that trains it."""
+from __future__ import annotations
+
+import contextlib
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class StormCNN(nn.Module):
+    """Conv 8/16/32 (5x5, same, ReLU) with 2x2 average pooling after the first two; one logit out.
+
+    `pool3=True` pools after the third convolution too (flatten 512), as the paper's code did.
+    """
+
+    def __init__(self, pool3: bool = False, dropout: float = 0.0, in_channels: int = 3, size: int = 32):
+        super().__init__()
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, 8, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Conv2d(8, 16, 5, padding=2), nn.ReLU(), nn.AvgPool2d(2),
+            nn.Conv2d(16, 32, 5, padding=2), nn.ReLU(),
+        ]
+        side = size // 4
+        if pool3:
+            layers.append(nn.AvgPool2d(2))
+            side //= 2
+        layers.append(nn.Flatten())
+        if dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        layers.append(nn.Linear(32 * side * side, 1))
+        self.layers = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x).squeeze(-1)
+
+    def predict_proba(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self(x))
+
+
+class StormModule(pl.LightningModule):
+    """Adam on BCE-with-logits. Manual optimisation so the whole step can be compiled or CUDA-graphed.
+
+    Training loss and accuracy are summed on the device and logged once per epoch: no host sync per step.
+    """
+
+    def __init__(self, pool3: bool = False, dropout: float = 0.0, lr: float = 1e-3,
+                 scaler_mean: list[float] | None = None, scaler_std: list[float] | None = None,
+                 channels_last: bool = False, bf16: bool = False, compile: bool = False,
+                 cuda_graph: bool = False):
+        super().__init__()
+        self.save_hyperparameters()
+        self.automatic_optimization = False
+        self.net = StormCNN(pool3=pool3, dropout=dropout)
+        if channels_last:
+            self.net = self.net.to(memory_format=torch.channels_last)
+        self._forward = torch.compile(self.net) if compile else self.net
+        self._graph: _GraphedStep | None = None
+        self._sums: torch.Tensor | None = None  # [loss*n, correct, n]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def configure_optimizers(self):
+        capturable = bool(self.hparams.cuda_graph) and torch.cuda.is_available()
+        return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, capturable=capturable)
+
+    def _autocast(self):
+        if self.hparams.bf16:
+            # the weight-cast cache must be off for CUDA-graph capture
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=False)
+        return contextlib.nullcontext()
+
+    def loss_and_logits(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with self._autocast():
+            logits = self._forward(x)
+        logits = logits.float()
+        return F.binary_cross_entropy_with_logits(logits, y), logits
+
+    def on_train_epoch_start(self) -> None:
+        self._sums = torch.zeros(3, device=self.device)
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        if self._use_graph(x):
+            loss, logits = self._graph.step(x, y)
+        else:
+            opt = self.optimizers()
+            opt.zero_grad(set_to_none=True)
+            loss, logits = self.loss_and_logits(x, y)
+            self.manual_backward(loss)
+            opt.step()
+        with torch.no_grad():
+            n = y.new_tensor(y.shape[0])
+            correct = ((logits.detach() > 0) == (y > 0.5)).sum()
+            self._sums += torch.stack([loss.detach() * n, correct.float(), n])
+        return None
+
+    def on_train_epoch_end(self) -> None:
+        s = self.trainer.strategy.reduce(self._sums, reduce_op="sum")
+        n = s[2].clamp_min(1)
+        self.log("train_loss", s[0] / n, on_epoch=True, sync_dist=False)
+        self.log("train_acc", s[1] / n, on_epoch=True, sync_dist=False)
+
+    def _use_graph(self, x: torch.Tensor) -> bool:
+        if not self.hparams.cuda_graph or x.device.type != "cuda" or self.trainer.world_size > 1:
+            return False
+        if self._graph is None:
+            opt = self.optimizers().optimizer
+            self._graph = _GraphedStep(self, opt, x.shape)
+        return tuple(x.shape) == self._graph.shape
+
+
+class _GraphedStep:
+    """Forward, backward and Adam step captured once in a CUDA graph and replayed per batch.
+
+    The warm-up steps that capture needs are undone (weights and optimiser state restored), so the
+    graphed run follows the same trajectory as the eager one. Batches of another shape (the last,
+    partial one) run eagerly with the same optimiser.
+    """
+
+    def __init__(self, module: StormModule, opt: torch.optim.Optimizer, shape):
+        self.shape = tuple(shape)
+        self.module, self.opt = module, opt
+        dev = module.device
+        self.x = torch.zeros(self.shape, device=dev)
+        if module.hparams.channels_last:
+            self.x = self.x.contiguous(memory_format=torch.channels_last)
+        self.y = torch.zeros(self.shape[0], device=dev)
+        params = [p.detach().clone() for p in module.parameters()]
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s):
+            for _ in range(3):
+                self._eager()
+        torch.cuda.current_stream().wait_stream(s)
+        self.graph = torch.cuda.CUDAGraph()
+        opt.zero_grad(set_to_none=True)
+        with torch.cuda.graph(self.graph):
+            self.loss, self.logits = self._eager(zero=False)
+        with torch.no_grad():
+            for p, saved in zip(module.parameters(), params):
+                p.copy_(saved)
+            for state in opt.state.values():
+                for v in state.values():
+                    if torch.is_tensor(v):
+                        v.zero_()
+
+    def _eager(self, zero: bool = True):
+        if zero:
+            self.opt.zero_grad(set_to_none=True)
+        loss, logits = self.module.loss_and_logits(self.x, self.y)
+        loss.backward()
+        self.opt.step()
+        return loss, logits
+
+    def step(self, x: torch.Tensor, y: torch.Tensor):
+        self.x.copy_(x)
+        self.y.copy_(y)
+        self.graph.replay()
+        return self.loss, self.logits

@@ -1,0 +1,444 @@
+"""NCARSTORM files -> one HDF5 training file (``python -m tornado.prepare``); ``ensure_prepared`` for training.
+
+The file ``<out_dir>/storms-<hash12>.h5`` holds the training originals, their augmented copies (nested: the
+first ``m * N`` rows serve multiplier ``m``), the untouched test split and the scaler (layout in
+docs/design.md). It is built once per distinct content hash, under a file lock, streaming file by file
+and chunk by chunk, so memory stays a few chunks whatever the size of the data set.
+"""
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import hashlib
+import json
+import logging
+import math
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import h5py
+import hydra
+import numpy as np
+import torch
+from omegaconf import DictConfig, ListConfig
+
+import tornado
+from tornado import data, synth
+from tornado.augment import AugmentConfig, augment
+from tornado.errors import TornadoError, run_cli
+from tornado.records import write_json
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+CHUNK = 2048          # patches per processing step (augmentation, scaler, copying)
+H5_ROWS = 64          # patches per HDF5 chunk of x (768 KiB in float32)
+H5_VEC = 1 << 16      # entries per HDF5 chunk of y, date, track_id
+DTYPES = ("float32", "float16")
+SYNTH_KEYS = ("days", "patches_per_day", "seed", "start", "end")
+PATCH = (len(data.CHANNELS), data.PATCH_SIZE, data.PATCH_SIZE)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated settings of one prepared file."""
+
+    source: str | None
+    out_dir: Path
+    synth: dict | None
+    label: data.LabelRule
+    test_start: dt.date
+    multipliers: tuple[int, ...]
+    balance: bool
+    balance_ratio: float
+    dtype: str
+    nonfinite: str
+    seed: int
+    augment: AugmentConfig
+
+    @property
+    def copies(self) -> int:
+        """R = max(multipliers): the originals block and R - 1 augmented copies."""
+        return max(self.multipliers)
+
+    def hashed(self) -> dict:
+        """Every setting that changes the file's contents (the source files are added by the caller)."""
+        return {
+            "format_version": FORMAT_VERSION, "tornado_version": tornado.__version__,
+            "label": self.label_dict(), "test_start": self.test_start.isoformat(),
+            "multipliers": list(self.multipliers), "balance": self.balance, "balance_ratio": self.balance_ratio,
+            "dtype": self.dtype, "nonfinite": self.nonfinite, "seed": self.seed,
+            "augment": self.augment.to_dict(), "synth": self.synth,
+        }
+
+    def label_dict(self) -> dict:
+        return {"reduce": self.label.reduce, "threshold": float(self.label.threshold),
+                "inclusive": bool(self.label.inclusive)}
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
+    """Validate the data config (``cfg.data`` of training, the top level of prepare) and augment config."""
+    cfg = data_cfg
+    source = cfg.get("source", None)
+    out_dir = cfg.get("out_dir", "outputs/data")
+    if not out_dir:
+        raise TornadoError("out_dir: must name a folder")
+    synth_cfg = None
+    if source is None or str(source) == "":
+        source = None
+        raw = dict(cfg.get("synth", None) or {})
+        unknown = sorted(set(raw) - set(SYNTH_KEYS))
+        if unknown:
+            raise TornadoError(f"synth.{unknown[0]}: unknown key (known: {', '.join(SYNTH_KEYS)})")
+        synth_cfg = {k: (str(v) if k in ("start", "end") else v) for k, v in raw.items()}
+        for key in ("days", "patches_per_day", "seed"):
+            v = synth_cfg.get(key, 1)
+            if not _is_int(v) or v < (0 if key == "seed" else 1):
+                raise TornadoError(f"synth.{key}: {v!r}: must be an integer >= {0 if key == 'seed' else 1}")
+    label = data.LabelRule.from_cfg(cfg.get("label", None) or {})
+    split = cfg.get("split", None) or {}
+    start = split.get("test_start", None)
+    try:
+        test_start = start if isinstance(start, dt.date) else dt.date.fromisoformat(str(start))
+    except ValueError:
+        raise TornadoError(f"split.test_start: {start!r}: not a date (YYYY-MM-DD)") from None
+    mult = cfg.get("multipliers", None)
+    if isinstance(mult, (tuple, ListConfig)):
+        mult = list(mult)
+    if not isinstance(mult, list) or not mult or not all(_is_int(m) and m >= 1 for m in mult):
+        raise TornadoError(f"multipliers: {mult!r}: must be a list of positive integers, e.g. [1, 2, 4]")
+    balance = cfg.get("balance", False)
+    if not isinstance(balance, bool):
+        raise TornadoError(f"balance: {balance!r}: must be true or false")
+    ratio = cfg.get("balance_ratio", 1.0)
+    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (0 < ratio < math.inf):
+        raise TornadoError(f"balance_ratio: {ratio!r}: must be a positive number (positives per negative)")
+    dtype = cfg.get("dtype", "float32")
+    if dtype not in DTYPES:
+        raise TornadoError(f"dtype: {dtype!r}: must be one of {', '.join(DTYPES)}")
+    nonfinite = cfg.get("nonfinite", "drop")
+    if nonfinite not in data.NONFINITE:
+        raise TornadoError(f"nonfinite: {nonfinite!r}: must be one of {', '.join(data.NONFINITE)}")
+    seed = cfg.get("seed", 0)
+    if not _is_int(seed) or seed < 0:
+        raise TornadoError(f"seed: {seed!r}: must be an integer >= 0")
+    return Settings(
+        source=None if source is None else str(source), out_dir=Path(str(out_dir)), synth=synth_cfg,
+        label=label, test_start=test_start, multipliers=tuple(sorted({int(m) for m in mult})),
+        balance=balance, balance_ratio=float(ratio), dtype=dtype, nonfinite=nonfinite, seed=int(seed),
+        augment=AugmentConfig.from_cfg(augment_cfg),
+    )
+
+
+# ---------------------------------------------------------------------------------------------- locking
+@contextlib.contextmanager
+def _locked(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[int]:
+    """Hold an flock on ``path`` (created if missing; never deleted, so every process locks one inode)."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+        yield fd
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- synthetic
+def _synthetic_listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.glob(data.FILE_GLOB))
+
+
+def _synthetic_current(folder: Path, want: dict) -> bool:
+    try:
+        marker = json.loads((folder / "synth.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return marker.get("settings") == want and marker.get("files") == _synthetic_listing(folder)
+
+
+@contextlib.contextmanager
+def synthetic_source(out_dir: Path, settings: dict) -> Iterator[Path]:
+    """The synthetic set under ``out_dir/synthetic``, generated if missing or made with other settings.
+
+    Yields the folder while holding a shared lock on it, so no other process regenerates it while it is read.
+    """
+    folder = out_dir / "synthetic"
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        while True:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            if not _synthetic_current(folder, settings):
+                (folder / "synth.json").unlink(missing_ok=True)
+                for old in folder.glob(data.FILE_GLOB):
+                    old.unlink()
+                log.info("generating synthetic storms %s in %s", settings, folder)
+                paths = synth.generate(folder, **settings)
+                write_json(folder / "synth.json", {"settings": settings, "files": sorted(p.name for p in paths)})
+            fcntl.flock(fd, fcntl.LOCK_SH)  # not atomic: another process may regenerate in between, so check
+            if _synthetic_current(folder, settings):
+                break
+        yield folder
+    finally:
+        os.close(fd)
+
+
+# ---------------------------------------------------------------------------------------------- hashing
+def source_listing(files: list[Path]) -> list[dict]:
+    return [{"name": f.name, "size": f.stat().st_size} for f in files]
+
+
+def content_hash(settings: Settings, files: list[Path]) -> str:
+    blob = json.dumps({**settings.hashed(), "source_files": source_listing(files)}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _is_current(path: Path, chash: str) -> bool:
+    try:
+        with h5py.File(path, "r") as f:
+            return f.attrs.get("content_hash") == chash
+    except (OSError, KeyError):
+        return False
+
+
+# ---------------------------------------------------------------------------------------------- entry
+def ensure_prepared(data_cfg: Mapping, augment_cfg: Mapping | None) -> Path:
+    """The prepared HDF5 file for these settings, built first if missing. See ``prepare``."""
+    return prepare(data_cfg, augment_cfg)[0]
+
+
+def prepare(data_cfg: Mapping, augment_cfg: Mapping | None) -> tuple[Path, bool]:
+    """(path of the prepared file, whether this call built it)."""
+    s = parse_settings(data_cfg, augment_cfg)
+    if s.out_dir.exists() and not s.out_dir.is_dir():
+        raise TornadoError(f"out_dir: {s.out_dir}: exists and is not a folder")
+    s.out_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.ExitStack() as stack:
+        if s.source is None:
+            folder = stack.enter_context(synthetic_source(s.out_dir, s.synth))
+            files = data.find_files(folder)
+            source = f"synthetic {json.dumps(s.synth, sort_keys=True)}: {folder.resolve()}"
+        else:
+            files = data.find_files(s.source)
+            source = str(Path(s.source).absolute())
+        chash = content_hash(s, files)
+        path = s.out_dir / f"storms-{chash[:12]}.h5"
+        with _locked(path.with_name(path.name + ".lock")):
+            if _is_current(path, chash):
+                log.info("prepared data: %s (up to date)", path)
+                return path, False
+            for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a killed build's; its builder held this lock
+                stale.unlink(missing_ok=True)
+            build(path, s, files, source, chash)
+        return path, True
+
+
+# ---------------------------------------------------------------------------------------------- building
+def _yyyymmdd(d: dt.date) -> int:
+    return d.year * 10000 + d.month * 100 + d.day
+
+
+class _Moments:
+    """Per-channel mean and (population) variance, streamed in float64 (Chan et al.'s pairwise update)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean = np.zeros(PATCH[0])
+        self.m2 = np.zeros(PATCH[0])
+
+    def add(self, x: np.ndarray) -> None:
+        k = x.shape[0] * x.shape[2] * x.shape[3]
+        if k == 0:
+            return
+        mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
+        m2 = x.var(axis=(0, 2, 3), dtype=np.float64) * k
+        n = self.n + k
+        delta = mean - self.mean
+        self.mean = self.mean + delta * (k / n)
+        self.m2 = self.m2 + m2 + delta**2 * (self.n * k / n)
+        self.n = n
+
+    def std(self) -> np.ndarray:
+        std = np.sqrt(self.m2 / max(self.n, 1))
+        return np.where(std > 0, std, 1.0)  # like sklearn's StandardScaler: a constant channel is left as is
+
+
+class _Split:
+    """The x, y, date and track_id datasets of one split, filled file by file, resized at the end."""
+
+    def __init__(self, f: h5py.File, name: str, rows: int, dtype: str, grow: bool = False) -> None:
+        self.n = 0
+        self.grow = grow
+        self.x = f.create_dataset(f"{name}/x", (rows, *PATCH), dtype=dtype, maxshape=(None, *PATCH),
+                                  chunks=(H5_ROWS, *PATCH))
+        vec = dict(shape=(rows,), maxshape=(None,), chunks=(H5_VEC,))
+        self.y = f.create_dataset(f"{name}/y", dtype=np.uint8, **vec)
+        self.date = f.create_dataset(f"{name}/date", dtype=np.int32, **vec)
+        self.track = f.create_dataset(f"{name}/track_id", dtype=np.int64, **vec)
+
+    def append(self, x: np.ndarray, y: np.ndarray, date: np.ndarray | int, track: np.ndarray) -> None:
+        a, b = self.n, self.n + len(y)
+        if b > self.x.shape[0]:
+            if not self.grow:
+                raise TornadoError("NCARSTORM files: changed while being read (more patches than counted)")
+            self.resize(b, b)
+        # numpy converts to float16 here: HDF5's own conversion can round 7.999 to 4.0 (a carry into the exponent)
+        self.x[a:b] = x.astype(self.x.dtype, copy=False)
+        self.y[a:b] = y
+        self.date[a:b] = date
+        self.track[a:b] = track
+        self.n = b
+
+    def resize(self, rows: int, meta_rows: int) -> None:
+        """``rows`` of x and y, ``meta_rows`` of date and track_id."""
+        self.x.resize(rows, axis=0)
+        self.y.resize(rows, axis=0)
+        self.date.resize(meta_rows, axis=0)
+        self.track.resize(meta_rows, axis=0)
+
+
+def _read_split(files: list[Path], s: Settings, out: _Split, on_file=None) -> int:
+    """Stream ``files`` into ``out``; returns the number of patches dropped for NaN or inf."""
+    dropped = 0
+    for sf in data.iter_storm_files(files, s.label, s.nonfinite):
+        date = _yyyymmdd(sf.date)
+        out.append(sf.x, sf.y, date, sf.track_id)
+        dropped += sf.n_dropped
+        if on_file is not None:
+            on_file(sf.x, sf.y, date, sf.track_id)
+    return dropped
+
+
+def _augmented(x: np.ndarray, s: Settings, gen: torch.Generator) -> np.ndarray:
+    t = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))
+    return augment(t, s.augment, gen).numpy().astype(s.dtype, copy=False)
+
+
+def _balance_count(pos: int, neg: int, ratio: float) -> int:
+    """Copies of positives to add so that positives : negatives is about ``ratio``."""
+    return max(0, int(round(ratio * neg)) - pos)
+
+
+def _rule(label: data.LabelRule) -> str:
+    return f"{label.reduce} {'>=' if label.inclusive else '>'} {label.threshold:g}"
+
+
+def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -> dict:
+    """Write the prepared file to a temp name in its folder, then rename it to ``path``; returns its attrs."""
+    where = s.source if s.source is not None else str(path.parent / "synthetic")
+    train_files = [f for f in files if data.run_date(f) < s.test_start]
+    test_files = [f for f in files if data.run_date(f) >= s.test_start]
+    if not train_files:
+        raise TornadoError(f"split.test_start: {s.test_start}: no run date before it in {where}: empty training split")
+    if not test_files:
+        raise TornadoError(f"split.test_start: {s.test_start}: no run date from it on in {where}: empty test split")
+    n_train_max, n_test_max = data.count_patches(train_files), data.count_patches(test_files)
+    log.info("preparing %s from %d files (%d train, %d test)", path, len(files), len(train_files), len(test_files))
+
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(_temp_file(path, ".tmp"))
+        f = stack.enter_context(h5py.File(tmp, "w"))
+        moments = _Moments()
+        positives = None
+        if s.balance:  # the positive originals, for the balance copies: kept on disk, not in memory
+            scratch = stack.enter_context(_temp_file(path, ".pos.tmp"))
+            positives = _Split(stack.enter_context(h5py.File(scratch, "w")), "pos", 0, "float32", grow=True)
+
+        def on_train(x, y, date, track):
+            moments.add(x)
+            if positives is not None and y.any():
+                keep = y.astype(bool)
+                positives.append(x[keep], y[keep], date, track[keep])
+
+        train = _Split(f, "train", n_train_max, s.dtype)
+        dropped = _read_split(train_files, s, train, on_train)
+        n_orig = train.n
+        if n_orig == 0:
+            raise TornadoError(f"nonfinite: every training patch in {where} holds NaN or inf")
+        pos_orig = int(train.y[:n_orig].sum())
+        if pos_orig == 0:
+            raise TornadoError(f"label: the rule {_rule(s.label)} leaves no positive among the {n_orig} training "
+                               f"patches (run dates before {s.test_start}) in {where}")
+
+        test = _Split(f, "test", n_test_max, s.dtype)
+        dropped += _read_split(test_files, s, test)
+        if test.n == 0:
+            raise TornadoError(f"nonfinite: every test patch in {where} holds NaN or inf")
+        test.resize(test.n, test.n)
+
+        gen = torch.Generator().manual_seed(s.seed)
+        n_bal = _balance_count(pos_orig, n_orig - pos_orig, s.balance_ratio) if s.balance else 0
+        n, r = n_orig + n_bal, s.copies
+        train.resize(r * n, n)
+
+        # balance: augmented copies of the positives, cycling through them, right after the originals
+        at = n_orig
+        while at < n:
+            a = (at - n_orig) % positives.n
+            k = min(CHUNK, n - at, positives.n - a)
+            train.x[at:at + k] = _augmented(positives.x[a:a + k], s, gen)
+            train.y[at:at + k] = 1
+            train.date[at:at + k] = positives.date[a:a + k]
+            train.track[at:at + k] = positives.track[a:a + k]
+            at += k
+
+        # copies 1..R-1 of the whole block [0, N), chunk by chunk
+        y_block = train.y[:n]
+        for a in range(0, n, CHUNK):
+            b = min(a + CHUNK, n)
+            x = train.x[a:b]
+            for k in range(1, r):
+                train.x[k * n + a:k * n + b] = _augmented(x, s, gen)
+        for k in range(1, r):
+            train.y[k * n:(k + 1) * n] = y_block
+
+        attrs = {
+            "format_version": FORMAT_VERSION, "n_train": n, "n_test": test.n,
+            "n_train_originals": n_orig, "n_balance_added": n_bal,
+            "multipliers": np.asarray(s.multipliers, dtype=np.int64),
+            "label_reduce": s.label.reduce, "label_threshold": float(s.label.threshold),
+            "label_inclusive": bool(s.label.inclusive), "test_start": s.test_start.isoformat(),
+            "source": source, "source_files": json.dumps(source_listing(files)),
+            "synth": json.dumps(s.synth), "augment": json.dumps(s.augment.to_dict()),
+            "balance": json.dumps({"enabled": s.balance, "ratio": s.balance_ratio, "n_added": n_bal}),
+            "seed": s.seed, "dtype": s.dtype, "tornado_version": tornado.__version__, "content_hash": chash,
+            "n_dropped_nonfinite": dropped, "positives_train": int(y_block.sum()),
+            "positives_test": int(test.y[:].sum()),
+        }
+        f.attrs.update(attrs)
+        f.create_dataset("scaler/mean", data=moments.mean)
+        f.create_dataset("scaler/std", data=moments.std())
+        f.close()
+        os.replace(tmp, path)
+    log.info("prepared data: %s: train %d originals + %d balance copies, x%d; test %d; positives train %d, "
+             "test %d; dropped %d (NaN or inf)", path, n_orig, n_bal, r, test.n, attrs["positives_train"],
+             attrs["positives_test"], dropped)
+    return attrs
+
+
+@contextlib.contextmanager
+def _temp_file(path: Path, suffix: str) -> Iterator[str]:
+    """A fresh temp file name next to ``path`` (created with the umask's permissions, unlike mkstemp's 0600);
+    removed on the way out unless it was renamed."""
+    tmp = str(path.parent / f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}{suffix}")
+    try:
+        yield tmp
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+@hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    path = run_cli(lambda: ensure_prepared(cfg, cfg.get("augment")))
+    print(path)
+
+
+if __name__ == "__main__":
+    main()

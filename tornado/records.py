@@ -1,0 +1,63 @@
+"""Run records: the config hash that identifies a job, and atomic writes of result files."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+
+def task_container(cfg: DictConfig) -> dict:
+    """The resolved task config (without the `hydra` node) as plain Python."""
+    data = OmegaConf.to_container(cfg, resolve=False)
+    data.pop("hydra", None)
+    return OmegaConf.to_container(OmegaConf.create(data), resolve=True)
+
+
+def config_hash(cfg: DictConfig | dict) -> str:
+    data = cfg if isinstance(cfg, dict) else task_container(cfg)
+    blob = json.dumps(data, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, key + "."))
+        elif isinstance(v, (list, tuple)):
+            out[key] = json.dumps(v)
+        else:
+            out[key] = v
+    return out
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write to a temp file in the same folder, then rename: readers never see half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def read_result(run_dir: str | os.PathLike) -> dict | None:
+    """result.json of a run dir, or None if missing or unreadable (a run killed mid-way)."""
+    try:
+        return json.loads((Path(run_dir) / "result.json").read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,304 @@
+"""Train the paper's CNN once: `python -m tornado.train [key=value ...]` (`-m` sweeps, see launcher/).
+
+`train(cfg)` is the plain function tests and benchmarks call; `main` is the thin Hydra wrapper that
+returns the metric named by `optimize_metric` to sweepers.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import math
+import os
+import platform
+import socket
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import hydra
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+import tornado
+from tornado import records
+from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_test
+from tornado.errors import TornadoError, run_cli
+from tornado.metrics import forecast_scores
+from tornado.model import StormModule
+from tornado.prepare import ensure_prepared
+
+log = logging.getLogger("tornado.train")
+
+# Lightning's start-up chatter (device summary, tips, the srun hint) says nothing about this run.
+logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+for _msg in (".*srun.*", ".*LeafSpec.*", ".*does not have many workers.*"):
+    warnings.filterwarnings("ignore", message=_msg)
+
+
+def resolve_devices(cfg: DictConfig) -> tuple[str, int]:
+    """(accelerator, devices) from `gpus` and `trainer.accelerator`; refuses GPUs that are not there."""
+    gpus, accel = cfg.gpus, str(cfg.trainer.accelerator)
+    visible = torch.cuda.device_count()
+    if gpus == "auto":
+        gpus = visible if accel != "cpu" else 1
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+        raise TornadoError(f"gpus={cfg.gpus}: use 0 (CPU), a positive number of GPUs, or auto")
+    if accel == "cpu":
+        return "cpu", max(1, gpus)
+    if gpus == 0:
+        if accel in ("gpu", "cuda"):
+            raise TornadoError("gpus=0 with trainer.accelerator=gpu: ask for at least one GPU")
+        return "cpu", 1
+    if gpus > visible:
+        env = os.environ.get("CUDA_VISIBLE_DEVICES")
+        where = f"CUDA_VISIBLE_DEVICES={env}" if env is not None else "CUDA_VISIBLE_DEVICES unset"
+        raise TornadoError(f"gpus={gpus} asks for {gpus} GPUs but {visible} are visible ({where}); "
+                           f"use gpus=0, or trainer.accelerator=cpu gpus={gpus} for {gpus} CPU processes")
+    return "gpu", gpus
+
+
+def validate(cfg: DictConfig) -> None:
+    for key in ("epochs", "batch_size", "data_multiplier"):
+        v = cfg[key]
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise TornadoError(f"{key}={v}: must be a positive integer")
+    if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
+        raise TornadoError(f"lr={cfg.lr}: must be a positive number")
+    if cfg.augmentation not in AUGMENTATIONS:
+        raise TornadoError(f"augmentation={cfg.augmentation}: unknown, use one of {', '.join(AUGMENTATIONS)}")
+    if cfg.seed is None or isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
+        raise TornadoError(f"seed={cfg.seed}: must be an integer (0 is a valid seed)")
+
+
+def _switch(value, default: bool) -> bool:
+    return default if value == "auto" else bool(value)
+
+
+def fast_switches(cfg: DictConfig, accelerator: str, devices: int) -> dict:
+    """The speed switches resolved for this device (see docs/performance.md)."""
+    gpu = accelerator == "gpu"
+    f = cfg.fast
+    return {
+        "resident": f.resident if f.resident == "auto" else bool(f.resident),
+        "storage": str(f.storage),
+        "channels_last": _switch(f.channels_last, True),
+        "bf16": _switch(f.bf16, gpu),
+        "compile": _switch(f.compile, False),
+        "cuda_graph": _switch(f.cuda_graph, gpu and devices == 1) and gpu,
+    }
+
+
+class _Clock(pl.Callback):
+    def __init__(self):
+        self.epoch_s: list[float] = []
+        self._t0 = 0.0
+
+    def _sync(self, pl_module):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._sync(pl_module)
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._sync(pl_module)
+        self.epoch_s.append(time.perf_counter() - self._t0)
+
+
+def _versions() -> dict:
+    import h5py
+    import hydra as hydra_pkg
+    import torchmetrics
+
+    return {"tornado": tornado.__version__, "python": platform.python_version(), "torch": torch.__version__,
+            "pytorch_lightning": pl.__version__, "torchmetrics": torchmetrics.__version__,
+            "hydra": hydra_pkg.__version__, "numpy": np.__version__, "h5py": h5py.__version__}
+
+
+def _device_names(accelerator: str, devices: int) -> list[str]:
+    if accelerator == "gpu":
+        return [torch.cuda.get_device_name(i) for i in range(devices)]
+    return [platform.processor() or platform.machine() or "cpu"] * devices
+
+
+def _rank() -> int:
+    return int(pl.utilities.rank_zero_only.rank)
+
+
+def _clean(obj):
+    """NaN/inf -> None so result.json stays valid JSON."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _history(out_dir: Path, clock: _Clock) -> list[dict]:
+    import csv
+
+    path = out_dir / "csv" / "metrics.csv"
+    rows: dict[int, dict] = {}
+    if path.exists():
+        with open(path) as f:
+            for row in csv.DictReader(f):
+                e = int(row["epoch"])
+                for k in ("train_loss", "train_acc"):
+                    if row.get(k):
+                        rows.setdefault(e, {"epoch": e})[k] = float(row[k])
+    hist = [rows[e] for e in sorted(rows)]
+    for h, s in zip(hist[-len(clock.epoch_s):] if clock.epoch_s else [], clock.epoch_s):
+        h["epoch_s"] = s
+    return hist
+
+
+def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
+    """One training run; returns the result record (also written to <output_dir>/result.json)."""
+    t_start = time.perf_counter()
+    if output_dir is None:
+        if not HydraConfig.initialized():
+            raise TornadoError("train(cfg) needs output_dir= outside a Hydra run")
+        output_dir = HydraConfig.get().runtime.output_dir
+    out = Path(output_dir).resolve()
+    rank = _rank()
+    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    task = records.task_container(cfg)
+    result: dict = {
+        "status": "running", "error": None, "config_hash": records.config_hash(task), "overrides": overrides,
+        "hparams": records.flatten(task), "output_dir": str(out), "host": socket.gethostname(),
+        "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
+    }
+    if rank == 0:
+        records.write_json(out / "result.json", result)
+    try:
+        validate(cfg)
+        accelerator, devices = resolve_devices(cfg)
+        fast = fast_switches(cfg, accelerator, devices)
+        if cfg.threads:
+            torch.set_num_threads(int(cfg.threads))
+        pl.seed_everything(cfg.seed, workers=True, verbose=False)
+        path = ensure_prepared(cfg.data, cfg.augment)
+        dm = StormDataModule(path, cfg.batch_size, cfg.data_multiplier, cfg.augmentation,
+                             OmegaConf.to_container(cfg.augment), cfg.seed, fast["resident"], fast["storage"])
+        module = StormModule(pool3=cfg.model.pool3, dropout=cfg.model.dropout, lr=cfg.lr,
+                             scaler_mean=dm.meta["mean"].tolist(), scaler_std=dm.meta["std"].tolist(),
+                             channels_last=fast["channels_last"], bf16=fast["bf16"], compile=fast["compile"],
+                             cuda_graph=fast["cuda_graph"])
+        trainer, clock = _trainer(cfg, out, accelerator, devices, dm)
+        last = out / "checkpoints" / "last.ckpt"
+        ckpt = str(last) if cfg.resume and last.exists() else None
+        t_fit = time.perf_counter()
+        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        wall_s = time.perf_counter() - t_fit
+        if not trainer.is_global_zero:
+            return result
+        t_test = time.perf_counter()
+        prob, label = evaluate(module.net, path, module.device)
+        test_s = time.perf_counter() - t_test
+        base_rate = dm.meta["positives_train"] / dm.meta["n_train"] if dm.meta["positives_train"] >= 0 else None
+        metrics = forecast_scores(prob, label, climatology=base_rate)
+        np.savez_compressed(out / "test_predictions.npz", prob=prob.astype(np.float32), label=label)
+        epochs_run = max(1, len(clock.epoch_s))
+        per_dev = dm.per_device_batch
+        samples = dm.steps_per_epoch() * per_dev * devices * epochs_run
+        result.update({
+            "status": "ok", "prepared": str(path),
+            "times": {"total_s": time.perf_counter() - t_start, "wall_s": wall_s, "epoch_s": clock.epoch_s,
+                      "data_wait_s": dm.data_wait_s, "compute_s": max(0.0, wall_s - dm.data_wait_s),
+                      "test_s": test_s},
+            "samples_per_s": samples / wall_s if wall_s > 0 else None,
+            "batch": {"global": cfg.batch_size, "per_device": per_dev, "devices": devices,
+                      "effective_global": per_dev * devices},
+            "devices": {"accelerator": accelerator, "count": devices, "names": _device_names(accelerator, devices)},
+            "fast": {**fast, "resident": dm.is_resident},
+            "metrics": metrics,
+            "history": _history(out, clock),
+        })
+        if per_dev * devices != cfg.batch_size:
+            log.warning("batch_size=%d does not divide over %d devices: %d per device, %d in all",
+                        cfg.batch_size, devices, per_dev, per_dev * devices)
+    except BaseException as e:  # recorded, then re-raised: a sweep sees the failure in result.json
+        result["status"] = "failed"
+        result["error"] = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+        raise
+    finally:
+        if rank == 0:
+            result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            records.write_json(out / "result.json", _clean(result))
+            sweep = os.environ.get("TORNADO_SWEEP_DIR")
+            if sweep and result["status"] != "running":
+                _refresh_sweep(sweep)
+    return result
+
+
+def _refresh_sweep(sweep_dir: str) -> None:
+    try:
+        from tornado.collect import collect
+
+        collect(sweep_dir)
+    except Exception as e:  # the launcher collects again at the end; never fail a finished job for this
+        log.warning("could not refresh %s/results.csv: %s", sweep_dir, e)
+
+
+def _trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm: StormDataModule):
+    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.plugins.environments import SLURMEnvironment
+
+    clock = _Clock()
+    callbacks: list[pl.Callback] = [clock, ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
+                                                           save_top_k=0, enable_version_counter=False)]
+    interactive = sys.stderr.isatty()
+    if interactive:
+        callbacks.append(TQDMProgressBar(refresh_rate=max(1, dm.steps_per_epoch() // 50)))
+    loggers = [instantiate(c, save_dir=str(out)) for c in (cfg.logger or {}).values()]
+    strategy = cfg.trainer.strategy
+    if strategy == "auto" and devices > 1:
+        strategy = "ddp"
+    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    trainer = instantiate(cfg.trainer, accelerator=accelerator, devices=devices, strategy=strategy,
+                          logger=loggers or False, callbacks=callbacks, enable_progress_bar=interactive,
+                          default_root_dir=str(out), plugins=plugins, use_distributed_sampler=False)
+    return trainer, clock
+
+
+@torch.no_grad()
+def evaluate(net: torch.nn.Module, path, device, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities on the untouched test set, in float32."""
+    x, y = load_test(path, device)
+    was_training = net.training
+    net.eval()
+    probs = [net.predict_proba(x[i:i + batch].contiguous()).float().cpu() for i in range(0, len(x), batch)]
+    net.train(was_training)
+    return (torch.cat(probs).numpy() if probs else np.zeros(0, np.float32)), y
+
+
+def _headline(result: dict) -> str:
+    m, t = result["metrics"], result["times"]
+    def f(v):
+        return "n/a" if v is None else f"{v:.3f}"
+    return (f"accuracy {f(m['accuracy'])}  ROC AUC {f(m['roc_auc'])}  AP {f(m['average_precision'])}  "
+            f"CSI {f(m['csi_best'])} (threshold {f(m['best_threshold'])})  BSS {f(m['bss'])}\n"
+            f"trained in {t['wall_s']:.1f} s ({result['samples_per_s']:.0f} samples/s); "
+            f"logs and result.json in {result['output_dir']}")
+
+
+@hydra.main(config_path="../conf", config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    result = run_cli(lambda: train(cfg))
+    if result.get("status") != "ok":
+        return None
+    print(_headline(result))
+    value = result["metrics"].get(cfg.optimize_metric)
+    return value
+
+
+if __name__ == "__main__":
+    main()
