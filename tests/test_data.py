@@ -92,6 +92,7 @@ def test_read_storms_accepts_glob_and_list(storm_dir):
     by_glob = read_storms(str(storm_dir / "NCARSTORM_*.nc"))
     by_list = read_storms(files[1:3])
     assert len(by_glob.y) == DAYS * PER_DAY
+    assert find_files(files[2]) == [files[2]]
     assert len(by_list.y) == 2 * PER_DAY
     np.testing.assert_array_equal(by_list.x, by_glob.x[PER_DAY:3 * PER_DAY])
 
@@ -128,9 +129,13 @@ def test_label_rule_from_cfg():
         LabelRule.from_cfg({"inclusive": "yes"})
 
 
-def test_unknown_reduce_is_refused(storm_dir):
-    with pytest.raises(TornadoError, match="label.reduce: 'median'"):
-        read_storms(storm_dir, label=LabelRule(reduce="median"))
+def test_unknown_reduce_is_refused():
+    with pytest.raises(TornadoError, match="label.reduce: 'median': must be one of max, mean"):
+        LabelRule(reduce="median")
+    rule = LabelRule()
+    object.__setattr__(rule, "reduce", "sum")  # altered after construction
+    with pytest.raises(TornadoError, match="label.reduce: 'sum'"):
+        rule.apply(np.zeros((2, 32, 32), np.float32))
 
 
 # --- bad input ---------------------------------------------------------------------------------------------------

@@ -158,11 +158,11 @@ job,status,error,output_dir,epochs,batch_size,data_multiplier,seed,wall_s
 
 def test_other_varying_setting_gives_separate_tables(tmp_path):
     text = """\
-job,status,error,output_dir,epochs,batch_size,data_multiplier,lr,wall_s
-0,ok,,,5,128,1,0.001,10
-1,ok,,,5,128,1,0.01,40
-2,ok,,,5,256,1,0.001,6
-3,ok,,,5,256,1,0.01,24
+job,status,error,output_dir,epochs,batch_size,data_multiplier,lr,optimizer.lr,wall_s
+0,ok,,,5,128,1,0.001,0.001,10
+1,ok,,,5,128,1,0.01,0.01,40
+2,ok,,,5,256,1,0.001,0.001,6
+3,ok,,,5,256,1,0.01,0.01,24
 """
     sweep = write_csv_sweep(tmp_path, text)
     paths = report.build_report(sweep)
@@ -172,7 +172,7 @@ job,status,error,output_dir,epochs,batch_size,data_multiplier,lr,wall_s
     assert "| 128 | 10 |" in low and "| 256 | 6 |" in low
     assert "| 128 | 40 |" in high and "| 256 | 24 |" in high
     summary = json.loads(paths["summary.json"].read_text())
-    assert summary["table"]["sections"] == [{"lr": 0.001}, {"lr": 0.01}]
+    assert summary["table"]["sections"] == [{"lr": 0.001}, {"lr": 0.01}]    # optimizer.lr copies lr
 
 
 def test_many_other_combinations_are_averaged_and_named(tmp_path):
@@ -212,6 +212,23 @@ job,status,error,output_dir,epochs,batch_size,data_multiplier,paper,accelerator,
     assert "97.5 · paper 20 · 4.88×" in paths["table.md"].read_text()
     paths = report.build_report(sweep, paper="none")
     assert "paper" not in paths["table.md"].read_text()
+
+
+def test_paper_comparison_gpu_count_tables(tmp_path):
+    text = """\
+job,status,error,output_dir,epochs,batch_size,data_multiplier,gpus,paper,accelerator,wall_s
+0,ok,,,10,128,2,3,6.1.3,gpu,56
+1,ok,,,5,32768,4,2,6.1.3,gpu,33
+2,ok,,,10,32768,2,3,6.1.3,gpu,15
+"""
+    sweep = write_csv_sweep(tmp_path, text)
+    paths = report.build_report(sweep, rows="gpus", cols="data_multiplier", group="epochs")
+    md = paths["table.md"].read_text()
+    assert "56 · paper 112 · 0.5×" in md          # Table 7: 10 epochs, multiplier 2, 3 GPUs = 112 s
+    assert "33 · paper 33 · 1×" in md             # Table 6: 5 epochs, multiplier 4, 2 GPUs = 33 s
+    assert "15 · paper 30 · 0.5×" in md           # Table 6: 10 epochs, multiplier 2, 3 GPUs = 30 s
+    # jobs 0 and 2 share a cell but differ in batch size: separate tables, not an average
+    assert "### batch_size = 128, epochs = 10" in md and "### batch_size = 32768, epochs = 10" in md
 
 
 def test_paper_comparison_accuracy_section_6_2(tmp_path):
@@ -264,10 +281,9 @@ def test_one_curve_per_job_when_gpus_and_batch_are_fixed(tmp_path):
 
 def test_html_is_self_contained_with_tables_and_errors(tmp_path):
     sweep = gpu_batch_sweep(tmp_path)
-    first = {k: p.read_bytes() for k, p in report.build_report(sweep).items()}
-    again = {k: p.read_bytes() for k, p in report.build_report(sweep).items()}
-    assert first == again, "same sweep, same report"
+    first = {k: p.read_bytes() for k, p in report.build_report(sweep, cols="gpus").items()}
     paths = report.build_report(sweep, rows="batch_size", cols="gpus", group="epochs")
+    assert first == {k: p.read_bytes() for k, p in paths.items()}, "same sweep, same report"
     assert paths["report.html"] == sweep / "report.html"
     page = paths["report.html"].read_text()
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", page, re.I)

@@ -62,10 +62,11 @@ def test_grid_runs_as_separate_jobs_two_at_a_time(sweep_cli, tmp_path):
     assert list(table["score"]) == [32.0, 64.0, 128.0, 256.0]
 
 
-def test_failures_are_isolated_reported_and_rerun_on_resume(sweep_cli, tmp_path):
+@pytest.mark.parametrize("warm", ["false", "true"])
+def test_failures_are_isolated_reported_and_rerun_on_resume(sweep_cli, tmp_path, warm):
     sweep, counter = tmp_path / "sweep", tmp_path / "trainings.txt"
     args = ["-m", "batch_size=32,64,128,256", f"counter={counter}", f"hydra.sweep.dir={sweep}",
-            "hydra.launcher.max_parallel=2"]
+            "hydra.launcher.max_parallel=2", f"hydra.launcher.warm={warm}", "hydra.launcher.preload=[]"]
     first = sweep_cli(args, env={"FAKE_FAIL_BATCH": "64", "FAKE_CRASH_BATCH": "128"})
     assert first.returncode == 1
     assert "2 ok, 2 failed, 0 skipped" in first.stdout
@@ -101,6 +102,18 @@ def test_changed_config_reruns_and_keeps_the_old_run_aside(sweep_cli, tmp_path):
     assert len(counter.read_text().splitlines()) == 4
     assert {r["hparams"]["epochs"] for r in results(sweep).values()} == {2}
     assert len(list((sweep / ".replaced").iterdir())) == 2
+
+
+def test_resume_with_other_parallelism_keeps_finished_jobs(sweep_cli, tmp_path):
+    sweep, counter = tmp_path / "sweep", tmp_path / "trainings.txt"
+    base = ["-m", "batch_size=32,64", f"counter={counter}", f"hydra.sweep.dir={sweep}"]
+    assert sweep_cli([*base, "hydra.launcher.threads_per_job=2"]).returncode == 0
+    p = sweep_cli([*base, "hydra.launcher.threads_per_job=1"])
+    assert p.returncode == 0 and "0 ok, 0 failed, 2 skipped" in p.stdout
+    # a thread count the job asked for itself is part of its config
+    p = sweep_cli([*base, "threads=1"])
+    assert p.returncode == 0 and "2 ok, 0 failed, 0 skipped" in p.stdout
+    assert len(counter.read_text().splitlines()) == 4
 
 
 def test_sweeper_params_from_an_experiment_file(sweep_cli, tmp_path):
@@ -185,10 +198,12 @@ def test_gpu_request_without_gpus_is_refused_up_front(sweep_cli, tmp_path):
         assert (f / "multirun.yaml").exists() and not job_dirs(f)  # nothing was launched
 
 
-def test_cpu_ddp_sweep_of_the_real_train(sweep_cli, sweep_train_overrides, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("warm", ["false", "true"])
+def test_cpu_ddp_sweep_of_the_real_train(sweep_cli, sweep_train_overrides, tmp_path, warm):
     sweep = tmp_path / "sweep"
     p = sweep_cli(["-m", "gpus=1,2", "trainer.accelerator=cpu", "batch_size=64", *sweep_train_overrides,
-                   f"hydra.sweep.dir={sweep}", "hydra.launcher.max_parallel=2"],
+                   f"hydra.sweep.dir={sweep}", "hydra.launcher.max_parallel=2", f"hydra.launcher.warm={warm}"],
                   module="tornado.train", cwd=tmp_path, timeout=600)
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
     assert [d.name for d in job_dirs(sweep)] == ["0", "1"]  # no sweep re-run by a DDP rank

@@ -11,8 +11,17 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from hydra import compose, initialize_config_dir
+from submitit.slurm.slurm import _make_sbatch_string
 
-pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm_cluster")]
+from hydra_plugins.tornado_launcher.config import SlurmLauncherConf
+from hydra_plugins.tornado_launcher.slurm import sbatch_parameters
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def slurm_only(test):
+    return pytest.mark.slurm(pytest.mark.usefixtures("slurm_cluster")(test))
 
 # Small jobs for a small node: one CPU per task, 1 GB, results polled every second.
 SLURM = ["launcher=slurm", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
@@ -31,6 +40,8 @@ def wait_for(path: Path, timeout: float = 120) -> None:
         time.sleep(0.2)
 
 
+@pytest.mark.slow
+@slurm_only
 def test_slurm_sweep_of_the_real_train_runs_as_one_array(sweep_cli, sweep_train_overrides, tmp_path):
     sweep = tmp_path / "sweep"
     p = sweep_cli(["-m", "batch_size=64,128", "gpus=0", *sweep_train_overrides, *SLURM, f"hydra.sweep.dir={sweep}"],
@@ -48,6 +59,7 @@ def test_slurm_sweep_of_the_real_train_runs_as_one_array(sweep_cli, sweep_train_
     assert list(table["status"]) == ["ok", "ok"] and table["roc_auc"].notna().all()
 
 
+@slurm_only
 def test_slurm_multi_rank_job_gets_one_task_per_rank(sweep_cli, tmp_path):
     sweep = tmp_path / "sweep"
     p = sweep_cli(["-m", "gpus=2", "trainer.accelerator=cpu", *FAKE_SLURM, f"hydra.sweep.dir={sweep}"])
@@ -60,6 +72,7 @@ def test_slurm_multi_rank_job_gets_one_task_per_rank(sweep_cli, tmp_path):
     assert results(sweep)["0"]["status"] == "ok"
 
 
+@slurm_only
 def test_slurm_cancelled_job_is_recorded_failed_and_rerun_on_resume(sweep_cli, sweep_popen, tmp_path):
     sweep, hold, counter = tmp_path / "sweep", tmp_path / "release", tmp_path / "trainings.txt"
     args = ["-m", "batch_size=32,64", *FAKE_SLURM, f"hydra.sweep.dir={sweep}", f"hold={hold}", f"counter={counter}"]
@@ -84,6 +97,7 @@ def test_slurm_cancelled_job_is_recorded_failed_and_rerun_on_resume(sweep_cli, s
     assert {r["status"] for r in results(sweep).values()} == {"ok"}
 
 
+@slurm_only
 def test_slurm_no_wait_returns_at_once_and_jobs_collect_themselves(sweep_cli, tmp_path):
     sweep, hold = tmp_path / "sweep", tmp_path / "release"
     args = ["-m", "batch_size=32,64", *FAKE_SLURM, f"hydra.sweep.dir={sweep}", f"hold={hold}"]
@@ -101,3 +115,37 @@ def test_slurm_no_wait_returns_at_once_and_jobs_collect_themselves(sweep_cli, tm
         time.sleep(0.5)
     again = sweep_cli(args)
     assert again.returncode == 0 and "0 ok, 0 failed, 2 skipped" in again.stdout
+
+
+def test_cluster_preset_becomes_the_sbatch_script(tmp_path):
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base="1.3"):
+        cfg = compose("train", overrides=["launcher=example_cluster"], return_hydra_config=True)
+    launcher = cfg.hydra.launcher
+    assert launcher._target_.endswith("TornadoSlurmLauncher")
+    params = {k: v for k, v in launcher.items() if k != "_target_"}
+    conf = SlurmLauncherConf(**{k: list(v) if k == "setup" else dict(v) if k == "additional_parameters" else v
+                                for k, v in params.items()})
+    script = _make_sbatch_string(command="python -m x", folder=tmp_path / "%j", **sbatch_parameters(conf, 2, 2))
+    for line in ("#SBATCH --partition=gpu", "#SBATCH --account=my_project", "#SBATCH --qos=normal",
+                 "#SBATCH --gpus-per-node=2", "#SBATCH --ntasks-per-node=2", "#SBATCH --nodes=1",
+                 "#SBATCH --cpus-per-task=8", "#SBATCH --time=240", "#SBATCH --mail-type=FAIL",
+                 "module load cuda/12.4"):
+        assert line in script.splitlines()
+    cpu = _make_sbatch_string(command="python -m x", folder=tmp_path / "%j", **sbatch_parameters(conf, 0, 2))
+    assert "#SBATCH --ntasks-per-node=2" in cpu and "gpus-per-node" not in cpu  # CPU DDP: ranks without GPUs
+
+
+@slurm_only
+def test_slurm_rerun_waits_for_jobs_still_queued_without_resubmitting(sweep_cli, sweep_popen, tmp_path):
+    sweep, hold = tmp_path / "sweep", tmp_path / "release"
+    args = ["-m", "batch_size=32,64", *FAKE_SLURM, f"hydra.sweep.dir={sweep}", f"hold={hold}"]
+    assert sweep_cli([*args, "hydra.launcher.wait=false"]).returncode == 0
+    first = [j["slurm_id"] for j in json.loads((sweep / "launcher.json").read_text())["jobs"]]
+    waiting = sweep_popen(args)
+    time.sleep(3)
+    hold.touch()
+    out, err = waiting.communicate(timeout=300)
+    assert waiting.returncode == 0, err
+    assert "0 jobs submitted, 2 still in SLURM from before" in out + err
+    assert "2 ok, 0 failed, 0 skipped" in out
+    assert [j["slurm_id"] for j in json.loads((sweep / "launcher.json").read_text())["jobs"]] == first

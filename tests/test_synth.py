@@ -80,7 +80,8 @@ def test_georeference_is_consistent(small):
     w = v["REFL_COM_curr"] * v["masks"]
     ci = (w * v["i"]).sum(axis=(1, 2)) / w.sum(axis=(1, 2))
     np.testing.assert_allclose(v["centroid_i"], ci, atol=1e-3)
-    nearest = np.abs(v["lat"] - v["centroid_lat"][:, None, None]) + np.abs(v["lon"] - v["centroid_lon"][:, None, None])
+    nearest = (np.abs(v["lat"] - v["centroid_lat"][:, None, None])
+               + np.abs(v["lon"] - v["centroid_lon"][:, None, None]))
     k = nearest.reshape(len(ci), -1).argmin(axis=1)
     assert (np.abs(v["i"].reshape(len(ci), -1)[np.arange(len(ci)), k] - v["centroid_i"]) <= 1).all()
 

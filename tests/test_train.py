@@ -217,3 +217,18 @@ def test_default_run_reaches_skill(tmp_path):
     assert "ROC AUC" in p.stdout and str(tmp_path / "run") in p.stdout
     result = json.loads((tmp_path / "run" / "result.json").read_text())
     assert result["metrics"]["roc_auc"] >= 0.75, result["metrics"]
+
+
+def test_predict_reads_files_without_future_vorticity(first_run, data_dir, tmp_path):
+    """New model output has no RVORT1_MAX_future: predict still scores it, with an empty label."""
+    import xarray as xr
+    from tornado.data import find_files
+    from tornado.predict import predict
+
+    src = find_files(data_dir / "synthetic")[0]
+    with xr.open_dataset(src, decode_times=False) as ds:
+        ds.drop_vars("RVORT1_MAX_future").load().to_netcdf(tmp_path / src.name)
+    df = predict(first_run[1] / "checkpoints" / "last.ckpt", str(tmp_path / src.name))
+    assert len(df) > 0 and df["label"].isna().all()
+    with_label = predict(first_run[1] / "checkpoints" / "last.ckpt", str(src))
+    assert np.allclose(df["probability"], with_label["probability"])

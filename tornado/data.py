@@ -7,13 +7,14 @@ Patches holding NaN or inf (in an input channel or in the label field) are dropp
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import glob
 import logging
 import numbers
 import re
 from collections.abc import Iterable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import netCDF4
@@ -84,7 +85,7 @@ class LabelRule:
 
 
 def find_files(source: str | Path) -> list[Path]:
-    """NCARSTORM files from a folder (``NCARSTORM_*.nc`` inside, sorted) or a glob pattern."""
+    """NCARSTORM files from a folder (``NCARSTORM_*.nc`` inside, sorted), a glob pattern or one file."""
     text = str(source)
     if any(c in text for c in "*?["):
         files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
@@ -92,6 +93,8 @@ def find_files(source: str | Path) -> list[Path]:
             raise TornadoError(f"data.source: {text}: no files match")
         return files
     folder = Path(text)
+    if folder.is_file():
+        return [folder]
     if not folder.is_dir():
         raise TornadoError(f"data.source: {text}: no such folder")
     files = sorted(p for p in folder.glob(FILE_GLOB) if p.is_file())
@@ -124,18 +127,20 @@ class StormFile:
     y: np.ndarray
     track_id: np.ndarray
     n_dropped: int
+    index: np.ndarray | None = None  # position of each kept patch in the file's `p` dimension
 
 
 @dataclass
 class Storms:
-    """Patches of many files: ``date`` (N,) int32 yyyymmdd of each patch's run date."""
+    """Patches of many files: ``x`` (N, 3, 32, 32) float32, ``y`` (N,) uint8, ``date`` (N,) int32 yyyymmdd of
+    each patch's run date, ``track_id`` (N,) int64, ``n_dropped`` patches skipped for NaN/inf."""
 
     x: np.ndarray
     y: np.ndarray
     date: np.ndarray
     track_id: np.ndarray
     n_dropped: int = 0
-    files: list[Path] = field(default_factory=list)
+    files: list[Path] = dataclasses.field(default_factory=list)
 
 
 def _open(path: Path) -> netCDF4.Dataset:
@@ -182,10 +187,19 @@ def _read_var(ds: netCDF4.Dataset, path: Path, name: str, shape: tuple[int, ...]
     return np.asarray(np.ma.getdata(data))
 
 
-def read_file(path: str | Path, label: LabelRule = LabelRule(), nonfinite: str = "drop") -> StormFile:
-    """One NCARSTORM file -> ``StormFile``; every fault is a ``TornadoError`` naming the file."""
+def _check_nonfinite(nonfinite: str) -> None:
     if nonfinite not in NONFINITE:
         raise TornadoError(f"data.nonfinite: {nonfinite!r}: must be one of {', '.join(NONFINITE)}")
+
+
+def read_file(path: str | Path, label: LabelRule = LabelRule(), nonfinite: str = "drop",
+              require_label: bool = True) -> StormFile:
+    """One NCARSTORM file -> ``StormFile``; every fault is a ``TornadoError`` naming the file.
+
+    With ``require_label=False`` a file without the future vorticity (new model output, for prediction)
+    is read too, and its ``y`` is None.
+    """
+    _check_nonfinite(nonfinite)
     path = Path(path)
     date = run_date(path)
     with _open(path) as ds:
@@ -195,7 +209,8 @@ def read_file(path: str | Path, label: LabelRule = LabelRule(), nonfinite: str =
             x = np.empty((p, len(CHANNELS), PATCH_SIZE, PATCH_SIZE), np.float32)
             for c, name in enumerate(CHANNELS):
                 x[:, c] = _read_var(ds, path, name, grid)
-            future = _read_var(ds, path, LABEL_VAR, grid)
+            has_label = require_label or LABEL_VAR in ds.variables
+            future = _read_var(ds, path, LABEL_VAR, grid) if has_label else np.zeros(grid, np.float32)
             track = _read_var(ds, path, TRACK_VAR, (p,))
         except (OSError, RuntimeError, ValueError, IndexError, KeyError) as e:
             raise TornadoError(f"NCARSTORM file: {path}: cannot be read ({_reason(e)})") from None
@@ -208,10 +223,11 @@ def read_file(path: str | Path, label: LabelRule = LabelRule(), nonfinite: str =
             )
         log.warning("%s: dropped %d of %d patches holding NaN or inf", path, n_bad, p)
         x, future, track = x[finite], future[finite], track[finite]
+    index = np.flatnonzero(finite) if n_bad else np.arange(p)
     if not np.issubdtype(track.dtype, np.integer):
         raise TornadoError(f"NCARSTORM file: {path}: variable {TRACK_VAR!r} is {track.dtype}, expected integers")
-    return StormFile(path=path, date=date, x=x, y=label.apply(future), track_id=track.astype(np.int64),
-                     n_dropped=n_bad)
+    return StormFile(path=path, date=date, x=x, y=label.apply(future) if has_label else None,
+                     track_id=track.astype(np.int64), n_dropped=n_bad, index=index)
 
 
 def iter_storm_files(files: Iterable[str | Path], label: LabelRule = LabelRule(),
@@ -233,6 +249,7 @@ def read_storms(source_or_files, label: LabelRule = LabelRule(), nonfinite: str 
     Output arrays are allocated once from ``count_patches`` and filled file by file, so memory stays about
     the size of the result. Default ``nonfinite="drop"``: patches with NaN/inf are skipped and counted.
     """
+    _check_nonfinite(nonfinite)
     files = _as_files(source_or_files)
     total = count_patches(files)
     x = np.empty((total, len(CHANNELS), PATCH_SIZE, PATCH_SIZE), np.float32)

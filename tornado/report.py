@@ -366,7 +366,7 @@ def build_tables(df: pd.DataFrame, rows: str, cols: str, group: str | None, valu
     keys = [c for c in (rows, cols, group) if c]
     others = [c for c in hparam_columns(ok) if c not in keys]
     repeats = [c for c in others if is_repeat(c) and ok[c].nunique(dropna=False) > 1]
-    extra = _mixing(ok, keys + repeats, [c for c in others if c not in repeats])
+    extra = _drop_copies(ok, _mixing(ok, keys + repeats, [c for c in others if c not in repeats]))
     averaged: list[str] = []
     if extra and len(ok.drop_duplicates(extra)) > MAX_SECTIONS:
         averaged, extra = extra, []
@@ -590,14 +590,19 @@ def _direction(metric: str) -> int:
     return -1 if metric in LOWER_IS_BETTER else 1
 
 
-def varying_hparams(ok: pd.DataFrame) -> list[str]:
-    """Settings that differ between jobs, leaving out copies of another (e.g. trainer.max_epochs = epochs)."""
+def _drop_copies(df: pd.DataFrame, cols: list[str]) -> list[str]:
+    """`cols` less those that vary exactly as an earlier one does (e.g. trainer.max_epochs = epochs)."""
     kept: list[str] = []
-    for c in hparam_columns(ok):
-        n = ok[c].nunique(dropna=False)
-        if n > 1 and not any(len(ok[[k, c]].drop_duplicates()) == n == ok[k].nunique(dropna=False) for k in kept):
+    for c in cols:
+        n = df[c].nunique(dropna=False)
+        if not any(len(df[[k, c]].drop_duplicates()) == n == df[k].nunique(dropna=False) for k in kept):
             kept.append(c)
     return kept
+
+
+def varying_hparams(ok: pd.DataFrame) -> list[str]:
+    """Settings that differ between jobs, leaving out copies of another."""
+    return _drop_copies(ok, [c for c in hparam_columns(ok) if ok[c].nunique(dropna=False) > 1])
 
 
 def _config(row: pd.Series, cols: list[str]) -> dict:
@@ -696,7 +701,7 @@ def _mean_curve(jobs: list[str], histories: dict[str, pd.DataFrame]) -> tuple[np
 
 
 def _gpus(g: float) -> str:
-    return f"{int(g)} GPU{'' if g == 1 else 's'}"
+    return "CPU" if g == 0 else f"{int(g)} GPU{'' if g == 1 else 's'}"
 
 
 def _device_col(ok: pd.DataFrame) -> str:
@@ -762,10 +767,16 @@ def curve_figures(ok: pd.DataFrame, histories: dict[str, pd.DataFrame], rows: st
         curves = [(f"{rows} = {_label(row[rows] if rows in ok.columns else None)}",
                    *_mean_curve([str(row["job"])], histories)) for _, row in by.iterrows()]
         figs["train_acc"] = (f"Training accuracy per job, coloured by {rows}", [("", curves)])
+        return figs
+    mixed = [c for c in varying_hparams(ok) if c not in ("batch_size", "gpus", "epochs")]
+    if mixed:  # say what the curves average over; the longest runs of each curve are the ones drawn
+        figs = {k: (title, p, f"{title}. Each curve averages the longest runs that differ only in: "
+                              f"{', '.join(mixed)}.") for k, (title, p) in figs.items()}
     return figs
 
 
 def plot_curves(spec: tuple) -> dict[str, bytes]:
+    from matplotlib.ticker import MaxNLocator
     title, panels = spec[0], spec[1]
     fig, axes = _fig(len(panels))
     for ax, (ptitle, curves) in zip(axes, panels):
@@ -777,6 +788,7 @@ def plot_curves(spec: tuple) -> dict[str, bytes]:
             seen.add(label)
         ax.set_title(ptitle, fontsize=10)
         ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_ylabel("training accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
@@ -878,7 +890,7 @@ font-size:13px}.chips .okc{background:#dcfce7}.chips .bad{background:#fee2e2}.ch
 font-weight:600}
 nav a{margin-right:14px;color:#2563eb;text-decoration:none}
 .note{color:#475569;font-size:13px;margin:4px 0}.empty{color:#b91c1c;font-weight:600}
-.tables{display:flex;flex-wrap:wrap;gap:18px}
+.tables{display:flex;flex-wrap:wrap;gap:18px;overflow-x:auto}
 table{border-collapse:collapse;background:#fff;box-shadow:0 1px 2px rgba(0,0,0,.06);font-size:13px}
 caption{caption-side:top;text-align:left;font-weight:600;padding:4px 2px}
 th,td{border:1px solid #e2e8f0;padding:5px 9px;vertical-align:top}
@@ -1032,7 +1044,7 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
     plots: dict[str, dict[str, bytes]] = {}
     for name, spec in curve_figures(ok, histories, rows).items():
         plots[name] = plot_curves(spec)
-        images[name] = (spec[0], plots[name]["png"])
+        images[name] = (spec[-1] if len(spec) > 2 else spec[0], plots[name]["png"])
     if not histories and len(ok):
         notes.append("No per-epoch history in the jobs' result.json: no training-accuracy curves.")
     wall = plot_wall_vs_batch(ok, group)

@@ -13,6 +13,7 @@ import platform
 import socket
 import sys
 import time
+import types
 import warnings
 from pathlib import Path
 
@@ -36,8 +37,12 @@ log = logging.getLogger("tornado.train")
 
 # Lightning's start-up chatter (device summary, tips, the srun hint) says nothing about this run.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-for _msg in (".*srun.*", ".*LeafSpec.*", ".*does not have many workers.*"):
+for _msg in (".*srun.*", ".*LeafSpec.*", ".*does not have many workers.*", ".*smaller than the logging interval.*"):
     warnings.filterwarnings("ignore", message=_msg)
+
+# TensorBoard's writer imports TensorFlow when it is installed (the optional `peer` extra), which slows torch
+# 1.5-2x in the same process; its `notf` switch makes it use the stub it ships for machines without TensorFlow.
+sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
 
 def resolve_devices(cfg: DictConfig) -> tuple[str, int]:
@@ -186,13 +191,9 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             torch.set_num_threads(int(cfg.threads))
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         path = ensure_prepared(cfg.data, cfg.augment)
-        dm = StormDataModule(path, cfg.batch_size, cfg.data_multiplier, cfg.augmentation,
-                             OmegaConf.to_container(cfg.augment), cfg.seed, fast["resident"], fast["storage"])
-        module = StormModule(pool3=cfg.model.pool3, dropout=cfg.model.dropout, lr=cfg.lr,
-                             scaler_mean=dm.meta["mean"].tolist(), scaler_std=dm.meta["std"].tolist(),
-                             channels_last=fast["channels_last"], bf16=fast["bf16"], compile=fast["compile"],
-                             cuda_graph=fast["cuda_graph"])
-        trainer, clock = _trainer(cfg, out, accelerator, devices, dm)
+        dm = make_datamodule(cfg, fast, path)
+        module = make_module(cfg, fast, dm)
+        trainer, clock = make_trainer(cfg, out, accelerator, devices, dm)
         last = out / "checkpoints" / "last.ckpt"
         ckpt = str(last) if cfg.resume and last.exists() else None
         t_fit = time.perf_counter()
@@ -248,13 +249,30 @@ def _refresh_sweep(sweep_dir: str) -> None:
         log.warning("could not refresh %s/results.csv: %s", sweep_dir, e)
 
 
-def _trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm: StormDataModule):
+def make_datamodule(cfg: DictConfig, fast: dict, path) -> StormDataModule:
+    """The data module of this config (fitted once, it keeps its resident set across fits)."""
+    return StormDataModule(path, cfg.batch_size, cfg.data_multiplier, cfg.augmentation,
+                           OmegaConf.to_container(cfg.augment), cfg.seed, fast["resident"], fast["storage"],
+                           channels_last=fast["channels_last"])
+
+
+def make_module(cfg: DictConfig, fast: dict, dm: StormDataModule) -> StormModule:
+    return StormModule(pool3=cfg.model.pool3, dropout=cfg.model.dropout, lr=cfg.lr,
+                       scaler_mean=dm.meta["mean"].tolist(), scaler_std=dm.meta["std"].tolist(),
+                       channels_last=fast["channels_last"], bf16=fast["bf16"], compile=fast["compile"],
+                       cuda_graph=fast["cuda_graph"])
+
+
+def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm: StormDataModule,
+                 extra_callbacks: list[pl.Callback] | None = None):
+    """The Trainer `train` uses (loggers, checkpoints, epoch clock) and its `_Clock`."""
     from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
     from pytorch_lightning.plugins.environments import SLURMEnvironment
 
     clock = _Clock()
     callbacks: list[pl.Callback] = [clock, ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
                                                            save_top_k=0, enable_version_counter=False)]
+    callbacks += extra_callbacks or []
     interactive = sys.stderr.isatty()
     if interactive:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, dm.steps_per_epoch() // 50)))

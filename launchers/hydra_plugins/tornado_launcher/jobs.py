@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,8 @@ class Job:
     gpus: int = 0  # GPUs the job needs
     procs: int = 1  # training processes (DDP ranks)
     threads: Optional[int] = None  # torch threads per process
+    threads_assigned: bool = False  # chosen by the launcher, not by the job's config
+    stale: bool = False  # its folder holds another config's run
     cost: float = 1.0  # estimated, for the static schedule
     config_hash: str = ""
     status: str = "pending"  # pending | running | ok | failed | skipped
@@ -117,27 +120,45 @@ def assign_threads(job: Job, per_job: Optional[int]) -> None:
         job.threads = max(1, per_job // job.procs)
         if "threads" in job.cfg:
             set_override(job, "threads", job.threads)
+            job.threads_assigned = True
+
+
+def _same_config(job: Job, old: dict) -> bool:
+    """Whether an earlier result is of this job's config, up to the thread count the launcher chose then."""
+    if old.get("config_hash") == job.config_hash:
+        return True
+    before = (old.get("hparams") or {}).get("threads")
+    if not job.threads_assigned or before is None:
+        return False
+    data = task_container(job.cfg)
+    data["threads"] = before
+    return config_hash(data) == old.get("config_hash")
 
 
 def check_resume(job: Job) -> None:
-    """Hash the job's config; mark it skipped if its folder already holds an ok result of the same config.
-
-    A folder holding a result of another config (the grid changed) is moved aside, so the job
-    never resumes from someone else's checkpoint.
-    """
+    """Hash the job's config; mark it skipped if its folder already holds an ok result of the same config,
+    or stale if it holds a result of another config (the grid changed). Threads the launcher chose do
+    not count: a sweep resumed with another max_parallel keeps its finished jobs."""
     HydraConfig.instance().set_config(job.cfg)
     job.config_hash = config_hash(job.cfg)
     old = read_result(job.dir)
     if old is None:
         return
-    if old.get("config_hash") == job.config_hash:
-        if old.get("status") == "ok":
-            job.status, job.result = "skipped", old
+    if not _same_config(job, old):
+        job.stale = True
+    elif old.get("status") == "ok":
+        job.status, job.result = "skipped", old
+
+
+def move_aside(job: Job) -> None:
+    """Move a stale job folder to .replaced/, so the job never resumes from another config's checkpoint."""
+    if not job.stale or not job.dir.exists():
         return
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     aside = job.dir.parent / ".replaced" / f"{job.dir.name}-{stamp}-{os.getpid()}"
     aside.parent.mkdir(parents=True, exist_ok=True)
     job.dir.rename(aside)
+    job.stale = False
     log.warning(f"{job.label}: {job.dir} held another config's run; moved to {aside}")
 
 
@@ -152,7 +173,8 @@ def job_cost(cfg: DictConfig, batch_overhead: float) -> float:
 
 
 def _quote(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+    """A Hydra override value that keeps spaces, commas and '=' (job folders named by override_dirname)."""
+    return "'" + value.replace("'", "\\'") + "'"
 
 
 def passthrough_overrides(config: DictConfig) -> List[str]:
@@ -242,22 +264,37 @@ def job_return(job: Job) -> JobReturn:
 
 
 class Progress:
-    """One refreshed status line on a terminal; silent otherwise."""
+    """One refreshed status line on a terminal (silent otherwise); `note` logs a line above it."""
 
     def __init__(self, enabled: bool) -> None:
         self.on = enabled and sys.stderr.isatty()
-        self.shown = False
+        self.text = ""
+        self.lock = threading.Lock()
+
+    def _draw(self, text: str) -> None:
+        sys.stderr.write("\r\033[K" + text)
+        sys.stderr.flush()
 
     def show(self, text: str) -> None:
-        if self.on:
-            sys.stderr.write("\r\033[K" + text)
-            sys.stderr.flush()
-            self.shown = True
+        with self.lock:
+            if self.on and text != self.text:
+                self._draw(text)
+                self.text = text
+
+    def note(self, level: int, msg: str) -> None:
+        with self.lock:
+            if self.on and self.text:
+                self._draw("")
+            log.log(level, msg)
+            sys.stdout.flush()
+            if self.on and self.text:
+                self._draw(self.text)
 
     def close(self) -> None:
-        if self.shown:
-            sys.stderr.write("\r\033[K")
-            sys.stderr.flush()
+        with self.lock:
+            if self.on and self.text:
+                self._draw("")
+            self.text = ""
 
 
 def counts(jobs: Sequence[Job]) -> dict[str, int]:

@@ -1,6 +1,7 @@
 """Local launcher: every job is its own single-run process, scheduled onto this machine's GPUs and cores."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -23,7 +24,8 @@ from tornado.records import write_json
 
 from .config import LocalLauncherConf
 from .jobs import (Job, Progress, as_count, assign_threads, check_resume, compose_jobs, counts, finish,
-                   gpu_request, job_args, job_cost, job_module, job_record, passthrough_overrides, settle)
+                   gpu_request, job_args, job_cost, job_module, job_record, move_aside, passthrough_overrides,
+                   settle)
 from .schedule import imbalance, partition
 
 log = logging.getLogger(__name__)
@@ -77,6 +79,37 @@ class _DevicePool:
             self.cond.notify_all()
 
 
+class _WarmWorker:
+    """A warm.py server: forks each job from a process that has the job module's imports done."""
+
+    def __init__(self, module: str, preload: List[str], env: Dict[str, str]) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-m", "hydra_plugins.tornado_launcher.warm", module, *preload],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env,
+                                     start_new_session=True)
+
+    def _read(self) -> dict:
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"warm worker exited with code {self.proc.wait()}")
+        return json.loads(line)
+
+    def start(self, args: List[str], env: Dict[str, str], log: Path) -> int:
+        self.proc.stdin.write(json.dumps({"args": args, "env": env, "log": str(log)}) + "\n")
+        self.proc.stdin.flush()
+        return int(self._read()["pid"])
+
+    def wait(self) -> int:
+        return int(self._read()["rc"])
+
+    def close(self) -> None:
+        try:
+            self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
 class TornadoLocalLauncher(Launcher):
     def __init__(self, **params: Any) -> None:
         self.p = LocalLauncherConf(**params)
@@ -107,7 +140,10 @@ class TornadoLocalLauncher(Launcher):
         may_use_gpus = any(not cpu and str(g) != "0" for g, cpu in requests)
         devices = [str(d) for d in p.devices] if p.devices is not None else (visible_gpus() if may_use_gpus else [])
         for job, (gpus, cpu) in zip(jobs, requests):
-            n = 1 if str(gpus) == "auto" and cpu else len(devices) if str(gpus) == "auto" else as_count(gpus, job.label)
+            if str(gpus) == "auto":
+                n = 1 if cpu else len(devices)
+            else:
+                n = as_count(gpus, job.label)
             job.gpus, job.procs = (0 if cpu else n), max(1, n)
 
         cores = len(os.sched_getaffinity(0))
@@ -130,6 +166,8 @@ class TornadoLocalLauncher(Launcher):
                 raise TornadoError(
                     f"gpus={g} asks for {g} GPU{s} but {len(devices)} are visible ({_visible_note(p.devices)}): "
                     f"{job.label}; add trainer.accelerator=cpu to run {g} CPU process{'' if g == 1 else 'es'} instead")
+        for job in todo:
+            move_aside(job)
         skipped = len(jobs) - len(todo)
         log.info(f"Launching {len(todo)} jobs locally ({skipped} already ok): {p.schedule} schedule, {slots} at once, "
                  f"{per_job} threads per job, GPUs {devices or 'none'}")
@@ -164,9 +202,11 @@ class TornadoLocalLauncher(Launcher):
         pool = _DevicePool(devices)
         stop = threading.Event()
         lock = threading.Lock()
-        running: Dict[int, subprocess.Popen] = {}
-        queue = deque(todo)
+        running: Dict[int, int] = {}  # job number -> pid (= process group) of its process
+        queue = deque(sorted(todo, key=lambda j: (-j.cost, j.num)))  # dynamic: largest estimated cost first
         passthrough = passthrough_overrides(self.config)
+        warm: List[Optional[_WarmWorker]] = [None] * slots
+        progress = Progress(self.p.progress)
 
         def next_job(w: int) -> Optional[Job]:
             with lock:
@@ -182,19 +222,26 @@ class TornadoLocalLauncher(Launcher):
                 if ids is None:
                     return
                 try:
-                    self._run_one(job, w, ids, sweep_dir, module, passthrough, running, lock, stop)
+                    env = self._env(job, ids, sweep_dir)
+                    if self.p.warm and warm[w] is None:
+                        warm[w] = _WarmWorker(module, [str(m) for m in self.p.preload], env)
+                    self._run_one(job, w, ids, env, job_args(module, job, passthrough), warm[w], running, lock, stop)
                 except Exception as e:  # keep the sweep going; the job records what happened
                     job.end = time.time()
                     settle(job, None, reason=f"launcher could not run it: {type(e).__name__}: {e}")
+                    if warm[w] is not None:
+                        warm[w].close()
+                        warm[w] = None
                 finally:
                     pool.release(ids)
                 if job.status == "failed":
-                    log.warning(f"{job.label} failed: {job.error}")
+                    progress.note(logging.WARNING, f"{job.label} failed: {job.error}")
+                elif job.status == "ok":
+                    progress.note(logging.INFO, f"{job.label} ok in {job.end - job.start:.1f} s")
 
         workers = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(slots)]
         for t in workers:
             t.start()
-        progress = Progress(self.p.progress)
         t0 = time.time()
         try:
             while any(t.is_alive() for t in workers):
@@ -212,35 +259,50 @@ class TornadoLocalLauncher(Launcher):
             raise
         finally:
             progress.close()
+            for wk in warm:
+                if wk is not None:
+                    wk.close()
 
-    def _run_one(self, job: Job, w: int, ids: List[str], sweep_dir: Path, module: str, passthrough: List[str],
-                 running: Dict[int, subprocess.Popen], lock: threading.Lock, stop: threading.Event) -> None:
-        job.dir.mkdir(parents=True, exist_ok=True)
+    @staticmethod
+    def _env(job: Job, ids: List[str], sweep_dir: Path) -> Dict[str, str]:
         env = dict(os.environ, TORNADO_SWEEP_DIR=str(sweep_dir), CUDA_VISIBLE_DEVICES=",".join(ids))
         if job.threads:
             env["OMP_NUM_THREADS"] = env["MKL_NUM_THREADS"] = str(job.threads)
+        return env
+
+    def _run_one(self, job: Job, w: int, ids: List[str], env: Dict[str, str], args: List[str],
+                 warm: Optional[_WarmWorker], running: Dict[int, int], lock: threading.Lock,
+                 stop: threading.Event) -> None:
+        job.dir.mkdir(parents=True, exist_ok=True)
+        log_path = job.dir / "stdout.log"
         job.worker, job.devices = w, list(ids)
-        with open(job.dir / "stdout.log", "ab") as out, lock:
+        with lock:
             if stop.is_set():
                 return
             job.status, job.start = "running", time.time()
-            proc = subprocess.Popen([sys.executable, *job_args(module, job, passthrough)], env=env, stdout=out,
-                                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-            running[job.num] = proc
-        rc = proc.wait()
+        if warm is not None:
+            pid = warm.start(args[2:], env, log_path)  # args[:2] is `-m module`
+        else:
+            with open(log_path, "ab") as out:
+                proc = subprocess.Popen([sys.executable, *args], env=env, stdout=out, stderr=subprocess.STDOUT,
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
+            pid = proc.pid
+        with lock:
+            running[job.num] = pid
+            if stop.is_set():
+                os.killpg(pid, signal.SIGTERM)
+        rc = warm.wait() if warm is not None else proc.wait()
         job.end = time.time()
         with lock:
             running.pop(job.num, None)
         settle(job, rc)
-        if job.status == "ok":
-            log.info(f"{job.label} ok in {job.end - job.start:.1f} s")
 
     @staticmethod
-    def _kill(running: Dict[int, subprocess.Popen], lock: threading.Lock, sig: int) -> None:
+    def _kill(running: Dict[int, int], lock: threading.Lock, sig: int) -> None:
         with lock:
-            procs = list(running.values())
-        for proc in procs:
+            pids = list(running.values())
+        for pid in pids:
             try:
-                os.killpg(proc.pid, sig)  # the job's own process group: DDP ranks too
+                os.killpg(pid, sig)  # the job's own process group: DDP ranks too
             except ProcessLookupError:
                 pass

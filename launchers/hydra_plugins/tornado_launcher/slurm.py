@@ -19,8 +19,8 @@ from tornado.records import write_json
 
 from .config import SlurmLauncherConf
 from .jobs import (Job, Progress, as_count, assign_threads, check_resume, compose_jobs, counts, finish,
-                   gpu_request, job_args, job_cost, job_module, job_record, job_return, passthrough_overrides,
-                   settle, describe_exit)
+                   describe_exit, gpu_request, job_args, job_cost, job_module, job_record, job_return,
+                   move_aside, passthrough_overrides, settle)
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,16 @@ def _outcome(pickles: List[Path]) -> tuple:
     return rc, None
 
 
+def sbatch_parameters(p: SlurmLauncherConf, gpus: int, tasks: int) -> Dict[str, Any]:
+    """submitit SlurmExecutor parameters for jobs of `gpus` GPUs and `tasks` ranks on one node."""
+    params = dict(job_name=p.job_name, partition=p.partition, account=p.account, qos=p.qos, time=p.time_min,
+                  nodes=1, ntasks_per_node=tasks, gpus_per_node=gpus or None, cpus_per_task=p.cpus_per_task,
+                  mem=f"{int(p.mem_gb * 1024)}MB" if p.mem_gb else None, constraint=p.constraint, exclude=p.exclude,
+                  array_parallelism=p.array_parallelism, signal_delay_s=p.signal_delay_s, setup=list(p.setup),
+                  additional_parameters=dict(p.additional_parameters), stderr_to_stdout=True)
+    return {k: v for k, v in params.items() if v is not None}
+
+
 class TornadoSlurmLauncher(Launcher):
     def __init__(self, **params: Any) -> None:
         params = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in params.items()}
@@ -113,6 +123,8 @@ class TornadoSlurmLauncher(Launcher):
             if shutil.which("sbatch") is None:
                 raise TornadoError("launcher=slurm: sbatch not found; run on a SLURM login node "
                                    "(or start a local cluster: bash launchers/slurm_local.sh start)")
+            for j in submit:
+                move_aside(j)
             self._submit(submit, sweep_dir, folder, module)
         for j in todo:
             j.status = "running"  # submitted: queued or running
@@ -167,13 +179,7 @@ class TornadoSlurmLauncher(Launcher):
             groups[(j.gpus, j.procs)].append(j)
         for (gpus, tasks), group in sorted(groups.items()):
             ex = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=p.max_num_timeout, python=p.python)
-            params = dict(job_name=p.job_name, partition=p.partition, account=p.account, qos=p.qos, time=p.time_min,
-                          nodes=1, ntasks_per_node=tasks, gpus_per_node=gpus or None, cpus_per_task=p.cpus_per_task,
-                          mem=f"{int(p.mem_gb * 1024)}MB" if p.mem_gb else None, constraint=p.constraint,
-                          exclude=p.exclude, array_parallelism=p.array_parallelism, signal_delay_s=p.signal_delay_s,
-                          setup=list(p.setup), additional_parameters=dict(p.additional_parameters),
-                          stderr_to_stdout=True)
-            ex.update_parameters(**{k: v for k, v in params.items() if v is not None})
+            ex.update_parameters(**sbatch_parameters(p, gpus, tasks))
             for j in group:
                 j.dir.mkdir(parents=True, exist_ok=True)
             try:
@@ -228,7 +234,7 @@ class TornadoSlurmLauncher(Launcher):
                     j.end = time.time()
                     settle(j, rc, reason)
                     if j.status == "failed":
-                        log.warning(f"{j.label} failed: {j.error}")
+                        progress.note(logging.WARNING, f"{j.label} failed: {j.error}")
                     del waiting[num]
                 c = counts(todo)
                 progress.show(f"slurm: {c['ok'] + c['failed']}/{len(todo)} done ({c['ok']} ok, {c['failed']} failed), "
