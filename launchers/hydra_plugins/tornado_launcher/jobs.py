@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any, List, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tornado.errors import TornadoError
+from tornado.errors import TornadoError, run_cli
 from tornado.records import config_hash, flatten, read_result, task_container, write_json
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,31 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 # hydra.* command-line overrides that belong to the sweep, not to one job's single run.
 _SWEEP_ONLY = ("hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher", "hydra/launcher",
                "hydra.run", "hydra.mode", "hydra.job.id", "hydra.job.num")
+
+
+class TornadoLauncherBase(Launcher):
+    """Hydra's launcher protocol; subclasses set `conf_cls` and implement `_launch`."""
+
+    conf_cls: type
+
+    def __init__(self, **params: Any) -> None:
+        params = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in params.items()}
+        self.p = self.conf_cls(**params)
+        self.config: Optional[DictConfig] = None
+        self.hydra_context: Optional[HydraContext] = None
+        self.task_function: Optional[TaskFunction] = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        setup_globals()
+        assert self.config is not None and self.hydra_context is not None
+        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+        return run_cli(lambda: self._launch(job_overrides, initial_job_idx))
+
+    def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
+        raise NotImplementedError
 
 
 class JobFailed(Exception):

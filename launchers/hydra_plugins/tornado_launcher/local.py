@@ -14,16 +14,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, configure_log, setup_globals
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig
+from hydra.core.utils import JobReturn
 
-from tornado.errors import TornadoError, run_cli
+from tornado.errors import TornadoError
 from tornado.records import write_json
 
 from .config import LocalLauncherConf
-from .jobs import (Job, Progress, as_count, assign_threads, check_resume, compose_jobs, counts, finish,
+from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, compose_jobs, counts, finish,
                    gpu_request, job_args, job_cost, job_module, job_record, move_aside, passthrough_overrides,
                    settle)
 from .schedule import imbalance, partition
@@ -110,21 +107,8 @@ class _WarmWorker:
             self.proc.wait()
 
 
-class TornadoLocalLauncher(Launcher):
-    def __init__(self, **params: Any) -> None:
-        self.p = LocalLauncherConf(**params)
-        self.config: Optional[DictConfig] = None
-        self.hydra_context: Optional[HydraContext] = None
-        self.task_function: Optional[TaskFunction] = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        setup_globals()
-        assert self.config is not None and self.hydra_context is not None
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return run_cli(lambda: self._launch(job_overrides, initial_job_idx))
+class TornadoLocalLauncher(TornadoLauncherBase):
+    conf_cls = LocalLauncherConf
 
     # -- planning -------------------------------------------------------------------------------------
     def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:

@@ -9,16 +9,13 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, configure_log, setup_globals
-from hydra.plugins.launcher import Launcher
-from hydra.types import HydraContext, TaskFunction
-from omegaconf import DictConfig, OmegaConf
+from hydra.core.utils import JobReturn
 
-from tornado.errors import TornadoError, run_cli
+from tornado.errors import TornadoError
 from tornado.records import write_json
 
 from .config import SlurmLauncherConf
-from .jobs import (Job, Progress, as_count, assign_threads, check_resume, compose_jobs, counts, finish,
+from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, compose_jobs, counts, finish,
                    describe_exit, gpu_request, job_args, job_cost, job_module, job_record, job_return,
                    move_aside, passthrough_overrides, settle)
 
@@ -82,22 +79,8 @@ def sbatch_parameters(p: SlurmLauncherConf, gpus: int, tasks: int) -> Dict[str, 
     return {k: v for k, v in params.items() if v is not None}
 
 
-class TornadoSlurmLauncher(Launcher):
-    def __init__(self, **params: Any) -> None:
-        params = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in params.items()}
-        self.p = SlurmLauncherConf(**params)
-        self.config: Optional[DictConfig] = None
-        self.hydra_context: Optional[HydraContext] = None
-        self.task_function: Optional[TaskFunction] = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
-        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
-
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        setup_globals()
-        assert self.config is not None and self.hydra_context is not None
-        configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return run_cli(lambda: self._launch(job_overrides, initial_job_idx))
+class TornadoSlurmLauncher(TornadoLauncherBase):
+    conf_cls = SlurmLauncherConf
 
     def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
         p = self.p
