@@ -10,7 +10,8 @@ Sections (each writes into `<out>/bench.json` and `<out>/bench.md`):
             One fit per (augmentation, multiplier, batch) of max(epochs) epochs; the wall time at E epochs is
             the time from the call to `fit` to the end of epoch E. Data is loaded once per augmentation.
 * switches  each `fast.*` switch flipped against this device's defaults.
-* peer      (`--peer keras`) the same network in Keras/TensorFlow on the same data, each run in its own process.
+* peer      (`--peer keras`, or `tf_keras` for the Keras 2 package) the same network in Keras/TensorFlow on the
+            same data, each run in its own process.
 
 Repeated runs of the compared sides are interleaved and reported as medians (the machine may be shared).
 `--quick` (loop, live; a few minutes at most on 2 CPU cores), the default full mode (loop, live, paper, switches)
@@ -24,11 +25,13 @@ import json
 import os
 import platform
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 PAPER_TRAIN = 138_963                   # the paper's training set (183,723 patches in all)
 FULL_SYNTH = {"days": 368, "patches_per_day": 500}  # synthetic set of about that size: 138,000 train, 184,000 all
 SECTIONS = ("loop", "live", "paper", "switches", "peer")
-SWITCHES = ("channels_last", "bf16", "compile", "cuda_graph", "storage", "resident")
+SWITCHES = ("cuda_graph", "bf16", "keep_memory", "channels_last", "storage", "resident",
+            "compile")  # compile (slow) last
 MODES = {  # defaults per mode; every one can be set on the command line
     "quick": dict(sections="loop,live", batches="128,2048", repeats=3, timed_epochs=1, data="config",
                   epochs="5", multipliers="1", augmentations="preaugmented,live"),
@@ -64,12 +68,14 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode.add_argument("--smoke", action="store_const", dest="mode", const="smoke", help="tiny set, for tests")
     p.add_argument("--out", default="outputs/bench", help="folder for bench.json and bench.md")
     p.add_argument("--sections", help=f"comma list of {', '.join(SECTIONS)}")
-    p.add_argument("--peer", choices=["keras"], help="add the peer section (needs tensorflow: pip install '.[peer]')")
+    p.add_argument("--peer", choices=["keras", "tf_keras"],
+                   help="add the peer section (needs tensorflow: pip install '.[peer]'; tf_keras also tf-keras)")
     p.add_argument("--gpus", type=int, help="0 = CPU, 1 = one GPU (default: a GPU if there is one)")
     p.add_argument("--batches", help="batch sizes, e.g. 128,2048")
     p.add_argument("--epochs", help="paper section: epoch counts, e.g. 5,10,15")
     p.add_argument("--multipliers", help="paper section: data multipliers, e.g. 1,2,4")
     p.add_argument("--augmentations", help="paper section: preaugmented,live")
+    p.add_argument("--switches", default=",".join(SWITCHES), help="switches section: which to flip")
     p.add_argument("--repeats", type=int, help="interleaved repeats per measurement")
     p.add_argument("--timed-epochs", type=int, help="epochs timed after the warm-up epoch")
     p.add_argument("--data", choices=["config", "tiled", "full"],
@@ -93,6 +99,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     a.epochs = _ints(a.epochs, "epochs")
     a.multipliers = _ints(a.multipliers, "multipliers")
     a.augmentations = _names(a.augmentations, ("preaugmented", "live"), "augmentations")
+    a.switches = _names(a.switches, SWITCHES, "switches")
     for key in ("repeats", "timed_epochs", "threads", "gpus"):
         v = getattr(a, key)
         if v is not None and v < (0 if key == "gpus" else 1):
@@ -182,6 +189,9 @@ def make_ctx(args: argparse.Namespace) -> Ctx:
         missing = [m for m in need if m not in cfg.data.multipliers]
         if missing:
             raise TornadoError(f"bench: --multipliers: {missing} not in data.multipliers {list(cfg.data.multipliers)}")
+    if "peer" in args.sections and not _has_tensorflow(args.peer):
+        need = "TensorFlow (pip install '.[peer]')" + (" and tf-keras" if args.peer == "tf_keras" else "")
+        raise TornadoError(f"bench: --peer {args.peer} needs {need}")
     _log(f"preparing data ({cfg.data.out_dir}) ...")
     path = ensure_prepared(cfg.data, cfg.augment)
     return Ctx(args, cfg, accelerator, device, fast, path, Path(args.out))
@@ -268,6 +278,7 @@ def run_ours(ctx: Ctx, dm, batch: int, epochs: int, fast: dict | None = None) ->
     from tornado.train import make_module, make_trainer
 
     fast = fast or ctx.fast
+    _memory(ctx, fast)
     cfg = OmegaConf.merge(ctx.cfg, {"epochs": epochs, "batch_size": batch})
     dm.batch_size = batch
     pl.seed_everything(cfg.seed, verbose=False)
@@ -293,6 +304,7 @@ def run_raw(ctx: Ctx, dm, batch: int, epochs: int, fast: dict | None = None) -> 
     from tornado.model import StormCNN
 
     fast = fast or ctx.fast
+    _memory(ctx, fast)
     dev, cfg = ctx.device, ctx.cfg
     torch.manual_seed(cfg.seed)
     net = StormCNN(pool3=cfg.model.pool3, dropout=cfg.model.dropout).to(dev)
@@ -349,6 +361,14 @@ def run_raw(ctx: Ctx, dm, batch: int, epochs: int, fast: dict | None = None) -> 
     _sync(dev)
     stamps.append(time.perf_counter())
     return Run([b - a for a, b in zip(stamps, stamps[1:])], [b - t0 for b in stamps[1:]], rows)
+
+
+def _memory(ctx: Ctx, fast: dict) -> None:
+    """The allocator switch is process-wide: set it for this run as `tornado.train` would."""
+    from tornado.train import keep_memory
+
+    if fast["keep_memory"] or ctx.device.type == "cpu":
+        keep_memory(fast["keep_memory"])
 
 
 def _scratch(ctx: Ctx) -> Path:
@@ -439,8 +459,8 @@ def section_paper(ctx: Ctx) -> list[dict]:
              for r in paper_rows(hardware)}
     rows = []
     top = max(a.epochs)
-    for aug in a.augmentations:
-        for m in sorted(a.multipliers):
+    for m in sorted(a.multipliers):  # the smallest first: if the time budget runs out, the larger go
+        for aug in a.augmentations:
             dm = ctx.dm(aug)
             dm.multiplier = m
             for b in a.batches:
@@ -461,10 +481,12 @@ def section_paper(ctx: Ctx) -> list[dict]:
 
 
 def section_switches(ctx: Ctx) -> list[dict]:
+    from tornado.train import cpu_has_bf16
+
     base = ctx.fast
     epochs = 1 + ctx.args.timed_epochs
     rows = []
-    for name in SWITCHES:
+    for name in ctx.args.switches:
         flipped = dict(base)
         if name == "storage":
             flipped[name] = "float16" if base[name] == "float32" else "float32"
@@ -479,13 +501,16 @@ def section_switches(ctx: Ctx) -> list[dict]:
             rows.append({"switch": name, "note": "this CPU has no native bf16"})
             continue
         for b in _loop_batches(ctx):
-            dm_base = ctx.dm("preaugmented", base, multiplier=1)
-            dm_flip = ctx.dm("preaugmented", flipped, multiplier=1)
-            res = interleave(ctx, {"base": lambda: run_ours(ctx, dm_base, b, epochs, base),
-                                   "flipped": lambda: run_ours(ctx, dm_flip, b, epochs, flipped)},
-                             ctx.args.repeats, f"switch {name} b={b}")
-            on = [r.steady_samples_per_s() for r in res["base"]]
-            off = [r.steady_samples_per_s() for r in res["flipped"]]
+            if name == "keep_memory":  # the allocator's state outlives a run: each side in its own process
+                sides = {"base": lambda: _fresh_process_ours(ctx, b, base[name]),
+                         "flipped": lambda: _fresh_process_ours(ctx, b, flipped[name])}
+            else:
+                dm_base = ctx.dm("preaugmented", base, multiplier=1)
+                dm_flip = ctx.dm("preaugmented", flipped, multiplier=1)
+                sides = {"base": lambda: run_ours(ctx, dm_base, b, epochs, base).steady_samples_per_s(),
+                         "flipped": lambda: run_ours(ctx, dm_flip, b, epochs, flipped).steady_samples_per_s()}
+            res = interleave(ctx, sides, ctx.args.repeats, f"switch {name} b={b}")
+            on, off = res["base"], res["flipped"]
             row = {"switch": name, "batch_size": b, "default": _jsonable(base[name]),
                    "flipped": _jsonable(flipped[name]), "default_samples_per_s": _median(on),
                    "flipped_samples_per_s": _median(off), "flipped_over_default": _ratio(_median(off), _median(on))}
@@ -495,12 +520,20 @@ def section_switches(ctx: Ctx) -> list[dict]:
     return rows
 
 
-def cpu_has_bf16() -> bool:
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+def _fresh_process_ours(ctx: Ctx, batch: int, keep: bool) -> float:
+    """Our steady-state samples/s at `batch`, measured by `tornado.bench` in a new process."""
+    a = ctx.args
+    with tempfile.TemporaryDirectory(dir=_scratch(ctx)) as out:
+        argv = [sys.executable, "-m", "tornado.bench", f"--{a.mode}" if a.mode != "full" else "--quick",
+                "--sections", "loop", "--batches", str(batch), "--repeats", "1", "--timed-epochs",
+                str(a.timed_epochs), "--data", a.data, "--out", out, "--gpus", str(int(ctx.device.type == "cuda")),
+                *(["--threads", str(a.threads)] if a.threads else []),
+                *[x for o in a.set for x in ("--set", o)], "--set", f"++fast.keep_memory={str(keep).lower()}"]
+        p = subprocess.run(argv, capture_output=True, text=True, timeout=3600)
+        if p.returncode != 0:
+            tail = (p.stderr.strip().splitlines() or ["no output"])[-1]
+            raise TornadoError(f"bench: the fresh-process run failed (exit {p.returncode}): {tail}")
+        return json.loads((Path(out) / "bench.json").read_text())["loop"][str(batch)]["ours_median"]
 
 
 def _jsonable(v):
@@ -509,11 +542,9 @@ def _jsonable(v):
 
 # ------------------------------------------------------------------------------------------------ peer
 def section_peer(ctx: Ctx) -> dict:
-    if not _has_tensorflow():
-        raise TornadoError("bench: --peer keras needs TensorFlow (pip install '.[peer]')")
     epochs = 1 + ctx.args.timed_epochs
     aug_cfg = dict(ctx.cfg.augment)
-    out: dict = {"keras_live": "legacy ImageDataGenerator.flow (the paper's path): rotation_range="
+    out: dict = {"package": ctx.args.peer, "keras_live": "ImageDataGenerator.flow (the paper's path): rotation_range="
                                f"{aug_cfg['rotation']}, horizontal_flip={aug_cfg['reflect']}, "
                                f"shift={aug_cfg['translate']}, zoom={aug_cfg['zoom']}, fill_mode=nearest; "
                                "the wind vectors are not turned", "runs": {}}
@@ -522,7 +553,7 @@ def section_peer(ctx: Ctx) -> dict:
         dm = ctx.dm(aug, multiplier=1)
         dm.multiplier = 1
         for b in _loop_batches(ctx):
-            spec = {"path": str(ctx.path), "batch": b, "epochs": epochs, "augmentation": aug,
+            spec = {"package": ctx.args.peer, "path": str(ctx.path), "batch": b, "epochs": epochs, "augmentation": aug,
                     "seed": int(ctx.cfg.seed), "pool3": bool(ctx.cfg.model.pool3), "lr": float(ctx.cfg.lr),
                     "augment": {k: aug_cfg[k] for k in ("rotation", "translate", "zoom", "reflect")}}
             if ctx.args.data == "tiled":
@@ -533,24 +564,28 @@ def section_peer(ctx: Ctx) -> dict:
                 info.update({k: r[k] for k in ("keras", "tensorflow", "jit_compile", "threads")})
                 return Run(r["epoch_s"], r["since_fit_s"], r["samples_per_epoch"])
 
-            res = interleave(ctx, {"ours": lambda: run_ours(ctx, dm, b, epochs), "keras": keras_run},
-                             ctx.args.repeats, f"peer {aug} b={b}")
-            ours = [r.steady_samples_per_s() for r in res["ours"]]
-            keras = [r.steady_samples_per_s() for r in res["keras"]]
-            out["runs"][f"{aug}/{b}"] = {"augmentation": aug, "batch_size": b, "ours_samples_per_s": ours,
-                                         "keras_samples_per_s": keras, "ours_median": _median(ours),
-                                         "keras_median": _median(keras),
-                                         "peer_ratio": _ratio(_median(ours), _median(keras))}
-            _log(f"peer {aug} b={b}: ours {_fmt(_median(ours))}/s, keras {_fmt(_median(keras))}/s, "
-                 f"ratio {_fmt(out['runs'][f'{aug}/{b}']['peer_ratio'], 3)}")
+            sides = {"ours": lambda: run_ours(ctx, dm, b, epochs), "keras": keras_run}
+            if ctx.fast["bf16"]:  # Keras trains in float32: ours in float32 too, beside our default
+                sides["ours_float32"] = lambda: run_ours(ctx, dm, b, epochs, {**ctx.fast, "bf16": False})
+            res = interleave(ctx, sides, ctx.args.repeats, f"peer {aug} b={b}")
+            speed = {k: [r.steady_samples_per_s() for r in v] for k, v in res.items()}
+            row = {"augmentation": aug, "batch_size": b, "ours_bf16": bool(ctx.fast["bf16"])}
+            for k, v in speed.items():
+                row.update({f"{k}_samples_per_s": v, f"{k}_median": _median(v)})
+            row["peer_ratio"] = _ratio(row["ours_median"], row["keras_median"])
+            if "ours_float32" in speed:
+                row["peer_ratio_float32"] = _ratio(row["ours_float32_median"], row["keras_median"])
+            out["runs"][f"{aug}/{b}"] = row
+            _log(f"peer {aug} b={b}: " + ", ".join(f"{k} {_fmt(row[k + '_median'])}/s" for k in speed)
+                 + f", ratio {_fmt(row['peer_ratio'], 3)}")
     out.update(info)
     return out
 
 
-def _has_tensorflow() -> bool:
+def _has_tensorflow(package: str | None = "keras") -> bool:
     import importlib.util
 
-    return importlib.util.find_spec("tensorflow") is not None
+    return all(importlib.util.find_spec(m) is not None for m in ("tensorflow", package or "keras"))
 
 
 def _keras_subprocess(spec: dict) -> dict:
@@ -568,11 +603,14 @@ def _keras_subprocess(spec: dict) -> dict:
 def keras_worker(spec: dict) -> dict:
     """The same network, loss, optimiser and data in Keras; runs in its own process (no torch imported)."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import importlib
+
     import h5py
     import numpy as np
     import tensorflow as tf
-    import keras
-    from keras import layers
+
+    keras = importlib.import_module(spec.get("package", "keras"))  # Keras 3, or tf_keras (Keras 2)
+    layers = keras.layers
 
     with h5py.File(spec["path"], "r") as f:
         n = int(f.attrs["n_train"])
@@ -610,7 +648,7 @@ def keras_worker(spec: dict) -> dict:
     t0 = time.perf_counter()
     if spec["augmentation"] == "live":
         aug = spec["augment"]
-        gen = _image_data_generator()(rotation_range=aug["rotation"], width_shift_range=aug["translate"],
+        gen = _image_data_generator(keras)(rotation_range=aug["rotation"], width_shift_range=aug["translate"],
                                       height_shift_range=aug["translate"], zoom_range=aug["zoom"],
                                       horizontal_flip=aug["reflect"], fill_mode="nearest")
         model.fit(gen.flow(x, y, batch_size=b, shuffle=True, seed=spec["seed"]), epochs=epochs, verbose=0,
@@ -618,16 +656,19 @@ def keras_worker(spec: dict) -> dict:
     else:
         model.fit(x, y, batch_size=b, epochs=epochs, shuffle=True, verbose=0, callbacks=[Stamps()])
     return {"epoch_s": [q - p for p, q in zip(stamps, stamps[1:])], "since_fit_s": [q - t0 for q in stamps[1:]],
-            "samples_per_epoch": n, "keras": keras.__version__, "tensorflow": tf.__version__,
+            "samples_per_epoch": n, "keras": f"{spec.get('package', 'keras')} {keras.__version__}",
+            "tensorflow": tf.__version__,
             "jit_compile": str(getattr(model, "jit_compile", None)),
             "threads": tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}
 
 
-def _image_data_generator():
-    try:  # Keras 3 keeps it under the tf.keras compatibility name
-        from keras._tf_keras.keras.preprocessing.image import ImageDataGenerator
-    except ImportError:
-        from keras.preprocessing.image import ImageDataGenerator
+def _image_data_generator(keras):
+    """The legacy generator: Keras 2 (tf_keras) has it in place, Keras 3 only under its tf.keras name."""
+    image = getattr(getattr(keras, "preprocessing", None), "image", None)
+    if hasattr(image, "ImageDataGenerator"):
+        return image.ImageDataGenerator
+    from keras._tf_keras.keras.preprocessing.image import ImageDataGenerator
+
     return ImageDataGenerator
 
 
@@ -657,6 +698,8 @@ def _cpu_model() -> str:
 
 def machine(ctx: Ctx) -> dict:
     import torch
+
+    from tornado.train import cpu_has_bf16
 
     m = {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
          "cpu_bf16": cpu_has_bf16(), "device": str(ctx.device), "host": platform.node()}
@@ -698,6 +741,9 @@ def goals(result: dict, gpu: bool) -> list[dict]:
     for key, r in result.get("peer", {}).get("runs", {}).items():
         if r["augmentation"] == "preaugmented":
             add(f"peer_ratio preaugmented batch {r['batch_size']} (ours / Keras)", r["peer_ratio"], ">=", 1.0)
+            if r.get("peer_ratio_float32") is not None:
+                add(f"peer_ratio preaugmented batch {r['batch_size']} (ours in float32 / Keras)",
+                    r["peer_ratio_float32"], ">=", 1.0)
         else:
             add(f"peer_ratio live batch {r['batch_size']} (ours / Keras ImageDataGenerator)", r["peer_ratio"],
                 ">=", 1.3)
@@ -728,12 +774,15 @@ def markdown(result: dict) -> str:
         lines.append("")
     if "peer" in result:
         p = result["peer"]
-        lines += [f"## Keras {p.get('keras', '?')} / TensorFlow {p.get('tensorflow', '?')} on the same data "
+        lines += [f"## {p.get('keras', '?')} / TensorFlow {p.get('tensorflow', '?')} on the same data "
                   f"(samples/s; Keras jit_compile={p.get('jit_compile', '?')}, live = {p['keras_live']})", "",
-                  "| data | batch | ours | Keras | ours / Keras |", "|---|---:|---:|---:|---:|"]
+                  "| data | batch | ours | ours, float32 | Keras (float32) | ours / Keras | ours float32 / Keras |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
         for r in p["runs"].values():
-            lines.append(f"| {r['augmentation']} | {r['batch_size']} | {_fmt(r['ours_median'])} | "
-                         f"{_fmt(r['keras_median'])} | {_fmt(r['peer_ratio'], 3)} |")
+            lines.append(f"| {r['augmentation']} | {r['batch_size']} | {_fmt(r['ours_median'])}"
+                         f"{' (bf16)' if r.get('ours_bf16') else ''} | {_fmt(r.get('ours_float32_median'))} | "
+                         f"{_fmt(r['keras_median'])} | {_fmt(r['peer_ratio'], 3)} | "
+                         f"{_fmt(r.get('peer_ratio_float32'), 3)} |")
         lines.append("")
     if result.get("paper"):
         lines += ["## The paper's wall-time grid (seconds of training)", "",
@@ -764,13 +813,15 @@ def markdown(result: dict) -> str:
         lines.append("")
     if result["skipped"]:
         lines += ["Not measured: " + "; ".join(result["skipped"]), ""]
+    for name, err in result.get("errors", {}).items():
+        lines += [f"Section {name} failed: {err}", ""]
+    if result.get("partial"):
+        lines += ["(partial: written after a section; the benchmark had not finished)", ""]
     return "\n".join(lines)
 
 
 # ------------------------------------------------------------------------------------------------ main
 def bench(args: argparse.Namespace) -> dict:
-    from tornado import records
-
     load_before = [round(v, 2) for v in os.getloadavg()]
     t_start = time.monotonic()
     ctx = make_ctx(args)
@@ -783,12 +834,39 @@ def bench(args: argparse.Namespace) -> dict:
                      "multipliers": args.multipliers, "augmentations": args.augmentations, "overrides": args.set},
         "data": {"path": str(ctx.path), "kind": args.data},
     }
-    for name, fn in (("loop", section_loop), ("live", section_live), ("paper", section_paper),
-                     ("switches", section_switches), ("peer", section_peer)):
-        if name not in args.sections:
-            continue
-        _log(f"section {name}")
-        result[name] = fn(ctx)
+    previous = signal.signal(signal.SIGTERM, _terminate)
+    try:
+        for name, fn in (("loop", section_loop), ("live", section_live), ("paper", section_paper),
+                         ("switches", section_switches), ("peer", section_peer)):
+            if name not in args.sections:
+                continue
+            _log(f"section {name}")
+            try:
+                result[name] = fn(ctx)
+            except _Terminated:
+                result.setdefault("errors", {})[name] = "terminated (SIGTERM) before the section finished"
+                break
+            except Exception as e:  # one failing section (a missing compiler, say) leaves the others
+                traceback.print_exc()
+                result.setdefault("errors", {})[name] = f"{type(e).__name__}: {e}".splitlines()[0]
+            finish(result, ctx, t_start, partial=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    return finish(result, ctx, t_start, partial=False)
+
+
+class _Terminated(Exception):
+    pass
+
+
+def _terminate(signum, frame):
+    raise _Terminated()
+
+
+def finish(result: dict, ctx: Ctx, t_start: float, partial: bool) -> dict:
+    """Summaries and goals from the sections so far, written to bench.json and bench.md."""
+    from tornado import records
+
     if "loop" in result:
         ratios = [r["ratio"] for r in result["loop"].values() if r["ratio"] is not None]
         result["loop_ratio"] = min(ratios) if ratios else None
@@ -797,15 +875,62 @@ def bench(args: argparse.Namespace) -> dict:
         ratios = [r["ratio"] for r in result["live"].values() if r["ratio"] is not None]
         result["live_over_preaug"] = max(ratios) if ratios else None
     for dm in ctx._dms.values():
-        result["data"].update(n_train=dm.meta["n_train"], prepared_n_train=dm.meta.get("tiled_from", dm.meta["n_train"]))
+        result["data"].update(n_train=dm.meta["n_train"],
+                              prepared_n_train=dm.meta.get("tiled_from", dm.meta["n_train"]))
     result["goals"] = goals(result, ctx.device.type == "cuda")
     result["skipped"] = ctx.skipped
     result["load_after"] = [round(v, 2) for v in os.getloadavg()]
     result["bench_s"] = time.monotonic() - t_start
-    shutil.rmtree(ctx.out / ".runs", ignore_errors=True)
+    result["partial"] = partial
+    if not partial:
+        shutil.rmtree(ctx.out / ".runs", ignore_errors=True)
     records.write_json(ctx.out / "bench.json", result)
     records.write_atomic(ctx.out / "bench.md", markdown(result))
     return result
+
+
+def summary(paths: list[str]) -> str:
+    """A short plain-text digest of result.json / bench.json files (the device check prints it last)."""
+    out = []
+    for path in paths:
+        try:
+            r = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as e:
+            out.append(f"{path}: not readable ({type(e).__name__})")
+            continue
+        if "metrics" in r or r.get("status") in ("failed", "running"):  # a tornado.train result.json
+            t = r.get("times") or {}
+            out.append(f"train: {r.get('status')} {r.get('error') or ''} wall {_fmt(t.get('wall_s'), 2)} s, "
+                       f"{_fmt(r.get('samples_per_s'))} samples/s, ROC AUC "
+                       f"{_fmt((r.get('metrics') or {}).get('roc_auc'), 3)}, fast {r.get('fast')}")
+            continue
+        m = r.get("machine", {})
+        out.append(f"{Path(path).parent.name}: {m.get('gpu') or m.get('cpu')}, torch {r['versions']['torch']}, "
+                   f"fast {r.get('fast')}, {r.get('bench_s', 0):.0f} s" + (" (partial)" if r.get("partial") else ""))
+        for b, x in r.get("loop", {}).items():
+            out.append(f"  loop b={b}: ours {_fmt(x['ours_median'])}/s raw {_fmt(x['raw_median'])}/s "
+                       f"ratio {_fmt(x['ratio'], 3)}")
+        for b, x in r.get("live", {}).items():
+            out.append(f"  live/preaug b={b}: {_fmt(x['ratio'], 3)} ({_fmt(_median(x['live_epoch_s']), 3)} / "
+                       f"{_fmt(_median(x['preaugmented_epoch_s']), 3)} s per epoch)")
+        for x in r.get("paper", []):
+            out.append(f"  {x['table'] or '-'} {x['augmentation'][:4]} x{x['data_multiplier']} e{x['epochs']} "
+                       f"b={x['batch_size']}: ours {_fmt(x['ours_s'], 2)} s, paper {_fmt(x['paper_s'])} s, "
+                       f"paper/ours {_fmt(x['paper_over_ours'], 1)}")
+        for x in r.get("switches", []):
+            if "note" in x:
+                out.append(f"  switch {x['switch']}: {x['note']}")
+            else:
+                out.append(f"  switch {x['switch']}={x['flipped']} b={x['batch_size']}: "
+                           f"{_fmt(x['flipped_over_default'], 3)}x of default ({_fmt(x['default_samples_per_s'])}/s)")
+        for g in r.get("goals", []):
+            out.append(f"  goal {g['goal']}: {_fmt(g['value'], 3)} {g['target']} -> "
+                       f"{ {True: 'met', False: 'NOT met', None: 'n/a'}[g['met']] }")
+        for k, v in r.get("errors", {}).items():
+            out.append(f"  ERROR {k}: {v}")
+        if r.get("skipped"):
+            out.append(f"  not measured (time): {len(r['skipped'])} runs, e.g. {r['skipped'][0]}")
+    return "\n".join(out)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
@@ -813,15 +938,22 @@ def main(argv: list[str] | None = None) -> dict | None:
     if argv[:1] == ["--keras-worker"]:
         print(json.dumps(keras_worker(json.loads(argv[1]))), flush=True)
         return None
+    if argv[:1] == ["--summary"]:
+        print(summary(argv[1:]))
+        return None
+    args = run_cli(lambda: parse_args(argv))
     import warnings
 
     import tornado.train  # noqa: F401  (its logging and warning filters)
 
-    warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|srun|smaller than the logging interval).*")
-    args = run_cli(lambda: parse_args(argv))
+    warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|srun|"
+                                              "smaller than the logging interval).*")
     result = run_cli(lambda: bench(args))
     print(markdown(result))
     print(f"wrote {Path(args.out) / 'bench.json'} and bench.md")
+    if result.get("errors"):
+        print("error: " + "; ".join(f"section {k}: {v}" for k, v in result["errors"].items()), file=sys.stderr)
+        raise SystemExit(1)
     return result
 
 

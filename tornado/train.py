@@ -5,6 +5,7 @@ returns the metric named by `optimize_metric` to sweepers.
 """
 from __future__ import annotations
 
+import ctypes
 import datetime as dt
 import logging
 import math
@@ -84,17 +85,50 @@ def _switch(value, default: bool) -> bool:
     return default if value == "auto" else bool(value)
 
 
+def cpu_has_bf16() -> bool:
+    """Whether this CPU computes bfloat16 natively (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slow."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def keep_memory(on: bool) -> bool:
+    """glibc's malloc: with `on`, serve large buffers from the heap and keep what is freed (else its defaults).
+
+    By default every buffer over 32 MB (and many smaller ones) is a fresh mapping whose pages fault in on
+    first touch and go back to the system when freed: on a CPU each training step pays that again for its
+    activations. Process-wide; returns False where there is no glibc (nothing changed).
+    """
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    m_trim_threshold, m_mmap_max = -1, -4
+    ok = mallopt(m_mmap_max, 0 if on else 65536) == 1
+    return mallopt(m_trim_threshold, (1 << 30) if on else 128 * 1024) == 1 and ok
+
+
+BF16_MIN_BATCH = 1024
+
+
 def fast_switches(cfg: DictConfig, accelerator: str, devices: int) -> dict:
     """The speed switches resolved for this device (see docs/performance.md)."""
     gpu = accelerator == "gpu"
     f = cfg.fast
+    # Measured on an H200 (BENCHMARKS.md): bf16 autocast is 1.6x slower at 128 per step (cast overhead on
+    # tiny convolutions) and 1.2x faster at 2048, so `auto` turns it on for large per-device batches only.
+    big_batch = cfg.batch_size // max(1, devices) >= BF16_MIN_BATCH
     return {
         "resident": f.resident if f.resident == "auto" else bool(f.resident),
         "storage": str(f.storage),
         "channels_last": _switch(f.channels_last, True),
-        "bf16": _switch(f.bf16, gpu),
+        "bf16": _switch(f.bf16, (gpu or cpu_has_bf16()) and big_batch),
         "compile": _switch(f.compile, False),
         "cuda_graph": _switch(f.cuda_graph, gpu and devices == 1) and gpu,
+        "keep_memory": _switch(f.get("keep_memory", "auto"), not gpu),
     }
 
 
@@ -189,6 +223,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         fast = fast_switches(cfg, accelerator, devices)
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
+        if fast["keep_memory"] or accelerator == "cpu":
+            keep_memory(fast["keep_memory"])
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         path = ensure_prepared(cfg.data, cfg.augment)
         dm = make_datamodule(cfg, fast, path)
