@@ -57,3 +57,33 @@ def test_blocks_of_batches_keep_the_loss(data_dir, tmp_path):
     batchwise = loss_after_steps(data_dir, tmp_path / "batches", "trainer.limit_train_batches=1000000")
     blocks = loss_after_steps(data_dir, tmp_path / "blocks", "trainer.limit_train_batches=1.0")
     assert abs(blocks - batchwise) / batchwise < 1e-6, (batchwise, blocks)
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU (run by launchers/device_check.sh)")
+GPU_PLAIN = ("gpus=1", "fast.cuda_graph=false", "fast.bf16=false")  # and channels_last off, as every run here
+GPU_SWITCHES = {
+    "fast.channels_last=true": 1e-3,
+    "fast.bf16=true": 3e-2,
+    "++fast.cudnn_benchmark=false": 1e-3,  # on by default on a GPU
+}
+
+
+@pytest.fixture(scope="module")
+def gpu_base(data_dir, tmp_path_factory):
+    return loss_after_steps(data_dir, tmp_path_factory.mktemp("gpu_base"), *GPU_PLAIN)
+
+
+@needs_gpu
+@pytest.mark.parametrize("switch", list(GPU_SWITCHES))
+def test_gpu_switch_keeps_the_loss(switch, data_dir, tmp_path, gpu_base):
+    fast = loss_after_steps(data_dir, tmp_path, *GPU_PLAIN, switch)
+    assert abs(fast - gpu_base) / gpu_base < GPU_SWITCHES[switch], (switch, gpu_base, fast)
+
+
+@needs_gpu
+def test_cuda_graph_on_blocks_keeps_the_loss(data_dir, tmp_path):
+    """A whole epoch as Lightning gets it on one GPU (blocks of batches, graphed) against batch by batch, eager."""
+    eager = loss_after_steps(data_dir, tmp_path / "eager", *GPU_PLAIN, "trainer.limit_train_batches=1000000")
+    graphed = loss_after_steps(data_dir, tmp_path / "graph", "gpus=1", "fast.bf16=false", "fast.cuda_graph=true",
+                               "trainer.limit_train_batches=1.0")
+    assert abs(graphed - eager) / eager < 1e-3, (eager, graphed)

@@ -10,6 +10,8 @@ Sections (each writes into `<out>/bench.json` and `<out>/bench.md`):
             One fit per (augmentation, multiplier, batch) of max(epochs) epochs; the wall time at E epochs is
             the time from the call to `fit` to the end of epoch E. Data is loaded once per augmentation.
 * switches  each `fast.*` switch flipped against this device's defaults.
+* profile   where a step's time goes: torch.profiler over a few eager steps of our step (the kernels a CUDA
+            graph replays), the top operators and kernels per batch size.
 * peer      (`--peer keras`, or `tf_keras` for the Keras 2 package) the same network in Keras/TensorFlow on the
             same data, each run in its own process.
 
@@ -40,9 +42,10 @@ from tornado.errors import TornadoError, run_cli
 ROOT = Path(__file__).resolve().parents[1]
 PAPER_TRAIN = 138_963                   # the paper's training set (183,723 patches in all)
 FULL_SYNTH = {"days": 368, "patches_per_day": 500}  # synthetic set of about that size: 138,000 train, 184,000 all
-SECTIONS = ("loop", "live", "paper", "switches", "peer")
-SWITCHES = ("cuda_graph", "bf16", "keep_memory", "channels_last", "storage", "resident",
+SECTIONS = ("loop", "live", "paper", "switches", "peer", "profile")
+SWITCHES = ("cuda_graph", "bf16", "cudnn_benchmark", "keep_memory", "channels_last", "storage", "resident",
             "compile")  # compile (slow) last
+GPU_ONLY = ("cuda_graph", "cudnn_benchmark")
 MODES = {  # defaults per mode; every one can be set on the command line
     "quick": dict(sections="loop,live", batches="128,2048", repeats=3, timed_epochs=1, data="config",
                   epochs="5", multipliers="1", augmentations="preaugmented,live"),
@@ -140,6 +143,14 @@ class Ctx:
     t0: float = field(default_factory=time.monotonic)
     skipped: list = field(default_factory=list)
     _dms: dict = field(default_factory=dict)
+
+    def fast_for(self, batch: int) -> dict:
+        """The switches `tornado.train` resolves for this batch size on this device."""
+        from omegaconf import OmegaConf
+
+        from tornado.train import fast_switches
+
+        return fast_switches(OmegaConf.merge(self.cfg, {"batch_size": batch}), self.accelerator, 1)
 
     def over_budget(self) -> bool:
         b = self.args.budget_s
@@ -277,8 +288,8 @@ def run_ours(ctx: Ctx, dm, batch: int, epochs: int, fast: dict | None = None) ->
 
     from tornado.train import make_module, make_trainer
 
-    fast = fast or ctx.fast
-    _memory(ctx, fast)
+    fast = fast or ctx.fast_for(batch)
+    _process_switches(ctx, fast)
     cfg = OmegaConf.merge(ctx.cfg, {"epochs": epochs, "batch_size": batch})
     dm.batch_size = batch
     pl.seed_everything(cfg.seed, verbose=False)
@@ -303,8 +314,8 @@ def run_raw(ctx: Ctx, dm, batch: int, epochs: int, fast: dict | None = None) -> 
 
     from tornado.model import StormCNN
 
-    fast = fast or ctx.fast
-    _memory(ctx, fast)
+    fast = fast or ctx.fast_for(batch)
+    _process_switches(ctx, fast)
     dev, cfg = ctx.device, ctx.cfg
     torch.manual_seed(cfg.seed)
     net = StormCNN(pool3=cfg.model.pool3, dropout=cfg.model.dropout).to(dev)
@@ -363,12 +374,16 @@ def run_raw(ctx: Ctx, dm, batch: int, epochs: int, fast: dict | None = None) -> 
     return Run([b - a for a, b in zip(stamps, stamps[1:])], [b - t0 for b in stamps[1:]], rows)
 
 
-def _memory(ctx: Ctx, fast: dict) -> None:
-    """The allocator switch is process-wide: set it for this run as `tornado.train` would."""
+def _process_switches(ctx: Ctx, fast: dict) -> None:
+    """The process-wide switches (allocator, cuDNN's timing), set for this run as `tornado.train` sets them."""
+    import torch
+
     from tornado.train import keep_memory
 
     if fast["keep_memory"] or ctx.device.type == "cpu":
         keep_memory(fast["keep_memory"])
+    if ctx.device.type == "cuda":
+        torch.backends.cudnn.benchmark = fast["cudnn_benchmark"]
 
 
 def _scratch(ctx: Ctx) -> Path:
@@ -483,24 +498,24 @@ def section_paper(ctx: Ctx) -> list[dict]:
 def section_switches(ctx: Ctx) -> list[dict]:
     from tornado.train import cpu_has_bf16
 
-    base = ctx.fast
     epochs = 1 + ctx.args.timed_epochs
     rows = []
     for name in ctx.args.switches:
-        flipped = dict(base)
-        if name == "storage":
-            flipped[name] = "float16" if base[name] == "float32" else "float32"
-        elif name == "resident":
-            flipped[name] = False
-        else:
-            flipped[name] = not bool(base[name])
-        if name == "cuda_graph" and ctx.device.type != "cuda":
+        if name in GPU_ONLY and ctx.device.type != "cuda":
             rows.append({"switch": name, "note": "needs a GPU"})
             continue
-        if name == "bf16" and flipped[name] and ctx.device.type == "cpu" and not cpu_has_bf16():
-            rows.append({"switch": name, "note": "this CPU has no native bf16"})
-            continue
         for b in _loop_batches(ctx):
+            base = ctx.fast_for(b)  # the defaults at this batch size (bf16 depends on it on a GPU)
+            flipped = dict(base)
+            if name == "storage":
+                flipped[name] = "float16" if base[name] == "float32" else "float32"
+            elif name == "resident":
+                flipped[name] = False
+            else:
+                flipped[name] = not bool(base[name])
+            if name == "bf16" and flipped[name] and ctx.device.type == "cpu" and not cpu_has_bf16():
+                rows.append({"switch": name, "batch_size": b, "note": "this CPU has no native bf16"})
+                continue
             if name == "keep_memory":  # the allocator's state outlives a run: each side in its own process
                 sides = {"base": lambda: _fresh_process_ours(ctx, b, base[name]),
                          "flipped": lambda: _fresh_process_ours(ctx, b, flipped[name])}
@@ -518,6 +533,75 @@ def section_switches(ctx: Ctx) -> list[dict]:
             _log(f"switch {name}={row['flipped']} b={b}: {_fmt(row['flipped_samples_per_s'])}/s vs "
                  f"{_fmt(row['default_samples_per_s'])}/s ({_fmt(row['flipped_over_default'], 3)}x)")
     return rows
+
+
+def section_profile(ctx: Ctx, steps: int = 20) -> dict:
+    """torch.profiler over `steps` eager steps (our step without Lightning, no CUDA graph) per batch size."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from tornado.train import make_module
+
+    dev = ctx.device
+    dm = ctx.dm("preaugmented", multiplier=1)
+    out = {}
+    for b in _loop_batches(ctx):
+        if ctx.over_budget():
+            ctx.skipped.append(f"profile b={b} (time budget)")
+            continue
+        fast = {**ctx.fast_for(b), "cuda_graph": False, "compile": False}
+        _process_switches(ctx, fast)
+        module = make_module(ctx.cfg, fast, dm).to(dev)
+        opt = torch.optim.Adam(module.parameters(), lr=ctx.cfg.lr, fused=True)
+        module.on_train_epoch_start()
+        gen = torch.Generator(device=dev).manual_seed(0)
+        idx = torch.randint(0, dm.samples_per_epoch, (steps + 5, b), generator=gen, device=dev)
+
+        def step(i):
+            x = dm.prepare_batch(dm.x[idx[i]], None)
+            opt.zero_grad(set_to_none=True)
+            loss, logits = module.loss_and_logits(x, dm.y[idx[i]])
+            loss.backward()
+            opt.step()
+            module.accumulate(loss, logits, dm.y[idx[i]])
+
+        for i in range(5):
+            step(i)
+        _sync(dev)
+        t0 = time.perf_counter()
+        for i in range(5, 5 + steps):
+            step(i)
+        _sync(dev)
+        eager_us = (time.perf_counter() - t0) / steps * 1e6
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if dev.type == "cuda" else [])
+        with profile(activities=acts) as prof:
+            for i in range(5, 5 + steps):
+                step(i)
+            _sync(dev)
+        rows = []
+        for e in prof.key_averages():
+            t = _self_time_us(e, dev.type)
+            if t > 0:
+                rows.append({"name": e.key[:80], "calls_per_step": e.count / steps, "us_per_step": t / steps})
+        rows.sort(key=lambda r: -r["us_per_step"])
+        total = sum(r["us_per_step"] for r in rows)
+        out[str(b)] = {"steps": steps, "eager_step_us": eager_us, "profiled_time": "device" if dev.type == "cuda"
+                       else "cpu", "busy_us_per_step": total,
+                       "top": [{**r, "share": r["us_per_step"] / total} for r in rows[:12]]}
+        _log(f"profile b={b}: eager step {eager_us:.0f} us, busy {total:.0f} us per step; top: "
+             + ", ".join(f"{r['name'][:40]} {r['us_per_step']:.0f} us" for r in rows[:3]))
+    return out
+
+
+def _self_time_us(event, device_type: str) -> float:
+    """An operator's or kernel's own time (the attribute names changed across torch versions)."""
+    names = (("self_device_time_total", "self_cuda_time_total") if device_type == "cuda"
+             else ("self_cpu_time_total",))
+    for n in names:
+        v = getattr(event, n, None)
+        if v is not None:
+            return float(v)
+    return 0.0
 
 
 def _fresh_process_ours(ctx: Ctx, batch: int, keep: bool) -> float:
@@ -565,11 +649,11 @@ def section_peer(ctx: Ctx) -> dict:
                 return Run(r["epoch_s"], r["since_fit_s"], r["samples_per_epoch"])
 
             sides = {"ours": lambda: run_ours(ctx, dm, b, epochs), "keras": keras_run}
-            if ctx.fast["bf16"]:  # Keras trains in float32: ours in float32 too, beside our default
-                sides["ours_float32"] = lambda: run_ours(ctx, dm, b, epochs, {**ctx.fast, "bf16": False})
+            if ctx.fast_for(b)["bf16"]:  # Keras trains in float32: ours in float32 too, beside our default
+                sides["ours_float32"] = lambda: run_ours(ctx, dm, b, epochs, {**ctx.fast_for(b), "bf16": False})
             res = interleave(ctx, sides, ctx.args.repeats, f"peer {aug} b={b}")
             speed = {k: [r.steady_samples_per_s() for r in v] for k, v in res.items()}
-            row = {"augmentation": aug, "batch_size": b, "ours_bf16": bool(ctx.fast["bf16"])}
+            row = {"augmentation": aug, "batch_size": b, "ours_bf16": bool(ctx.fast_for(b)["bf16"])}
             for k, v in speed.items():
                 row.update({f"{k}_samples_per_s": v, f"{k}_median": _median(v)})
             row["peer_ratio"] = _ratio(row["ours_median"], row["keras_median"])
@@ -757,7 +841,9 @@ def markdown(result: dict) -> str:
              f"{result['date']}, commit {result['commit']}, {where}; load average before "
              f"{result['load_before']}, after {result['load_after']}; "
              f"data {result['data'].get('n_train') or 0:,} training samples ({result['data']['kind']}); "
-             f"switches {result['fast']}; warm-up epochs left out: 1; repeats {result['settings']['repeats']} "
+             f"switches {result['fast']} (bf16 by batch size: "
+             f"{ {b: f['bf16'] for b, f in result.get('fast_by_batch', {}).items()} }); "
+             f"warm-up epochs left out: 1; repeats {result['settings']['repeats']} "
              f"(medians).", ""]
     if "loop" in result:
         lines += ["## Our loop against a raw PyTorch loop (samples/s, steady state)", "",
@@ -805,6 +891,14 @@ def markdown(result: dict) -> str:
                          f"{_fmt(r['default_samples_per_s'])} | {_fmt(r['flipped_samples_per_s'])} | "
                          f"{_fmt(r['flipped_over_default'], 3)} |")
         lines.append("")
+    for b, p in result.get("profile", {}).items():
+        lines += [f"## Where a step's time goes, batch {b} ({p['profiled_time']} time; eager step "
+                  f"{_fmt(p['eager_step_us'])} us, busy {_fmt(p['busy_us_per_step'])} us per step)", "",
+                  "| operator / kernel | calls per step | us per step | share |", "|---|---:|---:|---:|"]
+        for r in p["top"]:
+            lines.append(f"| `{r['name']}` | {r['calls_per_step']:.1f} | {r['us_per_step']:.1f} | "
+                         f"{100 * r['share']:.1f}% |")
+        lines.append("")
     if result["goals"]:
         lines += ["## Goals", "", "| goal | value | target | met |", "|---|---:|---|---|"]
         for g in result["goals"]:
@@ -829,6 +923,7 @@ def bench(args: argparse.Namespace) -> dict:
         "mode": args.mode, "date": dt.date.today().isoformat(), "commit": _git_commit(),
         "argv": sys.argv[1:], "load_before": load_before, "versions": versions(), "machine": machine(ctx),
         "fast": {k: _jsonable(v) for k, v in ctx.fast.items()},
+        "fast_by_batch": {str(b): {k: _jsonable(v) for k, v in ctx.fast_for(b).items()} for b in args.batches},
         "settings": {"sections": args.sections, "batches": args.batches, "repeats": args.repeats,
                      "timed_epochs": args.timed_epochs, "warmup_epochs": 1, "epochs": args.epochs,
                      "multipliers": args.multipliers, "augmentations": args.augmentations, "overrides": args.set},
@@ -837,7 +932,7 @@ def bench(args: argparse.Namespace) -> dict:
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         for name, fn in (("loop", section_loop), ("live", section_live), ("paper", section_paper),
-                         ("switches", section_switches), ("peer", section_peer)):
+                         ("switches", section_switches), ("peer", section_peer), ("profile", section_profile)):
             if name not in args.sections:
                 continue
             _log(f"section {name}")
@@ -923,6 +1018,10 @@ def summary(paths: list[str]) -> str:
             else:
                 out.append(f"  switch {x['switch']}={x['flipped']} b={x['batch_size']}: "
                            f"{_fmt(x['flipped_over_default'], 3)}x of default ({_fmt(x['default_samples_per_s'])}/s)")
+        for b, p in r.get("profile", {}).items():
+            out.append(f"  profile b={b}: eager {_fmt(p['eager_step_us'])} us/step, {p['profiled_time']} busy "
+                       f"{_fmt(p['busy_us_per_step'])} us/step: " + "; ".join(
+                           f"{x['name'][:48]} {x['us_per_step']:.0f}" for x in p["top"][:6]))
         for g in r.get("goals", []):
             out.append(f"  goal {g['goal']}: {_fmt(g['value'], 3)} {g['target']} -> "
                        f"{ {True: 'met', False: 'NOT met', None: 'n/a'}[g['met']] }")
