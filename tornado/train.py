@@ -95,20 +95,33 @@ def cpu_has_bf16() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def keep_memory(on: bool) -> bool:
-    """glibc's malloc: with `on`, serve large buffers from the heap and keep what is freed (else its defaults).
+_KEPT = False  # whether keep_memory(True) changed this process's allocator
 
-    By default every buffer over 32 MB (and many smaller ones) is a fresh mapping whose pages fault in on
-    first touch and go back to the system when freed: on a CPU each training step pays that again for its
-    activations. Process-wide; returns False where there is no glibc (nothing changed).
+
+def keep_memory(on: bool) -> bool:
+    """glibc's malloc: with `on`, serve large buffers from the heap and keep what is freed.
+
+    By default every buffer over 32 MB (and, until glibc adapts, many smaller ones) is a fresh mapping whose
+    pages fault in on first touch and go back to the system when freed: on a CPU each training step pays that
+    again for its activations. Process-wide. `on=False` leaves a process that was never switched alone (glibc's
+    adaptive defaults); after `on=True` it restores fixed settings close to what they adapt to (mappings
+    above 32 MB, trimming above 64 MB). Returns False where there is no glibc (nothing changed).
     """
+    global _KEPT
+    if not on and not _KEPT:
+        return True
     try:
         mallopt = ctypes.CDLL("libc.so.6").mallopt
     except (OSError, AttributeError):
         return False
-    m_trim_threshold, m_mmap_max = -1, -4
-    ok = mallopt(m_mmap_max, 0 if on else 65536) == 1
-    return mallopt(m_trim_threshold, (1 << 30) if on else 128 * 1024) == 1 and ok
+    m_trim_threshold, m_mmap_threshold, m_mmap_max = -1, -3, -4
+    if on:
+        ok = mallopt(m_mmap_max, 0) == 1 and mallopt(m_trim_threshold, 1 << 30) == 1
+    else:
+        ok = (mallopt(m_mmap_max, 65536) == 1 and mallopt(m_mmap_threshold, 32 << 20) == 1
+              and mallopt(m_trim_threshold, 64 << 20) == 1)
+    _KEPT = on and ok
+    return ok
 
 
 BF16_MIN_BATCH = 1024
