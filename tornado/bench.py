@@ -47,7 +47,7 @@ SWITCHES = ("cuda_graph", "bf16", "cudnn_benchmark", "keep_memory", "channels_la
             "compile")  # compile (slow) last
 GPU_ONLY = ("cuda_graph", "cudnn_benchmark")
 MODES = {  # defaults per mode; every one can be set on the command line
-    "quick": dict(sections="loop,live", batches="128,2048", repeats=3, timed_epochs=1, data="config",
+    "quick": dict(sections="loop,live", batches="128,2048", repeats=5, timed_epochs=1, data="config",
                   epochs="5", multipliers="1", augmentations="preaugmented,live"),
     "full": dict(sections="loop,live,paper,switches", batches="128,256,512,1024,2048,4096", repeats=3,
                  timed_epochs=2, data="tiled", epochs="5,10,15", multipliers="1,2,4",
