@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tornado import report
+from tornado import plots, report, tables
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -103,17 +103,17 @@ def gpu_batch_sweep(tmp_path: Path, failed: bool = True, running: bool = False) 
 def test_pivot_equals_hand_computed_table(tmp_path):
     sweep = write_csv_sweep(tmp_path, PIVOT_CSV)
     df = report.load_sweep(sweep).df
-    tables = report.pivot(df, "batch_size", "data_multiplier", "epochs", "wall_s")
-    assert sorted(tables) == [5, 10]
-    assert tables[5].index.tolist() == [128, 256] and tables[5].columns.tolist() == [1, 2]
-    assert tables[5].to_numpy().tolist() == [[10.0, 20.0], [6.0, 12.0]]
-    t10 = tables[10].to_numpy()
+    pivots = tables.pivot(df, "batch_size", "data_multiplier", "epochs", "wall_s")
+    assert sorted(pivots) == [5, 10]
+    assert pivots[5].index.tolist() == [128, 256] and pivots[5].columns.tolist() == [1, 2]
+    assert pivots[5].to_numpy().tolist() == [[10.0, 20.0], [6.0, 12.0]]
+    t10 = pivots[10].to_numpy()
     assert t10[0, 0] == 21.0 and t10[1, 1] == 25.0
     assert math.isnan(t10[0, 1]), "the failed job (999 s) must not fill a cell"
     assert math.isnan(t10[1, 0])
-    assert tables[5].attrs["n"].to_numpy().tolist() == [[1, 1], [1, 1]]
+    assert pivots[5].attrs["n"].to_numpy().tolist() == [[1, 1], [1, 1]]
     # rows and cols swapped, no groups, max over epochs
-    t = report.pivot(df, "data_multiplier", "batch_size", "none", "wall_s", agg="max")
+    t = tables.pivot(df, "data_multiplier", "batch_size", "none", "wall_s", agg="max")
     assert list(t) == [None]
     assert t[None].to_numpy().tolist() == [[21.0, 6.0], [20.0, 25.0]]
 
@@ -141,8 +141,8 @@ job,status,error,output_dir,epochs,batch_size,data_multiplier,seed,wall_s
 3,ok,,,5,128,2,0,30
 """
     sweep = write_csv_sweep(tmp_path, text)
-    tables = report.pivot(report.load_sweep(sweep).df, "batch_size", "data_multiplier", "epochs", "wall_s")
-    t = tables[5]
+    pivots = tables.pivot(report.load_sweep(sweep).df, "batch_size", "data_multiplier", "epochs", "wall_s")
+    t = pivots[5]
     assert t.loc[128, 1] == pytest.approx(13.0)                        # (10 + 12 + 17) / 3
     assert t.attrs["std"].loc[128, 1] == pytest.approx(3.605551, abs=1e-6)  # sqrt(((-3)^2 + 1 + 4^2) / 2)
     assert t.attrs["n"].loc[128, 1] == 3
@@ -177,7 +177,7 @@ job,status,error,output_dir,epochs,batch_size,data_multiplier,lr,optimizer.lr,wa
 
 def test_many_other_combinations_are_averaged_and_named(tmp_path):
     lines = ["job,status,error,output_dir,epochs,batch_size,data_multiplier,lr,wall_s"]
-    lrs = [0.001 * (k + 1) for k in range(report.MAX_SECTIONS + 1)]
+    lrs = [0.001 * (k + 1) for k in range(tables.MAX_SECTIONS + 1)]
     for k, lr in enumerate(lrs):
         lines.append(f"{k},ok,,,5,128,1,{lr},{k + 1}")
     sweep = write_csv_sweep(tmp_path, "\n".join(lines) + "\n")
@@ -334,8 +334,8 @@ def test_all_failed_sweep_still_reports(tmp_path):
 def test_sweep_without_results_csv_uses_result_json(tmp_path):
     sweep = gpu_batch_sweep(tmp_path, failed=False)
     (sweep / "results.csv").unlink()
-    tables = report.pivot(report.load_sweep(sweep).df, "batch_size", "gpus", "none", "wall_s")
-    assert tables[None].to_numpy().tolist() == [[5.0, 6.0], [6.0, 7.0]]
+    pivots = tables.pivot(report.load_sweep(sweep).df, "batch_size", "gpus", "none", "wall_s")
+    assert pivots[None].to_numpy().tolist() == [[5.0, 6.0], [6.0, 7.0]]
 
 
 def test_reader_without_collect_module(tmp_path, monkeypatch):
@@ -346,8 +346,8 @@ def test_reader_without_collect_module(tmp_path, monkeypatch):
                         lambda name, *a: None if name == "tornado.collect" else find_spec(name, *a))
     df = report.load_sweep(sweep).df
     assert not (sweep / "results.csv").exists()      # read in memory; results.csv is collect's to write
-    tables = report.pivot(df, "batch_size", "gpus", "none", "wall_s")
-    assert tables[None].to_numpy().tolist() == [[5.0, 6.0], [6.0, 7.0]]
+    pivots = tables.pivot(df, "batch_size", "gpus", "none", "wall_s")
+    assert pivots[None].to_numpy().tolist() == [[5.0, 6.0], [6.0, 7.0]]
     jobs = df.set_index("job")
     assert jobs.loc["4", "status"] == "failed" and jobs.loc["4", "error"] == "RuntimeError: CUDA out of memory <oom>"
     assert jobs.loc["0", "accelerator"] == "gpu" and jobs.loc["0", "roc_auc"] == 0.7
@@ -378,13 +378,13 @@ def test_time_to_accuracy_and_time_to_skill(tmp_path):
 
 def test_roc_and_reliability_points_by_hand():
     prob, label = np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])
-    fpr, tpr, auc = report.roc_points(prob, label)
+    fpr, tpr, auc = plots.roc_points(prob, label)
     # thresholds 0.8, 0.4, 0.35, 0.1 -> (0, .5), (.5, .5), (.5, 1), (1, 1)
     assert fpr.tolist() == [0.0, 0.0, 0.5, 0.5, 1.0] and tpr.tolist() == [0.0, 0.5, 0.5, 1.0, 1.0]
     assert auc == 0.75
-    _, _, tied = report.roc_points(np.array([0.5, 0.5, 0.5, 0.9]), np.array([0, 1, 0, 1]))
+    _, _, tied = plots.roc_points(np.array([0.5, 0.5, 0.5, 0.9]), np.array([0, 1, 0, 1]))
     assert tied == pytest.approx(0.75)      # one threshold for the three ties: (0, .5) -> (1, 1)
-    mean_p, frac = report.reliability_points(np.array([0.05, 0.15, 0.12, 0.95, 1.0]), np.array([0, 1, 0, 1, 1]))
+    mean_p, frac = plots.reliability_points(np.array([0.05, 0.15, 0.12, 0.95, 1.0]), np.array([0, 1, 0, 1, 1]))
     assert mean_p == pytest.approx([0.05, 0.135, 0.975]) and frac == pytest.approx([0.0, 0.5, 1.0])
 
 

@@ -353,12 +353,15 @@ def evaluate(net: torch.nn.Module, path, device, batch: int = 8192) -> tuple[np.
 
 def _headline(result: dict) -> str:
     m, t = result["metrics"], result["times"]
+    where = os.path.relpath(result["output_dir"])
+    if where.startswith(".."):
+        where = result["output_dir"]
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
     return (f"accuracy {f(m['accuracy'])}  ROC AUC {f(m['roc_auc'])}  AP {f(m['average_precision'])}  "
             f"CSI {f(m['csi_best'])} (threshold {f(m['best_threshold'])})  BSS {f(m['bss'])}\n"
             f"trained in {t['wall_s']:.1f} s ({result['samples_per_s']:.0f} samples/s); "
-            f"logs and result.json in {result['output_dir']}")
+            f"logs and result.json in {where}")
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")

@@ -1,0 +1,229 @@
+"""The report's figures (matplotlib, no display needed), each as PNG and SVG bytes: training-accuracy curves
+grouped as the paper's Figures 6-8, wall time against batch size, and the ROC curve and reliability diagram."""
+from __future__ import annotations
+
+import io
+import math
+import textwrap
+
+import numpy as np
+import pandas as pd
+
+from tornado.tables import label_text, matches, numeric_column, sort_key, sorted_unique, varying_hparams
+
+MAX_PANELS = 12
+
+
+def _fig(n_panels: int = 1):
+    from matplotlib.figure import Figure
+    ncols = min(3, max(1, n_panels))
+    nrows = math.ceil(max(1, n_panels) / ncols)
+    size = (6.4, 4.2) if n_panels == 1 else (4.6 * ncols, 3.4 * nrows)
+    fig = Figure(figsize=size, layout="constrained")
+    axes = fig.subplots(nrows, ncols, squeeze=False).ravel()
+    for ax in axes[n_panels:]:
+        ax.set_visible(False)
+    return fig, axes[:max(1, n_panels)]
+
+
+def _render(fig) -> dict[str, bytes]:
+    import matplotlib
+    out = {}
+    with matplotlib.rc_context({"svg.hashsalt": "tornado", "svg.fonttype": "none"}):
+        for fmt, meta in (("png", {"Software": None}), ("svg", {"Date": None})):
+            buf = io.BytesIO()
+            fig.savefig(buf, format=fmt, dpi=110, metadata=meta)
+            out[fmt] = buf.getvalue()
+            fig.set_layout_engine("none")  # keep the layout found for the first format
+    return out
+
+
+def _colors(n: int):
+    from matplotlib import colormaps
+    cmap = colormaps["viridis"]
+    return [cmap(0.85 * i / max(1, n - 1)) for i in range(n)]
+
+
+def _mean_curve(jobs: list[str], histories: dict[str, pd.DataFrame]) -> tuple[np.ndarray, np.ndarray]:
+    """Average of the longest histories among `jobs` (repeats of one configuration)."""
+    hs = [histories[j] for j in jobs if j in histories]
+    longest = max(len(h) for h in hs)
+    hs = [h for h in hs if len(h) == longest]
+    acc = np.mean([h["train_acc"].to_numpy(float) for h in hs], axis=0)
+    return np.arange(1, longest + 1), acc
+
+
+def _gpus(g: float) -> str:
+    return "CPU" if g == 0 else f"{int(g)} GPU{'' if g == 1 else 's'}"
+
+
+def _device_col(ok: pd.DataFrame) -> str:
+    return "gpus" if "gpus" in ok.columns and numeric_column(ok, "gpus").notna().all() else "devices"
+
+
+def curve_figures(ok: pd.DataFrame, histories: dict[str, pd.DataFrame], rows: str) -> dict[str, tuple]:
+    """Training-accuracy figures as in the paper's Figures 6-8, else one curve per job coloured by `rows`.
+
+    Returns name -> (title, [(panel title, [(label, x, y)])]).
+    """
+    ok = ok.loc[ok["job"].astype(str).isin(histories)]
+    if ok.empty:
+        return {}
+    ok = ok.assign(_b=numeric_column(ok, "batch_size"), _g=numeric_column(ok, _device_col(ok)))
+    vary_b = ok["_b"].nunique() > 1
+    vary_g = ok["_g"].nunique() > 1
+    figs: dict[str, tuple] = {}
+
+    def panels(panel_col, curve_col, label):
+        out = []
+        for pv in sorted(ok[panel_col].dropna().unique()):
+            sub = ok.loc[ok[panel_col] == pv]
+            keys = sorted(sub[curve_col].dropna().unique())
+            if len(keys) < 2:
+                continue
+            curves = [(label(k, sub.loc[sub[curve_col] == k]),
+                       *_mean_curve(list(sub.loc[sub[curve_col] == k, "job"].astype(str)), histories))
+                      for k in keys]
+            out.append((pv, curves))
+        return out[:MAX_PANELS]
+
+    if vary_g and ok["_b"].notna().any():
+        p = panels("_b", "_g", lambda g, s: _gpus(g))
+        if p:
+            figs["train_acc_by_gpus"] = ("Training accuracy by GPU count at fixed batch size (cf. paper Fig. 6)",
+                                         [(f"batch size {int(b)}", c) for b, c in p])
+    if vary_b and ok["_g"].notna().any():
+        p = panels("_g", "_b", lambda b, s: f"batch {int(b)}")
+        if p:
+            figs["train_acc_by_batch"] = ("Training accuracy by batch size at fixed GPU count (cf. paper Fig. 7)",
+                                          [(_gpus(g), c) for g, c in p])
+    if vary_b and vary_g:
+        r = ok.assign(_r=ok["_b"] / ok["_g"].where(ok["_g"] > 0), _k=ok["_b"] * 1000 + ok["_g"])
+        ok_r = r.dropna(subset=["_r"])
+        out = []
+        for rv in sorted(ok_r["_r"].unique()):
+            sub = ok_r.loc[ok_r["_r"] == rv]
+            keys = sorted(sub["_k"].unique())
+            if len(keys) < 2:
+                continue
+            curves = []
+            for k in keys:
+                s = sub.loc[sub["_k"] == k]
+                curves.append((f"batch {int(s['_b'].iloc[0])}, {_gpus(s['_g'].iloc[0])}",
+                               *_mean_curve(list(s["job"].astype(str)), histories)))
+            out.append((f"batch / GPUs = {label_text(rv)}", curves))
+        if out:
+            figs["train_acc_by_ratio"] = ("Training accuracy with batch size / GPU count held constant "
+                                          "(cf. paper Fig. 8)", out[:MAX_PANELS])
+    if not figs:
+        by = ok.assign(_o=ok[rows].map(sort_key) if rows in ok.columns else 0).sort_values(["_o", "job"])
+        curves = [(f"{rows} = {label_text(row[rows] if rows in ok.columns else None)}",
+                   *_mean_curve([str(row["job"])], histories)) for _, row in by.iterrows()]
+        figs["train_acc"] = (f"Training accuracy per job, coloured by {rows}", [("", curves)])
+        return figs
+    mixed = [c for c in varying_hparams(ok) if c not in ("batch_size", "gpus", "epochs")]
+    if mixed:  # say what the curves average over; the longest runs of each curve are the ones drawn
+        figs = {k: (title, p, f"{title}. Each curve averages the longest runs that differ only in: "
+                              f"{', '.join(mixed)}.") for k, (title, p) in figs.items()}
+    return figs
+
+
+def plot_curves(spec: tuple) -> dict[str, bytes]:
+    from matplotlib.ticker import MaxNLocator
+    title, panels = spec[0], spec[1]
+    fig, axes = _fig(len(panels))
+    for ax, (ptitle, curves) in zip(axes, panels):
+        labels = list(dict.fromkeys(c[0] for c in curves))
+        colors = dict(zip(labels, _colors(len(labels))))
+        seen = set()
+        for label, x, y in curves:
+            ax.plot(x, y, color=colors[label], lw=1.4, label=None if label in seen else label)
+            seen.add(label)
+        ax.set_title(ptitle, fontsize=10)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("training accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, loc="lower right")
+    fig.suptitle(textwrap.fill(title, 60 if len(panels) == 1 else 120), fontsize=11)
+    return _render(fig)
+
+
+def plot_wall_vs_batch(ok: pd.DataFrame, group: str | None) -> dict[str, bytes] | None:
+    """Wall time against batch size, one line per data multiplier (panels by `group` when it varies too)."""
+    ok = ok.assign(_b=numeric_column(ok, "batch_size"), _w=numeric_column(ok, "wall_s")).dropna(subset=["_b", "_w"])
+    if ok["_b"].nunique() < 2:
+        return None
+    def varies(c):
+        return c and c != "batch_size" and c in ok.columns and ok[c].nunique(dropna=False) > 1
+
+    line = next((c for c in ("data_multiplier", group) if varies(c)), None)
+    panel = next((c for c in (group, "epochs") if varies(c) and c != line), None)
+    pvals = sorted_unique(ok[panel])[:MAX_PANELS] if panel else [None]
+    fig, axes = _fig(len(pvals))
+    for ax, pv in zip(axes, pvals):
+        sub = ok if panel is None else ok.loc[matches(ok[panel], pv)]
+        lvals = sorted_unique(sub[line]) if line else [None]
+        for color, lv in zip(_colors(len(lvals)), lvals):
+            s = sub if line is None else sub.loc[matches(sub[line], lv)]
+            g = s.groupby("_b")["_w"]
+            m, sd = g.mean(), g.std(ddof=1)
+            ax.errorbar(m.index, m.to_numpy(), yerr=sd.fillna(0).to_numpy(), marker="o", ms=4, lw=1.4, capsize=2,
+                        color=color, label=f"{line} = {label_text(lv)}" if line else "all jobs")
+        ax.set_xscale("log", base=2)
+        ax.minorticks_off()
+        ax.set_xticks(sorted(sub["_b"].unique()), [label_text(b) for b in sorted(sub["_b"].unique())], fontsize=7)
+        ax.set_title(f"{panel} = {label_text(pv)}" if panel else "", fontsize=10)
+        ax.set_xlabel("batch size")
+        ax.set_ylabel("wall time (s)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.suptitle("Wall time against batch size", fontsize=11)
+    return _render(fig)
+
+
+def roc_points(prob: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
+    """False and true positive rates at every distinct threshold (from (0, 0)), and the area under them."""
+    order = np.argsort(-prob, kind="stable")
+    p, y = prob[order], label[order].astype(float)
+    last = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]   # ties share one threshold
+    tpr = np.r_[0.0, np.cumsum(y)[last] / y.sum()]
+    fpr = np.r_[0.0, np.cumsum(1 - y)[last] / (1 - y).sum()]
+    return fpr, tpr, float(np.trapezoid(tpr, fpr))
+
+
+def reliability_points(prob: np.ndarray, label: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
+    """Mean forecast and observed frequency in each non-empty bin of equal width on [0, 1]."""
+    idx = np.clip((prob * bins).astype(int), 0, bins - 1)
+    count = np.bincount(idx, minlength=bins)
+    keep = count > 0
+    mean_p = np.bincount(idx, weights=prob, minlength=bins)[keep] / count[keep]
+    frac = np.bincount(idx, weights=label.astype(float), minlength=bins)[keep] / count[keep]
+    return mean_p, frac
+
+
+def plot_roc_reliability(prob: np.ndarray, label: np.ndarray, job: str) -> dict[str, dict[str, bytes]]:
+    out = {}
+    fpr, tpr, auc = roc_points(prob, label)
+    fig, (ax,) = _fig(1)
+    ax.plot(fpr, tpr, lw=1.6, color="#2563eb", label=f"AUC = {auc:.3f}")
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC curve: job {job}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    out["roc"] = _render(fig)
+    mean_p, frac = reliability_points(prob, label)
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(6.4, 5.4), layout="constrained")
+    ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect")
+    ax.axhline(label.mean(), ls=":", color="#b45309", lw=1, label=f"climatology {label.mean():.3f}")
+    ax.plot(mean_p, frac, marker="o", color="#2563eb", lw=1.6, label="forecast")
+    ax.set(ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title=f"Reliability diagram: job {job}")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    hist.hist(prob, bins=20, range=(0, 1), color="#94a3b8", log=True)
+    hist.set(xlabel="forecast probability", ylabel="forecasts")
+    hist.grid(alpha=0.3)
+    out["reliability"] = _render(fig)
+    return out
