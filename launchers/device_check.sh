@@ -5,7 +5,13 @@
 #   4 the benchmark: our loop against raw PyTorch, live against preaugmented, the paper's Table 3/5 grid,
 #     a profile of one step        5 the benchmark's speed switches, on and off
 #   6 the CPU tests of tests/test_fast.py if time is left (CI runs them too)   7 a short summary, printed last
-# Run it from the repository root (the lead's device tool carries .whl/, git-ignored):
+# The GPU machine is expected to have PyTorch, Lightning, h5py, pandas and xarray but no network; the other
+# dependencies come as wheels in .whl/ (git-ignored), built beforehand on a machine with network, for the GPU
+# machine's Python (3.12 here):
+#   pip download --no-deps --only-binary=:all: --python-version 3.12 --platform manylinux_2_28_x86_64 \
+#       -d .whl hydra-core omegaconf submitit netCDF4 cftime
+#   pip wheel --no-deps -w .whl antlr4-python3-runtime==4.9.3      # sdist only: built here, pure Python
+# Then, with .whl/ copied along, from the repository root:
 #   bash launchers/device_check.sh
 # Results and logs go to $OUT (else outputs/device_check/); the synthetic data is built in a temporary folder
 # and removed at the end. A stage that fails or runs out of time is reported and the next one still runs;
