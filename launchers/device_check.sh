@@ -92,17 +92,19 @@ stage train "$(limit 60 200)" 20 python3 -m tornado.train gpus=1 epochs=2 "data.
 
 # The paper's grid (5 epochs; 10 and 15: --epochs 5,10,15, three times the time) on one GPU at its full
 # training-set size (the prepared set tiled to 138,963 samples), our loop against raw PyTorch and live
-# against preaugmented at batch 128 and 2048, a profile of one step. --budget-s stops starting new runs early
-# enough for the run in flight and the results to be written before the stage's limit.
+# against preaugmented at batch 128 and 2048, a profile of one step (before the grid, which takes the rest of
+# the time; sections run in the order given). --budget-s stops starting new runs early enough for the run in
+# flight and the results to be written before the stage's limit.
 lim=$(limit 170 130)
 stage bench "$lim" 60 python3 -m tornado.bench --gpus 1 --data tiled --out "$OUT/bench" \
-    --sections loop,live,paper,profile --batches 128,512,2048,4096 --epochs 5 --multipliers 1,2,4 \
+    --sections loop,live,profile,paper --batches 128,512,2048,4096 --epochs 5 --multipliers 1,2,4 \
     --repeats 3 --timed-epochs 2 --budget-s $((lim - 40)) --set "data.out_dir=$DATA"
 
-# keep_memory (a CPU switch, measured in fresh processes) is left out here: it is off on a GPU
+# keep_memory (a CPU switch, measured in fresh processes) is left out here: it is off on a GPU. compile comes
+# second: at batch 2048 it is the open question, never reached in time so far.
 lim=$(limit 120 45)
 stage switches "$lim" 45 python3 -m tornado.bench --gpus 1 --data tiled --out "$OUT/switches" \
-    --sections switches --switches cuda_graph,bf16,cudnn_benchmark,channels_last,storage,resident,compile \
+    --sections switches --switches cuda_graph,compile,bf16,cudnn_benchmark,channels_last,storage,resident \
     --batches 128,2048 --repeats 1 --timed-epochs 2 --budget-s $((lim - 35)) --set "data.out_dir=$DATA"
 
 if python3 -c "import pytest" 2>/dev/null; then

@@ -51,8 +51,11 @@ def test_smoke_writes_loop_and_live_figures(tmp_path, data_dir):
 
 
 def test_paper_grid_and_switches(tmp_path, data_dir):
-    r = run_bench(tmp_path, data_dir, "--sections", "paper,switches", "--epochs", "1,5", "--multipliers", "1,2",
-                  "--batches", "256", "--switches", "storage,cuda_graph")
+    r = run_bench(tmp_path, data_dir, "--sections", "switches,paper,switches", "--epochs", "1,5",
+                  "--multipliers", "1,2", "--batches", "256", "--switches", "storage,cuda_graph")
+    assert r["settings"]["sections"] == ["switches", "paper"]  # in the order given, once each
+    assert list(r).index("switches") < list(r).index("paper")
+    assert [s["switch"] for s in r["switches"]] == ["storage", "cuda_graph"]
     rows = r["paper"]
     assert {(x["augmentation"], x["data_multiplier"], x["epochs"]) for x in rows} == {
         (a, m, e) for a in ("preaugmented", "live") for m in (1, 2) for e in (1, 5)}

@@ -71,7 +71,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     mode.add_argument("--quick", action="store_const", dest="mode", const="quick", help="loop and live, CPU-sized")
     mode.add_argument("--smoke", action="store_const", dest="mode", const="smoke", help="tiny set, for tests")
     p.add_argument("--out", default="outputs/bench", help="folder for bench.json and bench.md")
-    p.add_argument("--sections", help=f"comma list of {', '.join(SECTIONS)}")
+    p.add_argument("--sections", help=f"comma list of {', '.join(SECTIONS)}, run in the order given")
     p.add_argument("--peer", choices=["keras", "tf_keras"],
                    help="add the peer section (needs tensorflow: pip install '.[peer]'; tf_keras also tf-keras)")
     p.add_argument("--gpus", type=int, help="0 = CPU, 1 = one GPU (default: a GPU if there is one)")
@@ -124,7 +124,7 @@ def _ints(text: str, what: str) -> list[int]:
 
 
 def _names(text: str, known: tuple[str, ...], what: str) -> list[str]:
-    names = [v.strip() for v in str(text).split(",") if v.strip()]
+    names = list(dict.fromkeys(v.strip() for v in str(text).split(",") if v.strip()))
     bad = [n for n in names if n not in known]
     if bad or not names:
         raise TornadoError(f"bench: --{what}={text}: use a comma list of {', '.join(known)}")
@@ -842,10 +842,10 @@ def bench(args: argparse.Namespace) -> dict:
     }
     previous = signal.signal(signal.SIGTERM, _terminate)
     try:
-        for name, fn in (("loop", section_loop), ("live", section_live), ("paper", section_paper),
-                         ("switches", section_switches), ("peer", section_peer), ("profile", section_profile)):
-            if name not in args.sections:
-                continue
+        sections = {"loop": section_loop, "live": section_live, "paper": section_paper,
+                    "switches": section_switches, "peer": section_peer, "profile": section_profile}
+        for name in args.sections:  # in the order given: under --budget-s the first ones get the time
+            fn = sections[name]
             _log(f"section {name}")
             try:
                 result[name] = fn(ctx)
