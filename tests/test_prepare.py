@@ -46,9 +46,19 @@ def prepared(source, tmp_path_factory):
     return ensure_prepared(make_cfg(out, source), AUG)
 
 
-def reader(source, test: bool):
-    files = [f for f in data.find_files(source) if (data.run_date(f) >= TEST_START) == test]
-    return data.read_storms(files)
+def split_of(source) -> dict[str, str]:
+    """File name -> train, val or test under the default split: run dates from TEST_START on are the test set,
+    the last 10% of the earlier run dates (at least one) the validation set."""
+    files = data.find_files(source)
+    earlier = sorted({data.run_date(f) for f in files if data.run_date(f) < TEST_START})
+    val_start = earlier[-max(1, round(0.1 * len(earlier)))]
+    return {f.name: "test" if data.run_date(f) >= TEST_START else "val" if data.run_date(f) >= val_start else "train"
+            for f in files}
+
+
+def reader(source, split: str):
+    which = split_of(source)
+    return data.read_storms([f for f in data.find_files(source) if which[f.name] == split])
 
 
 def leftovers(out_dir):
@@ -67,8 +77,8 @@ def test_layout_and_attributes(prepared, source):
         assert f["test/date"].shape == (n_test,) and f["test/track_id"].shape == (n_test,)
         assert f["scaler/mean"].shape == (3,) and f["scaler/std"].dtype == np.float64
         a = dict(f.attrs)
-    assert n + n_test == data.count_patches(data.find_files(source))
-    assert a["format_version"] == 1 and list(a["multipliers"]) == [1, 2, 4]
+    assert n + a["n_val"] + n_test == data.count_patches(data.find_files(source))
+    assert a["format_version"] == 2 and list(a["multipliers"]) == [1, 2, 4]
     assert (a["label_reduce"], a["label_threshold"], bool(a["label_inclusive"])) == ("max", 0.005, False)
     assert a["test_start"] == "2015-01-01" and a["dtype"] == "float32" and a["seed"] == 0
     assert prepared.name == f"storms-{a['content_hash'][:12]}.h5" and len(a["content_hash"]) == 64
@@ -78,13 +88,17 @@ def test_layout_and_attributes(prepared, source):
     assert json.loads(a["augment"])["rotation"] == 5.0
     assert json.loads(a["balance"])["enabled"] is False and a["n_balance_added"] == 0
     assert a["n_dropped_nonfinite"] == 0 and a["tornado_version"]
-    assert a["positives_train"] == reader(source, False).y.sum()
-    assert a["positives_test"] == reader(source, True).y.sum()
+    assert a["positives_train"] == a["positives_train_originals"] == reader(source, "train").y.sum()
+    assert a["positives_test"] == reader(source, "test").y.sum()
+    assert a["positives_val"] == reader(source, "val").y.sum() and a["n_val"] == len(reader(source, "val").y) > 0
 
 
 def test_originals_and_test_split_are_the_reader_s_patches(prepared, source):
-    train, test = reader(source, False), reader(source, True)
+    train, val, test = reader(source, "train"), reader(source, "val"), reader(source, "test")
     with h5py.File(prepared, "r") as f:
+        np.testing.assert_array_equal(f["val/x"][:], val.x)  # untouched, as the test split
+        np.testing.assert_array_equal(f["val/y"][:], val.y)
+        np.testing.assert_array_equal(f["val/date"][:], val.date)
         n = f.attrs["n_train"]
         assert n == len(train.y)
         np.testing.assert_array_equal(f["train/x"][:n], train.x)
@@ -112,8 +126,18 @@ def test_copies_differ_but_keep_labels(prepared):
 
 def test_split_by_run_date(prepared, source, tmp_path):
     with h5py.File(prepared, "r") as f:
-        assert (f["train/date"][:] < 20150101).all() and (f["test/date"][:] >= 20150101).all()
-        n_test = f.attrs["n_test"]
+        val_start = int(f.attrs["val_start"].replace("-", ""))
+        assert f.attrs["val_start"] == "2014-03-16"  # the last of 4 earlier run dates (10%, at least one)
+        assert (f["train/date"][:] < val_start).all() and (f["test/date"][:] >= 20150101).all()
+        assert ((f["val/date"][:] >= val_start) & (f["val/date"][:] < 20150101)).all()
+        n_test, n_train, n_val = f.attrs["n_test"], f.attrs["n_train"], f.attrs["n_val"]
+    none = ensure_prepared(make_cfg(tmp_path, source, **{"split.val_fraction": 0.0}), AUG)
+    with h5py.File(none, "r") as f:
+        assert f.attrs["n_val"] == 0 and f["val/x"].shape == (0, 3, 32, 32) and f.attrs["val_start"] == ""
+        assert f.attrs["n_train"] == n_train + n_val and f.attrs["n_test"] == n_test
+    half = ensure_prepared(make_cfg(tmp_path, source, **{"split.val_fraction": 0.5}), AUG)
+    with h5py.File(half, "r") as f:
+        assert f.attrs["val_start"] == "2011-10-21" and (f["val/date"][:] >= 20111021).all()
     later = ensure_prepared(make_cfg(tmp_path, source, **{"split.test_start": "2016-01-01"}), AUG)
     with h5py.File(later, "r") as f:
         assert (f["test/date"][:] >= 20160101).all() and (f["train/date"][:] < 20160101).all()
@@ -121,14 +145,15 @@ def test_split_by_run_date(prepared, source, tmp_path):
 
 
 def test_scaler_is_fitted_on_training_originals(prepared, source):
-    train, test = reader(source, False), reader(source, True)
+    train, val, test = reader(source, "train"), reader(source, "val"), reader(source, "test")
     with h5py.File(prepared, "r") as f:
         mean, std = f["scaler/mean"][:], f["scaler/std"][:]
     x = train.x.astype(np.float64)
     np.testing.assert_allclose(mean, x.mean(axis=(0, 2, 3)), rtol=1e-9, atol=1e-9)
     np.testing.assert_allclose(std, x.std(axis=(0, 2, 3)), rtol=1e-9)
-    both = np.concatenate([x, test.x.astype(np.float64)])
-    assert not np.allclose(mean, both.mean(axis=(0, 2, 3)), rtol=1e-4)
+    for other in (val, test):
+        both = np.concatenate([x, other.x.astype(np.float64)])
+        assert not np.allclose(mean, both.mean(axis=(0, 2, 3)), rtol=1e-4)
 
 
 def test_reuse_and_rebuild(source, tmp_path):
@@ -162,13 +187,13 @@ def test_source_files_change_the_hash(source, tmp_path):
     for p in data.find_files(source)[1:]:
         (sub / p.name).symlink_to(p)
     a = ensure_prepared(make_cfg(tmp_path / "out", source, multipliers=[1]), AUG)
-    b = ensure_prepared(make_cfg(tmp_path / "out", sub, multipliers=[1]), AUG)
+    b = ensure_prepared(make_cfg(tmp_path / "out", sub, multipliers=[1], **{"split.val_fraction": 0}), AUG)
     assert a != b
 
 
 def test_balance_adds_augmented_positives(source, tmp_path):
     path = ensure_prepared(make_cfg(tmp_path, source, balance=True, balance_ratio=0.5, multipliers=[1, 2]), AUG)
-    train = reader(source, False)
+    train = reader(source, "train")
     pos = np.flatnonzero(train.y)
     n0, p, neg = len(train.y), len(pos), int((train.y == 0).sum())
     with h5py.File(path, "r") as f:
@@ -176,6 +201,7 @@ def test_balance_adds_augmented_positives(source, tmp_path):
         x, y = f["train/x"][:], f["train/y"][:]
         date, track = f["train/date"][:], f["train/track_id"][:]
         assert f.attrs["n_train_originals"] == n0 and f.attrs["positives_train"] == p + added
+        assert f.attrs["positives_train_originals"] == p
         assert json.loads(f.attrs["balance"]) == {"enabled": True, "ratio": 0.5, "n_added": int(added)}
     assert added == round(0.5 * neg) - p and n == n0 + added and x.shape[0] == 2 * n
     assert (p + added) / neg == pytest.approx(0.5, abs=1 / neg)
@@ -230,7 +256,7 @@ def test_synthetic_source_generated_once(tmp_path):
     assert other != path
     assert len(list(folder.glob("NCARSTORM_*.nc"))) == 5
     with h5py.File(other, "r") as f:
-        assert f.attrs["n_train"] + f.attrs["n_test"] == 5 * 40
+        assert f.attrs["n_train"] + f.attrs["n_val"] + f.attrs["n_test"] == 5 * 40
 
 
 @pytest.mark.slow
@@ -309,6 +335,9 @@ BAD_SETTINGS = {
     "empty test split": ({"split.test_start": "2030-01-01"}, "empty test split"),
     "empty training split": ({"split.test_start": "2000-01-01"}, "empty training split"),
     "bad date": ({"split.test_start": "soon"}, "split.test_start"),
+    "validation fraction 1": ({"split.val_fraction": 1.0}, r"split.val_fraction: 1.0: must be a number in \[0, 1\)"),
+    "validation fraction text": ({"split.val_fraction": "tenth"}, "split.val_fraction: 'tenth'"),
+    "validation takes every date": ({"split.val_fraction": 0.9}, "leave none to train on"),
     "multiplier zero": ({"multipliers": [1, 0]}, "multipliers"),
     "multiplier fraction": ({"multipliers": [1, 1.5]}, "multipliers"),
     "multiplier not a list": ({"multipliers": "four"}, "multipliers"),
@@ -354,7 +383,7 @@ def test_nonfinite_patches(source, tmp_path):
     dropped = ensure_prepared(make_cfg(tmp_path / "out", src, multipliers=[1]), AUG)
     with h5py.File(dropped, "r") as f:
         assert f.attrs["n_dropped_nonfinite"] == 2
-        assert f.attrs["n_train"] == len(reader(source, False).y) - 2
+        assert f.attrs["n_train"] == len(reader(source, "train").y) - 2
         assert np.isfinite(f["train/x"][:]).all()
     with pytest.raises(TornadoError, match="NaN or inf"):
         ensure_prepared(make_cfg(tmp_path / "out", src, multipliers=[1], nonfinite="fail"), AUG)

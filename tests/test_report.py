@@ -376,6 +376,26 @@ def test_time_to_accuracy_and_time_to_skill(tmp_path):
     assert summary["best_by_metric"][0]["job"] == "c"        # lower is better for times
 
 
+def test_ranked_on_validation_and_warned_of_a_target_without_skill(tmp_path):
+    sweep = tmp_path / "val"
+    results = {}
+    for job, (val_auc, auc) in {"a": (0.80, 0.70), "b": (0.75, 0.90)}.items():
+        hp = {"epochs": 1, "batch_size": 128 if job == "a" else 256, "lr": 0.001, "data_multiplier": 1, "seed": 0}
+        m = {"roc_auc": auc, "val_roc_auc": val_auc, "climatology": 0.05, "train_base_rate": 0.05}
+        results[job] = result_json(sweep / job, hp, metrics=m, history=[(0.95, 1.0)], predictions=False)
+    write_results_csv(sweep, results)
+    written = report.build_report(sweep, target=0.93)
+    summary = json.loads(written["summary.json"].read_text())
+    assert summary["metric"] == "val_roc_auc" and summary["best_by_metric"][0]["job"] == "a"
+    assert summary["constant_forecast_accuracy"] == pytest.approx(0.95)
+    assert any("says nothing of skill" in n for n in summary["notes"])
+    assert "already scores 0.95" in written["report.html"].read_text()
+    summary = json.loads(report.build_report(sweep, target=0.97, metric="roc_auc")["summary.json"].read_text())
+    assert summary["best_by_metric"][0]["job"] == "b"
+    assert not any("says nothing of skill" in n for n in summary["notes"])
+    assert any("a test-set score" in n for n in summary["notes"])
+
+
 def test_roc_and_reliability_points_by_hand():
     prob, label = np.array([0.1, 0.4, 0.35, 0.8]), np.array([0, 0, 1, 1])
     fpr, tpr, auc = plots.roc_points(prob, label)

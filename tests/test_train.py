@@ -98,9 +98,13 @@ def test_run_writes_full_records_and_learns(first_run):
     assert {"torch", "pytorch_lightning", "tornado"} <= set(on_disk["versions"])
     m = on_disk["metrics"]
     for key in ("accuracy", "roc_auc", "average_precision", "csi_050", "pod_050", "far_050", "best_threshold",
-                "csi_best", "pod_best", "far_best", "brier", "bss"):
-        assert key in m
+                "csi_best", "pod_best", "far_best", "brier", "bss", "val_roc_auc", "val_brier", "val_csi_best"):
+        assert key in m and not np.isnan(m[key]), key
     assert m["roc_auc"] > 0.6, m  # a few hundred steps on 3,000 patches; the default run is checked below
+    # CSI/POD/FAR at the validation split's best threshold, applied to the test set
+    assert on_disk["evaluation"] == {"threshold_from": "validation", "prior_shift": None}
+    assert m["threshold"] == m["val_best_threshold"] and 0 < m["csi"] <= m["csi_best"]
+    assert m["val_n"] > 0 and m["climatology"] == m["train_base_rate"] > 0
     hist = on_disk["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
     assert hist[-1]["train_loss"] < 0.9 * hist[0]["train_loss"]
@@ -109,6 +113,41 @@ def test_run_writes_full_records_and_learns(first_run):
     assert (out / "checkpoints" / "last.ckpt").exists()
     preds = np.load(out / "test_predictions.npz")
     assert len(preds["prob"]) == len(preds["label"]) == int(m["n"])
+
+
+def test_balance_copies_are_scored_at_nature_s_base_rate(data_dir, tmp_path):
+    """With positives oversampled, the probabilities are moved back to the originals' base rate, in the run's
+    own scores and in predict; skill is measured against the originals' climatology."""
+    import h5py
+
+    from tornado.metrics import prior_shift
+    from tornado.predict import load_model
+    from tornado.train import train
+
+    r = train(cfg_for(*small(data_dir, "epochs=1", "data.balance=true", "data.multipliers=[1]")),
+              output_dir=tmp_path)
+    with h5py.File(r["prepared"], "r") as f:
+        rate = f.attrs["positives_train_originals"] / f.attrs["n_train_originals"]
+        trained = f.attrs["positives_train"] / f.attrs["n_train"]
+    assert trained == pytest.approx(0.5, abs=0.01)
+    m = r["metrics"]
+    assert m["climatology"] == pytest.approx(rate) and m["train_base_rate"] == pytest.approx(trained)
+    assert r["evaluation"]["prior_shift"] == {"trained_rate": pytest.approx(trained), "climatology": pytest.approx(rate)}
+    prob = np.load(tmp_path / "test_predictions.npz")["prob"]
+    assert prob.mean() < 2 * rate  # an oversampled model left as is forecasts around 0.5 on average
+    module = load_model(tmp_path / "checkpoints" / "last.ckpt")
+    raw = np.array([0.2, 0.5, 0.8])
+    np.testing.assert_allclose(module.calibrated(raw), prior_shift(raw, trained, rate))
+
+
+def test_no_validation_split_keeps_the_test_set_s_threshold_apart(data_dir, tmp_path, capsys):
+    from tornado.train import _headline, train
+
+    r = train(cfg_for(*small(data_dir, "epochs=1", "data.split.val_fraction=0")), output_dir=tmp_path)
+    m = r["metrics"]
+    assert r["evaluation"]["threshold_from"] is None and np.isnan(m["threshold"]) and np.isnan(m["csi"])
+    assert not any(k.startswith("val_") for k in m)
+    assert "the test set's best: optimistic" in _headline(r)
 
 
 def test_live_augmentation_runs(data_dir, tmp_path):
@@ -150,6 +189,7 @@ def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     ("data_multiplier=3", "data_multiplier=3: "),
     ("gpus=2", "gpus=2 asks for 2 GPUs but 0 are visible"),
     ("epochs=-1", "epochs=-1: must be a positive integer"),
+    ("optimize_metric=skill", "optimize_metric=skill: unknown, use one of"),
 ])
 def test_bad_config_fails_before_training(override, message, data_dir, tmp_path):
     from tornado.train import train

@@ -37,6 +37,10 @@ def read_meta(path) -> dict:
                 "mean": f["scaler/mean"][:].astype(np.float64),
                 "std": f["scaler/std"][:].astype(np.float64),
                 "positives_train": int(f.attrs.get("positives_train", -1)),
+                "n_train_originals": int(f.attrs.get("n_train_originals", f.attrs["n_train"])),
+                "positives_train_originals": int(f.attrs.get("positives_train_originals",
+                                                             f.attrs.get("positives_train", -1))),
+                "n_val": int(f.attrs.get("n_val", 0)),
             }
     except (OSError, KeyError) as e:
         raise TornadoError(f"{path}: not a prepared storm file ({e})") from None
@@ -46,12 +50,12 @@ def standardise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch
     return (x - mean.view(1, -1, 1, 1)) / std.view(1, -1, 1, 1)
 
 
-def load_test(path, device="cpu") -> tuple[torch.Tensor, np.ndarray]:
-    """The untouched test set, standardised with the stored scaler."""
+def load_split(path, split: str = "test", device="cpu") -> tuple[torch.Tensor, np.ndarray]:
+    """The untouched test (or validation) set, standardised with the stored scaler."""
     meta = read_meta(path)
     with h5py.File(path, "r") as f:
-        x = torch.from_numpy(f["test/x"][:].astype(np.float32))
-        y = f["test/y"][:].astype(np.uint8)
+        x = torch.from_numpy(f[f"{split}/x"][:].astype(np.float32))
+        y = f[f"{split}/y"][:].astype(np.uint8)
     mean = torch.tensor(meta["mean"], dtype=torch.float32)
     std = torch.tensor(meta["std"], dtype=torch.float32)
     return standardise(x, mean, std).to(device), y

@@ -4,8 +4,14 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import torch
-from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
+
+# what forecast_scores returns, in order; VAL_SCORES: those also kept for the validation split (prefixed val_)
+SCORES = ["n", "positives", "climatology", "accuracy", "roc_auc", "average_precision", "csi_050", "pod_050",
+          "far_050", "threshold", "csi", "pod", "far", "best_threshold", "csi_best", "pod_best", "far_best",
+          "brier", "bss"]
+VAL_SCORES = [f"val_{k}" for k in SCORES if k not in ("climatology", "threshold", "csi", "pod", "far")]
+LOWER_IS_BETTER = {"brier", "far_050", "far", "far_best", "val_brier", "val_far_050", "val_far_best"}
 
 
 def _contingency(prob: np.ndarray, label: np.ndarray, threshold: float) -> dict[str, float]:
@@ -42,8 +48,22 @@ def best_csi_threshold(prob: np.ndarray, label: np.ndarray) -> tuple[float, dict
     return float(p[last[k]]), _scores(float(h[k]), float(f[k]), float(m[k]))
 
 
-def forecast_scores(prob: np.ndarray, label: np.ndarray, climatology: float | None = None) -> dict[str, float]:
-    """Accuracy, ROC AUC, average precision, CSI/POD/FAR at 0.5 and at the best-CSI threshold,
+def prior_shift(prob: np.ndarray, trained_rate: float, rate: float) -> np.ndarray:
+    """Probabilities from a model trained at base rate `trained_rate` (positives oversampled), moved to base
+    rate `rate` by Bayes' rule (the odds scale by the ratio of the priors' odds). Ranks are unchanged."""
+    prob = np.asarray(prob, dtype=np.float64)
+    if not (0 < trained_rate < 1 and 0 < rate < 1):
+        return prob
+    a = prob * (rate / trained_rate)
+    b = (1 - prob) * ((1 - rate) / (1 - trained_rate))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(a + b > 0, a / (a + b), prob)
+
+
+def forecast_scores(prob: np.ndarray, label: np.ndarray, climatology: float | None = None,
+                    threshold: float | None = None) -> dict[str, float]:
+    """Accuracy, ROC AUC, average precision, CSI/POD/FAR at 0.5, at `threshold` (chosen elsewhere: on the
+    validation split) and at the best-CSI threshold of these very forecasts (an upper bound, optimistic),
     Brier score and Brier skill score against climatology (the training base rate if given)."""
     prob = np.asarray(prob, dtype=np.float64)
     label = np.asarray(label).astype(np.int64)
@@ -51,6 +71,9 @@ def forecast_scores(prob: np.ndarray, label: np.ndarray, climatology: float | No
     out: dict[str, float] = {"n": float(len(label)), "positives": float(label.sum()), "climatology": base}
     out["accuracy"] = float(np.mean((prob >= 0.5) == (label == 1)))
     if 0 < label.sum() < len(label):
+        import torch  # here: the report reads SCORES without loading torch
+        from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+
         p, y = torch.from_numpy(prob), torch.from_numpy(label)
         out["roc_auc"] = float(binary_auroc(p, y))
         out["average_precision"] = float(binary_average_precision(p, y))
@@ -58,8 +81,12 @@ def forecast_scores(prob: np.ndarray, label: np.ndarray, climatology: float | No
         out["roc_auc"] = out["average_precision"] = math.nan
     for k, v in _contingency(prob, label, 0.5).items():
         out[f"{k}_050"] = v
-    threshold, best = best_csi_threshold(prob, label)
-    out["best_threshold"] = threshold
+    out["threshold"] = math.nan if threshold is None else float(threshold)
+    for k, v in (_contingency(prob, label, threshold) if threshold is not None else
+                 dict.fromkeys(("csi", "pod", "far"), math.nan)).items():
+        out[k] = v
+    best_at, best = best_csi_threshold(prob, label)
+    out["best_threshold"] = best_at
     for k, v in best.items():
         out[f"{k}_best"] = v
     out["brier"] = float(np.mean((prob - label) ** 2))

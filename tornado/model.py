@@ -3,10 +3,13 @@ from __future__ import annotations
 
 import contextlib
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from tornado.metrics import prior_shift
 
 
 class StormCNN(nn.Module):
@@ -51,7 +54,7 @@ class StormModule(pl.LightningModule):
     def __init__(self, pool3: bool = False, dropout: float = 0.0, lr: float = 1e-3,
                  scaler_mean: list[float] | None = None, scaler_std: list[float] | None = None,
                  channels_last: bool = False, bf16: bool = False, compile: bool = False,
-                 cuda_graph: bool = False):
+                 cuda_graph: bool = False, trained_rate: float | None = None, climatology: float | None = None):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -66,6 +69,14 @@ class StormModule(pl.LightningModule):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def calibrated(self, prob: np.ndarray) -> np.ndarray:
+        """Probabilities of `net` moved from the base rate it was trained at (`trained_rate`: positives
+        oversampled by balance copies) to nature's (`climatology`); as they are when no rates are stored."""
+        h = self.hparams
+        if h.get("trained_rate") is None or h.get("climatology") is None:
+            return np.asarray(prob, dtype=np.float64)
+        return prior_shift(prob, h.trained_rate, h.climatology)
 
     def configure_optimizers(self):
         # fused: one kernel per step instead of ~10 per parameter (and graph-safe); the update is Adam's

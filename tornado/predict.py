@@ -2,7 +2,10 @@
 
     python -m tornado.predict checkpoint=RUN/checkpoints/last.ckpt input=DIR_OR_GLOB [output=predictions.csv]
 
-Inputs are standardised with the scaler stored in the checkpoint (fitted on the training split).
+Inputs are standardised with the scaler stored in the checkpoint (fitted on the training split). A model
+trained with balance copies has its probabilities moved back to the training originals' base rate, as in
+training's own scores. For yes/no forecasts use the threshold the run chose on its validation split
+(`metrics.threshold` in its result.json).
 Files that hold RVORT1_MAX_future also get the observed label under the label rule given.
 """
 from __future__ import annotations
@@ -52,7 +55,7 @@ def predict(checkpoint, source, label: LabelRule = LabelRule(), batch: int = 819
             if len(x) else torch.zeros(0)
         frames.append(pd.DataFrame({
             "file": path.name, "run_date": storms.date.isoformat(), "patch": storms.index,
-            "track_id": storms.track_id, "probability": prob.numpy().astype(np.float64),
+            "track_id": storms.track_id, "probability": module.calibrated(prob.numpy()),
             "label": storms.y if storms.y is not None else pd.array([pd.NA] * len(x), dtype="Int64"),
         }))
     return pd.concat(frames, ignore_index=True)

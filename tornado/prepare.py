@@ -34,7 +34,7 @@ from tornado.records import write_json
 
 log = logging.getLogger(__name__)
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2     # 2: a validation split
 CHUNK = 2048          # patches per processing step (augmentation, scaler, copying)
 H5_ROWS = 64          # patches per HDF5 chunk of x (768 KiB in float32)
 H5_VEC = 1 << 16      # entries per HDF5 chunk of y, date, track_id
@@ -52,6 +52,7 @@ class Settings:
     synth: dict | None
     label: data.LabelRule
     test_start: dt.date
+    val_fraction: float
     multipliers: tuple[int, ...]
     balance: bool
     balance_ratio: float
@@ -70,7 +71,7 @@ class Settings:
         return {
             "format_version": FORMAT_VERSION, "tornado_version": tornado.__version__,
             "label": self.label_dict(), "test_start": self.test_start.isoformat(),
-            "multipliers": list(self.multipliers), "balance": self.balance, "balance_ratio": self.balance_ratio,
+            "val_fraction": self.val_fraction, "multipliers": list(self.multipliers), "balance": self.balance, "balance_ratio": self.balance_ratio,
             "dtype": self.dtype, "nonfinite": self.nonfinite, "seed": self.seed,
             "augment": self.augment.to_dict(), "synth": self.synth,
         }
@@ -110,6 +111,9 @@ def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
         test_start = start if isinstance(start, dt.date) else dt.date.fromisoformat(str(start))
     except ValueError:
         raise TornadoError(f"split.test_start: {start!r}: not a date (YYYY-MM-DD)") from None
+    val_fraction = split.get("val_fraction", 0.0)
+    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+        raise TornadoError(f"split.val_fraction: {val_fraction!r}: must be a number in [0, 1)")
     mult = cfg.get("multipliers", None)
     if isinstance(mult, (tuple, ListConfig)):
         mult = list(mult)
@@ -132,7 +136,7 @@ def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
         raise TornadoError(f"seed: {seed!r}: must be an integer >= 0")
     return Settings(
         source=None if source is None else str(source), out_dir=Path(str(out_dir)), synth=synth_cfg,
-        label=label, test_start=test_start, multipliers=tuple(sorted({int(m) for m in mult})),
+        label=label, test_start=test_start, val_fraction=float(val_fraction), multipliers=tuple(sorted({int(m) for m in mult})),
         balance=balance, balance_ratio=float(ratio), dtype=dtype, nonfinite=nonfinite, seed=int(seed),
         augment=AugmentConfig.from_cfg(augment_cfg),
     )
@@ -321,6 +325,18 @@ def _augmented(x: np.ndarray, s: Settings, gen: torch.Generator) -> np.ndarray:
     return augment(t, s.augment, gen).numpy().astype(s.dtype, copy=False)
 
 
+def _val_start(train_dates: list[dt.date], s: Settings, where: str) -> dt.date | None:
+    """The first run date of the validation split: the last `val_fraction` of the training run dates (at least
+    one), so that it is held out in time as the test set is; None without one."""
+    if s.val_fraction == 0:
+        return None
+    k = max(1, round(s.val_fraction * len(train_dates)))
+    if k >= len(train_dates):
+        raise TornadoError(f"split.val_fraction: {s.val_fraction}: {len(train_dates)} run date(s) before "
+                           f"{s.test_start} in {where} leave none to train on (use 0 for no validation split)")
+    return train_dates[-k]
+
+
 def _balance_count(pos: int, neg: int, ratio: float) -> int:
     """Copies of positives to add so that positives : negatives is about ``ratio``."""
     return max(0, int(round(ratio * neg)) - pos)
@@ -339,8 +355,12 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
         raise TornadoError(f"split.test_start: {s.test_start}: no run date before it in {where}: empty training split")
     if not test_files:
         raise TornadoError(f"split.test_start: {s.test_start}: no run date from it on in {where}: empty test split")
+    val_start = _val_start(sorted({data.run_date(f) for f in train_files}), s, where)
+    val_files = [f for f in train_files if val_start is not None and data.run_date(f) >= val_start]
+    train_files = [f for f in train_files if f not in val_files]
     n_train_max, n_test_max = data.count_patches(train_files), data.count_patches(test_files)
-    log.info("preparing %s from %d files (%d train, %d test)", path, len(files), len(train_files), len(test_files))
+    log.info("preparing %s from %d files (%d train, %d validation, %d test)", path, len(files), len(train_files),
+             len(val_files), len(test_files))
 
     with contextlib.ExitStack() as stack:
         tmp = stack.enter_context(_temp_file(path, ".tmp"))
@@ -365,13 +385,20 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
         pos_orig = int(train.y[:n_orig].sum())
         if pos_orig == 0:
             raise TornadoError(f"label: the rule {_rule(s.label)} leaves no positive among the {n_orig} training "
-                               f"patches (run dates before {s.test_start}) in {where}")
+                               f"patches (run dates before {val_start or s.test_start}) in {where}")
 
         test = _Split(f, "test", n_test_max, s.dtype)
         dropped += _read_split(test_files, s, test)
         if test.n == 0:
             raise TornadoError(f"nonfinite: every test patch in {where} holds NaN or inf")
         test.resize(test.n, test.n)
+        val = _Split(f, "val", data.count_patches(val_files), s.dtype)
+        dropped += _read_split(val_files, s, val)
+        val.resize(val.n, val.n)
+        pos_val = int(val.y[:].sum())
+        if val_files and pos_val == 0:
+            log.warning("the validation split (run dates %s to %s) holds no positive: no threshold is chosen on it",
+                        val_start, s.test_start - dt.timedelta(days=1))
 
         gen = torch.Generator().manual_seed(s.seed)
         n_bal = _balance_count(pos_orig, n_orig - pos_orig, s.balance_ratio) if s.balance else 0
@@ -400,12 +427,13 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
             train.y[k * n:(k + 1) * n] = y_block
 
         attrs = {
-            "format_version": FORMAT_VERSION, "n_train": n, "n_test": test.n,
-            "n_train_originals": n_orig, "n_balance_added": n_bal,
+            "format_version": FORMAT_VERSION, "n_train": n, "n_val": val.n, "n_test": test.n,
+            "n_train_originals": n_orig, "n_balance_added": n_bal, "positives_train_originals": pos_orig,
             "multipliers": np.asarray(s.multipliers, dtype=np.int64),
             "label_reduce": s.label.reduce, "label_threshold": float(s.label.threshold),
             "label_inclusive": bool(s.label.inclusive), "test_start": s.test_start.isoformat(),
-            "source": source, "source_files": json.dumps(source_listing(files)),
+            "val_fraction": s.val_fraction, "val_start": "" if val_start is None else val_start.isoformat(),
+            "positives_val": pos_val, "source": source, "source_files": json.dumps(source_listing(files)),
             "synth": json.dumps(s.synth), "augment": json.dumps(s.augment.to_dict()),
             "balance": json.dumps({"enabled": s.balance, "ratio": s.balance_ratio, "n_added": n_bal}),
             "seed": s.seed, "dtype": s.dtype, "tornado_version": tornado.__version__, "content_hash": chash,
@@ -417,9 +445,9 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
         f.create_dataset("scaler/std", data=moments.std())
         f.close()
         os.replace(tmp, path)
-    log.info("prepared data: %s: train %d originals + %d balance copies, x%d; test %d; positives train %d, "
-             "test %d; dropped %d (NaN or inf)", path, n_orig, n_bal, r, test.n, attrs["positives_train"],
-             attrs["positives_test"], dropped)
+    log.info("prepared data: %s: train %d originals + %d balance copies, x%d; validation %d; test %d; positives "
+             "train %d (%d originals), validation %d, test %d; dropped %d (NaN or inf)", path, n_orig, n_bal, r,
+             val.n, test.n, attrs["positives_train"], pos_orig, pos_val, attrs["positives_test"], dropped)
     return attrs
 
 

@@ -2,7 +2,7 @@
 jobs and writes the files (tornado.tables builds the tables, tornado.plots draws the figures).
 
 python -m tornado.report SWEEP_DIR [rows=batch_size] [cols=data_multiplier] [group=epochs] [value=wall_s]
-                                   [agg=mean] [metric=roc_auc] [target=0.93] [paper=auto] [out=DIR]
+                                   [agg=mean] [metric=auto] [target=0.93] [paper=auto] [out=DIR]
 """
 from __future__ import annotations
 
@@ -22,16 +22,17 @@ import pandas as pd
 from tornado.cli import parse_kv
 from tornado.collect import result_row
 from tornado.errors import TornadoError, run_cli
+from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
 from tornado.plots import curve_figures, plot_curves, plot_roc_reliability, plot_wall_vs_batch
 from tornado.records import read_result, write_atomic, write_json
 from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, TIMES, TableSet, build_tables, label_text,
                             number_text, numeric_column, ok_rows, to_html_tables, to_latex, to_long_csv,
                             to_markdown, varying_hparams)
 
-LOWER_IS_BETTER = {"brier", "far_050", "far_best", "total_s", "wall_s", "data_wait_s", "compute_s", "test_s"}
+LOWER_IS_BETTER = METRICS_LOWER | {"total_s", "wall_s", "data_wait_s", "compute_s", "test_s"}
 TEXT_COLUMNS = ["job", "status", "error", "output_dir", "paper", "accelerator"]
 DEFAULTS = {"sweep_dir": None, "rows": "batch_size", "cols": "data_multiplier", "group": "epochs", "value": "wall_s",
-            "agg": "mean", "metric": "roc_auc", "target": 0.93, "paper": "auto", "out": None}
+            "agg": "mean", "metric": "auto", "target": 0.93, "paper": "auto", "out": None}
 
 
 # ----------------------------------------------------------------------------------------------------- loading
@@ -177,6 +178,15 @@ def time_to_accuracy(sweep: Sweep, target: float, histories: dict[str, pd.DataFr
     return sorted(out, key=lambda d: (d["seconds"], d["job"]))
 
 
+def constant_forecast_accuracy(ok: pd.DataFrame) -> float | None:
+    """The highest training accuracy a constant forecast reaches on the jobs' training sets (as trained)."""
+    rate = numeric_column(ok, "train_base_rate")
+    if not rate.notna().any():
+        rate = numeric_column(ok, "climatology")
+    rate = rate.dropna()
+    return None if rate.empty else float(np.maximum(rate, 1 - rate).max())
+
+
 def time_to_skill(ok: pd.DataFrame, metric: str, tolerance: float = 0.01) -> dict | None:
     """The fastest job (wall_s) whose test `metric` is within `tolerance` (relative) of the best."""
     m, wall = numeric_column(ok, metric), numeric_column(ok, "wall_s")
@@ -204,7 +214,7 @@ font-size:13px}.chips .okc{background:#dcfce7}.chips .bad{background:#fee2e2}.ch
 .partial{background:#fef3c7;border:1px solid #f59e0b;border-radius:8px;padding:10px 14px;margin:14px 0;
 font-weight:600}
 nav a{margin-right:14px;color:#2563eb;text-decoration:none}
-.note{color:#475569;font-size:13px;margin:4px 0}.empty{color:#b91c1c;font-weight:600}
+.note{color:#475569;font-size:13px;margin:4px 0}.warn{color:#9a3412;font-size:13px}.empty{color:#b91c1c;font-weight:600}
 .tables{display:flex;flex-wrap:wrap;gap:18px;overflow-x:auto}
 table{border-collapse:collapse;background:#fff;box-shadow:0 1px 2px rgba(0,0,0,.06);font-size:13px}
 caption{caption-side:top;text-align:left;font-weight:600;padding:4px 2px}
@@ -262,6 +272,9 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     body.append(f'<div class="card">{card}</div>')
     tta = summary["time_to_accuracy"]
     card = f"<h3>Fastest to {e(number_text(target))} training accuracy</h3>"
+    if summary.get("constant_forecast_accuracy") is not None and summary["constant_forecast_accuracy"] >= target:
+        card += (f'<p class="warn">A constant "no" forecast already scores '
+                 f'{e(number_text(summary["constant_forecast_accuracy"]))}: this says nothing of skill.</p>')
     if tta:
         card += "".join(f"<p><b>{e(number_text(t['seconds']))} s</b> ({_epochs(t['epochs'])}) · job {e(t['job'])}<br>"
                         f"<code>{e(_cfg_text(t['config']))}</code></p>" for t in tta[:3])
@@ -319,7 +332,7 @@ def _check_column(df: pd.DataFrame, key: str, col: str, known: bool = False) -> 
 
 
 def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "data_multiplier",
-                 group: str | None = "epochs", value: str = "wall_s", agg: str = "mean", metric: str = "roc_auc",
+                 group: str | None = "epochs", value: str = "wall_s", agg: str = "mean", metric: str = "auto",
                  target: float = 0.93, paper: str = "auto", out: str | Path | None = None) -> dict[str, Path]:
     """Write tables, plots, summary.json and report.html; return {file name: path} of what was written."""
     group = None if group in (None, "none") else group
@@ -339,6 +352,8 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
         if col:
             _check_column(df, key, col)
     _check_column(df, "value", value, known=True)
+    if metric == "auto":  # choose on the validation split where the jobs have one: never rank on the test set
+        metric = "val_roc_auc" if numeric_column(sweep.ok, "val_roc_auc").notna().any() else "roc_auc"
     _check_column(df, "metric", metric, known=True)
     if value in df.columns and df[value].notna().any() and not pd.api.types.is_numeric_dtype(df[value]):
         raise TornadoError(f"value={value}: not a numeric column")
@@ -354,6 +369,14 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
     ok = sweep.ok
     ts = build_tables(df, rows, cols, group, value, agg, paper)
     notes = list(sweep.notes)
+    constant = constant_forecast_accuracy(ok)
+    if constant is not None and constant >= float(target):
+        notes.append(f"A constant forecast (never a tornado) scores {number_text(constant)} training accuracy on "
+                     f"these training sets, at or above target={number_text(float(target))}: reaching the target "
+                     "says nothing of skill here. The fastest job within 1% of the best metric does.")
+    if not metric.startswith("val_"):
+        notes.append(f"Best configurations are ranked by {metric}, a test-set score (the jobs have no validation "
+                     "split): an optimistic choice.")
     histories = {str(j): h for j in ok["job"] if (h := load_history(sweep, str(j))) is not None}
 
     images: dict[str, tuple[str, bytes]] = {}
@@ -401,7 +424,7 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
         "table": {"rows": rows, "cols": cols, "group": group, "value": value, "agg": agg,
                   "repeats": ts.repeats, "averaged": ts.averaged, "paper_tables": ts.paper_tables,
                   "sections": [{k: _plain(v) for k, v in s.fixed.items()} for s in ts.sections]},
-        "metric": metric, "target": float(target),
+        "metric": metric, "target": float(target), "constant_forecast_accuracy": constant,
         "best_by_metric": best, "time_to_accuracy": time_to_accuracy(sweep, float(target), histories)[:5],
         "time_to_skill": time_to_skill(ok, metric), "notes": notes,
     }
@@ -436,7 +459,7 @@ def summary_text(summary: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------------- CLI
 USAGE = ("usage: python -m tornado.report SWEEP_DIR [rows=batch_size] [cols=data_multiplier] [group=epochs|none] "
-         "[value=wall_s] [agg=mean|median|min|max] [metric=roc_auc] [target=0.93] [paper=auto|none|table2..table9] "
+         "[value=wall_s] [agg=mean|median|min|max] [metric=auto] [target=0.93] [paper=auto|none|table2..table9] "
          "[out=DIR]")
 
 

@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 
 from tornado.errors import TornadoError
+from tornado.metrics import SCORES, VAL_SCORES
 
 META = ["job", "status", "error", "output_dir", "config_hash", "overrides", "started", "finished", "host"]
-METRICS = ["n", "positives", "accuracy", "roc_auc", "average_precision", "csi_050", "pod_050", "far_050",
-           "best_threshold", "csi_best", "pod_best", "far_best", "brier", "bss", "climatology"]
+METRICS = SCORES + ["train_base_rate"] + VAL_SCORES  # train_base_rate: positives in the training set as trained
 TIMES = ["total_s", "wall_s", "data_wait_s", "compute_s", "test_s"]
 RUN_INFO = ["samples_per_s", "batch_global", "batch_per_device", "devices", "accelerator"]
 NOT_HPARAMS = set(META + METRICS + TIMES + RUN_INFO)

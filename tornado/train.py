@@ -28,9 +28,9 @@ from omegaconf import DictConfig, OmegaConf
 
 import tornado
 from tornado import records
-from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_test
+from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_split
 from tornado.errors import TornadoError, run_cli
-from tornado.metrics import forecast_scores
+from tornado.metrics import SCORES, VAL_SCORES, best_csi_threshold, forecast_scores
 from tornado.model import StormModule
 from tornado.prepare import ensure_prepared
 
@@ -79,6 +79,8 @@ def validate(cfg: DictConfig) -> None:
         raise TornadoError(f"augmentation={cfg.augmentation}: unknown, use one of {', '.join(AUGMENTATIONS)}")
     if cfg.seed is None or isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise TornadoError(f"seed={cfg.seed}: must be an integer (0 is a valid seed)")
+    if cfg.optimize_metric not in SCORES + VAL_SCORES:
+        raise TornadoError(f"optimize_metric={cfg.optimize_metric}: unknown, use one of {', '.join(SCORES + VAL_SCORES)}")
 
 
 def _switch(value, default: bool) -> bool:
@@ -255,10 +257,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         if not trainer.is_global_zero:
             return result
         t_test = time.perf_counter()
-        prob, label = evaluate(module.net, path, module.device)
+        metrics, evaluation, prob, label = score(module, path, dm.meta)
         test_s = time.perf_counter() - t_test
-        base_rate = dm.meta["positives_train"] / dm.meta["n_train"] if dm.meta["positives_train"] >= 0 else None
-        metrics = forecast_scores(prob, label, climatology=base_rate)
         np.savez_compressed(out / "test_predictions.npz", prob=prob.astype(np.float32), label=label)
         epochs_run = max(1, len(clock.epoch_s))
         per_dev = dm.per_device_batch
@@ -274,6 +274,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             "devices": {"accelerator": accelerator, "count": devices, "names": _device_names(accelerator, devices)},
             "fast": {**fast, "resident": dm.is_resident},
             "metrics": metrics,
+            "evaluation": evaluation,
             "history": _history(out, clock),
         })
         if per_dev * devices != cfg.batch_size:
@@ -309,11 +310,22 @@ def make_datamodule(cfg: DictConfig, fast: dict, path) -> StormDataModule:
                            channels_last=fast["channels_last"])
 
 
+def base_rates(meta: dict) -> tuple[float | None, float | None]:
+    """(the positive rate of the training set as trained, with balance copies; the training originals')."""
+    if meta["positives_train"] < 0:
+        return None, None
+    return (meta["positives_train"] / meta["n_train"],
+            meta["positives_train_originals"] / meta["n_train_originals"])
+
+
 def make_module(cfg: DictConfig, fast: dict, dm: StormDataModule) -> StormModule:
+    trained, climatology = base_rates(dm.meta)
+    balanced = trained is not None and dm.meta["n_train"] > dm.meta["n_train_originals"]
     return StormModule(pool3=cfg.model.pool3, dropout=cfg.model.dropout, lr=cfg.lr,
                        scaler_mean=dm.meta["mean"].tolist(), scaler_std=dm.meta["std"].tolist(),
                        channels_last=fast["channels_last"], bf16=fast["bf16"], compile=fast["compile"],
-                       cuda_graph=fast["cuda_graph"])
+                       cuda_graph=fast["cuda_graph"], trained_rate=trained if balanced else None,
+                       climatology=climatology if balanced else None)
 
 
 def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm: StormDataModule,
@@ -340,10 +352,42 @@ def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm:
     return trainer, clock
 
 
+def score(module: StormModule, path, meta: dict) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+    """Test metrics (`val_*`: the same on the validation split), how they were made, and the test forecasts.
+
+    The CSI/POD/FAR threshold is the one that maximises CSI on the validation split, applied to the test
+    set; `*_best` are at the test set's own best threshold (optimistic). With balance copies the model
+    learnt a higher base rate than nature's, so its probabilities are moved back to the training
+    originals' base rate (`StormModule.calibrated`) before anything is scored.
+    """
+    climatology = base_rates(meta)[1]
+
+    def forecasts(split: str) -> tuple[np.ndarray, np.ndarray]:
+        prob, label = evaluate(module.net, path, module.device, split)
+        return module.calibrated(prob), label
+
+    prob, label = forecasts("test")
+    threshold, val = None, {}
+    if meta["n_val"] > 0:
+        vprob, vlabel = forecasts("val")
+        if 0 < vlabel.sum() < len(vlabel):
+            threshold = best_csi_threshold(vprob, vlabel)[0]
+        val = {f"val_{k}": v for k, v in forecast_scores(vprob, vlabel, climatology=climatology).items()
+               if f"val_{k}" in VAL_SCORES}
+    metrics = {**forecast_scores(prob, label, climatology=climatology, threshold=threshold),
+               "train_base_rate": base_rates(meta)[0], **val}
+    h = module.hparams
+    evaluation = {"threshold_from": "validation" if threshold is not None else None,
+                  "prior_shift": None if h.get("trained_rate") is None else
+                  {"trained_rate": h.trained_rate, "climatology": h.climatology}}
+    return metrics, evaluation, prob, label
+
+
 @torch.no_grad()
-def evaluate(net: torch.nn.Module, path, device, batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
-    """Probabilities on the untouched test set, in float32."""
-    x, y = load_test(path, device)
+def evaluate(net: torch.nn.Module, path, device, split: str = "test",
+             batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+    """Probabilities on the untouched test (or validation) set, in float32."""
+    x, y = load_split(path, split, device)
     was_training = net.training
     net.eval()
     probs = [net.predict_proba(x[i:i + batch].contiguous()).float().cpu() for i in range(0, len(x), batch)]
@@ -358,8 +402,12 @@ def _headline(result: dict) -> str:
         where = result["output_dir"]
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
+    if result.get("evaluation", {}).get("threshold_from") == "validation":
+        csi = f"CSI {f(m['csi'])} (threshold {f(m['threshold'])}, chosen on validation)"
+    else:
+        csi = f"CSI {f(m['csi_best'])} (threshold {f(m['best_threshold'])}, the test set's best: optimistic)"
     return (f"accuracy {f(m['accuracy'])}  ROC AUC {f(m['roc_auc'])}  AP {f(m['average_precision'])}  "
-            f"CSI {f(m['csi_best'])} (threshold {f(m['best_threshold'])})  BSS {f(m['bss'])}\n"
+            f"{csi}  BSS {f(m['bss'])}\n"
             f"trained in {t['wall_s']:.1f} s ({result['samples_per_s']:.0f} samples/s); "
             f"logs and result.json in {where}")
 
@@ -371,6 +419,11 @@ def main(cfg: DictConfig) -> float | None:
         return None
     print(_headline(result))
     value = result["metrics"].get(cfg.optimize_metric)
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        log.warning("optimize_metric=%s: no value in this run's metrics%s", cfg.optimize_metric,
+                    " (no validation split: data.split.val_fraction=0)" if cfg.optimize_metric.startswith("val_")
+                    else "")
+        return None
     return value
 
 

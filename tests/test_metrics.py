@@ -1,0 +1,78 @@
+"""Verification scores against direct computations and scikit-learn; the base-rate correction."""
+import math
+
+import numpy as np
+import pytest
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
+
+from tornado.metrics import SCORES, best_csi_threshold, forecast_scores, prior_shift
+
+
+@pytest.fixture
+def forecasts():
+    rng = np.random.default_rng(4)
+    label = (rng.random(3000) < 0.05).astype(np.int64)
+    prob = np.clip(0.04 + 0.5 * label * rng.random(3000) + 0.2 * rng.random(3000) ** 3, 0, 1).round(3)  # ties
+    return prob, label
+
+
+def csi_at(prob, label, t):
+    yes = prob >= t
+    hits, fa, miss = (yes & (label == 1)).sum(), (yes & (label == 0)).sum(), (~yes & (label == 1)).sum()
+    return hits / (hits + fa + miss)
+
+
+def test_scores_match_sklearn_and_direct_counts(forecasts):
+    prob, label = forecasts
+    m = forecast_scores(prob, label, threshold=0.3)
+    assert list(m) == SCORES
+    assert m["roc_auc"] == pytest.approx(roc_auc_score(label, prob), abs=1e-6)
+    assert m["average_precision"] == pytest.approx(average_precision_score(label, prob), abs=1e-6)
+    assert m["brier"] == pytest.approx(brier_score_loss(label, prob))
+    assert m["climatology"] == pytest.approx(label.mean())
+    assert m["bss"] == pytest.approx(1 - m["brier"] / np.mean((label.mean() - label) ** 2))
+    assert m["threshold"] == 0.3 and m["csi"] == pytest.approx(csi_at(prob, label, 0.3))
+    assert m["csi_050"] == pytest.approx(csi_at(prob, label, 0.5))
+    # the best threshold is the best of every distinct forecast value
+    best = max(np.unique(prob), key=lambda t: csi_at(prob, label, t))
+    assert m["best_threshold"] == best and m["csi_best"] == pytest.approx(csi_at(prob, label, best))
+    assert m["csi_best"] >= m["csi"]
+
+
+def test_no_threshold_given_leaves_its_scores_empty(forecasts):
+    m = forecast_scores(*forecasts)
+    assert all(math.isnan(m[k]) for k in ("threshold", "csi", "pod", "far"))
+    assert not math.isnan(m["csi_best"])
+
+
+def test_climatology_given_is_the_skill_reference(forecasts):
+    prob, label = forecasts
+    m = forecast_scores(prob, label, climatology=0.2)
+    assert m["bss"] == pytest.approx(1 - m["brier"] / np.mean((0.2 - label) ** 2))
+
+
+def test_best_csi_threshold_without_positives_is_zero_csi():
+    t, s = best_csi_threshold(np.array([0.1, 0.7, 0.3]), np.zeros(3))
+    assert s["csi"] == 0 and t in (0.1, 0.3, 0.7)
+
+
+def test_prior_shift_undoes_oversampling():
+    # a calibrated model on a set where positives were oversampled from 5% to 50%: Bayes' rule moves a
+    # forecast of 0.5 (even odds on that set) to 5%, keeps 0 and 1, and keeps the order of the forecasts
+    p = np.array([0.0, 0.1, 0.5, 0.9, 1.0])
+    q = prior_shift(p, 0.5, 0.05)
+    assert q[2] == pytest.approx(0.05) and q[0] == 0 and q[-1] == 1
+    assert np.all(np.diff(q) > 0)
+    odds = lambda x: x / (1 - x)  # noqa: E731
+    assert odds(q[1]) / odds(p[1]) == pytest.approx(odds(0.05) / odds(0.5))
+    np.testing.assert_array_equal(prior_shift(p, 0.05, 0.05), p)
+    np.testing.assert_array_equal(prior_shift(p, 0.0, 0.05), p)  # no rate to move from: as is
+
+
+def test_prior_shift_restores_calibration():
+    # outcomes drawn at true probabilities, oversampled 10x on the positives; the frequencies a model learns
+    # there, shifted back, are the true probabilities again
+    true = np.array([0.01, 0.05, 0.2])
+    seen = true * 10 / (true * 10 + (1 - true))  # frequency of positives in each bin after oversampling
+    rate, trained = 0.05, 0.05 * 10 / (0.05 * 10 + 0.95)
+    np.testing.assert_allclose(prior_shift(seen, trained, rate), true)
