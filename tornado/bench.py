@@ -184,9 +184,10 @@ def make_ctx(args: argparse.Namespace) -> Ctx:
     gpus = args.gpus if args.gpus is not None else int(torch.cuda.is_available())
     if gpus and not torch.cuda.is_available():
         raise TornadoError("bench: --gpus=1 but no GPU is visible")
-    overrides = [*(SMOKE_DATA if args.mode == "smoke" else []), f"gpus={gpus}", *args.set]
-    if args.data == "full":
-        overrides += [f"data.synth.{k}={v}" for k, v in FULL_SYNTH.items()]
+    overrides = [*(SMOKE_DATA if args.mode == "smoke" else []), f"gpus={gpus}"]
+    if args.data == "full":  # the paper's workload: its size, every earlier run date in training
+        overrides += [f"data.synth.{k}={v}" for k, v in FULL_SYNTH.items()] + ["data.split.val_fraction=0"]
+    overrides += args.set
     try:
         cfg = compose(overrides)
     except Exception as e:  # hydra's own message names the bad override
