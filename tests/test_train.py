@@ -132,7 +132,8 @@ def test_balance_copies_are_scored_at_nature_s_base_rate(data_dir, tmp_path):
     assert trained == pytest.approx(0.5, abs=0.01)
     m = r["metrics"]
     assert m["climatology"] == pytest.approx(rate) and m["train_base_rate"] == pytest.approx(trained)
-    assert r["evaluation"]["prior_shift"] == {"trained_rate": pytest.approx(trained), "climatology": pytest.approx(rate)}
+    assert r["evaluation"]["prior_shift"] == {"trained_rate": pytest.approx(trained),
+                                              "climatology": pytest.approx(rate)}
     prob = np.load(tmp_path / "test_predictions.npz")["prob"]
     assert prob.mean() < 2 * rate  # an oversampled model left as is forecasts around 0.5 on average
     module = load_model(tmp_path / "checkpoints" / "last.ckpt")

@@ -71,7 +71,8 @@ class Settings:
         return {
             "format_version": FORMAT_VERSION, "tornado_version": tornado.__version__,
             "label": self.label_dict(), "test_start": self.test_start.isoformat(),
-            "val_fraction": self.val_fraction, "multipliers": list(self.multipliers), "balance": self.balance, "balance_ratio": self.balance_ratio,
+            "val_fraction": self.val_fraction, "multipliers": list(self.multipliers), "balance": self.balance,
+            "balance_ratio": self.balance_ratio,
             "dtype": self.dtype, "nonfinite": self.nonfinite, "seed": self.seed,
             "augment": self.augment.to_dict(), "synth": self.synth,
         }
@@ -136,7 +137,8 @@ def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
         raise TornadoError(f"seed: {seed!r}: must be an integer >= 0")
     return Settings(
         source=None if source is None else str(source), out_dir=Path(str(out_dir)), synth=synth_cfg,
-        label=label, test_start=test_start, val_fraction=float(val_fraction), multipliers=tuple(sorted({int(m) for m in mult})),
+        label=label, test_start=test_start, val_fraction=float(val_fraction),
+        multipliers=tuple(sorted({int(m) for m in mult})),
         balance=balance, balance_ratio=float(ratio), dtype=dtype, nonfinite=nonfinite, seed=int(seed),
         augment=AugmentConfig.from_cfg(augment_cfg),
     )

@@ -80,7 +80,8 @@ def validate(cfg: DictConfig) -> None:
     if cfg.seed is None or isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
         raise TornadoError(f"seed={cfg.seed}: must be an integer (0 is a valid seed)")
     if cfg.optimize_metric not in SCORES + VAL_SCORES:
-        raise TornadoError(f"optimize_metric={cfg.optimize_metric}: unknown, use one of {', '.join(SCORES + VAL_SCORES)}")
+        raise TornadoError(f"optimize_metric={cfg.optimize_metric}: unknown, use one of "
+                           f"{', '.join(SCORES + VAL_SCORES)}")
 
 
 def _switch(value, default: bool) -> bool:
