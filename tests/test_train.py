@@ -191,6 +191,15 @@ def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     ("gpus=2", "gpus=2 asks for 2 GPUs but 0 are visible"),
     ("epochs=-1", "epochs=-1: must be a positive integer"),
     ("optimize_metric=skill", "optimize_metric=skill: unknown, use one of"),
+    ("threads=abc", "threads=abc: must be a positive integer"),
+    ("threads=-2", "threads=-2: must be a positive integer"),
+    ("seed=-1", "seed=-1: must be an integer from 0"),
+    ("seed=99999999999", "seed=99999999999: must be an integer from 0"),
+    ("model.dropout=2", r"model.dropout=2: must be a number in \[0, 1\)"),
+    ("lr=inf", "lr=inf: must be a positive number"),
+    ("fast.bf16=abc", "fast.bf16=abc: use one of true, false, auto"),
+    ("fast.storage=int8", "fast.storage=int8: use one of float32, float16"),
+    ("resume=maybe", "resume=maybe: must be true or false"),
 ])
 def test_bad_config_fails_before_training(override, message, data_dir, tmp_path):
     from tornado.train import train
@@ -202,6 +211,94 @@ def test_bad_config_fails_before_training(override, message, data_dir, tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "failed" and message.split(":")[0] in result["error"]
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_prepared_file_without_its_test_set_is_refused(data_dir, tmp_path):
+    import shutil
+
+    import h5py
+
+    from tornado.datamodule import read_meta
+    from tornado.prepare import ensure_prepared
+
+    cfg = cfg_for(*small(data_dir))
+    broken = tmp_path / "storms.h5"
+    shutil.copy(ensure_prepared(cfg.data, cfg.augment), broken)
+    with h5py.File(broken, "a") as f:
+        del f["test/x"]
+    with pytest.raises(TornadoError, match=f"{broken}: not a prepared storm file \\(no test/x\\)"):
+        read_meta(broken)
+
+
+def test_a_diverging_run_fails_and_saves_no_checkpoint(data_dir, tmp_path):
+    from tornado.train import train
+
+    with pytest.raises(TornadoError, match="training diverged: the mean loss of epoch 1 is nan"):
+        train(cfg_for(*small(data_dir, "epochs=1", "lr=1e30")), output_dir=tmp_path)
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
+    assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
+
+
+def test_resume_continues_with_history_and_times(data_dir, tmp_path):
+    from tornado.train import train
+
+    one = train(cfg_for(*small(data_dir, "epochs=1")), output_dir=tmp_path)
+    two = train(cfg_for(*small(data_dir, "epochs=2")), output_dir=tmp_path)
+    assert two["resumed_after_epochs"] == 1
+    assert [h["epoch"] for h in two["history"]] == [0, 1]
+    assert two["history"][0] == one["history"][0]  # epoch 0 as the first run saw it, time included
+    assert two["times"]["epoch_s"][0] == one["times"]["epoch_s"][0]
+    assert two["times"]["wall_s"] > one["times"]["epoch_s"][0]
+    assert (tmp_path / "csv" / "metrics.epochs-0-0.csv").exists()  # kept aside, not deleted by the logger
+    again = train(cfg_for(*small(data_dir, "epochs=2")), output_dir=tmp_path)  # finished: nothing to train
+    assert again["history"] == two["history"] and again["times"]["epoch_s"] == two["times"]["epoch_s"]
+    assert again["metrics"] == two["metrics"]
+
+
+@pytest.mark.parametrize("case, message", [
+    ("other settings", "a checkpoint of other settings \\(batch_size 64 there, 128 here\\)"),
+    ("fewer epochs", "2 epochs done, more than epochs=1"),
+    ("unreadable", "not a readable checkpoint"),
+])
+def test_resume_refuses_a_checkpoint_it_cannot_continue(case, message, data_dir, tmp_path):
+    from tornado.train import train
+
+    train(cfg_for(*small(data_dir, "epochs=2")), output_dir=tmp_path)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    over = {"other settings": ["batch_size=128"], "fewer epochs": ["epochs=1"], "unreadable": []}[case]
+    if case == "unreadable":
+        last.write_bytes(last.read_bytes()[:1000])
+    with pytest.raises(TornadoError, match=message):
+        train(cfg_for(*small(data_dir, "epochs=2"), *over), output_dir=tmp_path)
+    assert train(cfg_for(*small(data_dir, "epochs=2"), *over, "resume=false"), output_dir=tmp_path)["status"] == "ok"
+
+
+def test_sigterm_stops_with_one_line_and_the_rerun_resumes(data_dir, tmp_path):
+    import signal
+    import time
+
+    run = tmp_path / "run"
+    args = [*small(data_dir, "epochs=200"), f"hydra.run.dir={run}"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TORNADO_SWEEP_DIR", None)
+    proc = subprocess.Popen([sys.executable, "-m", "tornado.train", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    last = run / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 300
+    while not last.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err[-2000:]
+    assert err.strip().splitlines()[-1].startswith("error: interrupted by SIGTERM; "), err[-2000:]
+    assert "run the same command again to resume" in err and "Traceback" not in err
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "failed" and result["error"] == "interrupted (SIGTERM)"
+    done = torch.load(last, weights_only=False)["epoch"] + 1
+    p = _cli([*small(data_dir, f"epochs={done + 1}"), f"hydra.run.dir={run}"], cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    result = json.loads((run / "result.json").read_text())
+    assert result["resumed_after_epochs"] == done and len(result["history"]) == done + 1
 
 
 def _cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:

@@ -30,6 +30,11 @@ AUGMENTATIONS = ("preaugmented", "live")
 def read_meta(path) -> dict:
     try:
         with h5py.File(path, "r") as f:
+            need = ["train/x", "train/y", "test/x", "test/y"] + (["val/x", "val/y"] if f.attrs.get("n_val", 0) else [])
+            missing = [name for name in need if name not in f]
+            if missing:
+                raise TornadoError(f"{path}: not a prepared storm file (no {missing[0]}); delete it to prepare it "
+                                   "again")
             return {
                 "n_train": int(f.attrs["n_train"]),
                 "n_test": int(f.attrs["n_test"]),

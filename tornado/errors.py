@@ -8,12 +8,24 @@ T = TypeVar("T")
 
 
 class TornadoError(Exception):
-    """A fault in the user's input or config: printed as one line, exit status 2."""
+    """A fault in the user's input or config (or an interruption): printed as one line, exit status `code`."""
+
+    def __init__(self, message: str, code: int = 2):
+        super().__init__(message)
+        self.code = code
 
 
 def run_cli(fn: Callable[[], T]) -> T:
+    """Run a command's body: its errors, a file it cannot write and Ctrl-C end as one `error:` line."""
     try:
         return fn()
     except TornadoError as e:
         print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(e.code) from None
+    except OSError as e:  # an output folder that cannot be written, a full disk, ...
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"error: {where}{e.strerror or e} ({type(e).__name__})", file=sys.stderr)
         raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print("error: interrupted (Ctrl-C)", file=sys.stderr)
+        raise SystemExit(130) from None

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 
 import numpy as np
 import pytorch_lightning as pl
@@ -9,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tornado.errors import TornadoError
 from tornado.metrics import prior_shift
 
 
@@ -66,6 +68,7 @@ class StormModule(pl.LightningModule):
         self._loss_sum: torch.Tensor | None = None  # sum of loss * n over the epoch, on the device
         self._correct: torch.Tensor | None = None   # correct predictions over the epoch, on the device
         self._count = 0                             # samples this epoch (known on the host)
+        self.history: list[dict] = []               # per epoch: train_loss, train_acc (kept in checkpoints)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -143,8 +146,19 @@ class StormModule(pl.LightningModule):
         sums = torch.stack([self._loss_sum, self._correct.float(), self._loss_sum.new_tensor(self._count)])
         s = self.trainer.strategy.reduce(sums, reduce_op="sum")
         n = s[2].clamp_min(1)
+        loss, acc = (s[:2] / n).tolist()  # the one host sync of an epoch
+        if not math.isfinite(loss):  # refused before the epoch's checkpoint is written
+            raise TornadoError(f"training diverged: the mean loss of epoch {self.current_epoch + 1} is {loss} "
+                               f"(lr={self.hparams.lr}); lower lr, or look for NaN or inf in the inputs")
         self.log("train_loss", s[0] / n, on_epoch=True, sync_dist=False)
         self.log("train_acc", s[1] / n, on_epoch=True, sync_dist=False)
+        self.history.append({"epoch": self.current_epoch, "train_loss": loss, "train_acc": acc})
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["history"] = self.history
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        self.history = list(checkpoint.get("history", []))
 
     def _use_graph(self, x: torch.Tensor) -> bool:
         if not self.hparams.cuda_graph or x.device.type != "cuda" or self.trainer.world_size > 1:

@@ -25,6 +25,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import Checkpoint
 
 import tornado
 from tornado import records
@@ -38,7 +39,9 @@ log = logging.getLogger("tornado.train")
 
 # Lightning's start-up chatter (device summary, tips, the srun hint) says nothing about this run.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-for _msg in (".*srun.*", ".*LeafSpec.*", ".*does not have many workers.*", ".*smaller than the logging interval.*"):
+# (A resumed run's CSV log: `resume_path` has moved the old metrics.csv aside, nothing is deleted.)
+for _msg in (".*srun.*", ".*LeafSpec.*", ".*does not have many workers.*", ".*smaller than the logging interval.*",
+             ".*exists and is not empty.*"):
     warnings.filterwarnings("ignore", message=_msg)
 
 # TensorBoard's writer imports TensorFlow when it is installed (the optional `peer` extra), which slows torch
@@ -68,17 +71,35 @@ def resolve_devices(cfg: DictConfig) -> tuple[str, int]:
     return "gpu", gpus
 
 
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def validate(cfg: DictConfig) -> None:
     for key in ("epochs", "batch_size", "data_multiplier"):
         v = cfg[key]
-        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+        if not _is_int(v) or v <= 0:
             raise TornadoError(f"{key}={v}: must be a positive integer")
-    if not (isinstance(cfg.lr, (int, float)) and cfg.lr > 0):
+    if not (isinstance(cfg.lr, (int, float)) and not isinstance(cfg.lr, bool) and 0 < cfg.lr < math.inf):
         raise TornadoError(f"lr={cfg.lr}: must be a positive number")
+    if cfg.threads is not None and (not _is_int(cfg.threads) or cfg.threads < 1):
+        raise TornadoError(f"threads={cfg.threads}: must be a positive integer, or null for torch's default")
+    dropout = cfg.model.get("dropout", 0.0)
+    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+        raise TornadoError(f"model.dropout={dropout}: must be a number in [0, 1)")
+    if not isinstance(cfg.get("resume", True), bool):
+        raise TornadoError(f"resume={cfg.resume}: must be true or false")
+    for key, value in cfg.fast.items():
+        if key == "storage":
+            ok, allowed = value in ("float32", "float16"), "float32, float16"
+        else:
+            ok, allowed = isinstance(value, bool) or value == "auto", "true, false, auto"
+        if not ok:
+            raise TornadoError(f"fast.{key}={value}: use one of {allowed}")
     if cfg.augmentation not in AUGMENTATIONS:
         raise TornadoError(f"augmentation={cfg.augmentation}: unknown, use one of {', '.join(AUGMENTATIONS)}")
-    if cfg.seed is None or isinstance(cfg.seed, bool) or not isinstance(cfg.seed, int):
-        raise TornadoError(f"seed={cfg.seed}: must be an integer (0 is a valid seed)")
+    if not _is_int(cfg.seed) or not 0 <= cfg.seed < 2 ** 32:
+        raise TornadoError(f"seed={cfg.seed}: must be an integer from 0 to 2^32 - 1 (0 is a valid seed)")
     if cfg.optimize_metric not in SCORES + VAL_SCORES:
         raise TornadoError(f"optimize_metric={cfg.optimize_metric}: unknown, use one of "
                            f"{', '.join(SCORES + VAL_SCORES)}")
@@ -151,9 +172,19 @@ def fast_switches(cfg: DictConfig, accelerator: str, devices: int) -> dict:
 
 
 class _Clock(pl.Callback):
+    """Seconds per epoch, kept in checkpoints: a resumed run knows its earlier epochs' times."""
+
     def __init__(self):
         self.epoch_s: list[float] = []
+        self.restored = 0  # epochs timed before a resume
         self._t0 = 0.0
+
+    def state_dict(self) -> dict:
+        return {"epoch_s": list(self.epoch_s)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epoch_s = list(state_dict.get("epoch_s", []))
+        self.restored = len(self.epoch_s)
 
     def _sync(self, pl_module):
         if pl_module.device.type == "cuda":
@@ -166,6 +197,73 @@ class _Clock(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module):
         self._sync(pl_module)
         self.epoch_s.append(time.perf_counter() - self._t0)
+
+
+# the settings that make a run what it is: a checkpoint resumes only a run that has the same ones
+IDENTITY = ("data", "augment", "model", "batch_size", "lr", "data_multiplier", "augmentation", "seed")
+
+
+def identity(task: dict) -> dict:
+    flat = records.flatten({k: task[k] for k in IDENTITY if k in task})
+    flat.pop("data.out_dir", None)
+    return flat
+
+
+class _LastCheckpoint(Checkpoint):
+    """checkpoints/last.ckpt after every epoch, written whole (temp file, then rename) and stamped with the
+    run's identity. A `Checkpoint` callback, so it runs after the module's own epoch end: an epoch whose loss
+    diverged is refused there and never saved. Notes an interruption (Ctrl-C, SIGTERM) for the error line."""
+
+    def __init__(self, path: Path, ident: dict):
+        self.path, self.ident = path, ident
+        self.epochs_saved = 0
+        self.interrupted: str | None = None
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
+        trainer.save_checkpoint(tmp, weights_only=False)  # every rank calls it; rank 0 writes
+        if trainer.is_global_zero:
+            os.replace(tmp, self.path)
+        self.epochs_saved = trainer.current_epoch + 1
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint):
+        checkpoint["tornado"] = {"identity": self.ident}
+
+    def on_exception(self, trainer, pl_module, exception):
+        from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+        if isinstance(exception, SIGTERMException):
+            self.interrupted = "SIGTERM"
+        elif isinstance(exception, KeyboardInterrupt):
+            self.interrupted = "SIGINT"
+
+
+def resume_path(last: Path, ident: dict, epochs: int) -> str | None:
+    """`last` if it holds a checkpoint of this run to resume; refuses one that is unreadable, of other
+    settings (resuming it would silently continue another experiment) or past `epochs`."""
+    if not last.exists():
+        return None
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        stored = ckpt.get("tornado", {}).get("identity")
+        done = int(ckpt["epoch"]) + 1
+    except Exception as e:
+        reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
+        raise TornadoError(f"{last}: not a readable checkpoint ({reason}); delete it, or resume=false to start "
+                           "over") from None
+    if stored is not None and stored != ident:
+        diff = sorted(k for k in set(stored) | set(ident) if stored.get(k) != ident.get(k))
+        shown = ", ".join(f"{k} {stored.get(k)!r} there, {ident.get(k)!r} here" for k in diff[:3])
+        more = f" and {len(diff) - 3} more" if len(diff) > 3 else ""
+        raise TornadoError(f"{last}: a checkpoint of other settings ({shown}{more}); use another "
+                           "hydra.run.dir, or resume=false to start over")
+    if done > epochs:
+        raise TornadoError(f"{last}: {done} epochs done, more than epochs={epochs}; use epochs={done} or more to "
+                           "go on, another hydra.run.dir, or resume=false to start over")
+    csv_log = last.parent.parent / "csv" / "metrics.csv"  # Lightning's CSVLogger would delete it
+    if csv_log.exists():
+        os.replace(csv_log, csv_log.with_name(f"metrics.epochs-0-{done - 1}.csv"))
+    return str(last)
 
 
 def _versions() -> dict:
@@ -199,22 +297,9 @@ def _clean(obj):
     return obj
 
 
-def _history(out_dir: Path, clock: _Clock) -> list[dict]:
-    import csv
-
-    path = out_dir / "csv" / "metrics.csv"
-    rows: dict[int, dict] = {}
-    if path.exists():
-        with open(path) as f:
-            for row in csv.DictReader(f):
-                e = int(row["epoch"])
-                for k in ("train_loss", "train_acc"):
-                    if row.get(k):
-                        rows.setdefault(e, {"epoch": e})[k] = float(row[k])
-    hist = [rows[e] for e in sorted(rows)]
-    for h, s in zip(hist[-len(clock.epoch_s):] if clock.epoch_s else [], clock.epoch_s):
-        h["epoch_s"] = s
-    return hist
+def _history(module: StormModule, clock: _Clock) -> list[dict]:
+    times = dict(enumerate(clock.epoch_s))
+    return [{**h, "epoch_s": times.get(h["epoch"])} for h in module.history]
 
 
 def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
@@ -235,6 +320,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
     }
     if rank == 0:
         records.write_json(out / "result.json", result)
+    last = out / "checkpoints" / "last.ckpt"
+    saver = None
     try:
         validate(cfg)
         accelerator, devices = resolve_devices(cfg)
@@ -249,21 +336,23 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         path = ensure_prepared(cfg.data, cfg.augment)
         dm = make_datamodule(cfg, fast, path)
         module = make_module(cfg, fast, dm)
-        trainer, clock = make_trainer(cfg, out, accelerator, devices, dm)
-        last = out / "checkpoints" / "last.ckpt"
-        ckpt = str(last) if cfg.resume and last.exists() else None
+        ident = identity(task)
+        ckpt = resume_path(last, ident, cfg.epochs) if cfg.resume else None
+        last.parent.mkdir(parents=True, exist_ok=True)
+        saver = _LastCheckpoint(last, ident)
+        trainer, clock = make_trainer(cfg, out, accelerator, devices, dm, [saver])
         t_fit = time.perf_counter()
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-        wall_s = time.perf_counter() - t_fit
+        # a resumed run: its earlier epochs' times (from the checkpoint) count in its training time
+        wall_s = time.perf_counter() - t_fit + sum(clock.epoch_s[:clock.restored])
         if not trainer.is_global_zero:
             return result
         t_test = time.perf_counter()
         metrics, evaluation, prob, label = score(module, path, dm.meta)
         test_s = time.perf_counter() - t_test
         np.savez_compressed(out / "test_predictions.npz", prob=prob.astype(np.float32), label=label)
-        epochs_run = max(1, len(clock.epoch_s))
         per_dev = dm.per_device_batch
-        samples = dm.steps_per_epoch() * per_dev * devices * epochs_run
+        samples = dm.steps_per_epoch() * per_dev * devices * max(1, len(clock.epoch_s))
         result.update({
             "status": "ok", "prepared": str(path),
             "times": {"total_s": time.perf_counter() - t_start, "wall_s": wall_s, "epoch_s": clock.epoch_s,
@@ -276,7 +365,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             "fast": {**fast, "resident": dm.is_resident},
             "metrics": metrics,
             "evaluation": evaluation,
-            "history": _history(out, clock),
+            "history": _history(module, clock),
+            "resumed_after_epochs": clock.restored,
         })
         if per_dev * devices != cfg.batch_size:
             log.warning("batch_size=%d does not divide over %d devices: %d per device, %d in all",
@@ -284,6 +374,13 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
     except BaseException as e:  # recorded, then re-raised: a sweep sees the failure in result.json
         result["status"] = "failed"
         result["error"] = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+        if saver is not None and saver.interrupted:  # Lightning turns these into SystemExit: say what happened
+            where = os.path.relpath(last) if not os.path.relpath(last).startswith("..") else str(last)
+            then = (f"{saver.epochs_saved} epoch(s) saved in {where}: run the same command again to resume"
+                    if saver.epochs_saved else "no epoch finished: run the same command again to start over")
+            result["error"] = f"interrupted ({saver.interrupted})"
+            raise TornadoError(f"interrupted by {saver.interrupted}; {then}",
+                               code=143 if saver.interrupted == "SIGTERM" else 130) from None
         raise
     finally:
         if rank == 0:
@@ -332,13 +429,11 @@ def make_module(cfg: DictConfig, fast: dict, dm: StormDataModule) -> StormModule
 def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm: StormDataModule,
                  extra_callbacks: list[pl.Callback] | None = None):
     """The Trainer `train` uses (loggers, checkpoints, epoch clock) and its `_Clock`."""
-    from pytorch_lightning.callbacks import ModelCheckpoint, TQDMProgressBar
+    from pytorch_lightning.callbacks import TQDMProgressBar
     from pytorch_lightning.plugins.environments import SLURMEnvironment
 
     clock = _Clock()
-    callbacks: list[pl.Callback] = [clock, ModelCheckpoint(dirpath=out / "checkpoints", save_last=True,
-                                                           save_top_k=0, enable_version_counter=False)]
-    callbacks += extra_callbacks or []
+    callbacks: list[pl.Callback] = [clock, *(extra_callbacks or [])]
     interactive = sys.stderr.isatty()
     if interactive:
         callbacks.append(TQDMProgressBar(refresh_rate=max(1, dm.steps_per_epoch() // 50)))
@@ -349,7 +444,8 @@ def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm:
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     trainer = instantiate(cfg.trainer, accelerator=accelerator, devices=devices, strategy=strategy,
                           logger=loggers or False, callbacks=callbacks, enable_progress_bar=interactive,
-                          default_root_dir=str(out), plugins=plugins, use_distributed_sampler=False)
+                          default_root_dir=str(out), plugins=plugins, use_distributed_sampler=False,
+                          enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks))
     return trainer, clock
 
 
