@@ -117,3 +117,34 @@ def test_peer_keras_section(tmp_path, data_dir):
         assert row["keras_median"] > 0 and row["ours_median"] > 0
         assert row["peer_ratio"] == pytest.approx(row["ours_median"] / row["keras_median"])
     assert p["keras"] and p["tensorflow"] and "ImageDataGenerator" in p["keras_live"]
+
+
+def _summary_cli(*paths) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tornado.bench", "--summary", *map(str, paths)], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_summary_of_missing_files_is_one_error_line_exit_2(tmp_path):
+    p = _summary_cli(tmp_path / "nonexistent.json")
+    assert p.returncode == 2 and p.stdout == ""
+    assert p.stderr.strip() == (f"error: bench: --summary: nothing readable: {tmp_path / 'nonexistent.json'} "
+                                "(No such file or directory)")
+    (tmp_path / "list.json").write_text("[]")
+    p = _summary_cli(tmp_path / "list.json", tmp_path / "nope.json")
+    assert p.returncode == 2 and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+    assert "list.json (not a tornado result.json or bench.json)" in p.stderr and "nope.json" in p.stderr
+    p = _summary_cli()
+    assert p.returncode == 2 and p.stderr.startswith("error: bench: --summary: name one or more")
+
+
+def test_summary_prints_the_readable_files_and_names_the_missing_ones(tmp_path):
+    """The device check passes files of stages that may have timed out: the rest still print, exit 0."""
+    train = tmp_path / "train" / "result.json"
+    train.parent.mkdir()
+    train.write_text(json.dumps({"status": "ok", "times": {"wall_s": 3.5}, "metrics": {"roc_auc": 0.8125}}))
+    missing = tmp_path / "bench" / "bench.json"
+    p = _summary_cli(train, missing)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("train: ok") and "0.812" in p.stdout and "bench.json" not in p.stdout
+    assert p.stderr.strip() == ("warning: bench: --summary: left out, not readable: "
+                                f"{missing} (No such file or directory)")

@@ -415,3 +415,20 @@ def test_cli_prepares_and_refuses(source, tmp_path):
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
         assert leftovers(bad) == []
+
+
+def test_a_killed_synthetic_generation_s_temp_files_are_cleared(tmp_path):
+    """SIGTERM mid-generation leaves synth.write_file's `.NCARSTORM_*.nc.RANDOM.tmp`; the next generation removes it."""
+    from tornado.prepare import synthetic_source
+
+    folder = tmp_path / "synthetic"
+    folder.mkdir()
+    stale = folder / ".NCARSTORM_20110401-0000_d01_model_patches.nc.k1ll3d.tmp"
+    stale.write_bytes(b"half a file")             # no synth.json: the killed run never finished
+    other = folder / "notes.tmp"                  # not a synthetic temp file: left alone
+    other.write_text("mine")
+    with synthetic_source(tmp_path, {"days": 2, "patches_per_day": 10, "seed": 1}) as got:
+        assert got == folder
+    assert not stale.exists() and other.exists()
+    assert not [p.name for p in folder.glob(".*.tmp")]
+    assert len(list(folder.glob("NCARSTORM_*.nc"))) == 2

@@ -478,3 +478,36 @@ def test_report_loads_in_chromium_without_console_errors(tmp_path):
     assert snap.returncode == 0, snap.stderr[-2000:]
     assert shot.read_bytes()[:8] == PNG_MAGIC
     assert shot.stat().st_size > 50_000    # a blank page compresses to a few kB
+
+
+def test_results_csv_without_output_dir_column_uses_the_job_folders(tmp_path):
+    """A results.csv with no output_dir column: job folders are SWEEP/JOB (histories still found)."""
+    sweep = gpu_batch_sweep(tmp_path, failed=False)
+    text = (sweep / "results.csv").read_text().splitlines()
+    rows = list(csv.DictReader(text))
+    with open(sweep / "results.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=[c for c in rows[0] if c != "output_dir"], extrasaction="ignore")
+        w.writeheader()
+        w.writerows(rows)
+    loaded = report.load_sweep(sweep)
+    assert "output_dir" not in loaded.df.columns
+    assert loaded.job_dir("1") == sweep / "1"
+    assert report.load_history(loaded, "1") is not None
+    paths = report.build_report(sweep, rows="batch_size", cols="gpus")
+    assert "report.html" in paths
+
+
+def test_result_json_with_non_dict_sections_still_reports(tmp_path):
+    """hparams/metrics/times/batch/devices that are not objects are ignored; a JSON list is no result."""
+    sweep = gpu_batch_sweep(tmp_path, failed=False)
+    (sweep / "results.csv").unlink()
+    r = json.loads((sweep / "0" / "result.json").read_text())
+    r.update(hparams="x", metrics=[1], times="t", batch=3, devices="d")
+    (sweep / "0" / "result.json").write_text(json.dumps(r))
+    (sweep / "9").mkdir()
+    (sweep / "9" / "result.json").write_text("[]")
+    paths = report.build_report(sweep)
+    jobs = report.load_sweep(sweep).df.set_index("job")
+    assert jobs.loc["0", "status"] == "ok" and math.isnan(jobs.loc["0", "batch_size"])
+    assert jobs.loc["9", "status"] == "unreadable"
+    assert "report.html" in paths

@@ -896,59 +896,90 @@ def finish(result: dict, ctx: Ctx, t_start: float, partial: bool) -> dict:
     return result
 
 
-def summary(paths: list[str]) -> str:
-    """A short plain-text digest of result.json / bench.json files (the device check prints it last)."""
+def summary(paths: list[str], unreadable: list[str] | None = None) -> str:
+    """A short plain-text digest of result.json / bench.json files (the device check prints it last).
+
+    A file that cannot be read or is not one of those (a stage that timed out wrote none) is left out of the
+    text and named in `unreadable` as "PATH (why)"."""
     out = []
     for path in paths:
         try:
             r = json.loads(Path(path).read_text())
-        except (OSError, ValueError) as e:
-            out.append(f"{path}: not readable ({type(e).__name__})")
-            continue
-        if "metrics" in r or r.get("status") in ("failed", "running"):  # a tornado.train result.json
-            t = r.get("times") or {}
-            out.append(f"train: {r.get('status')} {r.get('error') or ''} wall {_fmt(t.get('wall_s'), 2)} s, "
-                       f"{_fmt(r.get('samples_per_s'))} samples/s, ROC AUC "
-                       f"{_fmt((r.get('metrics') or {}).get('roc_auc'), 3)}, fast {r.get('fast')}")
-            continue
-        m = r.get("machine", {})
-        out.append(f"{Path(path).parent.name}: {m.get('gpu') or m.get('cpu')}, torch {r['versions']['torch']}, "
-                   f"fast {r.get('fast')}, {r.get('bench_s', 0):.0f} s" + (" (partial)" if r.get("partial") else ""))
-        for b, x in r.get("loop", {}).items():
-            out.append(f"  loop b={b}: ours {_fmt(x['ours_median'])}/s raw {_fmt(x['raw_median'])}/s "
-                       f"ratio {_fmt(x['ratio'], 3)}")
-        for b, x in r.get("live", {}).items():
-            out.append(f"  live/preaug b={b}: {_fmt(x['ratio'], 3)} ({_fmt(_median(x['live_epoch_s']), 3)} / "
-                       f"{_fmt(_median(x['preaugmented_epoch_s']), 3)} s per epoch)")
-        for x in r.get("paper", []):
-            out.append(f"  {x['table'] or '-'} {x['augmentation'][:4]} x{x['data_multiplier']} e{x['epochs']} "
-                       f"b={x['batch_size']}: ours {_fmt(x['ours_s'], 2)} s, paper {_fmt(x['paper_s'])} s, "
-                       f"paper/ours {_fmt(x['paper_over_ours'], 1)}")
-        for x in r.get("switches", []):
-            if "note" in x:
-                out.append(f"  switch {x['switch']}: {x['note']}")
-            else:
-                out.append(f"  switch {x['switch']}={x['flipped']} b={x['batch_size']}: "
-                           f"{_fmt(x['flipped_over_default'], 3)}x of default ({_fmt(x['default_samples_per_s'])}/s)")
-        for b, p in r.get("profile", {}).items():
-            out.append(f"  profile b={b}: eager {_fmt(p['eager_step_us'])} us/step, {p['profiled_time']} busy "
-                       f"{_fmt(p['busy_us_per_step'])} us/step: " + "; ".join(
-                           f"{x['name'][:48]} {x['us_per_step']:.0f}" for x in p["top"][:6]))
-        for g in r.get("goals", []):
-            out.append(f"  goal {g['goal']}: {_fmt(g['value'], 3)} {g['target']} -> "
-                       f"{ {True: 'met', False: 'NOT met', None: 'n/a'}[g['met']] }")
-        for k, v in r.get("errors", {}).items():
-            out.append(f"  ERROR {k}: {v}")
-        if r.get("skipped"):
-            out.append(f"  not measured (time): {len(r['skipped'])} runs, e.g. {r['skipped'][0]}")
+        except OSError as e:
+            why = e.strerror or type(e).__name__
+        except ValueError:
+            why = "not valid JSON"
+        else:
+            try:
+                out.extend(_digest(path, r))
+                continue
+            except (AttributeError, KeyError, TypeError, ValueError, IndexError):
+                why = "not a tornado result.json or bench.json"
+        if unreadable is not None:
+            unreadable.append(f"{path} ({why})")
     return "\n".join(out)
+
+
+def _digest(path: str, r: dict) -> list[str]:
+    """summary()'s lines for one file."""
+    out: list[str] = []
+    if "metrics" in r or r.get("status") in ("failed", "running"):  # a tornado.train result.json
+        t = r.get("times") or {}
+        out.append(f"train: {r.get('status')} {r.get('error') or ''} wall {_fmt(t.get('wall_s'), 2)} s, "
+                   f"{_fmt(r.get('samples_per_s'))} samples/s, ROC AUC "
+                   f"{_fmt((r.get('metrics') or {}).get('roc_auc'), 3)}, fast {r.get('fast')}")
+        return out
+    m = r.get("machine", {})
+    out.append(f"{Path(path).parent.name}: {m.get('gpu') or m.get('cpu')}, torch {r['versions']['torch']}, "
+               f"fast {r.get('fast')}, {r.get('bench_s', 0):.0f} s" + (" (partial)" if r.get("partial") else ""))
+    for b, x in r.get("loop", {}).items():
+        out.append(f"  loop b={b}: ours {_fmt(x['ours_median'])}/s raw {_fmt(x['raw_median'])}/s "
+                   f"ratio {_fmt(x['ratio'], 3)}")
+    for b, x in r.get("live", {}).items():
+        out.append(f"  live/preaug b={b}: {_fmt(x['ratio'], 3)} ({_fmt(_median(x['live_epoch_s']), 3)} / "
+                   f"{_fmt(_median(x['preaugmented_epoch_s']), 3)} s per epoch)")
+    for x in r.get("paper", []):
+        out.append(f"  {x['table'] or '-'} {x['augmentation'][:4]} x{x['data_multiplier']} e{x['epochs']} "
+                   f"b={x['batch_size']}: ours {_fmt(x['ours_s'], 2)} s, paper {_fmt(x['paper_s'])} s, "
+                   f"paper/ours {_fmt(x['paper_over_ours'], 1)}")
+    for x in r.get("switches", []):
+        if "note" in x:
+            out.append(f"  switch {x['switch']}: {x['note']}")
+        else:
+            out.append(f"  switch {x['switch']}={x['flipped']} b={x['batch_size']}: "
+                       f"{_fmt(x['flipped_over_default'], 3)}x of default ({_fmt(x['default_samples_per_s'])}/s)")
+    for b, p in r.get("profile", {}).items():
+        out.append(f"  profile b={b}: eager {_fmt(p['eager_step_us'])} us/step, {p['profiled_time']} busy "
+                   f"{_fmt(p['busy_us_per_step'])} us/step: " + "; ".join(
+                       f"{x['name'][:48]} {x['us_per_step']:.0f}" for x in p["top"][:6]))
+    for g in r.get("goals", []):
+        out.append(f"  goal {g['goal']}: {_fmt(g['value'], 3)} {g['target']} -> "
+                   f"{ {True: 'met', False: 'NOT met', None: 'n/a'}[g['met']] }")
+    for k, v in r.get("errors", {}).items():
+        out.append(f"  ERROR {k}: {v}")
+    if r.get("skipped"):
+        out.append(f"  not measured (time): {len(r['skipped'])} runs, e.g. {r['skipped'][0]}")
+    return out
+
+
+def _summary_cli(paths: list[str]) -> None:
+    """`--summary FILE...`: prints what it can; the unreadable files are named on stderr. Exit 2 only when
+    none is readable (the device check names files of stages that may have timed out and written nothing)."""
+    if not paths:
+        raise TornadoError("bench: --summary: name one or more result.json / bench.json files")
+    unreadable: list[str] = []
+    text = summary(paths, unreadable)
+    if len(unreadable) == len(paths):
+        raise TornadoError(f"bench: --summary: nothing readable: {'; '.join(unreadable)}")
+    print(text)
+    if unreadable:
+        print(f"warning: bench: --summary: left out, not readable: {'; '.join(unreadable)}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> dict | None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--summary"]:
-        print(summary(argv[1:]))
-        return None
+        return run_cli(lambda: _summary_cli(argv[1:]))
     args = run_cli(lambda: parse_args(argv))
     import warnings
 

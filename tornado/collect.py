@@ -31,15 +31,21 @@ def result_files(sweep_dir: str | os.PathLike) -> list[Path]:
     return sorted(files, key=lambda p: _job_key(p.parent.name))
 
 
+def _section(res: dict, key: str) -> dict:
+    """A dict-valued part of a result.json; anything else there (a hand-edited or foreign file) counts as empty."""
+    value = res.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def result_row(job: str, res: dict) -> dict[str, Any]:
     """One results.csv row: identity, then hparams, metrics, times and throughput (design.md)."""
     row: dict[str, Any] = {"job": job, "status": res.get("status"), "error": res.get("error"),
                            "output_dir": res.get("output_dir")}
-    row.update(flatten(res.get("hparams") or {}))
-    row.update(res.get("metrics") or {})
-    row.update({k: v for k, v in (res.get("times") or {}).items() if k != "epoch_s"})
-    batch = res.get("batch") or {}
-    devices = res.get("devices") or {}
+    row.update(flatten(_section(res, "hparams")))
+    row.update(_section(res, "metrics"))
+    row.update({k: v for k, v in _section(res, "times").items() if k != "epoch_s"})
+    batch = _section(res, "batch")
+    devices = _section(res, "devices")
     row.update(samples_per_s=res.get("samples_per_s"), batch_global=batch.get("global"),
                batch_per_device=batch.get("per_device"), devices=devices.get("count"),
                accelerator=devices.get("accelerator"))
@@ -49,9 +55,13 @@ def result_row(job: str, res: dict) -> dict[str, Any]:
 
 def _read(path: Path) -> dict:
     try:
-        return json.loads(path.read_text())
+        res = json.loads(path.read_text())
     except (OSError, ValueError) as e:
         return {"status": "unreadable", "error": f"result.json unreadable: {e}", "output_dir": str(path.parent)}
+    if not isinstance(res, dict):
+        return {"status": "unreadable", "output_dir": str(path.parent),
+                "error": f"result.json unreadable: {path}: holds a JSON {type(res).__name__}, not an object"}
+    return res
 
 
 def _ordered_columns(rows: Iterable[dict]) -> list[str]:
@@ -92,19 +102,28 @@ def sweep_efficiency(sweep_dir: str | os.PathLike, slots: int | None = None) -> 
     record = _launch_record(sweep)
     if record is None:
         raise TornadoError(f"sweep folder {sweep}: no launcher.json (was it run by the local launcher?)")
-    ran = [j for j in record["jobs"] if j.get("start") is not None and j.get("end") is not None]
+    where = sweep / "launcher.json"
+    jobs = record.get("jobs") if isinstance(record, dict) else None
+    if not isinstance(jobs, list):
+        raise TornadoError(f"{where}: no 'jobs' list (not written by the local launcher, or cut short)")
+    ran = [j for j in jobs if isinstance(j, dict) and j.get("start") is not None and j.get("end") is not None]
     if not ran:
         raise TornadoError(f"sweep folder {sweep}: the last launch ran no jobs")
-    slots = slots or record["slots"]
-    wall = record["wall_s"]
+    slots = slots or record.get("slots")
+    if not isinstance(slots, int) or slots < 1:
+        raise TornadoError(f"{where}: 'slots' is {slots!r}, expected a positive integer")
+    wall = record.get("wall_s")
     fit = 0.0
     for j in ran:
-        res = _read(sweep / j["dir"] / "result.json")
-        fit += float((res.get("times") or {}).get("wall_s") or 0.0)
+        res = _read(sweep / str(j.get("dir", "")) / "result.json")
+        fit += float(_section(res, "times").get("wall_s") or 0.0)
     process = sum(j["end"] - j["start"] for j in ran)
-    return {"jobs": len(ran), "ok": sum(j["status"] == "ok" for j in ran), "slots": slots,
+    # A launch that recorded no positive wall time (cut short, or too quick to time) has no ratio: n/a (null).
+    timed = isinstance(wall, (int, float)) and not isinstance(wall, bool) and wall > 0
+    return {"jobs": len(ran), "ok": sum(j.get("status") == "ok" for j in ran), "slots": slots,
             "schedule": record.get("schedule"), "sweep_wall_s": wall, "sum_fit_s": fit, "sum_process_s": process,
-            "efficiency": fit / (wall * slots), "occupancy": process / (wall * slots)}
+            "efficiency": fit / (wall * slots) if timed else None,
+            "occupancy": process / (wall * slots) if timed else None}
 
 
 def main(argv: list[str] | None = None) -> None:

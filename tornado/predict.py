@@ -27,6 +27,7 @@ from tornado.records import write_atomic
 
 DEFAULTS = {"checkpoint": "", "input": "", "output": "predictions.csv", "batch": 8192,
             "label_reduce": "max", "label_threshold": 0.005, "label_inclusive": False}
+CHANNELS = 3  # input channels of every tornado model: one scaler entry each
 
 
 def load_model(checkpoint: str | Path) -> StormModule:
@@ -36,14 +37,28 @@ def load_model(checkpoint: str | Path) -> StormModule:
     try:
         module = StormModule.load_from_checkpoint(str(path), map_location="cpu", compile=False, cuda_graph=False)
     except Exception as e:
-        raise TornadoError(f"checkpoint={checkpoint}: not a tornado checkpoint ({type(e).__name__}: {e})") from None
-    if module.hparams.scaler_mean is None:
+        first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
+        raise TornadoError(f"checkpoint={checkpoint}: not a tornado checkpoint ({type(e).__name__}: {first})") from None
+    hp = module.hparams
+    if hp.get("scaler_mean") is None or hp.get("scaler_std") is None:
         raise TornadoError(f"checkpoint={checkpoint}: holds no scaler")
+    for key in ("scaler_mean", "scaler_std"):
+        value = hp[key]
+        if not isinstance(value, (list, tuple)) or len(value) != CHANNELS:
+            n = f"{len(value)} entries" if isinstance(value, (list, tuple)) else type(value).__name__
+            raise TornadoError(f"checkpoint={checkpoint}: hparams {key} has {n}, expected {CHANNELS} (one per channel)")
     return module.eval()
+
+
+def _check_batch(batch) -> int:
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise TornadoError(f"batch={batch}: expected a positive integer")
+    return batch
 
 
 @torch.no_grad()
 def predict(checkpoint, source, label: LabelRule = LabelRule(), batch: int = 8192) -> pd.DataFrame:
+    batch = _check_batch(batch)
     module = load_model(checkpoint)
     mean = torch.tensor(module.hparams.scaler_mean, dtype=torch.float32)
     std = torch.tensor(module.hparams.scaler_std, dtype=torch.float32)
@@ -65,6 +80,7 @@ def _main(argv: list[str]) -> None:
     args = parse_kv(argv, DEFAULTS)
     if not args["checkpoint"] or not args["input"]:
         raise TornadoError("usage: python -m tornado.predict checkpoint=FILE input=DIR_OR_GLOB [output=FILE]")
+    _check_batch(args["batch"])
     rule = LabelRule(args["label_reduce"], args["label_threshold"], args["label_inclusive"])
     df = predict(args["checkpoint"], args["input"], rule, args["batch"])
     buf = io.StringIO()

@@ -169,6 +169,13 @@ def _synthetic_current(folder: Path, want: dict) -> bool:
     return marker.get("settings") == want and marker.get("files") == _synthetic_listing(folder)
 
 
+def _clear_synthetic_temps(folder: Path) -> None:
+    """Remove the temp files of a generation that was killed (synth.write_file's `.NAME.nc.RANDOM.tmp`).
+    Call only under the folder's exclusive lock: no other process is writing there then."""
+    for tmp in folder.glob(f".{data.FILE_GLOB}.*.tmp"):
+        tmp.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def synthetic_source(out_dir: Path, settings: dict) -> Iterator[Path]:
     """The synthetic set under ``out_dir/synthetic``, generated if missing or made with other settings.
@@ -185,6 +192,7 @@ def synthetic_source(out_dir: Path, settings: dict) -> Iterator[Path]:
                 (folder / "synth.json").unlink(missing_ok=True)
                 for old in folder.glob(data.FILE_GLOB):
                     old.unlink()
+                _clear_synthetic_temps(folder)
                 log.info("generating synthetic storms %s in %s", settings, folder)
                 paths = synth.generate(folder, **settings)
                 write_json(folder / "synth.json", {"settings": settings, "files": sorted(p.name for p in paths)})

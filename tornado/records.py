@@ -63,8 +63,9 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def read_result(run_dir: str | os.PathLike) -> dict | None:
-    """result.json of a run dir, or None if missing or unreadable (a run killed mid-way)."""
+    """result.json of a run dir, or None if missing, unreadable (a run killed mid-way) or not a JSON object."""
     try:
-        return json.loads((Path(run_dir) / "result.json").read_text())
+        res = json.loads((Path(run_dir) / "result.json").read_text())
     except (OSError, ValueError):
         return None
+    return res if isinstance(res, dict) else None

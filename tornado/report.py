@@ -48,9 +48,11 @@ class Sweep:
         return ok_rows(self.df)
 
     def job_dir(self, job: str) -> Path:
+        # results.csv may lack an output_dir column (hand-made, or older): the job's folder under the sweep then.
         row = self.df.loc[self.df["job"].astype(str) == str(job)]
-        if len(row) and isinstance(row["output_dir"].iloc[0], str) and Path(row["output_dir"].iloc[0]).is_dir():
-            return Path(row["output_dir"].iloc[0])
+        out = row["output_dir"].iloc[0] if len(row) and "output_dir" in row.columns else None
+        if isinstance(out, str) and Path(out).is_dir():
+            return Path(out)
         return self.dir / str(job)
 
 

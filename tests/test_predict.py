@@ -1,0 +1,64 @@
+"""tornado.predict's refusals: bad batch sizes and checkpoints end as one `error:` line (exit 2), no traceback.
+
+(The round trip with a trained checkpoint is in tests/test_train.py.)"""
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from tornado.errors import TornadoError
+from tornado.model import StormModule
+from tornado.predict import load_model, predict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def fake_checkpoint(path: Path, drop_weight: bool = False, **hparams) -> Path:
+    """A checkpoint as Lightning saves one (state_dict + hyper_parameters), without training."""
+    module = StormModule(**hparams)
+    state = module.state_dict()
+    if drop_weight:
+        state.pop(next(iter(state)))
+    torch.save({"state_dict": state, "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": "2.0.0"}, path)
+    return path
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tornado.predict", *args], cwd=ROOT, capture_output=True,
+                          text=True, timeout=300)
+
+
+@pytest.mark.parametrize("batch", [0, -1])
+def test_batch_must_be_a_positive_integer(tmp_path, batch):
+    ckpt = fake_checkpoint(tmp_path / "ok.ckpt", scaler_mean=[0.0] * 3, scaler_std=[1.0] * 3)
+    with pytest.raises(TornadoError, match=rf"^batch={batch}: expected a positive integer$"):
+        predict(ckpt, str(tmp_path), batch=batch)
+    out = tmp_path / "p.csv"
+    p = cli(f"checkpoint={ckpt}", f"input={tmp_path}", f"batch={batch}", f"output={out}")
+    assert p.returncode == 2 and p.stderr == f"error: batch={batch}: expected a positive integer\n"
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("key", ["scaler_mean", "scaler_std"])
+def test_scaler_without_three_entries_is_refused(tmp_path, key):
+    hp = {"scaler_mean": [0.0] * 3, "scaler_std": [1.0] * 3}
+    hp[key] = hp[key][:2]
+    ckpt = fake_checkpoint(tmp_path / "two.ckpt", **hp)
+    with pytest.raises(TornadoError, match=rf"checkpoint=.*two.ckpt: hparams {key} has 2 entries, expected 3"):
+        load_model(ckpt)
+
+
+def test_lightning_error_text_is_cut_to_its_first_line(tmp_path):
+    ckpt = fake_checkpoint(tmp_path / "short.ckpt", drop_weight=True, scaler_mean=[0.0] * 3, scaler_std=[1.0] * 3)
+    with pytest.raises(TornadoError) as e:
+        load_model(ckpt)
+    msg = str(e.value)
+    assert "\n" not in msg and msg.startswith(f"checkpoint={ckpt}: not a tornado checkpoint (RuntimeError: ")
+    assert msg.endswith(")")
+    p = cli(f"checkpoint={ckpt}", f"input={tmp_path}")
+    assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and p.stderr.startswith("error: checkpoint=")
