@@ -511,3 +511,11 @@ def test_result_json_with_non_dict_sections_still_reports(tmp_path):
     assert jobs.loc["0", "status"] == "ok" and math.isnan(jobs.loc["0", "batch_size"])
     assert jobs.loc["9", "status"] == "unreadable"
     assert "report.html" in paths
+
+
+def test_cpu_jobs_are_labelled_cpu_whatever_gpus_says():
+    import pandas as pd
+
+    ok = pd.DataFrame({"gpus": ["auto", "auto", 2], "devices": [1, 1, 2], "accelerator": ["cpu", "cpu", "gpu"]})
+    assert plots._gpu_counts(ok).tolist() == [0.0, 0.0, 2.0]
+    assert [plots._gpus(g) for g in plots._gpu_counts(ok)] == ["CPU", "CPU", "2 GPUs"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -57,6 +58,9 @@ def test_slurm_sweep_of_the_real_train_runs_as_one_array(sweep_cli, sweep_train_
     assert sorted(r["hparams"]["batch_size"] for r in res.values()) == [64, 128]
     table = pd.read_csv(sweep / "results.csv")
     assert list(table["status"]) == ["ok", "ok"] and table["roc_auc"].notna().all()
+    eff = subprocess.run([sys.executable, "-m", "tornado.collect", str(sweep), "--efficiency"], capture_output=True,
+                         text=True, timeout=120)
+    assert eff.returncode == 2 and "measures the local launcher's slots" in eff.stderr.strip().splitlines()[-1]
 
 
 @slurm_only

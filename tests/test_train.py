@@ -200,6 +200,8 @@ def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     ("fast.bf16=abc", "fast.bf16=abc: use one of true, false, auto"),
     ("fast.storage=int8", "fast.storage=int8: use one of float32, float16"),
     ("resume=maybe", "resume=maybe: must be true or false"),
+    ("+epoch=3", r"epoch: unknown key \(did you mean epochs\?\)"),
+    ("+fast.bf=true", r"fast.bf: unknown key \(did you mean fast.bf16\?\)"),
 ])
 def test_bad_config_fails_before_training(override, message, data_dir, tmp_path):
     from tornado.train import train

@@ -107,8 +107,12 @@ def sweep_efficiency(sweep_dir: str | os.PathLike, slots: int | None = None) -> 
     if not isinstance(jobs, list):
         raise TornadoError(f"{where}: no 'jobs' list (not written by the local launcher, or cut short)")
     ran = [j for j in jobs if isinstance(j, dict) and j.get("start") is not None and j.get("end") is not None]
+    if record.get("launcher") == "slurm":
+        raise TornadoError(f"sweep folder {sweep}: --efficiency measures the local launcher's slots; a SLURM "
+                           "sweep's jobs wait in the cluster's queue (see each job's result.json times)")
     if not ran:
-        raise TornadoError(f"sweep folder {sweep}: the last launch ran no jobs")
+        raise TornadoError(f"sweep folder {sweep}: the last launch ran no jobs (all done before it? launcher.json "
+                           "records the last launch only)")
     slots = slots or record.get("slots")
     if not isinstance(slots, int) or slots < 1:
         raise TornadoError(f"{where}: 'slots' is {slots!r}, expected a positive integer")

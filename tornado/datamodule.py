@@ -101,7 +101,7 @@ class StormDataModule(pl.LightningDataModule):
         if augmentation == "preaugmented" and self.multiplier not in self.meta["multipliers"]:
             raise TornadoError(
                 f"data_multiplier={self.multiplier}: {self.path} holds multipliers "
-                f"{self.meta['multipliers']} (prepare with multipliers=[...,{self.multiplier}])")
+                f"{self.meta['multipliers']} (set data.multipliers=[...,{self.multiplier}] to prepare one that has)")
         if self.multiplier < 1:
             raise TornadoError(f"data_multiplier={self.multiplier}: must be a positive integer")
         self.data_wait_s = 0.0

@@ -61,6 +61,14 @@ def _device_col(ok: pd.DataFrame) -> str:
     return "gpus" if "gpus" in ok.columns and numeric_column(ok, "gpus").notna().all() else "devices"
 
 
+def _gpu_counts(ok: pd.DataFrame) -> pd.Series:
+    """GPUs per job, 0 for a job that ran on the CPU (`gpus=auto` on a machine without one, say)."""
+    g = numeric_column(ok, _device_col(ok))
+    if "accelerator" in ok.columns:
+        g = g.where(ok["accelerator"].astype(str) != "cpu", 0.0)
+    return g
+
+
 def curve_figures(ok: pd.DataFrame, histories: dict[str, pd.DataFrame], rows: str) -> dict[str, tuple]:
     """Training-accuracy figures as in the paper's Figures 6-8, else one curve per job coloured by `rows`.
 
@@ -69,7 +77,7 @@ def curve_figures(ok: pd.DataFrame, histories: dict[str, pd.DataFrame], rows: st
     ok = ok.loc[ok["job"].astype(str).isin(histories)]
     if ok.empty:
         return {}
-    ok = ok.assign(_b=numeric_column(ok, "batch_size"), _g=numeric_column(ok, _device_col(ok)))
+    ok = ok.assign(_b=numeric_column(ok, "batch_size"), _g=_gpu_counts(ok))
     vary_b = ok["_b"].nunique() > 1
     vary_g = ok["_g"].nunique() > 1
     figs: dict[str, tuple] = {}
@@ -137,7 +145,8 @@ def plot_curves(spec: tuple) -> dict[str, bytes]:
         colors = dict(zip(labels, _colors(len(labels))))
         seen = set()
         for label, x, y in curves:
-            ax.plot(x, y, color=colors[label], lw=1.4, label=None if label in seen else label)
+            ax.plot(x, y, color=colors[label], lw=1.4, label=None if label in seen else label,
+                    marker="o" if len(x) <= 3 else None, ms=4)  # a 1-epoch run is one point
             seen.add(label)
         ax.set_title(ptitle, fontsize=10)
         ax.set_xlabel("epoch")

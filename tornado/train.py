@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import datetime as dt
+import difflib
 import logging
 import math
 import os
@@ -71,11 +72,34 @@ def resolve_devices(cfg: DictConfig) -> tuple[str, int]:
     return "gpu", gpus
 
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _known_keys() -> tuple[set[str], set[str]]:
+    """Top-level keys of conf/train.yaml and its groups, and the `fast` switches: anything else is a typo
+    (Hydra takes `+epoch=5` and would train on, ignoring it)."""
+    base = OmegaConf.load(CONF_DIR / "train.yaml")
+    groups = {k for d in base.defaults if not isinstance(d, str) for k in d}
+    return (set(base) | groups) - {"defaults", "hydra", "experiment"}, set(base.fast)
+
+
+def _unknown(key: str, known: set[str]) -> TornadoError:
+    close = difflib.get_close_matches(key, sorted(known), n=1)
+    return TornadoError(f"{key}: unknown key" + (f" (did you mean {close[0]}?)" if close else ""))
+
+
 def _is_int(v) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
 def validate(cfg: DictConfig) -> None:
+    known, known_fast = _known_keys()
+    for key in cfg:
+        if key not in known:
+            raise _unknown(key, known)
+    for key in cfg.fast:
+        if key not in known_fast:
+            raise _unknown(f"fast.{key}", {f"fast.{k}" for k in known_fast})
     for key in ("epochs", "batch_size", "data_multiplier"):
         v = cfg[key]
         if not _is_int(v) or v <= 0:
