@@ -40,9 +40,10 @@ log = logging.getLogger("tornado.train")
 
 # Lightning's start-up chatter (device summary, tips, the srun hint) says nothing about this run.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
-# (A resumed run's CSV log: `resume_path` has moved the old metrics.csv aside, nothing is deleted.)
+# (A resumed run's CSV log: `resume_path` has moved the old metrics.csv aside, nothing is deleted. The epoch
+# sums the module logs are already reduced over the ranks: no `sync_dist` needed.)
 for _msg in (".*srun.*", ".*LeafSpec.*", ".*does not have many workers.*", ".*smaller than the logging interval.*",
-             ".*exists and is not empty.*"):
+             ".*exists and is not empty.*", ".*sync_dist=True.*"):
     warnings.filterwarnings("ignore", message=_msg)
 
 # TensorBoard's writer imports TensorFlow when it is installed (the optional `peer` extra), which slows torch
