@@ -192,13 +192,14 @@ def test_many_other_combinations_are_averaged_and_named(tmp_path):
 # --------------------------------------------------------------------------------------- paper comparison
 def test_paper_comparison_cpu_and_gpu_tables(tmp_path):
     text = """\
-job,status,error,output_dir,epochs,batch_size,data_multiplier,paper,accelerator,wall_s
-0,ok,,,5,128,1,6.1.1,cpu,97.5
-1,ok,,,5,256,2,6.1.1,gpu,48
+job,status,error,output_dir,epochs,batch_size,data_multiplier,paper,accelerator,wall_s,n_train
+0,ok,,,5,128,1,6.1.1,cpu,97.5,13500
+1,ok,,,5,256,2,6.1.1,gpu,48,13500
 """
     sweep = write_csv_sweep(tmp_path, text)
     paths = report.build_report(sweep, rows="batch_size", cols="data_multiplier", group="epochs")
     md = paths["table.md"].read_text()
+    assert "Our training set: 13,500 samples; the paper's: 138,963." in md
     assert "97.5 · paper 195 · 0.5×" in md        # Table 2: 5 epochs, batch 128, multiplier 1 = 195 s
     assert "48 · paper 24 · 2×" in md              # Table 3: 5 epochs, batch 256, multiplier 2 = 24 s
     assert "Table 2" in md and "Table 3" in md

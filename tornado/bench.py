@@ -39,9 +39,10 @@ from pathlib import Path
 
 from tornado.errors import TornadoError, run_cli
 from tornado.peer import has_tensorflow, run_keras
+from tornado.tables import PAPER_N_TRAIN
 
 ROOT = Path(__file__).resolve().parents[1]
-PAPER_TRAIN = 138_963                   # the paper's training set (183,723 patches in all)
+PAPER_TRAIN = PAPER_N_TRAIN              # the paper's training set (183,723 patches in all)
 FULL_SYNTH = {"days": 368, "patches_per_day": 500}  # synthetic set of about that size: 138,000 train, 184,000 all
 SECTIONS = ("loop", "live", "paper", "switches", "peer", "profile")
 SWITCHES = ("cuda_graph", "bf16", "cudnn_benchmark", "keep_memory", "channels_last", "storage", "resident",

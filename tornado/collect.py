@@ -48,7 +48,7 @@ def result_row(job: str, res: dict) -> dict[str, Any]:
     devices = _section(res, "devices")
     row.update(samples_per_s=res.get("samples_per_s"), batch_global=batch.get("global"),
                batch_per_device=batch.get("per_device"), devices=devices.get("count"),
-               accelerator=devices.get("accelerator"))
+               accelerator=devices.get("accelerator"), n_train=_section(res, "data").get("n_train"))
     row.update({k: res.get(k) for k in _EXTRA})
     return row
 

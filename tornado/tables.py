@@ -17,7 +17,8 @@ from tornado.metrics import SCORES, VAL_SCORES
 META = ["job", "status", "error", "output_dir", "config_hash", "overrides", "started", "finished", "host"]
 METRICS = SCORES + ["train_base_rate"] + VAL_SCORES  # train_base_rate: positives in the training set as trained
 TIMES = ["total_s", "wall_s", "data_wait_s", "compute_s", "test_s"]
-RUN_INFO = ["samples_per_s", "batch_global", "batch_per_device", "devices", "accelerator"]
+RUN_INFO = ["samples_per_s", "batch_global", "batch_per_device", "devices", "accelerator", "n_train"]
+PAPER_N_TRAIN = 138_963  # the paper's training set (multiplier 1)
 NOT_HPARAMS = set(META + METRICS + TIMES + RUN_INFO)
 AGGS = ("mean", "median", "min", "max")
 MAX_SECTIONS = 8   # beyond this many combinations of other varying settings, average them instead
@@ -245,6 +246,7 @@ class TableSet:
     averaged: list[str]          # other varying settings averaged (too many combinations to split)
     paper_tables: list[str]      # the paper's tables that gave figures to compare with
     paper_unmatched: list[str] = field(default_factory=list)   # chosen, but no job has the paper's settings
+    n_train: list[int] = field(default_factory=list)           # the jobs' training-set sizes (multiplier 1)
 
 
 def _mixing(ok: pd.DataFrame, keys: list[str], candidates: list[str]) -> list[str]:
@@ -296,8 +298,9 @@ def build_tables(df: pd.DataFrame, rows: str, cols: str, group: str | None, valu
         return sorted(set(f["paper_table"].dropna()), key=lambda s: int(s[5:]))
 
     used = names(figs.dropna(subset=["paper"]))
+    sizes = sorted({int(n) for n in numeric_column(ok, "n_train").dropna()})
     return TableSet(rows, cols, group, value, agg, sections, repeats, averaged, used,
-                    [t for t in names(figs) if t not in used])
+                    [t for t in names(figs) if t not in used], sizes)
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -355,6 +358,10 @@ def _notes(ts: TableSet) -> list[str]:
     if ts.paper_tables:
         names = "; ".join(PAPER_TABLES[t][3] for t in ts.paper_tables)
         notes.append(f"Compared with the paper's {names}: each cell shows the paper's figure and ours/paper.")
+        if ts.n_train and ts.n_train != [PAPER_N_TRAIN]:
+            sizes = ", ".join(f"{n:,}" for n in ts.n_train)
+            notes.append(f"Our training set: {sizes} samples; the paper's: {PAPER_N_TRAIN:,}. A wall-time ratio "
+                         "compares unequal work unless they match.")
     for t in ts.paper_unmatched:
         keys = ", ".join(PAPER_TABLES[t][1])
         notes.append(f"The paper's {PAPER_TABLES[t][3]} has no figure for these jobs' settings ({keys}).")

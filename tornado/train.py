@@ -391,6 +391,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             "metrics": metrics,
             "evaluation": evaluation,
             "history": _history(module, clock),
+            "data": {k: dm.meta[k] for k in ("n_train", "n_train_originals", "n_val", "n_test")},
             "resumed_after_epochs": clock.restored,
         })
         if per_dev * devices != cfg.batch_size:
