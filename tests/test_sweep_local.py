@@ -278,3 +278,138 @@ def test_collect_cli_and_sweep_efficiency(sweep_cli, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "4 jobs (4 ok)" in p.stdout and '"efficiency": 0.75' in p.stdout
     assert len(pd.read_csv(tmp_path / "results.csv")) == 4
+
+
+def test_collect_survives_result_json_that_is_not_an_object_or_has_odd_sections(sweep_cli, tmp_path):
+    write_json(tmp_path / "0" / "result.json", _design_result(tmp_path / "0", 64))
+    write_json(tmp_path / "1" / "result.json", [])
+    write_json(tmp_path / "2" / "result.json", {"status": "ok", "hparams": "x", "metrics": [1], "times": 5,
+                                                "batch": "b", "devices": None})
+    p = sweep_cli([tmp_path], module="tornado.collect")
+    assert p.returncode == 0, p.stderr
+    jobs = pd.read_csv(tmp_path / "results.csv", dtype={"job": str}).set_index("job")
+    assert jobs.loc["1", "status"] == "unreadable" and str(tmp_path / "1" / "result.json") in jobs.loc["1", "error"]
+    assert jobs.loc["2", "status"] == "ok" and pd.isna(jobs.loc["2", "batch_size"])
+    assert jobs.loc["0", "batch_size"] == 64
+
+
+@pytest.mark.parametrize("record, expect", [
+    ({"slots": 2, "wall_s": 20.0}, "no 'jobs' list"),
+    ([], "no 'jobs' list"),
+    ({"slots": 0, "wall_s": 20.0, "jobs": None}, "no 'jobs' list"),
+    ({"wall_s": 20.0, "jobs": "J"}, "'slots' is None"),
+    ({"slots": 2, "wall_s": 0, "jobs": "J"}, None),        # no wall time: efficiency n/a (null)
+])
+def test_sweep_efficiency_with_a_defective_launcher_json(sweep_cli, tmp_path, record, expect):
+    """A launcher.json without jobs (or slots) is a one-line error; one with wall_s 0 gives efficiency n/a."""
+    write_json(tmp_path / "0" / "result.json", {"status": "ok", "times": {"wall_s": 4.0}})
+    if isinstance(record, dict) and record.get("jobs") == "J":
+        record = dict(record, jobs=[{"dir": "0", "status": "ok", "start": 1.0, "end": 6.0}])
+    write_json(tmp_path / "launcher.json", record)
+    p = sweep_cli([tmp_path, "--efficiency"], module="tornado.collect")
+    if expect is None:
+        assert p.returncode == 0, p.stderr
+        eff = sweep_efficiency(tmp_path)
+        assert eff["efficiency"] is None and eff["occupancy"] is None and eff["sum_fit_s"] == 4.0
+        assert '"efficiency": null' in p.stdout
+    else:
+        assert p.returncode == 2
+        assert p.stderr.startswith(f"error: {tmp_path / 'launcher.json'}: ")
+        assert expect in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+# -- Ctrl-C / SIGTERM ---------------------------------------------------------------------------------
+
+def _start_in_own_group(args: list, module: str = "tornado_fake_train", cwd: Path | None = None):
+    """A sweep CLI in its own process group (as a shell starts a command), so a signal to the group is a Ctrl-C."""
+    import os
+    import subprocess
+    import sys
+
+    apps = Path(__file__).parent / "apps"
+    env = {k: v for k, v in os.environ.items() if k not in ("CUDA_VISIBLE_DEVICES", "TORNADO_SWEEP_DIR")}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(apps), env.get("PYTHONPATH")]))
+    return subprocess.Popen([sys.executable, "-m", module, *map(str, args)], cwd=cwd or apps.parent.parent, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
+def _interrupt_when_started(proc, sweep: Path, sig, jobs: int, timeout: float = 240) -> tuple[str, str]:
+    """Wait until `jobs` job folders hold a result.json (those jobs are running), signal the sweep's process
+    group, and return its (stdout, stderr)."""
+    import os
+    import time
+
+    deadline = time.time() + timeout
+    try:
+        while len(list(sweep.glob("*/result.json"))) < jobs:
+            if proc.poll() is not None or time.time() > deadline:
+                out, err = proc.communicate(timeout=60) if proc.poll() is not None else ("", "")
+                pytest.fail(f"no {jobs} running jobs (exit {proc.poll()}): {out[-2000:]} {err[-2000:]}")
+            time.sleep(0.05)
+        os.killpg(proc.pid, sig)
+        return proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def _assert_stopped_cleanly(proc, out: str, err: str, sweep: Path, sig) -> None:
+    name, code = {2: ("SIGINT", 130), 15: ("SIGTERM", 143)}[int(sig)]
+    assert proc.returncode == code, out[-3000:] + err[-3000:]
+    assert "Traceback" not in err, err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"error: sweep interrupted ({name}): ") and last.endswith(
+        "run the same command again to resume"), err
+    assert len(err.strip().splitlines()) == 1, err
+    res = results(sweep)
+    assert "running" not in {r["status"] for r in res.values()}
+    for r in res.values():  # killed with result.json "running": the launcher recorded it
+        assert r["status"] == "ok" or r["error"].startswith("interrupted"), r
+    table = pd.read_csv(sweep / "results.csv", dtype={"job": str})
+    assert sorted(table["job"]) == sorted(res)
+    launch = json.loads((sweep / "launcher.json").read_text())
+    assert launch["interrupted"] == name
+    assert not {j["status"] for j in launch["jobs"]} & {"running"}
+
+
+@pytest.mark.parametrize("sig, warm", [(2, "false"), (15, "true")])
+def test_interrupted_sweep_stops_cleanly_and_resumes(sweep_cli, tmp_path, sig, warm):
+    """Ctrl-C (SIGINT to the process group) or SIGTERM: no new jobs, the running ones stopped and recorded
+    `interrupted`, launcher.json and results.csv written, one error line, 128 + signal; the same command resumes."""
+    sweep, go, counter = tmp_path / "sweep", tmp_path / "go", tmp_path / "trainings.txt"
+    common = [f"hold={go}", "hold_s=600", f"counter={counter}", f"hydra.sweep.dir={sweep}",
+              f"hydra.launcher.warm={warm}", "hydra.launcher.preload=[]"]
+    go.touch()  # job 0 done before the interrupted launch
+    assert sweep_cli(["-m", "batch_size=32", *common]).returncode == 0
+    go.unlink()  # the next jobs wait for it: they are running when the signal comes
+    args = ["-m", "batch_size=32,64,128,256", "hydra.launcher.max_parallel=2", *common]
+    proc = _start_in_own_group(args)
+    out, err = _interrupt_when_started(proc, sweep, sig, jobs=3)
+    _assert_stopped_cleanly(proc, out, err, sweep, sig)
+    assert err.strip().startswith(f"error: sweep interrupted ({'SIGINT' if sig == 2 else 'SIGTERM'}): 1 of 4 jobs done")
+    assert "1 skipped (already ok), 1 not started" in out
+    res = results(sweep)
+    assert sorted(res) == ["0", "1", "2"] and res["0"]["status"] == "ok"
+    assert [res[n]["error"] for n in ("1", "2")] == ["interrupted", "interrupted"]
+
+    go.touch()
+    again = sweep_cli(args)
+    assert again.returncode == 0, again.stderr
+    assert "3 ok, 0 failed, 1 skipped" in again.stdout
+    assert {r["status"] for r in results(sweep).values()} == {"ok"} and len(results(sweep)) == 4
+    assert len(counter.read_text().splitlines()) == 1 + 2 + 3  # job 0 once; 1, 2 again; 3 first time
+
+
+@pytest.mark.slow
+def test_ctrl_c_on_a_sweep_of_the_real_train(sweep_cli, sweep_train_overrides, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "batch_size=64,128", *sweep_train_overrides, f"hydra.sweep.dir={sweep}"]
+    proc = _start_in_own_group(args, module="tornado.train", cwd=tmp_path)
+    out, err = _interrupt_when_started(proc, sweep, 2, jobs=1)
+    _assert_stopped_cleanly(proc, out, err, sweep, 2)
+    again = sweep_cli(args, module="tornado.train", cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
+    assert {r["status"] for r in results(sweep).values()} == {"ok"} and len(results(sweep)) == 2
+    assert list(pd.read_csv(sweep / "results.csv")["status"]) == ["ok", "ok"]

@@ -29,6 +29,8 @@ class LocalLauncherConf:
     preload: List[str] = field(default_factory=lambda: ["torch", "pytorch_lightning", "torchmetrics", "h5py",
                                                         "pandas", "hydra"])
     progress: bool = True  # a refreshed progress line on a terminal
+    # Ctrl-C / SIGTERM: seconds running jobs get to stop after the signal is passed on, before SIGKILL.
+    stop_grace_s: float = 10.0
 
 
 @dataclass

@@ -4,6 +4,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -17,12 +19,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 
 from tornado.errors import TornadoError
-from tornado.records import write_json
+from tornado.records import read_result, write_json
 
 from .config import LocalLauncherConf
-from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, compose_jobs, counts, finish,
-                   gpu_request, job_args, job_cost, job_module, job_record, move_aside, passthrough_overrides,
-                   settle)
+from .jobs import (Job, TornadoLauncherBase, Progress, _quote, as_count, assign_threads, check_resume, compose_jobs,
+                   counts, finish, gpu_request, job_args, job_cost, job_module, job_record, move_aside,
+                   passthrough_overrides, settle)
 from .schedule import imbalance, partition
 
 log = logging.getLogger(__name__)
@@ -53,6 +55,45 @@ def _visible_note(configured: Optional[Sequence[str]]) -> str:
     return "CUDA_VISIBLE_DEVICES unset" if env is None else f"CUDA_VISIBLE_DEVICES={env!r}"
 
 
+class _Stop:
+    """The sweep's stop flag: set by the launcher, or by SIGINT/SIGTERM. The signal handler only appends to
+    `signals` (no lock is taken in a handler, so it can never deadlock the thread it interrupts)."""
+
+    def __init__(self) -> None:
+        self.flag = False
+        self.signals: List[int] = []
+
+    def set(self) -> None:
+        self.flag = True
+
+    def is_set(self) -> bool:
+        return self.flag or bool(self.signals)
+
+    @property
+    def name(self) -> str:
+        return signal.Signals(self.signals[0]).name if self.signals else ""
+
+
+def _signal_group(pid: int, sig: int) -> None:
+    """Signal a job's process group (its DDP ranks too); the process alone if it has no group of its own yet
+    (a warm worker's child between fork and setsid)."""
+    try:
+        os.killpg(pid, sig)
+    except ProcessLookupError:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            pass
+
+
+def _sweep_dir_override(sweep_dir: Path) -> str:
+    """`hydra.sweep.dir=DIR` to type in a shell, quoted for Hydra and for the shell where needed."""
+    value = str(sweep_dir)
+    if re.search(r"[\s,=\[\]{}()'\"\\]", value):
+        value = _quote(value)
+    return shlex.quote(f"hydra.sweep.dir={value}")
+
+
 class _DevicePool:
     """GPUs handed to jobs: a job needing g waits until g are free and gets exactly those."""
 
@@ -61,7 +102,7 @@ class _DevicePool:
         self.free = list(ids)
         self.cond = threading.Condition()
 
-    def acquire(self, n: int, stop: threading.Event) -> Optional[List[str]]:
+    def acquire(self, n: int, stop: "_Stop") -> Optional[List[str]]:
         with self.cond:
             while len(self.free) < n:
                 if stop.is_set():
@@ -112,6 +153,24 @@ class TornadoLocalLauncher(TornadoLauncherBase):
 
     # -- planning -------------------------------------------------------------------------------------
     def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
+        """Plan and run the sweep. SIGINT (Ctrl-C) and SIGTERM stop it in order instead of a traceback: no new
+        jobs, the running ones get the signal and `stop_grace_s` to end (then SIGKILL), every job's record is
+        settled, launcher.json and results.csv are written, and the command exits 130 or 143 (`_interrupted`)."""
+        self._stop = _Stop()
+        restore: Dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                old = signal.getsignal(sig)
+                if old is not signal.SIG_IGN:  # started with it ignored (nohup, `cmd &` in a script): keep that
+                    restore[sig] = old
+                    signal.signal(sig, lambda signum, frame: self._stop.signals.append(signum))
+        try:
+            return self._plan_and_run(job_overrides, initial_job_idx)
+        finally:
+            for sig, old in restore.items():
+                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+    def _plan_and_run(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
         p = self.p
         if p.schedule not in ("dynamic", "static"):
             raise TornadoError(f"hydra.launcher.schedule={p.schedule!r}: use dynamic or static")
@@ -168,23 +227,49 @@ class TornadoLocalLauncher(TornadoLauncherBase):
                      f"(imbalance {imbalance(loads):.1%})")
 
         t0 = time.time()
-        if todo:
+        if todo and not self._stop.is_set():
             self._run(todo, sweep_dir, module, devices, slots, lists)
         t1 = time.time()
         busy = [sum(j.end - j.start for j in todo if j.worker == w and j.start and j.end) for w in range(slots)]
         plan.update(started=t0, finished=t1, wall_s=t1 - t0, achieved_busy_s=busy, achieved_imbalance=imbalance(busy),
                     jobs=[job_record(j) for j in jobs])
+        if self._stop.signals:
+            plan["interrupted"] = self._stop.name
         write_json(sweep_dir / "launcher.json", plan)
         if lists is not None:
             log.info(f"Static split achieved busy time per worker {[round(x, 1) for x in busy]} s "
                      f"(imbalance {imbalance(busy):.1%}) in {t1 - t0:.1f} s")
+        if self._stop.signals:
+            self._interrupted(jobs, sweep_dir)
         return finish(self.config, jobs, sweep_dir)
+
+    def _interrupted(self, jobs: List[Job], sweep_dir: Path) -> None:
+        """The end of a sweep stopped by a signal: results.csv, the summary, one error line, exit 128 + signal."""
+        from tornado.collect import collect
+
+        c = counts(jobs)
+        try:
+            collect(sweep_dir)
+            where = f"results: {sweep_dir / 'results.csv'}"
+        except (TornadoError, OSError) as e:
+            where = f"no results.csv ({e})"
+        print(f"sweep {sweep_dir}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped (already ok), "
+              f"{c['pending']} not started; {where}", flush=True)
+        given = any(str(o).lstrip("+~").split("=", 1)[0] == "hydra.sweep.dir"
+                    for o in self.config.hydra.overrides.hydra)
+        if given:
+            again = "run the same command again to resume"
+        else:  # the default sweep folder is new on every run: name this one
+            again = f"run the same command with {_sweep_dir_override(sweep_dir)} to resume"
+        print(f"error: sweep interrupted ({self._stop.name}): {c['ok'] + c['skipped']} of {len(jobs)} jobs done; "
+              f"{again}", file=sys.stderr, flush=True)
+        raise SystemExit(128 + self._stop.signals[0])
 
     # -- running --------------------------------------------------------------------------------------
     def _run(self, todo: List[Job], sweep_dir: Path, module: str, devices: List[str], slots: int,
              lists: Optional[List[List[Job]]]) -> None:
         pool = _DevicePool(devices)
-        stop = threading.Event()
+        stop = self._stop
         lock = threading.Lock()
         running: Dict[int, int] = {}  # job number -> pid (= process group) of its process
         queue = deque(sorted(todo, key=lambda j: (-j.cost, j.num)))  # dynamic: largest estimated cost first
@@ -218,7 +303,7 @@ class TornadoLocalLauncher(TornadoLauncherBase):
                         warm[w] = None
                 finally:
                     pool.release(ids)
-                if job.status == "failed":
+                if job.status == "failed" and not stop.signals:  # when stopping, the summary counts them
                     progress.note(logging.WARNING, f"{job.label} failed: {job.error}")
                 elif job.status == "ok":
                     progress.note(logging.INFO, f"{job.label} ok in {job.end - job.start:.1f} s")
@@ -227,20 +312,35 @@ class TornadoLocalLauncher(TornadoLauncherBase):
         for t in workers:
             t.start()
         t0 = time.time()
+        grace_end: Optional[float] = None  # when running jobs get SIGKILL after a stop signal
+        give_up: Optional[float] = None  # when a worker still waiting on a killed job is left behind
         try:
-            while any(t.is_alive() for t in workers):
-                for t in workers:
-                    t.join(0.2)
+            while alive := [t for t in workers if t.is_alive()]:
+                alive[0].join(0.2)
+                now = time.time()
+                if stop.signals and grace_end is None:
+                    # The jobs run in their own sessions, so the terminal's Ctrl-C does not reach them: pass it on.
+                    with lock:
+                        n = len(running)
+                    log.warning(f"{stop.name}: starting no more jobs; passing it on to {n} running, SIGKILL in "
+                                f"{self.p.stop_grace_s:g} s (again to kill them now)")
+                    self._kill(running, lock, stop.signals[0])
+                    grace_end = now + max(0.0, float(self.p.stop_grace_s))
+                if grace_end is not None and (now >= grace_end or len(stop.signals) > 1):
+                    self._kill(running, lock, signal.SIGKILL)  # every round: also catches a job started just now
+                    give_up = give_up or now + 10.0
+                    if now >= give_up:
+                        break
                 c = counts(todo)
-                progress.show(f"sweep: {c['ok'] + c['failed']}/{len(todo)} done ({c['ok']} ok, {c['failed']} failed), "
-                              f"{c['running']} running, {c['pending']} waiting, {time.time() - t0:.0f} s")
-        except KeyboardInterrupt:
-            stop.set()
-            self._kill(running, lock, signal.SIGTERM)
-            for t in workers:
-                t.join(10)
-            self._kill(running, lock, signal.SIGKILL)
-            raise
+                if grace_end is not None:
+                    progress.show(f"sweep {stop.name}: stopping {c['running']} running jobs")
+                else:
+                    progress.show(f"sweep: {c['ok'] + c['failed']}/{len(todo)} done ({c['ok']} ok, {c['failed']} "
+                                  f"failed), {c['running']} running, {c['pending']} waiting, {time.time() - t0:.0f} s")
+            for job in todo:  # only after giving up on a worker: its job's process would not die
+                if job.status == "running":
+                    job.end = job.end or time.time()
+                    settle(job, None, reason="interrupted")
         finally:
             progress.close()
             for wk in warm:
@@ -256,7 +356,7 @@ class TornadoLocalLauncher(TornadoLauncherBase):
 
     def _run_one(self, job: Job, w: int, ids: List[str], env: Dict[str, str], args: List[str],
                  warm: Optional[_WarmWorker], running: Dict[int, int], lock: threading.Lock,
-                 stop: threading.Event) -> None:
+                 stop: _Stop) -> None:
         job.dir.mkdir(parents=True, exist_ok=True)
         log_path = job.dir / "stdout.log"
         job.worker, job.devices = w, list(ids)
@@ -274,19 +374,33 @@ class TornadoLocalLauncher(TornadoLauncherBase):
         with lock:
             running[job.num] = pid
             if stop.is_set():
-                os.killpg(pid, signal.SIGTERM)
+                _signal_group(pid, stop.signals[0] if stop.signals else signal.SIGTERM)
         rc = warm.wait() if warm is not None else proc.wait()
         job.end = time.time()
         with lock:
             running.pop(job.num, None)
-        settle(job, rc)
+        if stop.signals:
+            self._settle_stopped(job, rc)
+        else:
+            settle(job, rc)
+
+    @staticmethod
+    def _settle_stopped(job: Job, rc: int) -> None:
+        """A job that ended while the sweep stops for a signal: ok if it finished (its complete result.json says
+        so, even if the signal then hit it on its way out); otherwise failed as `interrupted`, whatever it
+        managed to record (it may have been killed with result.json `running`)."""
+        res = read_result(job.dir) or {}
+        own = str(res.get("error") or "") if res.get("status") == "failed" else ""
+        if res.get("status") == "ok":
+            job.status, job.result = "ok", res
+        elif own.startswith("interrupted"):
+            settle(job, rc)  # it recorded its interruption itself, e.g. `interrupted (SIGINT)`
+        else:
+            settle(job, rc, reason="interrupted")
 
     @staticmethod
     def _kill(running: Dict[int, int], lock: threading.Lock, sig: int) -> None:
         with lock:
             pids = list(running.values())
         for pid in pids:
-            try:
-                os.killpg(pid, sig)  # the job's own process group: DDP ranks too
-            except ProcessLookupError:
-                pass
+            _signal_group(pid, sig)  # the job's own process group: DDP ranks too
