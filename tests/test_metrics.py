@@ -76,3 +76,15 @@ def test_prior_shift_restores_calibration():
     seen = true * 10 / (true * 10 + (1 - true))  # frequency of positives in each bin after oversampling
     rate, trained = 0.05, 0.05 * 10 / (0.05 * 10 + 0.95)
     np.testing.assert_allclose(prior_shift(seen, trained, rate), true)
+
+
+def test_reliability_is_the_binned_calibration_gap():
+    from tornado.metrics import reliability
+
+    # two bins: forecasts 0.05 (observed 1 in 10) and 0.85 (observed 8 in 10)
+    prob = np.r_[np.full(10, 0.05), np.full(10, 0.85)]
+    label = np.r_[np.eye(1, 10, 0)[0], np.ones(8), np.zeros(2)]
+    want = (10 * (0.05 - 0.1) ** 2 + 10 * (0.85 - 0.8) ** 2) / 20
+    assert reliability(prob, label) == pytest.approx(want)
+    assert reliability(np.full(4, 0.25), np.array([1, 0, 0, 0])) == pytest.approx(0)
+    assert forecast_scores(prob, label)["reliability"] == pytest.approx(want)

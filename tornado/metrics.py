@@ -9,9 +9,11 @@ import numpy as np
 # what forecast_scores returns, in order; VAL_SCORES: those also kept for the validation split (prefixed val_)
 SCORES = ["n", "positives", "climatology", "accuracy", "roc_auc", "average_precision", "csi_050", "pod_050",
           "far_050", "threshold", "csi", "pod", "far", "best_threshold", "csi_best", "pod_best", "far_best",
-          "brier", "bss"]
+          "brier", "bss", "reliability"]
 VAL_SCORES = [f"val_{k}" for k in SCORES if k not in ("climatology", "threshold", "csi", "pod", "far")]
-LOWER_IS_BETTER = {"brier", "far_050", "far", "far_best", "val_brier", "val_far_050", "val_far_best"}
+LOWER_IS_BETTER = {"brier", "far_050", "far", "far_best", "reliability", "val_brier", "val_far_050", "val_far_best",
+                   "val_reliability"}
+RELIABILITY_BINS = 10
 
 
 def _contingency(prob: np.ndarray, label: np.ndarray, threshold: float) -> dict[str, float]:
@@ -92,4 +94,19 @@ def forecast_scores(prob: np.ndarray, label: np.ndarray, climatology: float | No
     out["brier"] = float(np.mean((prob - label) ** 2))
     ref = float(np.mean((base - label) ** 2))
     out["bss"] = 1 - out["brier"] / ref if ref > 0 else math.nan
+    out["reliability"] = reliability(prob, label)
     return out
+
+
+def reliability(prob: np.ndarray, label: np.ndarray, bins: int = RELIABILITY_BINS) -> float:
+    """The reliability term of the Brier score's decomposition (Murphy 1973): the mean squared gap between
+    the forecast probability and the observed frequency, over equal-width probability bins (0 = calibrated)."""
+    prob, label = np.asarray(prob, dtype=np.float64), np.asarray(label, dtype=np.float64)
+    if len(prob) == 0:
+        return math.nan
+    k = np.clip((prob * bins).astype(np.int64), 0, bins - 1)
+    n = np.bincount(k, minlength=bins)
+    f = np.bincount(k, weights=prob, minlength=bins)
+    o = np.bincount(k, weights=label, minlength=bins)
+    used = n > 0
+    return float(np.sum((f[used] - o[used]) ** 2 / n[used]) / len(prob))
