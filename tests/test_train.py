@@ -143,6 +143,18 @@ def test_balance_copies_are_scored_at_nature_s_base_rate(data_dir, tmp_path):
     np.testing.assert_allclose(module.calibrated(raw), prior_shift(raw, trained, rate))
 
 
+def test_positive_weight_is_scored_at_nature_s_base_rate(data_dir, tmp_path):
+    from tornado.train import train
+
+    r = train(cfg_for(*small(data_dir, "epochs=1", "model.pos_weight=19")), output_dir=tmp_path)
+    rate = r["metrics"]["climatology"]
+    odds = 19 * rate / (1 - rate)  # a weighted positive counts 19 times: the model learns these odds
+    assert r["evaluation"]["prior_shift"] == {"trained_rate": pytest.approx(odds / (1 + odds)),
+                                              "climatology": pytest.approx(rate)}
+    assert r["metrics"]["train_base_rate"] == pytest.approx(rate)  # the data are as they were
+    assert np.load(tmp_path / "test_predictions.npz")["prob"].mean() < 2 * rate
+
+
 def test_no_validation_split_keeps_the_test_set_s_threshold_apart(data_dir, tmp_path, capsys):
     from tornado.train import _headline, train
 
@@ -202,6 +214,7 @@ def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     ("fast.bf16=abc", "fast.bf16=abc: use one of true, false, auto"),
     ("fast.storage=int8", "fast.storage=int8: use one of float32, float16"),
     ("resume=maybe", "resume=maybe: must be true or false"),
+    ("model.pos_weight=0", "model.pos_weight=0: must be a positive number"),
     ("+epoch=3", r"epoch: unknown key \(did you mean epochs\?\)"),
     ("+fast.bf=true", r"fast.bf: unknown key \(did you mean fast.bf16\?\)"),
 ])

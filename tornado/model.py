@@ -56,7 +56,8 @@ class StormModule(pl.LightningModule):
     def __init__(self, pool3: bool = False, dropout: float = 0.0, lr: float = 1e-3,
                  scaler_mean: list[float] | None = None, scaler_std: list[float] | None = None,
                  channels_last: bool = False, bf16: bool = False, compile: bool = False,
-                 cuda_graph: bool = False, trained_rate: float | None = None, climatology: float | None = None):
+                 cuda_graph: bool = False, trained_rate: float | None = None, climatology: float | None = None,
+                 pos_weight: float = 1.0):
         super().__init__()
         self.save_hyperparameters()
         self.automatic_optimization = False
@@ -64,6 +65,8 @@ class StormModule(pl.LightningModule):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._forward = torch.compile(self.net) if compile else self.net
+        # on the module's device (and in a CUDA graph) with it; not in the state dict (older checkpoints load)
+        self.register_buffer("_pos_weight", torch.tensor([float(pos_weight)]), persistent=False)
         self._graph: _GraphedStep | None = None
         self._loss_sum: torch.Tensor | None = None  # sum of loss * n over the epoch, on the device
         self._correct: torch.Tensor | None = None   # correct predictions over the epoch, on the device
@@ -96,7 +99,8 @@ class StormModule(pl.LightningModule):
         with self._autocast():
             logits = self._forward(x)
         logits = logits.float()
-        return F.binary_cross_entropy_with_logits(logits, y), logits
+        weight = self._pos_weight if self.hparams.get("pos_weight", 1.0) != 1.0 else None
+        return F.binary_cross_entropy_with_logits(logits, y, pos_weight=weight), logits
 
     def on_train_epoch_start(self) -> None:
         if self._loss_sum is None or self._loss_sum.device != self.device:

@@ -112,6 +112,9 @@ def validate(cfg: DictConfig) -> None:
     dropout = cfg.model.get("dropout", 0.0)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
         raise TornadoError(f"model.dropout={dropout}: must be a number in [0, 1)")
+    weight = cfg.model.get("pos_weight", 1.0)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+        raise TornadoError(f"model.pos_weight={weight}: must be a positive number")
     if not isinstance(cfg.get("resume", True), bool):
         raise TornadoError(f"resume={cfg.resume}: must be true or false")
     for key, value in cfg.fast.items():
@@ -444,12 +447,16 @@ def base_rates(meta: dict) -> tuple[float | None, float | None]:
 
 def make_module(cfg: DictConfig, fast: dict, dm: StormDataModule) -> StormModule:
     trained, climatology = base_rates(dm.meta)
-    balanced = trained is not None and dm.meta["n_train"] > dm.meta["n_train_originals"]
+    weight = float(cfg.model.get("pos_weight", 1.0))
+    if trained is not None and weight != 1.0:  # a weighted positive counts as `weight` of them: odds x weight
+        odds = weight * trained / (1 - trained) if trained < 1 else math.inf
+        trained = odds / (1 + odds) if math.isfinite(odds) else 1.0
+    balanced = trained is not None and (dm.meta["n_train"] > dm.meta["n_train_originals"] or weight != 1.0)
     return StormModule(pool3=cfg.model.pool3, dropout=cfg.model.dropout, lr=cfg.lr,
                        scaler_mean=dm.meta["mean"].tolist(), scaler_std=dm.meta["std"].tolist(),
                        channels_last=fast["channels_last"], bf16=fast["bf16"], compile=fast["compile"],
                        cuda_graph=fast["cuda_graph"], trained_rate=trained if balanced else None,
-                       climatology=climatology if balanced else None)
+                       climatology=climatology if balanced else None, pos_weight=weight)
 
 
 def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm: StormDataModule,
