@@ -1,8 +1,9 @@
 """One-line errors for bad input, and the exit convention of every command."""
 from __future__ import annotations
 
+import numbers
 import sys
-from typing import Callable, TypeVar
+from typing import Any, Callable, TypeVar
 
 T = TypeVar("T")
 
@@ -13,6 +14,16 @@ class TornadoError(Exception):
     def __init__(self, message: str, code: int = 2):
         super().__init__(message)
         self.code = code
+
+
+def is_int(v: Any) -> bool:
+    """An integer config value (numpy's too); a bool is not one."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """A real-number config value; a bool is not one."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
 def run_cli(fn: Callable[[], T]) -> T:

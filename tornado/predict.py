@@ -14,14 +14,13 @@ import io
 import sys
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import torch
 
 from tornado.cli import parse_kv
 from tornado.data import LabelRule, find_files, read_file
 from tornado.datamodule import standardise
-from tornado.errors import TornadoError, run_cli
+from tornado.errors import TornadoError, is_int, run_cli
 from tornado.model import StormModule
 from tornado.records import write_atomic
 
@@ -51,7 +50,7 @@ def load_model(checkpoint: str | Path) -> StormModule:
 
 
 def _check_batch(batch) -> int:
-    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+    if not is_int(batch) or batch < 1:
         raise TornadoError(f"batch={batch}: expected a positive integer")
     return batch
 

@@ -18,7 +18,7 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Iterator, Mapping
 
 import h5py
 import hydra
@@ -29,7 +29,7 @@ from omegaconf import DictConfig, ListConfig
 import tornado
 from tornado import data, synth
 from tornado.augment import AugmentConfig, augment
-from tornado.errors import TornadoError, run_cli
+from tornado.errors import TornadoError, is_int, is_number, run_cli
 from tornado.records import write_json
 
 log = logging.getLogger(__name__)
@@ -82,10 +82,6 @@ class Settings:
                 "inclusive": bool(self.label.inclusive)}
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
-
-
 def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
     """Validate the data config (``cfg.data`` of training, the top level of prepare) and augment config."""
     cfg = data_cfg
@@ -103,7 +99,7 @@ def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
         synth_cfg = {k: (str(v) if k in ("start", "end") else v) for k, v in raw.items()}
         for key in ("days", "patches_per_day", "seed"):
             v = synth_cfg.get(key, 1)
-            if not _is_int(v) or v < (0 if key == "seed" else 1):
+            if not is_int(v) or v < (0 if key == "seed" else 1):
                 raise TornadoError(f"synth.{key}: {v!r}: must be an integer >= {0 if key == 'seed' else 1}")
     label = data.LabelRule.from_cfg(cfg.get("label", None) or {})
     split = cfg.get("split", None) or {}
@@ -113,18 +109,18 @@ def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
     except ValueError:
         raise TornadoError(f"split.test_start: {start!r}: not a date (YYYY-MM-DD)") from None
     val_fraction = split.get("val_fraction", 0.0)
-    if isinstance(val_fraction, bool) or not isinstance(val_fraction, (int, float)) or not 0 <= val_fraction < 1:
+    if not is_number(val_fraction) or not 0 <= val_fraction < 1:
         raise TornadoError(f"split.val_fraction: {val_fraction!r}: must be a number in [0, 1)")
     mult = cfg.get("multipliers", None)
     if isinstance(mult, (tuple, ListConfig)):
         mult = list(mult)
-    if not isinstance(mult, list) or not mult or not all(_is_int(m) and m >= 1 for m in mult):
+    if not isinstance(mult, list) or not mult or not all(is_int(m) and m >= 1 for m in mult):
         raise TornadoError(f"multipliers: {mult!r}: must be a list of positive integers, e.g. [1, 2, 4]")
     balance = cfg.get("balance", False)
     if not isinstance(balance, bool):
         raise TornadoError(f"balance: {balance!r}: must be true or false")
     ratio = cfg.get("balance_ratio", 1.0)
-    if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not (0 < ratio < math.inf):
+    if not is_number(ratio) or not 0 < ratio < math.inf:
         raise TornadoError(f"balance_ratio: {ratio!r}: must be a positive number (positives per negative)")
     dtype = cfg.get("dtype", "float32")
     if dtype not in DTYPES:
@@ -133,7 +129,7 @@ def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
     if nonfinite not in data.NONFINITE:
         raise TornadoError(f"nonfinite: {nonfinite!r}: must be one of {', '.join(data.NONFINITE)}")
     seed = cfg.get("seed", 0)
-    if not _is_int(seed) or seed < 0:
+    if not is_int(seed) or seed < 0:
         raise TornadoError(f"seed: {seed!r}: must be an integer >= 0")
     return Settings(
         source=None if source is None else str(source), out_dir=Path(str(out_dir)), synth=synth_cfg,
@@ -368,7 +364,7 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
     val_start = _val_start(sorted({data.run_date(f) for f in train_files}), s, where)
     val_files = [f for f in train_files if val_start is not None and data.run_date(f) >= val_start]
     train_files = [f for f in train_files if f not in val_files]
-    n_train_max, n_test_max = data.count_patches(train_files), data.count_patches(test_files)
+    n_train_max, n_val_max, n_test_max = (data.count_patches(f) for f in (train_files, val_files, test_files))
     log.info("preparing %s from %d files (%d train, %d validation, %d test)", path, len(files), len(train_files),
              len(val_files), len(test_files))
 
@@ -402,7 +398,7 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
         if test.n == 0:
             raise TornadoError(f"nonfinite: every test patch in {where} holds NaN or inf")
         test.resize(test.n, test.n)
-        val = _Split(f, "val", data.count_patches(val_files), s.dtype)
+        val = _Split(f, "val", n_val_max, s.dtype)
         dropped += _read_split(val_files, s, val)
         val.resize(val.n, val.n)
         pos_val = int(val.y[:].sum())

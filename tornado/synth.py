@@ -58,7 +58,7 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 
-from tornado.errors import TornadoError, run_cli
+from tornado.errors import TornadoError, is_int, run_cli
 
 TEST_START = dt.date(2015, 1, 1)
 TEST_FRACTION = 0.25
@@ -339,7 +339,7 @@ def generate(out_dir, days: int = 40, patches_per_day: int = 500, seed: int = 0,
              start="2010-10-24", end="2017-03-29") -> list[Path]:
     """Write ``days`` synthetic NCARSTORM files into ``out_dir``; returns their paths, sorted by date."""
     for key, value, low in (("days", days, 1), ("patches_per_day", patches_per_day, 1), ("seed", seed, 0)):
-        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < low:
+        if not is_int(value) or value < low:
             raise TornadoError(f"synth.{key}: {value!r}: must be an integer >= {low}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():

@@ -31,7 +31,7 @@ from pytorch_lightning.callbacks import Checkpoint
 import tornado
 from tornado import records
 from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_split
-from tornado.errors import TornadoError, run_cli
+from tornado.errors import TornadoError, is_int, is_number, run_cli
 from tornado.metrics import SCORES, VAL_SCORES, best_csi_threshold, forecast_scores
 from tornado.model import StormModule
 from tornado.prepare import ensure_prepared
@@ -57,7 +57,7 @@ def resolve_devices(cfg: DictConfig) -> tuple[str, int]:
     visible = torch.cuda.device_count()
     if gpus == "auto":
         gpus = visible if accel != "cpu" else 1
-    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 0:
+    if not is_int(gpus) or gpus < 0:
         raise TornadoError(f"gpus={cfg.gpus}: use 0 (CPU), a positive number of GPUs, or auto")
     if accel == "cpu":
         return "cpu", max(1, gpus)
@@ -89,10 +89,6 @@ def _unknown(key: str, known: set[str]) -> TornadoError:
     return TornadoError(f"{key}: unknown key" + (f" (did you mean {close[0]}?)" if close else ""))
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
 def validate(cfg: DictConfig) -> None:
     known, known_fast = _known_keys()
     for key in cfg:
@@ -103,17 +99,17 @@ def validate(cfg: DictConfig) -> None:
             raise _unknown(f"fast.{key}", {f"fast.{k}" for k in known_fast})
     for key in ("epochs", "batch_size", "data_multiplier"):
         v = cfg[key]
-        if not _is_int(v) or v <= 0:
+        if not is_int(v) or v <= 0:
             raise TornadoError(f"{key}={v}: must be a positive integer")
-    if not (isinstance(cfg.lr, (int, float)) and not isinstance(cfg.lr, bool) and 0 < cfg.lr < math.inf):
+    if not (is_number(cfg.lr) and 0 < cfg.lr < math.inf):
         raise TornadoError(f"lr={cfg.lr}: must be a positive number")
-    if cfg.threads is not None and (not _is_int(cfg.threads) or cfg.threads < 1):
+    if cfg.threads is not None and (not is_int(cfg.threads) or cfg.threads < 1):
         raise TornadoError(f"threads={cfg.threads}: must be a positive integer, or null for torch's default")
     dropout = cfg.model.get("dropout", 0.0)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0 <= dropout < 1:
+    if not is_number(dropout) or not 0 <= dropout < 1:
         raise TornadoError(f"model.dropout={dropout}: must be a number in [0, 1)")
     weight = cfg.model.get("pos_weight", 1.0)
-    if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight < math.inf:
+    if not is_number(weight) or not 0 < weight < math.inf:
         raise TornadoError(f"model.pos_weight={weight}: must be a positive number")
     if not isinstance(cfg.get("resume", True), bool):
         raise TornadoError(f"resume={cfg.resume}: must be true or false")
@@ -126,7 +122,7 @@ def validate(cfg: DictConfig) -> None:
             raise TornadoError(f"fast.{key}={value}: use one of {allowed}")
     if cfg.augmentation not in AUGMENTATIONS:
         raise TornadoError(f"augmentation={cfg.augmentation}: unknown, use one of {', '.join(AUGMENTATIONS)}")
-    if not _is_int(cfg.seed) or not 0 <= cfg.seed < 2 ** 32:
+    if not is_int(cfg.seed) or not 0 <= cfg.seed < 2 ** 32:
         raise TornadoError(f"seed={cfg.seed}: must be an integer from 0 to 2^32 - 1 (0 is a valid seed)")
     if cfg.optimize_metric not in SCORES + VAL_SCORES:
         raise TornadoError(f"optimize_metric={cfg.optimize_metric}: unknown, use one of "
@@ -404,8 +400,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         result["status"] = "failed"
         result["error"] = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
         if saver is not None and saver.interrupted:  # Lightning turns these into SystemExit: say what happened
-            where = os.path.relpath(last) if not os.path.relpath(last).startswith("..") else str(last)
-            then = (f"{saver.epochs_saved} epoch(s) saved in {where}: run the same command again to resume"
+            then = (f"{saver.epochs_saved} epoch(s) saved in {_shown(last)}: run the same command again to resume"
                     if saver.epochs_saved else "no epoch finished: run the same command again to start over")
             result["error"] = f"interrupted ({saver.interrupted})"
             raise TornadoError(f"interrupted by {saver.interrupted}; {then}",
@@ -451,12 +446,12 @@ def make_module(cfg: DictConfig, fast: dict, dm: StormDataModule) -> StormModule
     if trained is not None and weight != 1.0:  # a weighted positive counts as `weight` of them: odds x weight
         odds = weight * trained / (1 - trained) if trained < 1 else math.inf
         trained = odds / (1 + odds) if math.isfinite(odds) else 1.0
-    balanced = trained is not None and (dm.meta["n_train"] > dm.meta["n_train_originals"] or weight != 1.0)
+    shifted = trained is not None and (dm.meta["n_train"] > dm.meta["n_train_originals"] or weight != 1.0)
     return StormModule(pool3=cfg.model.pool3, dropout=cfg.model.dropout, lr=cfg.lr,
                        scaler_mean=dm.meta["mean"].tolist(), scaler_std=dm.meta["std"].tolist(),
                        channels_last=fast["channels_last"], bf16=fast["bf16"], compile=fast["compile"],
-                       cuda_graph=fast["cuda_graph"], trained_rate=trained if balanced else None,
-                       climatology=climatology if balanced else None, pos_weight=weight)
+                       cuda_graph=fast["cuda_graph"], trained_rate=trained if shifted else None,
+                       climatology=climatology if shifted else None, pos_weight=weight)
 
 
 def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm: StormDataModule,
@@ -486,11 +481,11 @@ def score(module: StormModule, path, meta: dict) -> tuple[dict, dict, np.ndarray
     """Test metrics (`val_*`: the same on the validation split), how they were made, and the test forecasts.
 
     The CSI/POD/FAR threshold is the one that maximises CSI on the validation split, applied to the test
-    set; `*_best` are at the test set's own best threshold (optimistic). With balance copies the model
-    learnt a higher base rate than nature's, so its probabilities are moved back to the training
-    originals' base rate (`StormModule.calibrated`) before anything is scored.
+    set; `*_best` are at the test set's own best threshold (optimistic). With balance copies or weighted
+    positives the model learnt a higher base rate than nature's, so its probabilities are moved back to the
+    training originals' base rate (`StormModule.calibrated`) before anything is scored.
     """
-    climatology = base_rates(meta)[1]
+    trained, climatology = base_rates(meta)
 
     def forecasts(split: str) -> tuple[np.ndarray, np.ndarray]:
         prob, label = evaluate(module.net, path, module.device, split)
@@ -505,7 +500,7 @@ def score(module: StormModule, path, meta: dict) -> tuple[dict, dict, np.ndarray
         val = {f"val_{k}": v for k, v in forecast_scores(vprob, vlabel, climatology=climatology).items()
                if f"val_{k}" in VAL_SCORES}
     metrics = {**forecast_scores(prob, label, climatology=climatology, threshold=threshold),
-               "train_base_rate": base_rates(meta)[0], **val}
+               "train_base_rate": trained, **val}
     h = module.hparams
     evaluation = {"threshold_from": "validation" if threshold is not None else None,
                   "prior_shift": None if h.get("trained_rate") is None else
@@ -525,11 +520,16 @@ def evaluate(net: torch.nn.Module, path, device, split: str = "test",
     return (torch.cat(probs).numpy() if probs else np.zeros(0, np.float32)), y
 
 
+def _shown(path) -> str:
+    """`path` relative to the working directory when it is under it, else as it is."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
 def _headline(result: dict) -> str:
     m, t = result["metrics"], result["times"]
-    where = os.path.relpath(result["output_dir"])
-    if where.startswith(".."):
-        where = result["output_dir"]
+    where = _shown(result["output_dir"])
+
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
     if result.get("evaluation", {}).get("threshold_from") == "validation":
