@@ -65,8 +65,10 @@ class StormModule(pl.LightningModule):
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         self._forward = torch.compile(self.net) if compile else self.net
-        # on the module's device (and in a CUDA graph) with it; not in the state dict (older checkpoints load)
-        self.register_buffer("_pos_weight", torch.tensor([float(pos_weight)]), persistent=False)
+        # moves to the module's device with it (a CUDA graph needs it there); not in the state dict, so that
+        # checkpoints without it load; None: the plain loss
+        self.register_buffer("_pos_weight", torch.tensor([float(pos_weight)]) if pos_weight != 1 else None,
+                             persistent=False)
         self._graph: _GraphedStep | None = None
         self._loss_sum: torch.Tensor | None = None  # sum of loss * n over the epoch, on the device
         self._correct: torch.Tensor | None = None   # correct predictions over the epoch, on the device
@@ -99,8 +101,7 @@ class StormModule(pl.LightningModule):
         with self._autocast():
             logits = self._forward(x)
         logits = logits.float()
-        weight = self._pos_weight if self.hparams.get("pos_weight", 1.0) != 1.0 else None
-        return F.binary_cross_entropy_with_logits(logits, y, pos_weight=weight), logits
+        return F.binary_cross_entropy_with_logits(logits, y, pos_weight=self._pos_weight), logits
 
     def on_train_epoch_start(self) -> None:
         if self._loss_sum is None or self._loss_sum.device != self.device:
