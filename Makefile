@@ -2,7 +2,8 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# CPU wheel of torch; on a GPU machine use e.g. `make TORCH=torch train`.
+# PyTorch, pinned: pip installs the build its index serves (a CPU-only index: the CPU build, no CUDA
+# libraries); another version or build, e.g. on a GPU machine: `make TORCH='torch>=2.4' train`.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
 

@@ -64,7 +64,8 @@ stage gpu "$(limit 30 0)" 5 bash -c 'nvidia-smi -L && python3 -c "import torch; 
 
 PYTEST=(python3 -m pytest -q -p no:cacheprovider --durations=5 tests/test_fast.py)
 if python3 -c "import pytest" 2>/dev/null; then
-    stage test_gpu "$(limit 90 330)" 30 "${PYTEST[@]}" -k "gpu or cuda"
+    # TORNADO_REQUIRE_GPU=1: without a working GPU these fail instead of skipping
+    stage test_gpu "$(limit 90 330)" 30 env TORNADO_REQUIRE_GPU=1 "${PYTEST[@]}" -k "gpu or cuda"
 else  # the same GPU checks without pytest
     stage test_gpu "$(limit 90 330)" 30 python3 - <<'PY'
 import sys, tempfile

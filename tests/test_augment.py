@@ -1,5 +1,6 @@
 """Augmentation keeps storms physical: vorticity survives rotation, reflection flips it, scalars just move."""
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -230,7 +231,7 @@ def test_config_from_cfg():
     cfg = OmegaConf.create({"rotation": 10, "translate": 0.1, "zoom": 0.2, "reflect": True, "rotate_vectors": False})
     c = AugmentConfig.from_cfg(cfg)
     assert c == AugmentConfig(rotation=10, translate=0.1, zoom=0.2, reflect=True, rotate_vectors=False)
-    paper = OmegaConf.load("conf/augment/paper.yaml")
+    paper = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "augment" / "paper.yaml")
     assert AugmentConfig.from_cfg(paper) == AugmentConfig()
 
 

@@ -16,10 +16,20 @@ def forecasts():
     return prob, label
 
 
-def csi_at(prob, label, t):
+def counts_at(prob, label, t):
     yes = prob >= t
-    hits, fa, miss = (yes & (label == 1)).sum(), (yes & (label == 0)).sum(), (~yes & (label == 1)).sum()
+    return (yes & (label == 1)).sum(), (yes & (label == 0)).sum(), (~yes & (label == 1)).sum()
+
+
+def csi_at(prob, label, t):
+    hits, fa, miss = counts_at(prob, label, t)
     return hits / (hits + fa + miss)
+
+
+def pod_far_at(prob, label, t):
+    """Probability of detection hits / (hits + misses), false-alarm ratio false alarms / (hits + false alarms)."""
+    hits, fa, miss = counts_at(prob, label, t)
+    return hits / (hits + miss), fa / (hits + fa)
 
 
 def test_scores_match_sklearn_and_direct_counts(forecasts):
@@ -37,6 +47,20 @@ def test_scores_match_sklearn_and_direct_counts(forecasts):
     best = max(np.unique(prob), key=lambda t: csi_at(prob, label, t))
     assert m["best_threshold"] == best and m["csi_best"] == pytest.approx(csi_at(prob, label, best))
     assert m["csi_best"] >= m["csi"]
+
+
+def test_accuracy_pod_and_far_match_direct_counts(forecasts):
+    prob, label = forecasts
+    prob = np.where(np.arange(len(prob)) % 50 == 0, 0.5, prob)  # some forecasts exactly at 0.5: "yes"
+    m = forecast_scores(prob, label, threshold=0.3)
+    assert m["n"] == len(label) and m["positives"] == label.sum()
+    # the paper's figure: a forecast of 0.5 or more is a "yes"
+    assert m["accuracy"] == pytest.approx(np.mean((prob >= 0.5) == (label == 1)))
+    assert 0.5 < m["accuracy"] < 1
+    for suffix, t in (("_050", 0.5), ("", 0.3), ("_best", m["best_threshold"])):
+        pod, far = pod_far_at(prob, label, t)
+        assert 0 < pod < 1 and 0 < far < 1 and pod != pytest.approx(far), (suffix, pod, far)  # tell them apart
+        assert m[f"pod{suffix}"] == pytest.approx(pod) and m[f"far{suffix}"] == pytest.approx(far), suffix
 
 
 def test_no_threshold_given_leaves_its_scores_empty(forecasts):

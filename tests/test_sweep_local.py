@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -40,16 +41,33 @@ def max_overlap(spans: list[tuple[float, float]]) -> int:
     return best
 
 
-def test_grid_runs_as_separate_jobs_two_at_a_time(sweep_cli, tmp_path):
-    sweep = tmp_path / "sweep"
-    p = sweep_cli(["-m", "batch_size=32,64,128,256", "sleep_s=1.5", f"hydra.sweep.dir={sweep}",
-                   "hydra.launcher.max_parallel=2"])
-    assert p.returncode == 0, p.stderr
-    assert "4 ok, 0 failed, 0 skipped" in p.stdout
+def started_while_held(proc, sweep: Path, n: int, timeout: float = 120) -> set[str]:
+    """Wait until `n` jobs of a sweep whose jobs wait for a `hold` file have started (written result.json), give
+    the launcher a second to start more, and return the jobs started."""
+    deadline = time.monotonic() + timeout
+    while len(list(sweep.glob("*/result.json"))) < n:
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"no {n} jobs running at once: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.1)
+    time.sleep(1.0)
+    return {p.parent.name for p in sweep.glob("*/result.json")}
+
+
+def test_grid_runs_as_separate_jobs_two_at_a_time(sweep_popen, tmp_path):
+    sweep, go = tmp_path / "sweep", tmp_path / "go"
+    proc = sweep_popen(["-m", "batch_size=32,64,128,256", f"hold={go}", "hold_s=150", f"hydra.sweep.dir={sweep}",
+                        "hydra.launcher.max_parallel=2"])
+    # the jobs wait for `go`: two start and run side by side, and no third starts beside them
+    assert len(started_while_held(proc, sweep, 2)) == 2
+    go.touch()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "4 ok, 0 failed, 0 skipped" in out
     res = results(sweep)
     assert sorted(res) == ["0", "1", "2", "3"]
     assert sorted(r["hparams"]["batch_size"] for r in res.values()) == [32, 64, 128, 256]
-    assert max_overlap(intervals(sweep)) == 2
+    assert max_overlap(intervals(sweep)) == 2  # the first two overlap for sure: both waited for `go`
     # cores are shared: 2 slots on this machine's cores, threads passed to the job and to OpenMP
     launch = json.loads((sweep / "launcher.json").read_text())
     for d in job_dirs(sweep):
@@ -161,11 +179,20 @@ def test_static_partition_balances_estimated_cost():
     assert sorted(len(lst) for lst in equal) == [2, 2, 3]
 
 
-def test_gpu_jobs_wait_for_free_devices_and_get_only_theirs(sweep_cli, tmp_path):
-    sweep = tmp_path / "sweep"
-    p = sweep_cli(["-m", "gpus=1,2", "batch_size=32,64", "sleep_s=1", f"hydra.sweep.dir={sweep}",
-                   "hydra.launcher.devices=[a,b,c]", "hydra.launcher.max_parallel=3"])
-    assert p.returncode == 0, p.stderr
+def test_gpu_jobs_wait_for_free_devices_and_get_only_theirs(sweep_popen, tmp_path):
+    sweep, go = tmp_path / "sweep", tmp_path / "go"
+    proc = sweep_popen(["-m", "gpus=1,2", "batch_size=32,64", f"hold={go}", "hold_s=150", f"hydra.sweep.dir={sweep}",
+                        "hydra.launcher.devices=[a,b,c]", "hydra.launcher.max_parallel=3"])
+    # 3 slots, 3 GPUs: the first three jobs need 1, 2 and 1 GPUs; while the first two hold theirs, the third
+    # waits with its slot free
+    held = started_while_held(proc, sweep, 2)
+    assert len(held) == 2
+    busy = [json.loads((sweep / j / "env_0.json").read_text())["CUDA_VISIBLE_DEVICES"].split(",") for j in held]
+    assert len(set(busy[0]) | set(busy[1])) == len(busy[0]) + len(busy[1])
+    go.touch()
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert "4 ok, 0 failed, 0 skipped" in out
     spans, devices = [], []
     for d in job_dirs(sweep):
         r = json.loads((d / "result.json").read_text())

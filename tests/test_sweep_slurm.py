@@ -34,6 +34,13 @@ def results(sweep: Path) -> dict[str, dict]:
     return {p.parent.name: json.loads(p.read_text()) for p in sweep.glob("[0-9]*/result.json")}
 
 
+def slurm_state(job: str) -> str:
+    """The job's (or array task's) state as squeue shows it, finished jobs included."""
+    r = subprocess.run(["squeue", "-h", "-t", "all", "-j", job, "-o", "%T"], capture_output=True, text=True,
+                       timeout=60)
+    return r.stdout.strip()
+
+
 def wait_for(path: Path, timeout: float = 120) -> None:
     t0 = time.time()
     while not path.exists():
@@ -85,7 +92,10 @@ def test_slurm_cancelled_job_is_recorded_failed_and_rerun_on_resume(sweep_cli, s
     env = json.loads((sweep / "1" / "env_0.json").read_text())
     task = f"{env['SLURM_ARRAY_JOB_ID']}_{env['SLURM_ARRAY_TASK_ID']}"
     subprocess.run(["scancel", task], check=True)
-    time.sleep(1)
+    t0 = time.time()  # released only once SLURM has ended the task: the release must not let it finish ok
+    while (state := slurm_state(task)) not in ("CANCELLED", ""):  # "": ended and already purged
+        assert time.time() - t0 < 120, f"{task} still {state} after scancel"
+        time.sleep(0.2)
     hold.touch()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 1, err

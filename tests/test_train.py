@@ -93,7 +93,9 @@ def test_run_writes_full_records_and_learns(first_run):
     t = on_disk["times"]
     assert len(t["epoch_s"]) == 4 and 0 < t["wall_s"] <= t["total_s"]
     assert t["data_wait_s"] >= 0 and t["compute_s"] > 0
-    assert on_disk["samples_per_s"] > 0
+    # samples trained on per second of training: 4 epochs of every training sample (the last batch is partial)
+    assert on_disk["data"]["n_train"] % 64
+    assert on_disk["samples_per_s"] * t["wall_s"] == pytest.approx(4 * on_disk["data"]["n_train"])
     assert on_disk["devices"] == {"accelerator": "cpu", "count": 1, "names": on_disk["devices"]["names"]}
     assert {"torch", "pytorch_lightning", "tornado"} <= set(on_disk["versions"])
     m = on_disk["metrics"]
@@ -123,7 +125,7 @@ def test_balance_copies_are_scored_at_nature_s_base_rate(data_dir, tmp_path):
     import h5py
 
     from tornado.metrics import prior_shift
-    from tornado.predict import load_model
+    from tornado.predict import load_model, predict
     from tornado.train import train
 
     r = train(cfg_for(*small(data_dir, "epochs=1", "data.balance=true", "data.multipliers=[1]")),
@@ -138,6 +140,8 @@ def test_balance_copies_are_scored_at_nature_s_base_rate(data_dir, tmp_path):
                                               "climatology": pytest.approx(rate)}
     prob = np.load(tmp_path / "test_predictions.npz")["prob"]
     assert prob.mean() < 2 * rate  # an oversampled model left as is forecasts around 0.5 on average
+    every = predict(tmp_path / "checkpoints" / "last.ckpt", str(data_dir / "synthetic"))
+    np.testing.assert_allclose(every[every["run_date"] >= "2015-01-01"]["probability"], prob, atol=2e-6)
     module = load_model(tmp_path / "checkpoints" / "last.ckpt")
     raw = np.array([0.2, 0.5, 0.8])
     np.testing.assert_allclose(module.calibrated(raw), prior_shift(raw, trained, rate))
@@ -196,6 +200,8 @@ def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     r = train(cfg_for(f"experiment={name}", *small(data_dir, "epochs=1", "batch_size=256",
                                                    "trainer.limit_train_batches=2")), output_dir=tmp_path)
     assert r["status"] == "ok"
+    assert [h["samples"] for h in r["history"]] == [2 * 256]  # the batches trained, not a whole epoch
+    assert r["samples_per_s"] * r["times"]["wall_s"] == pytest.approx(2 * 256)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -228,6 +234,23 @@ def test_bad_config_fails_before_training(override, message, data_dir, tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "failed" and message.split(":")[0] in result["error"]
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_a_job_of_a_sweep_refreshes_the_sweep_s_results_csv(data_dir, tmp_path, monkeypatch):
+    """With TORNADO_SWEEP_DIR (set by the launchers) a run rewrites SWEEP_DIR/results.csv as it ends, ok or
+    failed: the jobs of a SLURM sweep submitted with wait=false have no launcher waiting to collect them."""
+    from tornado.train import train
+
+    monkeypatch.setenv("TORNADO_SWEEP_DIR", str(tmp_path))
+    ok = train(cfg_for(*small(data_dir, "epochs=1")), output_dir=tmp_path / "0")
+    table = pd.read_csv(tmp_path / "results.csv", dtype={"job": str})
+    assert list(table["job"]) == ["0"] and list(table["status"]) == ["ok"]
+    assert table.loc[0, "roc_auc"] == pytest.approx(ok["metrics"]["roc_auc"])
+    with pytest.raises(TornadoError):
+        train(cfg_for(*small(data_dir, "batch_size=0")), output_dir=tmp_path / "1")
+    table = pd.read_csv(tmp_path / "results.csv", dtype={"job": str})
+    assert list(table["job"]) == ["0", "1"] and list(table["status"]) == ["ok", "failed"]
+    assert table.loc[1, "error"].startswith("TornadoError: batch_size=0")
 
 
 def test_a_prepared_file_without_its_test_set_is_refused(data_dir, tmp_path):
@@ -270,6 +293,11 @@ def test_resume_continues_with_history_and_times(data_dir, tmp_path):
     again = train(cfg_for(*small(data_dir, "epochs=2")), output_dir=tmp_path)  # finished: nothing to train
     assert again["history"] == two["history"] and again["times"]["epoch_s"] == two["times"]["epoch_s"]
     assert again["metrics"] == two["metrics"]
+    # continued where it stopped (weights, optimiser, the epoch's data order): as if never stopped
+    straight = train(cfg_for(*small(data_dir, "epochs=2")), output_dir=tmp_path / "straight")
+    assert straight["resumed_after_epochs"] == 0
+    assert [h["train_loss"] for h in two["history"]] == [h["train_loss"] for h in straight["history"]]
+    assert two["metrics"] == straight["metrics"]
 
 
 @pytest.mark.parametrize("case, message", [
@@ -332,6 +360,49 @@ def test_cli_bad_value_one_line_exit_2(data_dir, tmp_path):
     assert "Traceback" not in p.stderr
 
 
+def test_resume_hint_names_the_run_folder_when_the_command_did_not():
+    from tornado.train import _resume_hint
+
+    hint = _resume_hint(Path("/somewhere/outputs/runs/2026-01-01_00-00-00-1"))
+    assert "hydra.run.dir=/somewhere/outputs/runs/2026-01-01_00-00-00-1 to resume" in hint
+
+
+def test_progress_bar_counts_batches_on_a_terminal_and_stays_out_of_pipes(data_dir, tmp_path):
+    import fcntl
+    import math
+    import pty
+    import struct
+    import termios
+
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("TORNADO_SWEEP_DIR", None)
+    tty_run, piped_run = tmp_path / "tty", tmp_path / "piped"
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a bar needs a width
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "tornado.train", *small(data_dir, "epochs=1"),
+                                 f"hydra.run.dir={tty_run}"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
+                                stdout=slave, stderr=err)
+    os.close(slave)
+    shown = b""
+    while True:
+        try:
+            chunk = os.read(master, 1 << 16)
+        except OSError:  # the terminal closed with the process
+            break
+        if not chunk:
+            break
+        shown += chunk
+    os.close(master)
+    assert proc.wait(timeout=300) == 0, (tmp_path / "stderr.txt").read_text()[-2000:]
+    result = json.loads((tty_run / "result.json").read_text())
+    steps = math.ceil(result["data"]["n_train"] / 64)
+    text = shown.decode(errors="replace")
+    assert f" {steps}/{steps} " in text, text[-1500:]  # batches, not the blocks of batches Lightning sees
+    p = _cli([*small(data_dir, "epochs=1"), f"hydra.run.dir={piped_run}"], cwd=ROOT)
+    assert p.returncode == 0 and f"/{steps}" not in p.stdout + p.stderr
+
+
 def test_cpu_ddp_two_processes_keep_global_batch(data_dir, tmp_path):
     run = tmp_path / "ddp"
     p = _cli([*small(data_dir, "epochs=1", "batch_size=128", "trainer.accelerator=cpu", "gpus=2"),
@@ -358,7 +429,14 @@ def test_predict_round_trip(first_run, data_dir, tmp_path):
     p = subprocess.run([sys.executable, "-m", "tornado.predict", f"checkpoint={out / 'checkpoints' / 'last.ckpt'}",
                         f"input={data_dir / 'synthetic'}", f"output={csv}"], capture_output=True, text=True)
     assert p.returncode == 0, p.stderr
-    assert len(pd.read_csv(csv)) == len(read_storms(data_dir / "synthetic").y)
+    every = pd.read_csv(csv)
+    assert len(every) == len(read_storms(data_dir / "synthetic").y)
+    # the run's own test forecasts, patch for patch: inputs standardised with the checkpoint's scaler
+    test = every[every["run_date"] >= "2015-01-01"]
+    preds = np.load(out / "test_predictions.npz")
+    np.testing.assert_array_equal(test["label"], preds["label"])
+    np.testing.assert_allclose(test["probability"], preds["prob"], atol=2e-6)
+    assert preds["prob"].std() > 0.01  # forecasts that differ from patch to patch, so the match means something
     bad = subprocess.run([sys.executable, "-m", "tornado.predict", f"checkpoint={tmp_path / 'nope.ckpt'}",
                           f"input={data_dir}"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: checkpoint={tmp_path / 'nope.ckpt'}: no such file"

@@ -80,14 +80,15 @@ class StormModule(pl.LightningModule):
 
     def calibrated(self, prob: np.ndarray) -> np.ndarray:
         """Probabilities of `net` moved from the base rate it was trained at (`trained_rate`: positives
-        oversampled by balance copies) to nature's (`climatology`); as they are when no rates are stored."""
+        oversampled by balance copies or weighted by pos_weight) to nature's (`climatology`); as they are
+        when no rates are stored."""
         h = self.hparams
         if h.get("trained_rate") is None or h.get("climatology") is None:
             return np.asarray(prob, dtype=np.float64)
         return prior_shift(prob, h.trained_rate, h.climatology)
 
     def configure_optimizers(self):
-        # fused: one kernel per step instead of ~10 per parameter (and graph-safe); the update is Adam's
+        # fused: two kernels per step instead of ~10 per parameter (and graph-safe); the update is Adam's
         capturable = bool(self.hparams.cuda_graph) and torch.cuda.is_available()
         return torch.optim.Adam(self.parameters(), lr=self.hparams.lr, fused=True, capturable=capturable)
 
@@ -151,13 +152,15 @@ class StormModule(pl.LightningModule):
         sums = torch.stack([self._loss_sum, self._correct.float(), self._loss_sum.new_tensor(self._count)])
         s = self.trainer.strategy.reduce(sums, reduce_op="sum")
         n = s[2].clamp_min(1)
-        loss, acc = (s[:2] / n).tolist()  # the one host sync of an epoch
+        loss_sum, correct, samples = s.tolist()  # the one host sync of an epoch
+        loss, acc = loss_sum / max(samples, 1), correct / max(samples, 1)
         if not math.isfinite(loss):  # refused before the epoch's checkpoint is written
             raise TornadoError(f"training diverged: the mean loss of epoch {self.current_epoch + 1} is {loss} "
                                f"(lr={self.hparams.lr}); lower lr, or look for NaN or inf in the inputs")
         self.log("train_loss", s[0] / n, on_epoch=True, sync_dist=False)
         self.log("train_acc", s[1] / n, on_epoch=True, sync_dist=False)
-        self.history.append({"epoch": self.current_epoch, "train_loss": loss, "train_acc": acc})
+        self.history.append({"epoch": self.current_epoch, "train_loss": loss, "train_acc": acc,
+                             "samples": int(samples)})  # trained on, all ranks (batch limits included)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["history"] = self.history

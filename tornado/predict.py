@@ -3,8 +3,8 @@
     python -m tornado.predict checkpoint=RUN/checkpoints/last.ckpt input=DIR_OR_GLOB [output=predictions.csv]
 
 Inputs are standardised with the scaler stored in the checkpoint (fitted on the training split). A model
-trained with balance copies has its probabilities moved back to the training originals' base rate, as in
-training's own scores. For yes/no forecasts use the threshold the run chose on its validation split
+trained with balance copies or a pos_weight has its probabilities moved back to the training originals'
+base rate, as in training's own scores. For yes/no forecasts use the threshold the run chose on its validation split
 (`metrics.threshold` in its result.json).
 Files that hold RVORT1_MAX_future also get the observed label under the label rule given.
 """

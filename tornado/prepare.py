@@ -1,7 +1,7 @@
 """NCARSTORM files -> one HDF5 training file (``python -m tornado.prepare``); ``ensure_prepared`` for training.
 
 The file ``<out_dir>/storms-<hash12>.h5`` holds the training originals, their augmented copies (nested: the
-first ``m * N`` rows serve multiplier ``m``), the untouched test split and the scaler (layout in
+first ``m * N`` rows serve multiplier ``m``), the untouched validation and test splits and the scaler (layout in
 docs/design.md). It is built once per distinct content hash, under a file lock, streaming file by file
 and chunk by chunk, so memory stays a few chunks whatever the size of the data set.
 """

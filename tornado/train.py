@@ -181,7 +181,7 @@ def fast_switches(cfg: DictConfig, accelerator: str, devices: int) -> dict:
     f = cfg.fast
     # Measured on an H200 (BENCHMARKS.md): bf16 autocast is 1.6x slower at 128 per step (cast overhead on
     # tiny convolutions) and 1.2x faster at 2048, so on a GPU `auto` turns it on for large per-device batches
-    # only. On a CPU with native bf16 (oneDNN) it is 1.4-1.6x faster at 128 and 2048 alike.
+    # only. On a CPU with native bf16 (oneDNN) it is about 1.3-1.4x faster at 128 and 2048 alike.
     big_batch = cfg.batch_size // max(1, devices) >= BF16_MIN_BATCH
     return {
         "resident": f.resident if f.resident == "auto" else bool(f.resident),
@@ -321,6 +321,15 @@ def _clean(obj):
     return obj
 
 
+def _resume_hint(out: Path) -> str:
+    """How to go on from this run's last checkpoint: its command again, in this same folder."""
+    given = HydraConfig.initialized() and any(o.startswith("hydra.run.dir=")
+                                              for o in HydraConfig.get().overrides.hydra)
+    if given:  # a sweep's jobs are given theirs too
+        return "run the same command again to resume"
+    return f"run the same command with hydra.run.dir={_shown(out)} to resume (each run has a new folder)"
+
+
 def _history(module: StormModule, clock: _Clock) -> list[dict]:
     times = dict(enumerate(clock.epoch_s))
     return [{**h, "epoch_s": times.get(h["epoch"])} for h in module.history]
@@ -376,7 +385,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         test_s = time.perf_counter() - t_test
         np.savez_compressed(out / "test_predictions.npz", prob=prob.astype(np.float32), label=label)
         per_dev = dm.per_device_batch
-        samples = dm.steps_per_epoch() * per_dev * devices * max(1, len(clock.epoch_s))
+        # counted per epoch by the module; a checkpoint from before those counts: a whole epoch per epoch
+        samples = sum(h.get("samples", dm.samples_per_epoch) for h in module.history)
         result.update({
             "status": "ok", "prepared": str(path),
             "times": {"total_s": time.perf_counter() - t_start, "wall_s": wall_s, "epoch_s": clock.epoch_s,
@@ -400,7 +410,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         result["status"] = "failed"
         result["error"] = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
         if saver is not None and saver.interrupted:  # Lightning turns these into SystemExit: say what happened
-            then = (f"{saver.epochs_saved} epoch(s) saved in {_shown(last)}: run the same command again to resume"
+            then = (f"{saver.epochs_saved} epoch(s) saved in {_shown(last)}: {_resume_hint(out)}"
                     if saver.epochs_saved else "no epoch finished: run the same command again to start over")
             result["error"] = f"interrupted ({saver.interrupted})"
             raise TornadoError(f"interrupted by {saver.interrupted}; {then}",
@@ -460,11 +470,35 @@ def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm:
     from pytorch_lightning.callbacks import TQDMProgressBar
     from pytorch_lightning.plugins.environments import SLURMEnvironment
 
+    class StepBar(TQDMProgressBar):
+        """Counts batches (optimiser steps), not the blocks of batches Lightning is handed on one device."""
+
+        def __init__(self):
+            super().__init__(refresh_rate=max(1, dm.steps_per_epoch() // 50))
+            self.steps = 0
+
+        @property
+        def total_train_batches(self):
+            return dm.steps_per_epoch() if dm.blocks() else super().total_train_batches
+
+        def on_train_epoch_start(self, trainer, *args) -> None:
+            self.steps = 0
+            super().on_train_epoch_start(trainer, *args)
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+            before, y = self.steps, batch[1]
+            self.steps += y.shape[0] if y.ndim == 2 else 1
+            bar, r = self.train_progress_bar, self.refresh_rate
+            if self.is_enabled and not bar.disable and (self.steps // r > before // r or self.steps == bar.total):
+                bar.n = self.steps
+                bar.refresh()
+                bar.set_postfix(self.get_metrics(trainer, pl_module))
+
     clock = _Clock()
     callbacks: list[pl.Callback] = [clock, *(extra_callbacks or [])]
-    interactive = sys.stderr.isatty()
+    interactive = sys.stdout.isatty()  # where Lightning draws its bar
     if interactive:
-        callbacks.append(TQDMProgressBar(refresh_rate=max(1, dm.steps_per_epoch() // 50)))
+        callbacks.append(StepBar())
     loggers = [instantiate(c, save_dir=str(out)) for c in (cfg.logger or {}).values()]
     strategy = cfg.trainer.strategy
     if strategy == "auto" and devices > 1:

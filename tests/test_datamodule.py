@@ -1,0 +1,129 @@
+"""What an epoch of StormDataModule delivers: every stored row once (resident or streamed), standardised, in a
+seeded order; live augmentation draws m fresh augmented copies of every original; DDP ranks take disjoint shards
+of equal length; float16 storage and the channels_last layout."""
+from __future__ import annotations
+
+from collections import Counter
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+import pytest
+import torch
+
+from tests.test_prepare import AUG, make_cfg
+from tornado import synth
+from tornado.datamodule import StormDataModule
+from tornado.prepare import ensure_prepared
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    source = tmp_path_factory.mktemp("dm_ncar")
+    synth.generate(source, days=6, patches_per_day=60, seed=3)
+    return ensure_prepared(make_cfg(tmp_path_factory.mktemp("dm_prepared"), source, multipliers=[1, 2]), AUG)
+
+
+def stored(path, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first `rows` training rows as the file holds them, standardised with its scaler (numpy, float32)."""
+    with h5py.File(path, "r") as f:
+        x, y = f["train/x"][:rows].astype(np.float32), f["train/y"][:rows].astype(np.float32)
+        mean, std = f["scaler/mean"][:].astype(np.float32), f["scaler/std"][:].astype(np.float32)
+    return (x - mean[:, None, None]) / std[:, None, None], y
+
+
+def epoch(dm: StormDataModule) -> tuple[list[int], np.ndarray, np.ndarray]:
+    """(batch sizes, every x row, every label) of one pass over the training loader, no trainer attached."""
+    dm.setup("fit")
+    loader = dm.train_dataloader()
+    batches = list(loader)
+    assert len(batches) == len(loader) == dm.steps_per_epoch()
+    xs = torch.cat([x for x, _ in batches]).numpy()
+    ys = torch.cat([y for _, y in batches]).numpy()
+    return [len(y) for _, y in batches], xs, ys
+
+
+def rows(x: np.ndarray, y: np.ndarray) -> Counter:
+    """Each (patch, label) as bytes: a multiset that ignores the order."""
+    return Counter(xi.tobytes() + bytes([int(yi)]) for xi, yi in zip(x, y))
+
+
+@pytest.mark.parametrize("resident", [True, False], ids=["resident", "streamed"])
+@pytest.mark.parametrize("multiplier", [1, 2])
+def test_an_epoch_delivers_every_stored_row_once_standardised(prepared, resident, multiplier):
+    # chunks of 2 batches of 32: several chunks, the last one partial
+    dm = StormDataModule(prepared, 32, multiplier, resident=resident, chunk_batches=2)
+    n = dm.meta["n_train"] * multiplier
+    assert n % 64 and n > 2 * 64
+    sizes, x, y = epoch(dm)
+    assert dm.is_resident is resident
+    assert sorted(sizes)[1:] == [32] * (len(sizes) - 1) and sum(sizes) == n  # one partial batch at most
+    want_x, want_y = stored(prepared, n)
+    assert rows(x, y) == rows(want_x, want_y)
+    assert abs(float(x.mean())) < 0.2 and 0.8 < float(x.std()) < 1.2  # standardised
+    assert not np.array_equal(y, want_y) or not np.array_equal(x, want_x)  # shuffled, not the file's order
+    # the same seed gives the same order; another seed another
+    _, again, _ = epoch(StormDataModule(prepared, 32, multiplier, resident=resident, chunk_batches=2))
+    _, other, _ = epoch(StormDataModule(prepared, 32, multiplier, seed=1, resident=resident, chunk_batches=2))
+    assert np.array_equal(again, x) and not np.array_equal(other, x)
+
+
+def test_live_epoch_is_m_fresh_augmented_copies_of_every_original(prepared):
+    m = 2
+    dm = StormDataModule(prepared, 64, m, augmentation="live", augment=dict(AUG))
+    n = dm.meta["n_train"]
+    _, x, y = epoch(dm)
+    assert len(y) == m * n
+    orig_x, orig_y = stored(prepared, n)
+    # each delivered patch is a slightly turned original (at most 5 degrees): its nearest original is that one
+    d = torch.cdist(torch.from_numpy(x.reshape(len(x), -1)), torch.from_numpy(orig_x.reshape(n, -1)))
+    nearest = d.argmin(dim=1).numpy()
+    assert np.bincount(nearest, minlength=n).tolist() == [m] * n  # every original m times
+    np.testing.assert_array_equal(y, orig_y[nearest])               # with its own label
+    # ... and not the original itself: augmented, each draw its own
+    assert bool((x != orig_x[nearest]).reshape(len(x), -1).any(axis=1).all())
+    for k in range(n):
+        pair = x[nearest == k]
+        assert not np.array_equal(pair[0], pair[1]), k
+    assert abs(float(x.mean())) < 0.2 and 0.8 < float(x.std()) < 1.2  # standardised after augmenting
+
+
+@pytest.mark.parametrize("world, batch", [(2, 32), (7, 5)])
+def test_ddp_ranks_take_disjoint_shards_of_equal_length(prepared, world, batch):
+    """Under DDP each rank gets its own rows of the epoch's permutation and as many steps as every other rank
+    (a rank with a step more would wait forever for the others in backward)."""
+    n = StormDataModule(prepared, batch).meta["n_train"]
+    assert n % world or world == 2  # 7 ranks: rows left over, which no rank may take
+    seen, steps = [], []
+    for rank in range(world):
+        dm = StormDataModule(prepared, batch * world, 1, resident=True, chunk_batches=2)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, current_epoch=0, limit_train_batches=1.0,
+                                     max_steps=-1, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+        assert dm.per_device_batch == batch
+        sizes, x, y = epoch(dm)
+        seen.append(rows(x, y))
+        steps.append(len(sizes))
+    assert len(set(steps)) == 1
+    assert all(not (a & b) for i, a in enumerate(seen) for b in seen[i + 1:])  # no row on two ranks
+    every = sum(seen, Counter())
+    want_x, want_y = stored(prepared, n)
+    assert sum(every.values()) == n // world * world and not every - rows(want_x, want_y)
+
+
+def test_float16_storage_holds_half_and_delivers_float32(prepared):
+    """fast.storage=float16: the resident set takes half the memory; batches are the float32 ones, rounded."""
+    half = StormDataModule(prepared, 32, 2, resident=True, storage="float16")
+    _, x, y = epoch(half)
+    assert half.x.dtype == torch.float16 and x.dtype == np.float32
+    _, full, full_y = epoch(StormDataModule(prepared, 32, 2, resident=True))  # same seed: same order
+    np.testing.assert_array_equal(y, full_y)
+    np.testing.assert_array_equal(x, full.astype(np.float16).astype(np.float32))
+    assert not np.array_equal(x, full)
+
+
+@pytest.mark.parametrize("augmentation", ["preaugmented", "live"])
+def test_channels_last_batches(prepared, augmentation):
+    dm = StormDataModule(prepared, 32, 1, augmentation, dict(AUG), channels_last=True)
+    dm.setup("fit")
+    for x, _ in dm.train_dataloader():
+        assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
