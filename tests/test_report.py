@@ -309,6 +309,20 @@ def test_running_sweep_is_marked_partial(tmp_path):
     assert summary["ok"] == 4
 
 
+def test_jobs_of_a_launch_in_progress_that_have_not_started_are_counted(tmp_path, capsys):
+    sweep = gpu_batch_sweep(tmp_path, failed=False)
+    jobs = [{"num": i, "dir": str(i), "status": "pending"} for i in range(6)]  # 4 and 5 have no folder yet
+    (sweep / "launcher.json").write_text(json.dumps({"launcher": "local", "state": "running", "jobs": jobs}))
+    paths = report.build_report(sweep, rows="batch_size", cols="gpus")
+    summary = json.loads(paths["summary.json"].read_text())
+    assert summary["partial"] is True and summary["waiting"] == ["4", "5"] and summary["running"] == []
+    page = paths["report.html"].read_text()
+    assert "jobs: 0 running, 2 not started" in page and "Not started yet: 4, 5" in page
+    (sweep / "launcher.json").write_text(json.dumps({"launcher": "local", "state": "finished", "jobs": jobs}))
+    summary = json.loads(report.build_report(sweep, rows="batch_size", cols="gpus")["summary.json"].read_text())
+    assert summary["partial"] is False and summary["waiting"] == []
+
+
 def test_stale_results_csv_is_rebuilt_from_result_json(tmp_path):
     sweep = gpu_batch_sweep(tmp_path, failed=False)
     r = json.loads((sweep / "0" / "result.json").read_text())

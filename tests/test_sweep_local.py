@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 
 from hydra_plugins.tornado_launcher.schedule import imbalance, partition
+from tornado import report
 from tornado.collect import collect, sweep_efficiency
 from tornado.records import write_json
 
@@ -60,6 +61,10 @@ def test_grid_runs_as_separate_jobs_two_at_a_time(sweep_popen, tmp_path):
                         "hydra.launcher.max_parallel=2"])
     # the jobs wait for `go`: two start and run side by side, and no third starts beside them
     assert len(started_while_held(proc, sweep, 2)) == 2
+    plan = json.loads((sweep / "launcher.json").read_text())  # written before the first job started
+    assert plan["state"] == "running" and [j["dir"] for j in plan["jobs"]] == ["0", "1", "2", "3"]
+    started = {p.parent.name for p in sweep.glob("*/result.json")}
+    assert sorted(report.load_sweep(sweep).waiting) == sorted({"0", "1", "2", "3"} - started)
     go.touch()
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
@@ -326,6 +331,7 @@ def test_collect_survives_result_json_that_is_not_an_object_or_has_odd_sections(
     ({"slots": 0, "wall_s": 20.0, "jobs": None}, "no 'jobs' list"),
     ({"wall_s": 20.0, "jobs": "J"}, "'slots' is None"),
     ({"slots": 2, "wall_s": 0, "jobs": "J"}, None),        # no wall time: efficiency n/a (null)
+    ({"slots": 2, "state": "running", "jobs": "J"}, "the sweep is still running"),
 ])
 def test_sweep_efficiency_with_a_defective_launcher_json(sweep_cli, tmp_path, record, expect):
     """A launcher.json without jobs (or slots) is a one-line error; one with wall_s 0 gives efficiency n/a."""

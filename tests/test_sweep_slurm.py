@@ -70,6 +70,33 @@ def test_slurm_sweep_of_the_real_train_runs_as_one_array(sweep_cli, sweep_train_
     assert eff.returncode == 2 and "measures the local launcher's slots" in eff.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow
+@slurm_only
+def test_slurm_preempted_job_is_requeued_and_resumes_from_its_checkpoint(sweep_popen, sweep_train_overrides,
+                                                                         tmp_path):
+    sweep = tmp_path / "sweep"
+    epochs = 200  # far more than pass before the signal (an epoch of the tiny set takes a fraction of a second)
+    overrides = [o for o in sweep_train_overrides if not o.startswith("epochs=")]
+    proc = sweep_popen(["-m", "batch_size=64", "gpus=0", *overrides, f"epochs={epochs}", *SLURM,
+                        f"hydra.sweep.dir={sweep}"], module="tornado.train", cwd=tmp_path)
+    wait_for(sweep / "0" / "checkpoints" / "last.ckpt", timeout=300)
+    task = json.loads((sweep / "launcher.json").read_text())["jobs"][0]["slurm_id"]
+    # what SLURM sends before a preemption or the time limit (--signal=USR2@signal_delay_s)
+    subprocess.run(["scancel", "--signal=USR2", task], check=True)
+    t0 = time.time()
+    while slurm_state(task) != "PENDING":  # requeued by submitit, to start again in two minutes
+        assert time.time() - t0 < 120 and proc.poll() is None, f"{task} not requeued: {slurm_state(task)}"
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"jobid={task}", "starttime=now"], check=True)  # no two-minute wait
+    out, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-2000:] + err[-2000:]
+    assert "1 ok, 0 failed, 0 skipped" in out
+    r = results(sweep)["0"]
+    assert r["status"] == "ok" and 1 <= r["resumed_after_epochs"] < epochs
+    assert [h["epoch"] for h in r["history"]] == list(range(epochs))
+    assert len(r["times"]["epoch_s"]) == epochs
+
+
 @slurm_only
 def test_slurm_multi_rank_job_gets_one_task_per_rank(sweep_cli, tmp_path):
     sweep = tmp_path / "sweep"

@@ -110,6 +110,9 @@ def sweep_efficiency(sweep_dir: str | os.PathLike, slots: int | None = None) -> 
     if record.get("launcher") == "slurm":
         raise TornadoError(f"sweep folder {sweep}: --efficiency measures the local launcher's slots; a SLURM "
                            "sweep's jobs wait in the cluster's queue (see each job's result.json times)")
+    if record.get("state") == "running":
+        raise TornadoError(f"{where}: the sweep is still running (this is its plan); --efficiency needs a "
+                           "finished launch")
     if not ran:
         raise TornadoError(f"sweep folder {sweep}: the last launch ran no jobs (all done before it? launcher.json "
                            "records the last launch only)")

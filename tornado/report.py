@@ -42,6 +42,11 @@ class Sweep:
     df: pd.DataFrame                 # one row per job, results.csv columns
     running: list[str]               # jobs whose result.json says "running"
     notes: list[str] = field(default_factory=list)
+    waiting: list[str] = field(default_factory=list)  # jobs of an unfinished launch not started yet
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.running or self.waiting)
 
     @property
     def ok(self) -> pd.DataFrame:
@@ -109,7 +114,17 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     if "status" not in df.columns:
         df["status"] = "ok"
     running = sorted(set(running) | set(df.loc[df["status"] == "running", "job"].astype(str)))
-    return Sweep(sweep, df.reset_index(drop=True), running, notes)
+    return Sweep(sweep, df.reset_index(drop=True), running, notes, _waiting(sweep, set(results)))
+
+
+def _waiting(sweep: Path, started: set[str]) -> list[str]:
+    """Jobs of a launch still in progress (launcher.json's `state`) that have no result yet."""
+    try:
+        plan = json.loads((sweep / "launcher.json").read_text())
+        jobs = [str(j["dir"]) for j in plan["jobs"]] if plan.get("state") == "running" else []
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [j for j in jobs if j not in started]
 
 
 def _collect(sweep: Path, results: dict[str, dict]) -> pd.DataFrame:
@@ -250,13 +265,12 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     failed = _problems(df)
     counts = (f'<div class="chips"><span>{len(df)} jobs</span><span class="okc">{len(ok)} ok</span>'
               f'<span class="bad">{len(failed)} failed</span><span class="run">{len(sweep.running)} running</span>'
-              "</div>")
+              + (f'<span class="run">{len(sweep.waiting)} not started</span>' if sweep.waiting else "") + "</div>")
     body = [f"<h1>Sweep report: {e(sweep.dir.name)}</h1>", f'<p class="sub">{e(str(sweep.dir.resolve()))}</p>',
             counts]
-    if sweep.running:
+    if sweep.partial:
         body.append(f'<div class="partial" id="partial">Partial report: the sweep is still running '
-                    f'({len(sweep.running)} job{"s" if len(sweep.running) != 1 else ""} unfinished). '
-                    "Tables and plots cover the finished jobs only.</div>")
+                    f"({_unfinished_text(sweep)}). Tables and plots cover the finished jobs only.</div>")
     if ok.empty:
         body.append('<p class="empty">No job finished successfully: there are no tables or plots. '
                     "The failed jobs and their errors are listed below.</p>")
@@ -312,6 +326,8 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
         body.append('<p class="note">None.</p>')
     if sweep.running:
         body.append(f'<p class="note">Still running: {e(", ".join(sweep.running))}</p>')
+    if sweep.waiting:
+        body.append(f'<p class="note">Not started yet: {e(", ".join(sweep.waiting))}</p>')
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
             f"<title>Sweep report: {e(sweep.dir.name)}</title><style>{CSS}</style></head>"
@@ -319,6 +335,11 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
 
 
 # ------------------------------------------------------------------------------------------------- building
+def _unfinished_text(sweep: Sweep) -> str:
+    waiting = f", {len(sweep.waiting)} not started" if sweep.waiting else ""
+    return f"jobs: {len(sweep.running)} running{waiting}"
+
+
 def _problems(df: pd.DataFrame) -> pd.DataFrame:
     """Jobs that neither finished well nor are still running (failed, unreadable result.json, ...)."""
     return df.loc[~df["status"].astype(str).isin(["ok", "running"])]
@@ -419,7 +440,8 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
                 (report_dir / f"{name}.{fmt}").unlink(missing_ok=True)  # stale from an earlier report
 
     summary = {
-        "sweep_dir": str(sweep.dir.resolve()), "partial": bool(sweep.running), "running": sweep.running,
+        "sweep_dir": str(sweep.dir.resolve()), "partial": sweep.partial, "running": sweep.running,
+        "waiting": sweep.waiting,
         "jobs": len(df), "ok": len(ok), "failed": len(_problems(df)),
         "failed_jobs": [{"job": str(r["job"]), "status": str(r["status"]), "error": _text(r.get("error")) or None}
                         for _, r in _problems(df).iterrows()],
@@ -444,7 +466,7 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
 def summary_text(summary: dict) -> str:
     lines = []
     if summary["partial"]:
-        lines.append(f"PARTIAL: {len(summary['running'])} job(s) still running")
+        lines.append(f"PARTIAL: {len(summary['running'])} job(s) running, {len(summary['waiting'])} not started")
     lines.append(f"jobs: {summary['jobs']} ({summary['ok']} ok, {summary['failed']} failed)")
     m = summary["metric"]
     if summary["best_by_metric"]:

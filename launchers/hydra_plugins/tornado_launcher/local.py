@@ -226,13 +226,15 @@ class TornadoLocalLauncher(TornadoLauncherBase):
             log.info(f"Static split over {slots} workers: predicted cost {[round(x, 2) for x in loads]} "
                      f"(imbalance {imbalance(loads):.1%})")
 
+        # the plan, before any job starts: a report made meanwhile knows the jobs not started yet
+        write_json(sweep_dir / "launcher.json", {**plan, "state": "running", "jobs": [job_record(j) for j in jobs]})
         t0 = time.time()
         if todo and not self._stop.is_set():
             self._run(todo, sweep_dir, module, devices, slots, lists)
         t1 = time.time()
         busy = [sum(j.end - j.start for j in todo if j.worker == w and j.start and j.end) for w in range(slots)]
-        plan.update(started=t0, finished=t1, wall_s=t1 - t0, achieved_busy_s=busy, achieved_imbalance=imbalance(busy),
-                    jobs=[job_record(j) for j in jobs])
+        plan.update(state="finished", started=t0, finished=t1, wall_s=t1 - t0, achieved_busy_s=busy,
+                    achieved_imbalance=imbalance(busy), jobs=[job_record(j) for j in jobs])
         if self._stop.signals:
             plan["interrupted"] = self._stop.name
         write_json(sweep_dir / "launcher.json", plan)

@@ -111,7 +111,8 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             self._submit(submit, sweep_dir, folder, module)
         for j in todo:
             j.status = "running"  # submitted: queued or running
-        plan = {"launcher": "slurm", "slots": None, "submitted": time.time(), "jobs": [job_record(j) for j in jobs]}
+        plan = {"launcher": "slurm", "slots": None, "state": "running", "submitted": time.time(),
+                "jobs": [job_record(j) for j in jobs]}
         write_json(record_path, plan)
         log.info(f"{len(submit)} jobs submitted, {len(adopted)} still in SLURM from before, "
                  f"{len(jobs) - len(todo)} already ok")
@@ -129,7 +130,8 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             print(f"\nstopped waiting; {len(running)} jobs stay in SLURM (scancel {' '.join(running)} to stop them); "
                   f"collect later with: python -m tornado.collect {sweep_dir}", flush=True)
             raise
-        plan.update(started=t0, finished=time.time(), wall_s=time.time() - t0, jobs=[job_record(j) for j in jobs])
+        plan.update(state="finished", started=t0, finished=time.time(), wall_s=time.time() - t0,
+                    jobs=[job_record(j) for j in jobs])
         write_json(record_path, plan)
         return finish(self.config, jobs, sweep_dir)
 
