@@ -391,6 +391,35 @@ def test_time_to_accuracy_and_time_to_skill(tmp_path):
     assert summary["best_by_metric"][0]["job"] == "c"        # lower is better for times
 
 
+def test_soonest_to_skill_from_validation_roc_auc_per_epoch(tmp_path):
+    sweep = tmp_path / "skill"
+    specs = {  # job: (batch, [(val_roc_auc, epoch_s)])
+        "a": (128, [(0.70, 2.0), (0.85, 2.0), (0.90, 2.0)]),  # best 0.90; target 0.891: reached after 6 s
+        "b": (512, [(0.80, 1.0), (0.895, 1.0), (0.88, 1.0)]),  # 0.895 after 2 s: soonest
+        "c": (2048, [(0.60, 0.5), (0.70, 0.5)]),               # never
+    }
+    results = {}
+    for job, (b, hist) in specs.items():
+        hp = {"epochs": len(hist), "batch_size": b, "lr": 0.001, "data_multiplier": 1, "gpus": 0, "seed": 0}
+        results[job] = result_json(sweep / job, hp, metrics={"val_roc_auc": hist[-1][0]}, wall_s=10.0,
+                                   history=[(0.95, sec) for _, sec in hist], predictions=False)
+        r = json.loads((sweep / job / "result.json").read_text())
+        for h, (auc, _) in zip(r["history"], hist):
+            h["val_roc_auc"] = auc
+        (sweep / job / "result.json").write_text(json.dumps(r))
+    write_results_csv(sweep, results)
+    paths = report.build_report(sweep)
+    sts = json.loads(paths["summary.json"].read_text())["soonest_to_skill"]
+    assert sts["best"] == 0.90 and sts["target"] == pytest.approx(0.891)
+    assert [(t["job"], t["seconds"], t["epochs"]) for t in sts["jobs"]] == [("b", 2.0, 2), ("a", 6.0, 3)]
+    assert sts["jobs"][0]["config"] == {"batch_size": 512, "epochs": 3}
+    assert paths["skill_vs_time.png"].stat().st_size > 0
+    page = paths["report.html"].read_text()
+    assert "Soonest to skill: validation ROC AUC ≥ 0.891" in page
+    text = report.summary_text(json.loads(paths["summary.json"].read_text()))
+    assert "soonest to skill (val_roc_auc 0.891): job b (2 s, 2 epochs)" in text
+
+
 def test_ranked_on_validation_and_warned_of_a_target_without_skill(tmp_path):
     sweep = tmp_path / "val"
     results = {}

@@ -112,11 +112,27 @@ def test_run_writes_full_records_and_learns(first_run):
     hist = on_disk["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
     assert hist[-1]["train_loss"] < 0.9 * hist[0]["train_loss"]
+    # validation skill after every epoch (score_epochs): the last is the run's own val_roc_auc; its scoring
+    # time is kept out of the training time
+    assert all(0 < h["val_roc_auc"] <= 1 for h in hist)
+    assert hist[-1]["val_roc_auc"] == pytest.approx(m["val_roc_auc"], abs=1e-6)
+    assert t["epoch_scoring_s"] > 0 and sum(t["epoch_s"]) < t["wall_s"]
     assert (out / "csv" / "metrics.csv").exists()
     assert list((out / "tb").rglob("events.out.tfevents.*"))
     assert (out / "checkpoints" / "last.ckpt").exists()
     preds = np.load(out / "test_predictions.npz")
     assert len(preds["prob"]) == len(preds["label"]) == int(m["n"])
+
+
+def test_score_epochs_off_leaves_the_history_without_validation_and_training_unchanged(first_run, data_dir,
+                                                                                       tmp_path):
+    from tornado.train import train
+
+    result, _ = first_run
+    plain = train(cfg_for(*small(data_dir, "epochs=4", "score_epochs=false")), output_dir=tmp_path)
+    assert all("val_roc_auc" not in h for h in plain["history"]) and plain["times"]["epoch_scoring_s"] == 0
+    assert [h["train_loss"] for h in plain["history"]] == [h["train_loss"] for h in result["history"]]
+    assert plain["metrics"] == result["metrics"]
 
 
 def test_balance_copies_are_scored_at_nature_s_base_rate(data_dir, tmp_path):
@@ -220,6 +236,7 @@ def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     ("fast.bf16=abc", "fast.bf16=abc: use one of true, false, auto"),
     ("fast.storage=int8", "fast.storage=int8: use one of float32, float16"),
     ("resume=maybe", "resume=maybe: must be true or false"),
+    ("score_epochs=2", "score_epochs=2: must be true or false"),
     ("model.pos_weight=0", "model.pos_weight=0: must be a positive number"),
     ("+epoch=3", r"epoch: unknown key \(did you mean epochs\?\)"),
     ("+fast.bf=true", r"fast.bf: unknown key \(did you mean fast.bf16\?\)"),

@@ -62,6 +62,17 @@ def prior_shift(prob: np.ndarray, trained_rate: float, rate: float) -> np.ndarra
         return np.where(a + b > 0, a / (a + b), prob)
 
 
+def roc_auc(prob: np.ndarray, label: np.ndarray) -> float:
+    """Area under the ROC curve; NaN where the labels hold one class only."""
+    label = np.asarray(label).astype(np.int64)
+    if not 0 < label.sum() < len(label):
+        return math.nan
+    import torch
+    from torchmetrics.functional.classification import binary_auroc
+
+    return float(binary_auroc(torch.from_numpy(np.asarray(prob, dtype=np.float64)), torch.from_numpy(label)))
+
+
 def forecast_scores(prob: np.ndarray, label: np.ndarray, climatology: float | None = None,
                     threshold: float | None = None) -> dict[str, float]:
     """Accuracy, ROC AUC, average precision, CSI/POD/FAR at 0.5, at `threshold` (chosen elsewhere: on the
@@ -72,15 +83,14 @@ def forecast_scores(prob: np.ndarray, label: np.ndarray, climatology: float | No
     base = float(label.mean()) if climatology is None else float(climatology)
     out: dict[str, float] = {"n": float(len(label)), "positives": float(label.sum()), "climatology": base}
     out["accuracy"] = float(np.mean((prob >= 0.5) == (label == 1)))
+    out["roc_auc"] = roc_auc(prob, label)
     if 0 < label.sum() < len(label):
         import torch  # here: the report reads SCORES without loading torch
-        from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+        from torchmetrics.functional.classification import binary_average_precision
 
-        p, y = torch.from_numpy(prob), torch.from_numpy(label)
-        out["roc_auc"] = float(binary_auroc(p, y))
-        out["average_precision"] = float(binary_average_precision(p, y))
+        out["average_precision"] = float(binary_average_precision(torch.from_numpy(prob), torch.from_numpy(label)))
     else:
-        out["roc_auc"] = out["average_precision"] = math.nan
+        out["average_precision"] = math.nan
     for k, v in _contingency(prob, label, 0.5).items():
         out[f"{k}_050"] = v
     out["threshold"] = math.nan if threshold is None else float(threshold)

@@ -158,6 +158,21 @@ def plot_curves(spec: tuple) -> dict[str, bytes]:
     return _render(fig)
 
 
+def plot_skill_vs_time(curves: list[tuple[str, np.ndarray, np.ndarray]], target: float) -> dict[str, bytes]:
+    """Validation ROC AUC after each epoch against training seconds, one line per job, and the target."""
+    fig, axes = _fig(1)
+    ax = axes[0]
+    for color, (label, x, y) in zip(_colors(len(curves)), curves):
+        ax.plot(x, y, color=color, lw=1.4, marker="o", ms=3, label=label)
+    ax.axhline(target, color="0.35", ls="--", lw=1, label=f"skill target {target:.3f}")
+    ax.set_xlabel("training time (s)")
+    ax.set_ylabel("validation ROC AUC")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6 if len(curves) > 8 else 7, loc="lower right")
+    fig.suptitle("Validation skill against training time", fontsize=11)
+    return _render(fig)
+
+
 def plot_wall_vs_batch(ok: pd.DataFrame, group: str | None) -> dict[str, bytes] | None:
     """Wall time against batch size, one line per data multiplier (panels by `group` when it varies too)."""
     ok = ok.assign(_b=numeric_column(ok, "batch_size"), _w=numeric_column(ok, "wall_s")).dropna(subset=["_b", "_w"])

@@ -23,7 +23,7 @@ from tornado.cli import parse_kv
 from tornado.collect import result_row
 from tornado.errors import TornadoError, run_cli
 from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
-from tornado.plots import curve_figures, plot_curves, plot_roc_reliability, plot_wall_vs_batch
+from tornado.plots import curve_figures, plot_curves, plot_roc_reliability, plot_skill_vs_time, plot_wall_vs_batch
 from tornado.records import read_result, write_atomic, write_json
 from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, TIMES, TableSet, build_tables, label_text,
                             number_text, numeric_column, ok_rows, to_html_tables, to_latex, to_long_csv,
@@ -177,22 +177,45 @@ def best_by_metric(ok: pd.DataFrame, metric: str, top: int = 5) -> list[dict]:
              "config": _config(r, cols)} for _, r in ranked.iterrows()]
 
 
-def time_to_accuracy(sweep: Sweep, target: float, histories: dict[str, pd.DataFrame]) -> list[dict]:
-    """Jobs whose training accuracy reaches `target`, fastest first: summed epoch times up to that epoch."""
+def _time_to(sweep: Sweep, histories: dict[str, pd.DataFrame], column: str, target: float) -> list[dict]:
+    """Jobs whose per-epoch `column` reaches `target`, soonest first: summed epoch times up to that epoch."""
     ok, cols, out = sweep.ok, varying_hparams(sweep.ok), []
     for _, r in ok.iterrows():
         h = histories.get(str(r["job"]))
-        if h is None or "epoch_s" not in h.columns:
+        if h is None or "epoch_s" not in h.columns or column not in h.columns:
             continue
-        reached = np.flatnonzero(h["train_acc"].to_numpy(float) >= target)
+        reached = np.flatnonzero(h[column].to_numpy(float) >= target)
         if reached.size == 0:
             continue
         i = int(reached[0])
         if h["epoch_s"].iloc[: i + 1].isna().any():
             continue
         out.append({"job": str(r["job"]), "seconds": float(h["epoch_s"].iloc[: i + 1].sum()),
-                    "epochs": i + 1, "train_acc": float(h["train_acc"].iloc[i]), "config": _config(r, cols)})
+                    "epochs": i + 1, column: float(h[column].iloc[i]), "config": _config(r, cols)})
     return sorted(out, key=lambda d: (d["seconds"], d["job"]))
+
+
+def time_to_accuracy(sweep: Sweep, target: float, histories: dict[str, pd.DataFrame]) -> list[dict]:
+    """Jobs whose training accuracy reaches `target`, fastest first (the paper's question)."""
+    return _time_to(sweep, histories, "train_acc", target)
+
+
+def skill_curves(histories: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The histories that hold a validation ROC AUC per epoch (runs with `score_epochs`) and epoch times."""
+    return {j: h for j, h in histories.items()
+            if {"val_roc_auc", "epoch_s"} <= set(h.columns) and h["val_roc_auc"].notna().any()}
+
+
+def soonest_to_skill(sweep: Sweep, histories: dict[str, pd.DataFrame], tolerance: float = 0.01) -> dict | None:
+    """Which configuration reaches skill soonest: training seconds until a job's validation ROC AUC, scored
+    after every epoch, first comes within `tolerance` (relative) of the best any job reached at any epoch."""
+    curves = skill_curves(histories)
+    if not curves:
+        return None
+    best = max(float(h["val_roc_auc"].max()) for h in curves.values())
+    target = best - tolerance * abs(best)
+    return {"metric": "val_roc_auc", "best": best, "target": target, "tolerance": tolerance,
+            "jobs": _time_to(sweep, curves, "val_roc_auc", target)[:5]}
 
 
 def constant_forecast_accuracy(ok: pd.DataFrame) -> float | None:
@@ -297,6 +320,14 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     else:
         card += "<p>No job reached it (or no per-epoch history was found).</p>"
     body.append(f'<div class="card">{card}</div>')
+    sts = summary["soonest_to_skill"]
+    if sts:
+        card = (f"<h3>Soonest to skill: validation ROC AUC ≥ {e(number_text(sts['target']))}</h3>"
+                f"<p class=\"note\">within 1% of the best any job reached after any epoch "
+                f"({e(number_text(sts['best']))}); training seconds up to that epoch</p>")
+        card += "".join(f"<p><b>{e(number_text(t['seconds']))} s</b> ({_epochs(t['epochs'])}) · job {e(t['job'])}<br>"
+                        f"<code>{e(_cfg_text(t['config']))}</code></p>" for t in sts["jobs"][:3])
+        body.append(f'<div class="card">{card}</div>')
     tts = summary["time_to_skill"]
     card = f"<h3>Fastest within 1% of the best {e(metric)}</h3>"
     if tts:
@@ -409,6 +440,17 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
         images[name] = (spec[-1] if len(spec) > 2 else spec[0], plots[name]["png"])
     if not histories and len(ok):
         notes.append("No per-epoch history in the jobs' result.json: no training-accuracy curves.")
+    sts = soonest_to_skill(sweep, histories)
+    if sts:
+        curves = skill_curves(histories)
+        first = [t["job"] for t in sts["jobs"]]
+        shown = (first + [j for j in curves if j not in first])[:12]  # the soonest, then the others
+        varying, by_job = varying_hparams(ok), ok.set_index(ok["job"].astype(str))
+        plots["skill_vs_time"] = plot_skill_vs_time(
+            [(f"{j}: {_cfg_text(_config(by_job.loc[j], varying))}"[:60], curves[j]["epoch_s"].cumsum().to_numpy(float),
+              curves[j]["val_roc_auc"].to_numpy(float)) for j in shown], sts["target"])
+        images["skill_vs_time"] = ("Validation ROC AUC after each epoch against training time (up to 12 jobs, the "
+                                   "soonest to skill first); dashed: the skill target", plots["skill_vs_time"]["png"])
     wall = plot_wall_vs_batch(ok, group)
     if wall:
         plots["wall_vs_batch"] = wall
@@ -431,8 +473,8 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
             images[name] = (cap[name], data["png"])
     elif len(ok):
         notes.append("No test_predictions.npz with both classes for the best job: no ROC or reliability plot.")
-    for name in ("train_acc", "train_acc_by_gpus", "train_acc_by_batch", "train_acc_by_ratio", "wall_vs_batch",
-                 "roc", "reliability"):
+    for name in ("train_acc", "train_acc_by_gpus", "train_acc_by_batch", "train_acc_by_ratio", "skill_vs_time",
+                 "wall_vs_batch", "roc", "reliability"):
         for fmt in ("png", "svg"):
             if name in plots:
                 put(f"{name}.{fmt}", plots[name][fmt])
@@ -450,7 +492,7 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
                   "sections": [{k: _plain(v) for k, v in s.fixed.items()} for s in ts.sections]},
         "metric": metric, "target": float(target), "constant_forecast_accuracy": constant,
         "best_by_metric": best, "time_to_accuracy": time_to_accuracy(sweep, float(target), histories)[:5],
-        "time_to_skill": time_to_skill(ok, metric), "notes": notes,
+        "time_to_skill": time_to_skill(ok, metric), "soonest_to_skill": sts, "notes": notes,
     }
     md = to_markdown(ts)
     put("table.md", md)
@@ -475,6 +517,11 @@ def summary_text(summary: dict) -> str:
     if summary["time_to_accuracy"]:
         t = summary["time_to_accuracy"][0]
         lines.append(f"fastest to training accuracy {number_text(summary['target'])}: job {t['job']} "
+                     f"({number_text(t['seconds'])} s, {_epochs(t['epochs'])}): {_cfg_text(t['config'])}")
+    sts = summary.get("soonest_to_skill")
+    if sts and sts["jobs"]:
+        t = sts["jobs"][0]
+        lines.append(f"soonest to skill (val_roc_auc {number_text(sts['target'])}): job {t['job']} "
                      f"({number_text(t['seconds'])} s, {_epochs(t['epochs'])}): {_cfg_text(t['config'])}")
     for f in summary["failed_jobs"]:
         lines.append(f"{f['status']}: job {f['job']}: {f['error']}")

@@ -32,7 +32,7 @@ import tornado
 from tornado import records
 from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_split
 from tornado.errors import TornadoError, is_int, is_number, run_cli
-from tornado.metrics import SCORES, VAL_SCORES, best_csi_threshold, forecast_scores
+from tornado.metrics import SCORES, VAL_SCORES, best_csi_threshold, forecast_scores, roc_auc
 from tornado.model import StormModule
 from tornado.prepare import ensure_prepared
 
@@ -111,8 +111,9 @@ def validate(cfg: DictConfig) -> None:
     weight = cfg.model.get("pos_weight", 1.0)
     if not is_number(weight) or not 0 < weight < math.inf:
         raise TornadoError(f"model.pos_weight={weight}: must be a positive number")
-    if not isinstance(cfg.get("resume", True), bool):
-        raise TornadoError(f"resume={cfg.resume}: must be true or false")
+    for key in ("resume", "score_epochs"):
+        if not isinstance(cfg.get(key, True), bool):
+            raise TornadoError(f"{key}={cfg[key]}: must be true or false")
     for key, value in cfg.fast.items():
         if key == "storage":
             ok, allowed = value in ("float32", "float16"), "float32, float16"
@@ -223,6 +224,30 @@ class _Clock(pl.Callback):
         self.epoch_s.append(time.perf_counter() - self._t0)
 
 
+class _EpochSkill(pl.Callback):
+    """ROC AUC on the validation split after every epoch (rank 0): how soon a run reaches skill. After the
+    epoch clock has stopped, and left out of wall_s; kept in checkpoints, like the epoch times."""
+
+    def __init__(self, x: torch.Tensor, y: np.ndarray):
+        self.x, self.y = x, y
+        self.scores: dict[int, float] = {}
+        self.eval_s = 0.0  # this process's scoring time
+
+    def state_dict(self) -> dict:
+        return {"val_roc_auc": dict(self.scores)}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.scores = {int(k): v for k, v in state_dict.get("val_roc_auc", {}).items()}
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if not trainer.is_global_zero:
+            return
+        t0 = time.perf_counter()
+        self.x = self.x.to(pl_module.device)  # once: a no-op after the first epoch
+        self.scores[trainer.current_epoch] = roc_auc(probabilities(pl_module.net, self.x), self.y)
+        self.eval_s += time.perf_counter() - t0
+
+
 # the settings that make a run what it is: a checkpoint resumes only a run that has the same ones
 IDENTITY = ("data", "augment", "model", "batch_size", "lr", "data_multiplier", "augmentation", "seed")
 
@@ -330,9 +355,11 @@ def _resume_hint(out: Path) -> str:
     return f"run the same command with hydra.run.dir={_shown(out)} to resume (each run has a new folder)"
 
 
-def _history(module: StormModule, clock: _Clock) -> list[dict]:
+def _history(module: StormModule, clock: _Clock, skill: _EpochSkill | None) -> list[dict]:
     times = dict(enumerate(clock.epoch_s))
-    return [{**h, "epoch_s": times.get(h["epoch"])} for h in module.history]
+    scored = {} if skill is None else {"val_roc_auc": skill.scores}
+    return [{**h, "epoch_s": times.get(h["epoch"]), **{k: v.get(h["epoch"]) for k, v in scored.items()}}
+            for h in module.history]
 
 
 def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
@@ -373,11 +400,13 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         ckpt = resume_path(last, ident, cfg.epochs) if cfg.resume else None
         last.parent.mkdir(parents=True, exist_ok=True)
         saver = _LastCheckpoint(last, ident)
-        trainer, clock = make_trainer(cfg, out, accelerator, devices, dm, [saver])
+        skill = _EpochSkill(*load_split(path, "val")) if cfg.score_epochs and dm.meta["n_val"] > 0 else None
+        trainer, clock = make_trainer(cfg, out, accelerator, devices, dm, [saver] + ([skill] if skill else []))
         t_fit = time.perf_counter()
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         # a resumed run: its earlier epochs' times (from the checkpoint) count in its training time
-        wall_s = time.perf_counter() - t_fit + sum(clock.epoch_s[:clock.restored])
+        eval_s = skill.eval_s if skill else 0.0
+        wall_s = time.perf_counter() - t_fit - eval_s + sum(clock.epoch_s[:clock.restored])
         if not trainer.is_global_zero:
             return result
         t_test = time.perf_counter()
@@ -391,7 +420,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             "status": "ok", "prepared": str(path),
             "times": {"total_s": time.perf_counter() - t_start, "wall_s": wall_s, "epoch_s": clock.epoch_s,
                       "data_wait_s": dm.data_wait_s, "compute_s": max(0.0, wall_s - dm.data_wait_s),
-                      "test_s": test_s},
+                      "test_s": test_s, "epoch_scoring_s": eval_s},
             "samples_per_s": samples / wall_s if wall_s > 0 else None,
             "batch": {"global": cfg.batch_size, "per_device": per_dev, "devices": devices,
                       "effective_global": per_dev * devices},
@@ -399,7 +428,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             "fast": {**fast, "resident": dm.is_resident},
             "metrics": metrics,
             "evaluation": evaluation,
-            "history": _history(module, clock),
+            "history": _history(module, clock, skill),
             "data": {k: dm.meta[k] for k in ("n_train", "n_train_originals", "n_val", "n_test")},
             "resumed_after_epochs": clock.restored,
         })
@@ -542,16 +571,20 @@ def score(module: StormModule, path, meta: dict) -> tuple[dict, dict, np.ndarray
     return metrics, evaluation, prob, label
 
 
-@torch.no_grad()
-def evaluate(net: torch.nn.Module, path, device, split: str = "test",
-             batch: int = 8192) -> tuple[np.ndarray, np.ndarray]:
+def evaluate(net: torch.nn.Module, path, device, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
     """Probabilities on the untouched test (or validation) set, in float32."""
     x, y = load_split(path, split, device)
+    return probabilities(net, x), y
+
+
+@torch.no_grad()
+def probabilities(net: torch.nn.Module, x: torch.Tensor, batch: int = 8192) -> np.ndarray:
+    """The network's probabilities for standardised inputs `x`, in float32 and eval mode."""
     was_training = net.training
     net.eval()
     probs = [net.predict_proba(x[i:i + batch].contiguous()).float().cpu() for i in range(0, len(x), batch)]
     net.train(was_training)
-    return (torch.cat(probs).numpy() if probs else np.zeros(0, np.float32)), y
+    return torch.cat(probs).numpy() if probs else np.zeros(0, np.float32)
 
 
 def _shown(path) -> str:
