@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from tornado import plots, report, tables
@@ -418,6 +419,10 @@ def test_soonest_to_skill_from_validation_roc_auc_per_epoch(tmp_path):
     assert "Soonest to skill: validation ROC AUC ≥ 0.891" in page
     text = report.summary_text(json.loads(paths["summary.json"].read_text()))
     assert "soonest to skill (val_roc_auc 0.891): job b (2 s, 2 epochs)" in text
+    # the same seconds as a table value; c never reached the target and has no cell
+    report.build_report(sweep, rows="batch_size", cols="epochs", group="none", value="skill_s")
+    cells = pd.read_csv(sweep / "report" / "table.csv")
+    assert dict(zip(cells["batch_size"], cells["skill_s_mean"])) == {128: 6.0, 512: 2.0}
 
 
 def test_ranked_on_validation_and_warned_of_a_target_without_skill(tmp_path):
@@ -563,3 +568,9 @@ def test_cpu_jobs_are_labelled_cpu_whatever_gpus_says():
     ok = pd.DataFrame({"gpus": ["auto", "auto", 2], "devices": [1, 1, 2], "accelerator": ["cpu", "cpu", "gpu"]})
     assert plots._gpu_counts(ok).tolist() == [0.0, 0.0, 2.0]
     assert [plots._gpus(g) for g in plots._gpu_counts(ok)] == ["CPU", "CPU", "2 GPUs"]
+
+
+def test_times_are_not_settings():
+    df = pd.DataFrame({"job": ["0", "1", "2"], "status": ["ok"] * 3, "batch_size": [64, 64, 128], "seed": [0, 1, 0],
+                       "wall_s": [1.0, 2.0, 3.0], "epoch_scoring_s": [0.1, 0.2, 0.3], "test_s": [0.5, 0.4, 0.3]})
+    assert tables.varying_hparams(df) == ["batch_size", "seed"]

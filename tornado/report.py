@@ -25,8 +25,8 @@ from tornado.errors import TornadoError, run_cli
 from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
 from tornado.plots import curve_figures, plot_curves, plot_roc_reliability, plot_skill_vs_time, plot_wall_vs_batch
 from tornado.records import read_result, write_atomic, write_json
-from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, TIMES, TableSet, build_tables, label_text,
-                            number_text, numeric_column, ok_rows, to_html_tables, to_latex, to_long_csv,
+from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SKILL_S, TIMES, TableSet, build_tables,
+                            label_text, number_text, numeric_column, ok_rows, to_html_tables, to_latex, to_long_csv,
                             to_markdown, varying_hparams)
 
 LOWER_IS_BETTER = METRICS_LOWER | {"total_s", "wall_s", "data_wait_s", "compute_s", "test_s"}
@@ -215,7 +215,7 @@ def soonest_to_skill(sweep: Sweep, histories: dict[str, pd.DataFrame], tolerance
     best = max(float(h["val_roc_auc"].max()) for h in curves.values())
     target = best - tolerance * abs(best)
     return {"metric": "val_roc_auc", "best": best, "target": target, "tolerance": tolerance,
-            "jobs": _time_to(sweep, curves, "val_roc_auc", target)[:5]}
+            "jobs": _time_to(sweep, curves, "val_roc_auc", target)}
 
 
 def constant_forecast_accuracy(ok: pd.DataFrame) -> float | None:
@@ -381,7 +381,7 @@ def _text(v: Any) -> str:
 
 
 def _check_column(df: pd.DataFrame, key: str, col: str, known: bool = False) -> None:
-    if col not in df.columns and not (known and col in METRICS + TIMES + RUN_INFO):
+    if col not in df.columns and not (known and col in METRICS + TIMES + RUN_INFO + [SKILL_S]):
         raise TornadoError(f"{key}={col}: no such column in results.csv")
 
 
@@ -420,18 +420,27 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
         write_atomic(report_dir / name, data)
         written[name] = report_dir / name
 
+    histories = {str(j): h for j in sweep.ok["job"] if (h := load_history(sweep, str(j))) is not None}
+    sts = soonest_to_skill(sweep, histories)
+    if sts:  # a column for the tables (value=skill_s): empty where a job never reached the target
+        seconds = {t["job"]: t["seconds"] for t in sts["jobs"]}
+        df[SKILL_S] = [seconds.get(str(j), math.nan) for j in df["job"]]
+        sts["jobs"] = sts["jobs"][:5]
     ok = sweep.ok
     ts = build_tables(df, rows, cols, group, value, agg, paper)
     notes = list(sweep.notes)
+    if value == SKILL_S and not sts:
+        notes.append("value=skill_s: no job has a validation ROC AUC per epoch (runs with score_epochs=true and a "
+                     "validation split record one).")
     constant = constant_forecast_accuracy(ok)
     if constant is not None and constant >= float(target):
         notes.append(f"A constant forecast (never a tornado) scores {number_text(constant)} training accuracy on "
                      f"these training sets, at or above target={number_text(float(target))}: reaching the target "
-                     "says nothing of skill here. The fastest job within 1% of the best metric does.")
+                     "says nothing of skill here. The skill cards (soonest to skill, fastest within 1% of the best "
+                     "metric) do.")
     if not metric.startswith("val_"):
         notes.append(f"Best configurations are ranked by {metric}, a test-set score (the jobs have no validation "
                      "split): an optimistic choice.")
-    histories = {str(j): h for j in ok["job"] if (h := load_history(sweep, str(j))) is not None}
 
     images: dict[str, tuple[str, bytes]] = {}
     plots: dict[str, dict[str, bytes]] = {}
@@ -440,7 +449,6 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
         images[name] = (spec[-1] if len(spec) > 2 else spec[0], plots[name]["png"])
     if not histories and len(ok):
         notes.append("No per-epoch history in the jobs' result.json: no training-accuracy curves.")
-    sts = soonest_to_skill(sweep, histories)
     if sts:
         curves = skill_curves(histories)
         first = [t["job"] for t in sts["jobs"]]
