@@ -54,6 +54,37 @@ def sweep_popen():
             p.wait()
 
 
+@pytest.fixture
+def on_terminal(tmp_path):
+    """run(args) -> (exit code, what a terminal 160 columns wide showed) of `python -m args` with its stdout
+    and stderr on a pseudo-terminal: where progress bars are drawn."""
+    import fcntl
+    import pty
+    import struct
+    import termios
+
+    def run(args: list[str], cwd: Path = REPO, timeout: float = 300) -> tuple[int, str]:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("TORNADO_SWEEP_DIR", None)
+        master, slave = pty.openpty()
+        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a bar needs a width
+        proc = subprocess.Popen([sys.executable, "-m", *map(str, args)], cwd=cwd, env=env,
+                                stdin=subprocess.DEVNULL, stdout=slave, stderr=slave)
+        os.close(slave)
+        shown = b""
+        while True:
+            try:
+                chunk = os.read(master, 1 << 16)
+            except OSError:  # the terminal closed with the process
+                break
+            if not chunk:
+                break
+            shown += chunk
+        os.close(master)
+        return proc.wait(timeout=timeout), shown.decode(errors="replace")
+    return run
+
+
 @pytest.fixture(scope="session")
 def sweep_data_dir(tmp_path_factory) -> Path:
     """One small prepared data set shared by the sweep tests that run the real tornado.train."""

@@ -432,3 +432,14 @@ def test_a_killed_synthetic_generation_s_temp_files_are_cleared(tmp_path):
     assert not stale.exists() and other.exists()
     assert not [p.name for p in folder.glob(".*.tmp")]
     assert len(list(folder.glob("NCARSTORM_*.nc"))) == 2
+
+
+def test_progress_bars_on_a_terminal_only(tmp_path, on_terminal):
+    args = ["synth.days=12", "synth.patches_per_day=40"]
+    rc, text = on_terminal(["tornado.prepare", f"out_dir={tmp_path / 'tty'}", *args])
+    assert rc == 0, text[-2000:]
+    assert "synthetic storms:" in text and " files" in text and "preparing:" in text and " patches" in text
+    p = subprocess.run([sys.executable, "-m", "tornado.prepare", f"out_dir={tmp_path / 'piped'}", *args],
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "preparing:" not in p.stdout + p.stderr and "synthetic storms:" not in p.stdout + p.stderr

@@ -384,37 +384,14 @@ def test_resume_hint_names_the_run_folder_when_the_command_did_not():
     assert "hydra.run.dir=/somewhere/outputs/runs/2026-01-01_00-00-00-1 to resume" in hint
 
 
-def test_progress_bar_counts_batches_on_a_terminal_and_stays_out_of_pipes(data_dir, tmp_path):
-    import fcntl
+def test_progress_bar_counts_batches_on_a_terminal_and_stays_out_of_pipes(data_dir, tmp_path, on_terminal):
     import math
-    import pty
-    import struct
-    import termios
 
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    env.pop("TORNADO_SWEEP_DIR", None)
     tty_run, piped_run = tmp_path / "tty", tmp_path / "piped"
-    master, slave = pty.openpty()
-    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a bar needs a width
-    with open(tmp_path / "stderr.txt", "w") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "tornado.train", *small(data_dir, "epochs=1"),
-                                 f"hydra.run.dir={tty_run}"], cwd=ROOT, env=env, stdin=subprocess.DEVNULL,
-                                stdout=slave, stderr=err)
-    os.close(slave)
-    shown = b""
-    while True:
-        try:
-            chunk = os.read(master, 1 << 16)
-        except OSError:  # the terminal closed with the process
-            break
-        if not chunk:
-            break
-        shown += chunk
-    os.close(master)
-    assert proc.wait(timeout=300) == 0, (tmp_path / "stderr.txt").read_text()[-2000:]
+    rc, text = on_terminal(["tornado.train", *small(data_dir, "epochs=1"), f"hydra.run.dir={tty_run}"])
+    assert rc == 0, text[-2000:]
     result = json.loads((tty_run / "result.json").read_text())
     steps = math.ceil(result["data"]["n_train"] / 64)
-    text = shown.decode(errors="replace")
     assert f" {steps}/{steps} " in text, text[-1500:]  # batches, not the blocks of batches Lightning sees
     p = _cli([*small(data_dir, "epochs=1"), f"hydra.run.dir={piped_run}"], cwd=ROOT)
     assert p.returncode == 0 and f"/{steps}" not in p.stdout + p.stderr

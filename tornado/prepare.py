@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import secrets
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -25,6 +26,7 @@ import hydra
 import numpy as np
 import torch
 from omegaconf import DictConfig, ListConfig
+from tqdm import tqdm
 
 import tornado
 from tornado import data, synth
@@ -314,13 +316,14 @@ class _Split:
         self.track.resize(meta_rows, axis=0)
 
 
-def _read_split(files: list[Path], s: Settings, out: _Split, on_file=None) -> int:
+def _read_split(files: list[Path], s: Settings, out: _Split, bar: tqdm, on_file=None) -> int:
     """Stream ``files`` into ``out``; returns the number of patches dropped for NaN or inf."""
     dropped = 0
     for sf in data.iter_storm_files(files, s.label, s.nonfinite):
         date = _yyyymmdd(sf.date)
         out.append(sf.x, sf.y, date, sf.track_id)
         dropped += sf.n_dropped
+        bar.update(len(sf.y) + sf.n_dropped)
         if on_file is not None:
             on_file(sf.x, sf.y, date, sf.track_id)
     return dropped
@@ -369,6 +372,9 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
              len(val_files), len(test_files))
 
     with contextlib.ExitStack() as stack:
+        # patches read, then (once their number is known) patches augmented; on a terminal only
+        bar = stack.enter_context(tqdm(total=n_train_max + n_val_max + n_test_max, desc="preparing",
+                                       unit=" patches", leave=False, disable=not sys.stderr.isatty()))
         tmp = stack.enter_context(_temp_file(path, ".tmp"))
         f = stack.enter_context(h5py.File(tmp, "w"))
         moments = _Moments()
@@ -384,7 +390,7 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
                 positives.append(x[keep], y[keep], date, track[keep])
 
         train = _Split(f, "train", n_train_max, s.dtype)
-        dropped = _read_split(train_files, s, train, on_train)
+        dropped = _read_split(train_files, s, train, bar, on_train)
         n_orig = train.n
         if n_orig == 0:
             raise TornadoError(f"nonfinite: every training patch in {where} holds NaN or inf")
@@ -394,12 +400,12 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
                                f"patches (run dates before {val_start or s.test_start}) in {where}")
 
         test = _Split(f, "test", n_test_max, s.dtype)
-        dropped += _read_split(test_files, s, test)
+        dropped += _read_split(test_files, s, test, bar)
         if test.n == 0:
             raise TornadoError(f"nonfinite: every test patch in {where} holds NaN or inf")
         test.resize(test.n, test.n)
         val = _Split(f, "val", n_val_max, s.dtype)
-        dropped += _read_split(val_files, s, val)
+        dropped += _read_split(val_files, s, val, bar)
         val.resize(val.n, val.n)
         pos_val = int(val.y[:].sum())
         if val_files and pos_val == 0:
@@ -410,6 +416,8 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
         n_bal = _balance_count(pos_orig, n_orig - pos_orig, s.balance_ratio) if s.balance else 0
         n, r = n_orig + n_bal, s.copies
         train.resize(r * n, n)
+        bar.total = bar.n + n_bal + (r - 1) * n
+        bar.refresh()
 
         # balance: augmented copies of the positives, cycling through them, right after the originals
         at = n_orig
@@ -421,6 +429,7 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
             train.date[at:at + k] = positives.date[a:a + k]
             train.track[at:at + k] = positives.track[a:a + k]
             at += k
+            bar.update(k)
 
         # copies 1..R-1 of the whole block [0, N), chunk by chunk
         y_block = train.y[:n]
@@ -429,6 +438,7 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
             x = train.x[a:b]
             for k in range(1, r):
                 train.x[k * n + a:k * n + b] = _augmented(x, s, gen)
+            bar.update((r - 1) * (b - a))
         for k in range(1, r):
             train.y[k * n:(k + 1) * n] = y_block
 

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import netCDF4
 import numpy as np
+from tqdm import tqdm
 
 from tornado.errors import TornadoError, is_int, run_cli
 
@@ -345,7 +346,9 @@ def generate(out_dir, days: int = 40, patches_per_day: int = 500, seed: int = 0,
     if out.exists() and not out.is_dir():
         raise TornadoError(f"synth.out_dir: {out}: exists and is not a folder")
     paths = []
-    for k, run in enumerate(run_dates(days, seed, start, end)):
+    dates = run_dates(days, seed, start, end)
+    bar = tqdm(dates, desc="synthetic storms", unit=" files", leave=False, disable=not sys.stderr.isatty())
+    for k, run in enumerate(bar):
         rng = np.random.default_rng([seed, 1, k])
         path = out / file_name(run)
         write_file(path, run, storm_fields(rng, patches_per_day, run))
