@@ -117,7 +117,8 @@ def test_run_writes_full_records_and_learns(first_run):
     assert all(0 < h["val_roc_auc"] <= 1 for h in hist)
     assert hist[-1]["val_roc_auc"] == pytest.approx(m["val_roc_auc"], abs=1e-6)
     assert t["epoch_scoring_s"] > 0 and sum(t["epoch_s"]) < t["wall_s"]
-    assert (out / "csv" / "metrics.csv").exists()
+    logged = pd.read_csv(out / "csv" / "metrics.csv")
+    assert logged["val_roc_auc"].dropna().tolist() == pytest.approx([h["val_roc_auc"] for h in hist])
     assert list((out / "tb").rglob("events.out.tfevents.*"))
     assert (out / "checkpoints" / "last.ckpt").exists()
     preds = np.load(out / "test_predictions.npz")

@@ -244,7 +244,9 @@ class _EpochSkill(pl.Callback):
             return
         t0 = time.perf_counter()
         self.x = self.x.to(pl_module.device)  # once: a no-op after the first epoch
-        self.scores[trainer.current_epoch] = roc_auc(probabilities(pl_module.net, self.x), self.y)
+        score = roc_auc(probabilities(pl_module.net, self.x), self.y)
+        self.scores[trainer.current_epoch] = score
+        pl_module.log("val_roc_auc", score, on_epoch=True, rank_zero_only=True)  # CSV and TensorBoard
         self.eval_s += time.perf_counter() - t0
 
 
