@@ -62,3 +62,12 @@ def test_lightning_error_text_is_cut_to_its_first_line(tmp_path):
     assert msg.endswith(")")
     p = cli(f"checkpoint={ckpt}", f"input={tmp_path}")
     assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and p.stderr.startswith("error: checkpoint=")
+
+
+def test_a_missing_input_is_named_by_its_own_key_and_help_prints_usage(tmp_path):
+    ckpt = fake_checkpoint(tmp_path / "m.ckpt", scaler_mean=[0.0] * 3, scaler_std=[1.0] * 3)
+    p = cli(f"checkpoint={ckpt}", f"input={tmp_path / 'nothing'}", f"output={tmp_path / 'out.csv'}")
+    assert p.returncode == 2 and p.stderr.strip() == f"error: input: {tmp_path / 'nothing'}: no such folder"
+    assert not (tmp_path / "out.csv").exists()
+    p = cli("--help")
+    assert p.returncode == 0 and p.stdout.startswith("usage: python -m tornado.predict checkpoint=FILE")

@@ -438,8 +438,8 @@ def test_progress_bars_on_a_terminal_only(tmp_path, on_terminal):
     args = ["synth.days=12", "synth.patches_per_day=40"]
     rc, text = on_terminal(["tornado.prepare", f"out_dir={tmp_path / 'tty'}", *args])
     assert rc == 0, text[-2000:]
-    assert "synthetic storms:" in text and " files" in text and "preparing:" in text and " patches" in text
+    assert "synthetic storms:" in text and " files" in text and "reading:" in text and "augmenting:" in text
     p = subprocess.run([sys.executable, "-m", "tornado.prepare", f"out_dir={tmp_path / 'piped'}", *args],
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
-    assert "preparing:" not in p.stdout + p.stderr and "synthetic storms:" not in p.stdout + p.stderr
+    assert "reading:" not in p.stdout + p.stderr and "synthetic storms:" not in p.stdout + p.stderr

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 
 from tornado import plots, report, tables
+from tornado.errors import TornadoError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -319,6 +320,10 @@ def test_jobs_of_a_launch_in_progress_that_have_not_started_are_counted(tmp_path
     assert summary["partial"] is True and summary["waiting"] == ["4", "5"] and summary["running"] == []
     page = paths["report.html"].read_text()
     assert "jobs: 0 running, 2 not started" in page and "Not started yet: 4, 5" in page
+    (sweep / "5").mkdir()
+    (sweep / "5" / "stdout.log").write_text("")  # started, still importing: no result.json yet
+    summary = json.loads(report.build_report(sweep, rows="batch_size", cols="gpus")["summary.json"].read_text())
+    assert summary["waiting"] == ["4"] and summary["running"] == ["5"]
     (sweep / "launcher.json").write_text(json.dumps({"launcher": "local", "state": "finished", "jobs": jobs}))
     summary = json.loads(report.build_report(sweep, rows="batch_size", cols="gpus")["summary.json"].read_text())
     assert summary["partial"] is False and summary["waiting"] == []
@@ -419,10 +424,58 @@ def test_soonest_to_skill_from_validation_roc_auc_per_epoch(tmp_path):
     assert "Soonest to skill: validation ROC AUC ≥ 0.891" in page
     text = report.summary_text(json.loads(paths["summary.json"].read_text()))
     assert "soonest to skill (val_roc_auc 0.891): job b (2 s, 2 epochs)" in text
-    # the same seconds as a table value; c never reached the target and has no cell
+    # the same seconds as a table value; c never reached the target: "never", not a missing cell
     report.build_report(sweep, rows="batch_size", cols="epochs", group="none", value="skill_s")
     cells = pd.read_csv(sweep / "report" / "table.csv")
-    assert dict(zip(cells["batch_size"], cells["skill_s_mean"])) == {128: 6.0, 512: 2.0}
+    assert dict(zip(cells["batch_size"], cells["skill_s_mean"])) == {128: 6.0, 512: 2.0, 2048: math.inf}
+    assert "| 2048 | never | – |" in (sweep / "report" / "table.md").read_text()
+
+
+def skill_sweep(tmp_path: Path, curves: dict[str, list[float]], val_n: int = 1500, val_positives: int = 68) -> Path:
+    """Jobs with a validation ROC AUC after each 1-second epoch, and the validation split's size."""
+    sweep = tmp_path / "skill"
+    results = {}
+    for i, (job, aucs) in enumerate(curves.items()):
+        hp = {"epochs": len(aucs), "batch_size": 128 * 2 ** i, "lr": 0.001, "data_multiplier": 1, "gpus": 0,
+              "seed": 0}
+        metrics = {"val_roc_auc": aucs[-1], "val_n": val_n, "val_positives": val_positives, "roc_auc": aucs[-1]}
+        results[job] = result_json(sweep / job, hp, metrics=metrics, history=[(0.95, 1.0)] * len(aucs),
+                                   predictions=False)
+        r = json.loads((sweep / job / "result.json").read_text())
+        for h, auc in zip(r["history"], aucs):
+            h["val_roc_auc"] = auc
+        (sweep / job / "result.json").write_text(json.dumps(r))
+    write_results_csv(sweep, results)
+    return sweep
+
+
+def test_skill_target_is_the_best_less_one_standard_error_and_never_chance(tmp_path):
+    from tornado.metrics import roc_auc_se
+
+    sweep = skill_sweep(tmp_path, {"a": [0.70, 0.80, 0.86, 0.88], "b": [0.75, 0.855, 0.86], "c": [0.80, 0.84]})
+    se = roc_auc_se(0.88, 68, 1432)
+    assert 0.02 < se < 0.04  # 68 positives: differences of a hundredth are noise
+    sts = json.loads(report.build_report(sweep)["summary.json"].read_text())["soonest_to_skill"]
+    assert sts["se"] == pytest.approx(se) and sts["target"] == pytest.approx(0.88 - se)
+    assert [(t["job"], t["seconds"]) for t in sts["jobs"]] == [("b", 2.0), ("a", 3.0)]  # c: 0.84 < 0.8536
+    # a target given: skill=0.8
+    sts = json.loads(report.build_report(sweep, skill=0.8)["summary.json"].read_text())["soonest_to_skill"]
+    assert sts["target"] == 0.8 and sts["target_from"] == "skill"
+    assert [(t["job"], t["seconds"]) for t in sts["jobs"]] == [("c", 1.0), ("a", 2.0), ("b", 2.0)]
+    with pytest.raises(TornadoError, match=r"skill=0.4: must be auto or a validation ROC AUC in \(0.5, 1\]"):
+        report.build_report(sweep, skill=0.4)
+
+
+def test_no_skill_is_said_when_no_job_beats_chance(tmp_path):
+    sweep = skill_sweep(tmp_path, {"a": [0.40, 0.45], "b": [0.50, 0.52]}, val_positives=10)
+    paths = report.build_report(sweep)
+    summary = json.loads(paths["summary.json"].read_text())
+    assert summary["soonest_to_skill"]["target"] <= 0.5 and summary["soonest_to_skill"]["jobs"] == []
+    assert "no skill, the target is not above chance" in report.summary_text(summary)
+    assert "No skill: the target is not above chance" in paths["report.html"].read_text()
+    sweep2 = skill_sweep(tmp_path / "worse", {"a": [0.40, 0.45], "b": [0.44, 0.48]})
+    summary = json.loads(report.build_report(sweep2, metric="roc_auc")["summary.json"].read_text())
+    assert summary["time_to_skill"]["job"] is None and summary["time_to_skill"]["no_skill"] == 0.5
 
 
 def test_ranked_on_validation_and_warned_of_a_target_without_skill(tmp_path):
@@ -574,3 +627,12 @@ def test_times_are_not_settings():
     df = pd.DataFrame({"job": ["0", "1", "2"], "status": ["ok"] * 3, "batch_size": [64, 64, 128], "seed": [0, 1, 0],
                        "wall_s": [1.0, 2.0, 3.0], "epoch_scoring_s": [0.1, 0.2, 0.3], "test_s": [0.5, 0.4, 0.3]})
     assert tables.varying_hparams(df) == ["batch_size", "seed"]
+
+
+def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
+    sweep = write_csv_sweep(tmp_path, PIVOT_CSV)
+    proc = subprocess.Popen([sys.executable, "-m", "tornado.report", str(sweep)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()  # the reader is gone before anything is written (`| head` that has had enough)
+    err = proc.stderr.read()
+    assert proc.wait(timeout=120) == 141 and err == ""

@@ -307,6 +307,7 @@ def test_resume_continues_with_history_and_times(data_dir, tmp_path):
     assert two["history"][0] == one["history"][0]  # epoch 0 as the first run saw it, time included
     assert two["times"]["epoch_s"][0] == one["times"]["epoch_s"][0]
     assert two["times"]["wall_s"] > one["times"]["epoch_s"][0]
+    assert two["times"]["total_s"] >= two["times"]["wall_s"]  # the earlier session counts in both
     assert (tmp_path / "csv" / "metrics.epochs-0-0.csv").exists()  # kept aside, not deleted by the logger
     again = train(cfg_for(*small(data_dir, "epochs=2")), output_dir=tmp_path)  # finished: nothing to train
     assert again["history"] == two["history"] and again["times"]["epoch_s"] == two["times"]["epoch_s"]
@@ -378,11 +379,15 @@ def test_cli_bad_value_one_line_exit_2(data_dir, tmp_path):
     assert "Traceback" not in p.stderr
 
 
-def test_resume_hint_names_the_run_folder_when_the_command_did_not():
+def test_resume_hint_names_the_run_folder_when_the_command_did_not(monkeypatch):
     from tornado.train import _resume_hint
 
+    monkeypatch.delenv("TORNADO_SWEEP_DIR", raising=False)
     hint = _resume_hint(Path("/somewhere/outputs/runs/2026-01-01_00-00-00-1"))
     assert "hydra.run.dir=/somewhere/outputs/runs/2026-01-01_00-00-00-1 to resume" in hint
+    monkeypatch.setenv("TORNADO_SWEEP_DIR", "/somewhere/outputs/multirun/x")
+    hint = _resume_hint(Path("/somewhere/outputs/multirun/x/3"))
+    assert "the sweep's command again with hydra.sweep.dir=/somewhere/outputs/multirun/x to resume" in hint
 
 
 def test_progress_bar_counts_batches_on_a_terminal_and_stays_out_of_pipes(data_dir, tmp_path, on_terminal):

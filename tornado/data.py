@@ -84,22 +84,23 @@ class LabelRule:
         )
 
 
-def find_files(source: str | Path) -> list[Path]:
-    """NCARSTORM files from a folder (``NCARSTORM_*.nc`` inside, sorted), a glob pattern or one file."""
+def find_files(source: str | Path, key: str = "data.source") -> list[Path]:
+    """NCARSTORM files from a folder (``NCARSTORM_*.nc`` inside, sorted), a glob pattern or one file; errors
+    name the setting `key` that gave `source`."""
     text = str(source)
     if any(c in text for c in "*?["):
         files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
         if not files:
-            raise TornadoError(f"data.source: {text}: no files match")
+            raise TornadoError(f"{key}: {text}: no files match")
         return files
     folder = Path(text)
     if folder.is_file():
         return [folder]
     if not folder.is_dir():
-        raise TornadoError(f"data.source: {text}: no such folder")
+        raise TornadoError(f"{key}: {text}: no such folder")
     files = sorted(p for p in folder.glob(FILE_GLOB) if p.is_file())
     if not files:
-        raise TornadoError(f"data.source: {text}: no {FILE_GLOB} files in this folder")
+        raise TornadoError(f"{key}: {text}: no {FILE_GLOB} files in this folder")
     return files
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import numbers
+import os
 import sys
 from typing import Any, Callable, TypeVar
 
@@ -33,6 +34,9 @@ def run_cli(fn: Callable[[], T]) -> T:
     except TornadoError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(e.code) from None
+    except BrokenPipeError:  # output piped into a reader that stopped (`| head`): quietly, as a shell tool
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        raise SystemExit(141) from None
     except OSError as e:  # an output folder that cannot be written, a full disk, ...
         where = f"{e.filename}: " if e.filename else ""
         print(f"error: {where}{e.strerror or e} ({type(e).__name__})", file=sys.stderr)

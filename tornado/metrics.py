@@ -73,6 +73,13 @@ def roc_auc(prob: np.ndarray, label: np.ndarray) -> float:
     return float(binary_auroc(torch.from_numpy(np.asarray(prob, dtype=np.float64)), torch.from_numpy(label)))
 
 
+def roc_auc_se(auc: float, positives: int, negatives: int) -> float:
+    """Standard error of a ROC AUC from `positives` and `negatives` cases (Hanley and McNeil, 1982)."""
+    q1, q2 = auc / (2 - auc), 2 * auc ** 2 / (1 + auc)
+    var = (auc * (1 - auc) + (positives - 1) * (q1 - auc ** 2) + (negatives - 1) * (q2 - auc ** 2))
+    return math.sqrt(max(var, 0.0) / (positives * negatives)) if positives > 0 and negatives > 0 else math.nan
+
+
 def forecast_scores(prob: np.ndarray, label: np.ndarray, climatology: float | None = None,
                     threshold: float | None = None) -> dict[str, float]:
     """Accuracy, ROC AUC, average precision, CSI/POD/FAR at 0.5, at `threshold` (chosen elsewhere: on the

@@ -241,7 +241,7 @@ def plot_roc_reliability(prob: np.ndarray, label: np.ndarray, job: str) -> dict[
     fig = Figure(figsize=(6.4, 5.4), layout="constrained")
     ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect")
-    ax.axhline(label.mean(), ls=":", color="#b45309", lw=1, label=f"climatology {label.mean():.3f}")
+    ax.axhline(label.mean(), ls=":", color="#b45309", lw=1, label=f"test-set base rate {label.mean():.3f}")
     ax.plot(mean_p, frac, marker="o", color="#2563eb", lw=1.6, label="forecast")
     ax.set(ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title=f"Reliability diagram: job {job}")
     ax.grid(alpha=0.3)

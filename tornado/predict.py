@@ -62,7 +62,7 @@ def predict(checkpoint, source, label: LabelRule = LabelRule(), batch: int = 819
     mean = torch.tensor(module.hparams.scaler_mean, dtype=torch.float32)
     std = torch.tensor(module.hparams.scaler_std, dtype=torch.float32)
     frames = []
-    for path in find_files(source):
+    for path in find_files(source, key="input"):
         storms = read_file(path, label=label, require_label=False)
         x = standardise(torch.from_numpy(storms.x), mean, std)
         prob = torch.cat([module.net.predict_proba(x[i:i + batch]) for i in range(0, len(x), batch)]) \
@@ -75,10 +75,16 @@ def predict(checkpoint, source, label: LabelRule = LabelRule(), batch: int = 819
     return pd.concat(frames, ignore_index=True)
 
 
+USAGE = "usage: python -m tornado.predict checkpoint=FILE input=DIR_OR_GLOB [output=predictions.csv] [batch=8192]"
+
+
 def _main(argv: list[str]) -> None:
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return
     args = parse_kv(argv, DEFAULTS)
     if not args["checkpoint"] or not args["input"]:
-        raise TornadoError("usage: python -m tornado.predict checkpoint=FILE input=DIR_OR_GLOB [output=FILE]")
+        raise TornadoError(USAGE)
     _check_batch(args["batch"])
     rule = LabelRule(args["label_reduce"], args["label_threshold"], args["label_inclusive"])
     df = predict(args["checkpoint"], args["input"], rule, args["batch"])

@@ -316,6 +316,11 @@ class _Split:
         self.track.resize(meta_rows, axis=0)
 
 
+def _bar(total: int, what: str) -> tqdm:
+    """A progress bar of patches, on a terminal only."""
+    return tqdm(total=total, desc=what, unit=" patches", leave=False, disable=not sys.stderr.isatty())
+
+
 def _read_split(files: list[Path], s: Settings, out: _Split, bar: tqdm, on_file=None) -> int:
     """Stream ``files`` into ``out``; returns the number of patches dropped for NaN or inf."""
     dropped = 0
@@ -372,9 +377,7 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
              len(val_files), len(test_files))
 
     with contextlib.ExitStack() as stack:
-        # patches read, then (once their number is known) patches augmented; on a terminal only
-        bar = stack.enter_context(tqdm(total=n_train_max + n_val_max + n_test_max, desc="preparing",
-                                       unit=" patches", leave=False, disable=not sys.stderr.isatty()))
+        bar = stack.enter_context(_bar(n_train_max + n_val_max + n_test_max, "reading"))
         tmp = stack.enter_context(_temp_file(path, ".tmp"))
         f = stack.enter_context(h5py.File(tmp, "w"))
         moments = _Moments()
@@ -416,8 +419,8 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
         n_bal = _balance_count(pos_orig, n_orig - pos_orig, s.balance_ratio) if s.balance else 0
         n, r = n_orig + n_bal, s.copies
         train.resize(r * n, n)
-        bar.total = bar.n + n_bal + (r - 1) * n
-        bar.refresh()
+        bar.close()
+        bar = stack.enter_context(_bar(n_bal + (r - 1) * n, "augmenting"))
 
         # balance: augmented copies of the positives, cycling through them, right after the originals
         at = n_orig

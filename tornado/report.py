@@ -23,6 +23,7 @@ from tornado.cli import parse_kv
 from tornado.collect import result_row
 from tornado.errors import TornadoError, run_cli
 from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
+from tornado.metrics import roc_auc_se
 from tornado.plots import curve_figures, plot_curves, plot_roc_reliability, plot_skill_vs_time, plot_wall_vs_batch
 from tornado.records import read_result, write_atomic, write_json
 from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SKILL_S, TIMES, TableSet, build_tables,
@@ -32,7 +33,7 @@ from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SKILL_S, TIME
 LOWER_IS_BETTER = METRICS_LOWER | {"total_s", "wall_s", "data_wait_s", "compute_s", "test_s"}
 TEXT_COLUMNS = ["job", "status", "error", "output_dir", "paper", "accelerator"]
 DEFAULTS = {"sweep_dir": None, "rows": "batch_size", "cols": "data_multiplier", "group": "epochs", "value": "wall_s",
-            "agg": "mean", "metric": "auto", "target": 0.93, "paper": "auto", "out": None}
+            "agg": "mean", "metric": "auto", "target": 0.93, "skill": "auto", "paper": "auto", "out": None}
 
 
 # ----------------------------------------------------------------------------------------------------- loading
@@ -113,8 +114,12 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     df = _normalise(df)
     if "status" not in df.columns:
         df["status"] = "ok"
-    running = sorted(set(running) | set(df.loc[df["status"] == "running", "job"].astype(str)))
-    return Sweep(sweep, df.reset_index(drop=True), running, notes, _waiting(sweep, set(results)))
+    running = set(running) | set(df.loc[df["status"] == "running", "job"].astype(str))
+    waiting = _waiting(sweep, set(results))
+    # started but not yet far enough to write result.json (its output log is there): running
+    starting = {j for j in waiting if (sweep / j / "stdout.log").exists()}
+    return Sweep(sweep, df.reset_index(drop=True), sorted(running | starting), notes,
+                 [j for j in waiting if j not in starting])
 
 
 def _waiting(sweep: Path, started: set[str]) -> list[str]:
@@ -150,6 +155,9 @@ def load_history(sweep: Sweep, job: str) -> pd.DataFrame | None:
 
 
 # ------------------------------------------------------------------------------------------------- analysis
+NO_SKILL = {"roc_auc": 0.5, "bss": 0.0}  # chance, climatology: a best score at or below is no skill
+
+
 def _direction(metric: str) -> int:
     return -1 if metric in LOWER_IS_BETTER else 1
 
@@ -206,16 +214,26 @@ def skill_curves(histories: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
             if {"val_roc_auc", "epoch_s"} <= set(h.columns) and h["val_roc_auc"].notna().any()}
 
 
-def soonest_to_skill(sweep: Sweep, histories: dict[str, pd.DataFrame], tolerance: float = 0.01) -> dict | None:
+def soonest_to_skill(sweep: Sweep, histories: dict[str, pd.DataFrame], skill: float | None = None) -> dict | None:
     """Which configuration reaches skill soonest: training seconds until a job's validation ROC AUC, scored
-    after every epoch, first comes within `tolerance` (relative) of the best any job reached at any epoch."""
+    after every epoch, first reaches the target: `skill`, or else the best any job reached at any epoch less
+    one standard error of it (Hanley and McNeil's, from the validation split's positives and negatives: the
+    one-standard-error rule; differences smaller than that are noise). A target at or below chance (0.5)
+    is no skill: then no job is listed."""
     curves = skill_curves(histories)
     if not curves:
         return None
-    best = max(float(h["val_roc_auc"].max()) for h in curves.values())
-    target = best - tolerance * abs(best)
-    return {"metric": "val_roc_auc", "best": best, "target": target, "tolerance": tolerance,
-            "jobs": _time_to(sweep, curves, "val_roc_auc", target)}
+    best_job, h = max(curves.items(), key=lambda kv: float(kv[1]["val_roc_auc"].max()))
+    best = float(h["val_roc_auc"].max())
+    row = sweep.ok.loc[sweep.ok["job"].astype(str) == best_job]
+    pos = numeric_column(row, "val_positives").iloc[0] if len(row) else math.nan
+    neg = numeric_column(row, "val_n").iloc[0] - pos if len(row) else math.nan
+    se = roc_auc_se(best, int(pos), int(neg)) if np.isfinite(pos) and np.isfinite(neg) else math.nan
+    target = float(skill) if skill is not None else best - (se if np.isfinite(se) else 0.01 * best)
+    jobs = _time_to(sweep, curves, "val_roc_auc", target) if target > 0.5 else []
+    return {"metric": "val_roc_auc", "best": best, "best_job": best_job, "se": None if math.isnan(se) else se,
+            "target": target, "target_from": "skill" if skill is not None else "best less one standard error",
+            "chance": 0.5, "jobs": jobs}
 
 
 def constant_forecast_accuracy(ok: pd.DataFrame) -> float | None:
@@ -234,6 +252,9 @@ def time_to_skill(ok: pd.DataFrame, metric: str, tolerance: float = 0.01) -> dic
     if good.empty:
         return None
     best = good["_m"].max() if _direction(metric) > 0 else good["_m"].min()
+    if best <= NO_SKILL.get(metric.removeprefix("val_"), -math.inf):  # no job beats chance or climatology
+        return {"job": None, metric: None, "best": _plain(best), "wall_s": None, "tolerance": tolerance,
+                "config": {}, "no_skill": NO_SKILL[metric.removeprefix("val_")]}
     near = good["_m"] >= best - tolerance * abs(best) if _direction(metric) > 0 else \
         good["_m"] <= best + tolerance * abs(best)
     r = good.loc[near].sort_values(["_w", "job"]).iloc[0]
@@ -323,15 +344,23 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     sts = summary["soonest_to_skill"]
     if sts:
         card = (f"<h3>Soonest to skill: validation ROC AUC ≥ {e(number_text(sts['target']))}</h3>"
-                f"<p class=\"note\">within 1% of the best any job reached after any epoch "
-                f"({e(number_text(sts['best']))}); training seconds up to that epoch</p>")
+                f"<p class=\"note\">{e(_skill_target_text(sts))}; summed epoch times up to that epoch</p>")
         card += "".join(f"<p><b>{e(number_text(t['seconds']))} s</b> ({_epochs(t['epochs'])}) · job {e(t['job'])}<br>"
                         f"<code>{e(_cfg_text(t['config']))}</code></p>" for t in sts["jobs"][:3])
+        if sts["target"] <= sts["chance"]:
+            card += (f"<p class=\"warn\">No skill: the target is not above chance ({sts['chance']}); no job is "
+                     "listed.</p>")
+        elif not sts["jobs"]:
+            card += "<p>No job reached it.</p>"
         body.append(f'<div class="card">{card}</div>')
     tts = summary["time_to_skill"]
     card = f"<h3>Fastest within 1% of the best {e(metric)}</h3>"
-    if tts:
-        card += (f"<p><b>{e(number_text(tts['wall_s']))} s</b> · {e(metric)} {e(number_text(tts[metric]))} "
+    if tts and tts["job"] is None:
+        card += (f'<p class="warn">No skill: the best {e(metric)}, {e(number_text(tts["best"]))}, is not above '
+                 f'{e(number_text(tts["no_skill"]))} (no better than chance or climatology).</p>')
+    elif tts:
+        card += ('<p class="note">wall time of the whole training run</p>'
+                 f"<p><b>{e(number_text(tts['wall_s']))} s</b> · {e(metric)} {e(number_text(tts[metric]))} "
                  f"(best {e(number_text(tts['best']))}) · job {e(tts['job'])}<br>"
                  f"<code>{e(_cfg_text(tts['config']))}</code></p>")
     else:
@@ -366,6 +395,13 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
 
 
 # ------------------------------------------------------------------------------------------------- building
+def _skill_target_text(sts: dict) -> str:
+    if sts["target_from"] == "skill":
+        return f"the target given (skill=); the best any job reached after any epoch: {number_text(sts['best'])}"
+    se = f"one standard error, {number_text(sts['se'])}" if sts["se"] is not None else "1% (no standard error)"
+    return f"the best any job reached after any epoch, {number_text(sts['best'])}, less {se}"
+
+
 def _unfinished_text(sweep: Sweep) -> str:
     waiting = f", {len(sweep.waiting)} not started" if sweep.waiting else ""
     return f"jobs: {len(sweep.running)} running{waiting}"
@@ -387,13 +423,20 @@ def _check_column(df: pd.DataFrame, key: str, col: str, known: bool = False) -> 
 
 def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "data_multiplier",
                  group: str | None = "epochs", value: str = "wall_s", agg: str = "mean", metric: str = "auto",
-                 target: float = 0.93, paper: str = "auto", out: str | Path | None = None) -> dict[str, Path]:
+                 target: float = 0.93, skill: float | str = "auto", paper: str = "auto",
+                 out: str | Path | None = None) -> dict[str, Path]:
     """Write tables, plots, summary.json and report.html; return {file name: path} of what was written."""
     group = None if group in (None, "none") else group
     if agg not in AGGS:
         raise TornadoError(f"agg={agg}: must be one of {', '.join(AGGS)}")
     if not 0 < float(target) <= 1:
         raise TornadoError(f"target={target}: must be a training accuracy in (0, 1]")
+    try:
+        skill = None if skill in ("auto", None) else float(skill)
+    except ValueError:
+        raise TornadoError(f"skill={skill}: must be auto or a validation ROC AUC in (0.5, 1]") from None
+    if skill is not None and not 0.5 < skill <= 1:
+        raise TornadoError(f"skill={skill}: must be auto or a validation ROC AUC in (0.5, 1]")
     if paper not in ("auto", "none") and paper not in PAPER_TABLES:
         raise TornadoError(f"paper={paper}: must be auto, none or one of {', '.join(PAPER_TABLES)}")
     if paper in PAPER_TABLES and PAPER_TABLES[paper][0] != value:
@@ -421,10 +464,11 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
         written[name] = report_dir / name
 
     histories = {str(j): h for j in sweep.ok["job"] if (h := load_history(sweep, str(j))) is not None}
-    sts = soonest_to_skill(sweep, histories)
-    if sts:  # a column for the tables (value=skill_s): empty where a job never reached the target
+    sts = soonest_to_skill(sweep, histories, skill)
+    if sts:  # a column for the tables (value=skill_s): inf ("never") where a job with scores never reached it
         seconds = {t["job"]: t["seconds"] for t in sts["jobs"]}
-        df[SKILL_S] = [seconds.get(str(j), math.nan) for j in df["job"]]
+        df[SKILL_S] = [seconds.get(str(j), math.inf if str(j) in skill_curves(histories) else math.nan)
+                       for j in df["job"]]
         sts["jobs"] = sts["jobs"][:5]
     ok = sweep.ok
     ts = build_tables(df, rows, cols, group, value, agg, paper)
@@ -531,6 +575,11 @@ def summary_text(summary: dict) -> str:
         t = sts["jobs"][0]
         lines.append(f"soonest to skill (val_roc_auc {number_text(sts['target'])}): job {t['job']} "
                      f"({number_text(t['seconds'])} s, {_epochs(t['epochs'])}): {_cfg_text(t['config'])}")
+    elif sts:
+        lines.append(f"soonest to skill (val_roc_auc {number_text(sts['target'])}): "
+                     + ("no skill, the target is not above chance" if sts["target"] <= sts["chance"] else
+                        "no job reached it"))
+    lines += [f"note: {n}" for n in summary["notes"]]
     for f in summary["failed_jobs"]:
         lines.append(f"{f['status']}: job {f['job']}: {f['error']}")
     return "\n".join(lines)
@@ -538,7 +587,8 @@ def summary_text(summary: dict) -> str:
 
 # ------------------------------------------------------------------------------------------------------- CLI
 USAGE = ("usage: python -m tornado.report SWEEP_DIR [rows=batch_size] [cols=data_multiplier] [group=epochs|none] "
-         "[value=wall_s] [agg=mean|median|min|max] [metric=auto] [target=0.93] [paper=auto|none|table2..table9] "
+         "[value=wall_s] [agg=mean|median|min|max] [metric=auto] [target=0.93] [skill=auto] "
+         "[paper=auto|none|table2..table9] "
          "[out=DIR]")
 
 

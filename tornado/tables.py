@@ -333,6 +333,8 @@ def _fixed_title(fixed: dict, group: str | None, g: Any) -> str:
 def _cell_parts(st: SubTable, r: Any, c: Any, unit: str = "") -> tuple[str, str, str]:
     """(our value, spread, paper comparison) as text; `unit` follows the paper's figure (% for accuracy)."""
     v, sd, n = st.value.loc[r, c], st.std.loc[r, c], int(st.n.loc[r, c])
+    if np.isposinf(v):  # skill_s: the target never reached (by the cell's jobs: median; by any of them: mean)
+        return "never", f"(n={n})" if n > 1 else "", ""
     if not np.isfinite(v):
         return "–", "", ""
     spread = f"± {number_text(sd, 2)} (n={n})" if n > 1 else ""
@@ -397,7 +399,7 @@ def to_long_csv(ts: TableSet) -> str:
         for st in sec.subtables:
             for r in st.value.index:
                 for c in st.value.columns:
-                    if not np.isfinite(st.value.loc[r, c]):
+                    if np.isnan(st.value.loc[r, c]):  # no job; inf (skill_s: never) stays
                         continue
                     rec = dict(sec.fixed)
                     if ts.group:
@@ -449,7 +451,7 @@ def to_latex(ts: TableSet) -> str:
                 cells = []
                 for c in st.value.columns:
                     v, sd, n = st.value.loc[r, c], st.std.loc[r, c], st.n.loc[r, c]
-                    cell = number_text(v) if np.isfinite(v) else "--"
+                    cell = number_text(v) if np.isfinite(v) else "never" if np.isposinf(v) else "--"
                     if np.isfinite(v) and n > 1 and np.isfinite(sd):
                         cell += f" $\\pm$ {number_text(sd, 2)}"
                     if np.isfinite(st.paper.loc[r, c]):

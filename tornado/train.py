@@ -350,9 +350,12 @@ def _clean(obj):
 
 def _resume_hint(out: Path) -> str:
     """How to go on from this run's last checkpoint: its command again, in this same folder."""
+    sweep = os.environ.get("TORNADO_SWEEP_DIR")
+    if sweep:  # a job of a sweep: the sweep's command resumes it (and skips the jobs already done)
+        return f"run the sweep's command again with hydra.sweep.dir={_shown(sweep)} to resume"
     given = HydraConfig.initialized() and any(o.startswith("hydra.run.dir=")
                                               for o in HydraConfig.get().overrides.hydra)
-    if given:  # a sweep's jobs are given theirs too
+    if given:
         return "run the same command again to resume"
     return f"run the same command with hydra.run.dir={_shown(out)} to resume (each run has a new folder)"
 
@@ -408,7 +411,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         # a resumed run: its earlier epochs' times (from the checkpoint) count in its training time
         eval_s = skill.eval_s if skill else 0.0
-        wall_s = time.perf_counter() - t_fit - eval_s + sum(clock.epoch_s[:clock.restored])
+        restored_s = sum(clock.epoch_s[:clock.restored])
+        wall_s = time.perf_counter() - t_fit - eval_s + restored_s
         if not trainer.is_global_zero:
             return result
         t_test = time.perf_counter()
@@ -420,7 +424,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         samples = sum(h.get("samples", dm.samples_per_epoch) for h in module.history)
         result.update({
             "status": "ok", "prepared": str(path),
-            "times": {"total_s": time.perf_counter() - t_start, "wall_s": wall_s, "epoch_s": clock.epoch_s,
+            "times": {"total_s": time.perf_counter() - t_start + restored_s, "wall_s": wall_s, "epoch_s": clock.epoch_s,
                       "data_wait_s": dm.data_wait_s, "compute_s": max(0.0, wall_s - dm.data_wait_s),
                       "test_s": test_s, "epoch_scoring_s": eval_s},
             "samples_per_s": samples / wall_s if wall_s > 0 else None,
@@ -524,6 +528,11 @@ def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm:
                 bar.n = self.steps
                 bar.refresh()
                 bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+        def on_exception(self, trainer, pl_module, exception) -> None:
+            bar = getattr(self, "_train_progress_bar", None)
+            if bar is not None:
+                bar.close()  # ends its line: the error that follows starts on its own
 
     clock = _Clock()
     callbacks: list[pl.Callback] = [clock, *(extra_callbacks or [])]
