@@ -437,6 +437,14 @@ def test_predict_round_trip(first_run, data_dir, tmp_path):
     np.testing.assert_array_equal(test["label"], preds["label"])
     np.testing.assert_allclose(test["probability"], preds["prob"], atol=2e-6)
     assert preds["prob"].std() > 0.01  # forecasts that differ from patch to patch, so the match means something
+    # storm centres from the files; yes/no at the threshold the run chose on its validation split
+    assert every["centroid_lat"].between(20, 55).all() and every["centroid_lon"].between(-130, -60).all()
+    assert f"yes/no (tornado) at threshold {result['metrics']['threshold']:.4g}" in p.stdout
+    thr, clear = result["metrics"]["threshold"], (every["probability"] - result["metrics"]["threshold"]).abs() > 1e-5
+    np.testing.assert_array_equal(every["tornado"][clear], (every["probability"] >= thr)[clear])  # csv: 6 decimals
+    assert "tornado" not in predict(out / "checkpoints" / "last.ckpt", str(files[0]), threshold="none").columns
+    with pytest.raises(TornadoError, match=r"threshold=2: expected auto, none or a probability in \[0, 1\]"):
+        predict(out / "checkpoints" / "last.ckpt", str(files[0]), threshold="2")
     bad = subprocess.run([sys.executable, "-m", "tornado.predict", f"checkpoint={tmp_path / 'nope.ckpt'}",
                           f"input={data_dir}"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip() == f"error: checkpoint={tmp_path / 'nope.ckpt'}: no such file"

@@ -4,16 +4,22 @@
 
 Inputs are standardised with the scaler stored in the checkpoint (fitted on the training split). A model
 trained with balance copies or a pos_weight has its probabilities moved back to the training originals'
-base rate, as in training's own scores. For yes/no forecasts use the threshold the run chose on its validation split
-(`metrics.threshold` in its result.json).
+base rate, as in training's own scores. Each patch's storm centre (`centroid_lon`, `centroid_lat`) comes
+along where the file has it. A yes/no forecast (`tornado`, 0 or 1) is made at `threshold`: `auto` takes the
+one the run chose on its validation split (`metrics.threshold` in RUN/result.json, beside the checkpoint's
+folder), a number sets one, `none` leaves the column out.
 Files that hold RVORT1_MAX_future also get the observed label under the label rule given.
 """
 from __future__ import annotations
 
 import io
+import json
+import math
 import sys
 from pathlib import Path
 
+import netCDF4
+import numpy as np
 import pandas as pd
 import torch
 
@@ -24,8 +30,9 @@ from tornado.errors import TornadoError, is_int, run_cli
 from tornado.model import StormModule
 from tornado.records import write_atomic
 
-DEFAULTS = {"checkpoint": "", "input": "", "output": "predictions.csv", "batch": 8192,
+DEFAULTS = {"checkpoint": "", "input": "", "output": "predictions.csv", "batch": 8192, "threshold": "auto",
             "label_reduce": "max", "label_threshold": 0.005, "label_inclusive": False}
+CENTRES = ("centroid_lon", "centroid_lat")  # per patch, where the file has them
 CHANNELS = 3  # input channels of every tornado model: one scaler entry each
 
 
@@ -55,9 +62,37 @@ def _check_batch(batch) -> int:
     return batch
 
 
+def run_threshold(checkpoint, threshold="auto") -> float | None:
+    """The yes/no threshold: a number as given; `auto`: the run's own, chosen on its validation split
+    (RUN/result.json for RUN/checkpoints/last.ckpt; None where it has none); `none`: None."""
+    if threshold in (None, "none"):
+        return None
+    if threshold != "auto":
+        try:
+            value = float(threshold)
+        except (TypeError, ValueError):
+            value = math.nan
+        if not 0 <= value <= 1:
+            raise TornadoError(f"threshold={threshold}: expected auto, none or a probability in [0, 1]")
+        return value
+    try:
+        run = json.loads((Path(checkpoint).resolve().parent.parent / "result.json").read_text())
+        value = run["metrics"]["threshold"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return float(value) if isinstance(value, (int, float)) and math.isfinite(value) else None
+
+
+def _centres(path: Path, index: np.ndarray) -> dict[str, np.ndarray]:
+    with netCDF4.Dataset(path, "r") as ds:
+        return {k: np.asarray(ds.variables[k][:], dtype=np.float64)[index] for k in CENTRES if k in ds.variables}
+
+
 @torch.no_grad()
-def predict(checkpoint, source, label: LabelRule = LabelRule(), batch: int = 8192) -> pd.DataFrame:
+def predict(checkpoint, source, label: LabelRule = LabelRule(), batch: int = 8192,
+            threshold: float | str | None = "auto") -> pd.DataFrame:
     batch = _check_batch(batch)
+    cut = run_threshold(checkpoint, threshold)
     module = load_model(checkpoint)
     mean = torch.tensor(module.hparams.scaler_mean, dtype=torch.float32)
     std = torch.tensor(module.hparams.scaler_std, dtype=torch.float32)
@@ -67,15 +102,18 @@ def predict(checkpoint, source, label: LabelRule = LabelRule(), batch: int = 819
         x = standardise(torch.from_numpy(storms.x), mean, std)
         prob = torch.cat([module.net.predict_proba(x[i:i + batch]) for i in range(0, len(x), batch)]) \
             if len(x) else torch.zeros(0)
+        p = module.calibrated(prob.numpy())
         frames.append(pd.DataFrame({
             "file": path.name, "run_date": storms.date.isoformat(), "patch": storms.index,
-            "track_id": storms.track_id, "probability": module.calibrated(prob.numpy()),
+            "track_id": storms.track_id, **_centres(path, storms.index), "probability": p,
+            **({"tornado": (p >= cut).astype(np.uint8)} if cut is not None else {}),
             "label": storms.y if storms.y is not None else pd.array([pd.NA] * len(x), dtype="Int64"),
         }))
     return pd.concat(frames, ignore_index=True)
 
 
-USAGE = "usage: python -m tornado.predict checkpoint=FILE input=DIR_OR_GLOB [output=predictions.csv] [batch=8192]"
+USAGE = ("usage: python -m tornado.predict checkpoint=FILE input=DIR_OR_GLOB [output=predictions.csv] "
+         "[threshold=auto|none|P] [batch=8192]")
 
 
 def _main(argv: list[str]) -> None:
@@ -87,11 +125,13 @@ def _main(argv: list[str]) -> None:
         raise TornadoError(USAGE)
     _check_batch(args["batch"])
     rule = LabelRule(args["label_reduce"], args["label_threshold"], args["label_inclusive"])
-    df = predict(args["checkpoint"], args["input"], rule, args["batch"])
+    df = predict(args["checkpoint"], args["input"], rule, args["batch"], args["threshold"])
     buf = io.StringIO()
     df.to_csv(buf, index=False, float_format="%.6f")
     write_atomic(args["output"], buf.getvalue())
-    print(f"{len(df)} patches from {df['file'].nunique()} files -> {args['output']}")
+    yes = (f"; yes/no (tornado) at threshold {run_threshold(args['checkpoint'], args['threshold']):.4g}"
+           if "tornado" in df.columns else "")
+    print(f"{len(df)} patches from {df['file'].nunique()} files -> {args['output']}{yes}")
 
 
 if __name__ == "__main__":
