@@ -636,3 +636,21 @@ def test_output_into_a_closed_pipe_ends_quietly(tmp_path):
     proc.stdout.close()  # the reader is gone before anything is written (`| head` that has had enough)
     err = proc.stderr.read()
     assert proc.wait(timeout=120) == 141 and err == ""
+
+
+def test_best_configurations_are_ranked_by_their_mean_over_seeds(tmp_path):
+    sweep = tmp_path / "seeds"
+    results = {}
+    for job, (b, seed, auc) in enumerate([(128, 0, 0.80), (128, 1, 0.84), (256, 0, 0.86), (256, 1, 0.70)]):
+        hp = {"epochs": 1, "batch_size": b, "lr": 0.001, "data_multiplier": 1, "gpus": 0, "seed": seed}
+        results[str(job)] = result_json(sweep / str(job), hp, metrics={"val_roc_auc": auc}, wall_s=10.0 + job,
+                                        predictions=False)
+    write_results_csv(sweep, results)
+    paths = report.build_report(sweep)
+    best = json.loads(paths["summary.json"].read_text())["best_by_metric"]
+    # one lucky seed (job 2, 0.86) does not make batch 256 the best: 0.82 on average against 0.78
+    assert [(b["config"], b["jobs"], b["n"]) for b in best] == [({"batch_size": 128}, ["1", "0"], 2),
+                                                                ({"batch_size": 256}, ["2", "3"], 2)]
+    assert best[0]["val_roc_auc"] == pytest.approx(0.82) and best[0]["std"] == pytest.approx(0.0283, abs=1e-4)
+    assert best[0]["job"] == "1" and best[0]["wall_s"] == pytest.approx(10.5)
+    assert "<b>0.82</b> ± 0.028 (mean of 2 repeats) · job 1" in paths["report.html"].read_text()

@@ -27,8 +27,8 @@ from tornado.metrics import roc_auc_se
 from tornado.plots import curve_figures, plot_curves, plot_roc_reliability, plot_skill_vs_time, plot_wall_vs_batch
 from tornado.records import read_result, write_atomic, write_json
 from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SKILL_S, TIMES, TableSet, build_tables,
-                            label_text, number_text, numeric_column, ok_rows, to_html_tables, to_latex, to_long_csv,
-                            to_markdown, varying_hparams)
+                            is_repeat, label_text, number_text, numeric_column, ok_rows, to_html_tables, to_latex,
+                            to_long_csv, to_markdown, varying_hparams)
 
 LOWER_IS_BETTER = METRICS_LOWER | {"total_s", "wall_s", "data_wait_s", "compute_s", "test_s"}
 TEXT_COLUMNS = ["job", "status", "error", "output_dir", "paper", "accelerator"]
@@ -177,12 +177,25 @@ def _plain(v: Any) -> Any:
 
 
 def best_by_metric(ok: pd.DataFrame, metric: str, top: int = 5) -> list[dict]:
-    vals = numeric_column(ok, metric)
-    ranked = ok.assign(_m=vals * _direction(metric)).dropna(subset=["_m"])
-    ranked = ranked.sort_values(["_m", "job"], ascending=[False, True]).head(top)
+    """The best configurations by `metric`. Repeats of one configuration (seeds) are ranked by their mean,
+    shown with their spread and count; `job` is then the configuration's best repeat."""
     cols = varying_hparams(ok)
-    return [{"job": str(r["job"]), metric: _plain(r[metric]), "wall_s": _plain(r.get("wall_s")),
-             "config": _config(r, cols)} for _, r in ranked.iterrows()]
+    keys = [c for c in cols if not is_repeat(c)]
+    ranked = ok.assign(_m=numeric_column(ok, metric) * _direction(metric),
+                       _w=numeric_column(ok, "wall_s")).dropna(subset=["_m"])
+    if len(keys) == len(cols) or ranked.empty:  # no repeats: jobs are configurations
+        ranked = ranked.sort_values(["_m", "job"], ascending=[False, True]).head(top)
+        return [{"job": str(r["job"]), metric: _plain(r[metric]), "wall_s": _plain(r.get("wall_s")),
+                 "config": _config(r, cols)} for _, r in ranked.iterrows()]
+    out = []
+    for _, g in (ranked.groupby(keys, dropna=False, sort=False) if keys else [(None, ranked)]):
+        g = g.sort_values(["_m", "job"], ascending=[False, True])
+        m = numeric_column(g, metric)
+        out.append({"job": str(g["job"].iloc[0]), metric: _plain(m.mean()), "std": _plain(m.std(ddof=1)),
+                    "n": len(g), "wall_s": _plain(g["_w"].mean()), "config": _config(g.iloc[0], keys),
+                    "jobs": [str(j) for j in g["job"]], "_rank": g["_m"].mean()})
+    out.sort(key=lambda d: (-d["_rank"], d["job"]))
+    return [{k: v for k, v in d.items() if k != "_rank"} for d in out[:top]]
 
 
 def _time_to(sweep: Sweep, histories: dict[str, pd.DataFrame], column: str, target: float) -> list[dict]:
@@ -324,7 +337,7 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     best = summary["best_by_metric"]
     card = f"<h3>Best by {e(metric)}</h3>"
     if best:
-        card += "".join(f"<p><b>{e(number_text(b[metric]))}</b> · job {e(b['job'])} · "
+        card += "".join(f"<p><b>{e(number_text(b[metric]))}</b>{e(_repeats_text(b))} · job {e(b['job'])} · "
                         f"wall {e(number_text(b['wall_s']))} s<br>"
                         f"<code>{e(_cfg_text(b['config']))}</code></p>" for b in best[:3])
     else:
@@ -395,6 +408,13 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
 
 
 # ------------------------------------------------------------------------------------------------- building
+def _repeats_text(b: dict) -> str:
+    """' ± spread (mean of n repeats)' for a configuration ranked over its repeats, else nothing."""
+    if b.get("n", 1) < 2:
+        return ""
+    return f" ± {number_text(b['std'], 2)} (mean of {b['n']} repeats)"
+
+
 def _skill_target_text(sts: dict) -> str:
     if sts["target_from"] == "skill":
         return f"the target given (skill=); the best any job reached after any epoch: {number_text(sts['best'])}"
@@ -565,7 +585,8 @@ def summary_text(summary: dict) -> str:
     m = summary["metric"]
     if summary["best_by_metric"]:
         b = summary["best_by_metric"][0]
-        lines.append(f"best by {m}: job {b['job']} ({m} {number_text(b[m])}): {_cfg_text(b['config'])}")
+        lines.append(f"best by {m}: job {b['job']} ({m} {number_text(b[m])}{_repeats_text(b)}): "
+                     f"{_cfg_text(b['config'])}")
     if summary["time_to_accuracy"]:
         t = summary["time_to_accuracy"][0]
         lines.append(f"fastest to training accuracy {number_text(summary['target'])}: job {t['job']} "
