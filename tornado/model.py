@@ -151,14 +151,13 @@ class StormModule(pl.LightningModule):
     def on_train_epoch_end(self) -> None:
         sums = torch.stack([self._loss_sum, self._correct.float(), self._loss_sum.new_tensor(self._count)])
         s = self.trainer.strategy.reduce(sums, reduce_op="sum")
-        n = s[2].clamp_min(1)
         loss_sum, correct, samples = s.tolist()  # the one host sync of an epoch
         loss, acc = loss_sum / max(samples, 1), correct / max(samples, 1)
         if not math.isfinite(loss):  # refused before the epoch's checkpoint is written
             raise TornadoError(f"training diverged: the mean loss of epoch {self.current_epoch + 1} is {loss} "
                                f"(lr={self.hparams.lr}); lower lr, or look for NaN or inf in the inputs")
-        self.log("train_loss", s[0] / n, on_epoch=True, sync_dist=False)
-        self.log("train_acc", s[1] / n, on_epoch=True, sync_dist=False)
+        self.log("train_loss", loss, on_epoch=True, sync_dist=False)
+        self.log("train_acc", acc, on_epoch=True, sync_dist=False)
         self.history.append({"epoch": self.current_epoch, "train_loss": loss, "train_acc": acc,
                              "samples": int(samples)})  # trained on, all ranks (batch limits included)
 

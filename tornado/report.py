@@ -193,9 +193,8 @@ def best_by_metric(ok: pd.DataFrame, metric: str, top: int = 5) -> list[dict]:
         m = numeric_column(g, metric)
         out.append({"job": str(g["job"].iloc[0]), metric: _plain(m.mean()), "std": _plain(m.std(ddof=1)),
                     "n": len(g), "wall_s": _plain(g["_w"].mean()), "config": _config(g.iloc[0], keys),
-                    "jobs": [str(j) for j in g["job"]], "_rank": g["_m"].mean()})
-    out.sort(key=lambda d: (-d["_rank"], d["job"]))
-    return [{k: v for k, v in d.items() if k != "_rank"} for d in out[:top]]
+                    "jobs": [str(j) for j in g["job"]]})
+    return sorted(out, key=lambda d: (-_direction(metric) * d[metric], d["job"]))[:top]
 
 
 def _time_to(sweep: Sweep, histories: dict[str, pd.DataFrame], column: str, target: float) -> list[dict]:
@@ -227,13 +226,12 @@ def skill_curves(histories: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
             if {"val_roc_auc", "epoch_s"} <= set(h.columns) and h["val_roc_auc"].notna().any()}
 
 
-def soonest_to_skill(sweep: Sweep, histories: dict[str, pd.DataFrame], skill: float | None = None) -> dict | None:
+def soonest_to_skill(sweep: Sweep, curves: dict[str, pd.DataFrame], skill: float | None = None) -> dict | None:
     """Which configuration reaches skill soonest: training seconds until a job's validation ROC AUC, scored
     after every epoch, first reaches the target: `skill`, or else the best any job reached at any epoch less
     one standard error of it (Hanley and McNeil's, from the validation split's positives and negatives: the
     one-standard-error rule; differences smaller than that are noise). A target at or below chance (0.5)
-    is no skill: then no job is listed."""
-    curves = skill_curves(histories)
+    is no skill: then no job is listed. `curves`: the jobs' histories with those scores (`skill_curves`)."""
     if not curves:
         return None
     best_job, h = max(curves.items(), key=lambda kv: float(kv[1]["val_roc_auc"].max()))
@@ -484,11 +482,11 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
         written[name] = report_dir / name
 
     histories = {str(j): h for j in sweep.ok["job"] if (h := load_history(sweep, str(j))) is not None}
-    sts = soonest_to_skill(sweep, histories, skill)
+    curves = skill_curves(histories)
+    sts = soonest_to_skill(sweep, curves, skill)
     if sts:  # a column for the tables (value=skill_s): inf ("never") where a job with scores never reached it
         seconds = {t["job"]: t["seconds"] for t in sts["jobs"]}
-        df[SKILL_S] = [seconds.get(str(j), math.inf if str(j) in skill_curves(histories) else math.nan)
-                       for j in df["job"]]
+        df[SKILL_S] = [seconds.get(str(j), math.inf if str(j) in curves else math.nan) for j in df["job"]]
         sts["jobs"] = sts["jobs"][:5]
     ok = sweep.ok
     ts = build_tables(df, rows, cols, group, value, agg, paper)
@@ -514,7 +512,6 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
     if not histories and len(ok):
         notes.append("No per-epoch history in the jobs' result.json: no training-accuracy curves.")
     if sts:
-        curves = skill_curves(histories)
         first = [t["job"] for t in sts["jobs"]]
         shown = (first + [j for j in curves if j not in first])[:12]  # the soonest, then the others
         varying, by_job = varying_hparams(ok), ok.set_index(ok["job"].astype(str))

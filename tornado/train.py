@@ -26,7 +26,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from pytorch_lightning.callbacks import Checkpoint
+from pytorch_lightning.callbacks import Checkpoint, TQDMProgressBar
 
 import tornado
 from tornado import records
@@ -362,9 +362,11 @@ def _resume_hint(out: Path) -> str:
 
 def _history(module: StormModule, clock: _Clock, skill: _EpochSkill | None) -> list[dict]:
     times = dict(enumerate(clock.epoch_s))
-    scored = {} if skill is None else {"val_roc_auc": skill.scores}
-    return [{**h, "epoch_s": times.get(h["epoch"]), **{k: v.get(h["epoch"]) for k, v in scored.items()}}
-            for h in module.history]
+    out = [{**h, "epoch_s": times.get(h["epoch"])} for h in module.history]
+    if skill is not None:
+        for h in out:
+            h["val_roc_auc"] = skill.scores.get(h["epoch"])
+    return out
 
 
 def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
@@ -499,46 +501,46 @@ def make_module(cfg: DictConfig, fast: dict, dm: StormDataModule) -> StormModule
                        climatology=climatology if shifted else None, pos_weight=weight)
 
 
+class _StepBar(TQDMProgressBar):
+    """Counts batches (optimiser steps), not the blocks of batches Lightning is handed on one device."""
+
+    def __init__(self, dm: StormDataModule):
+        super().__init__(refresh_rate=max(1, dm.steps_per_epoch() // 50))
+        self.dm, self.steps = dm, 0
+
+    @property
+    def total_train_batches(self):
+        return self.dm.steps_per_epoch() if self.dm.blocks() else super().total_train_batches
+
+    def on_train_epoch_start(self, trainer, *args) -> None:
+        self.steps = 0
+        super().on_train_epoch_start(trainer, *args)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        before, y = self.steps, batch[1]
+        self.steps += y.shape[0] if y.ndim == 2 else 1
+        bar, r = self.train_progress_bar, self.refresh_rate
+        if self.is_enabled and not bar.disable and (self.steps // r > before // r or self.steps == bar.total):
+            bar.n = self.steps
+            bar.refresh()
+            bar.set_postfix(self.get_metrics(trainer, pl_module))
+
+    def on_exception(self, trainer, pl_module, exception) -> None:
+        bar = getattr(self, "_train_progress_bar", None)
+        if bar is not None:
+            bar.close()  # ends its line: the error that follows starts on its own
+
+
 def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm: StormDataModule,
                  extra_callbacks: list[pl.Callback] | None = None):
     """The Trainer `train` uses (loggers, checkpoints, epoch clock) and its `_Clock`."""
-    from pytorch_lightning.callbacks import TQDMProgressBar
     from pytorch_lightning.plugins.environments import SLURMEnvironment
-
-    class StepBar(TQDMProgressBar):
-        """Counts batches (optimiser steps), not the blocks of batches Lightning is handed on one device."""
-
-        def __init__(self):
-            super().__init__(refresh_rate=max(1, dm.steps_per_epoch() // 50))
-            self.steps = 0
-
-        @property
-        def total_train_batches(self):
-            return dm.steps_per_epoch() if dm.blocks() else super().total_train_batches
-
-        def on_train_epoch_start(self, trainer, *args) -> None:
-            self.steps = 0
-            super().on_train_epoch_start(trainer, *args)
-
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-            before, y = self.steps, batch[1]
-            self.steps += y.shape[0] if y.ndim == 2 else 1
-            bar, r = self.train_progress_bar, self.refresh_rate
-            if self.is_enabled and not bar.disable and (self.steps // r > before // r or self.steps == bar.total):
-                bar.n = self.steps
-                bar.refresh()
-                bar.set_postfix(self.get_metrics(trainer, pl_module))
-
-        def on_exception(self, trainer, pl_module, exception) -> None:
-            bar = getattr(self, "_train_progress_bar", None)
-            if bar is not None:
-                bar.close()  # ends its line: the error that follows starts on its own
 
     clock = _Clock()
     callbacks: list[pl.Callback] = [clock, *(extra_callbacks or [])]
     interactive = sys.stdout.isatty()  # where Lightning draws its bar
     if interactive:
-        callbacks.append(StepBar())
+        callbacks.append(_StepBar(dm))
     loggers = [instantiate(c, save_dir=str(out)) for c in (cfg.logger or {}).values()]
     strategy = cfg.trainer.strategy
     if strategy == "auto" and devices > 1:
