@@ -125,12 +125,12 @@ def _main(argv: list[str]) -> None:
         raise TornadoError(USAGE)
     _check_batch(args["batch"])
     rule = LabelRule(args["label_reduce"], args["label_threshold"], args["label_inclusive"])
-    df = predict(args["checkpoint"], args["input"], rule, args["batch"], args["threshold"])
+    cut = run_threshold(args["checkpoint"], args["threshold"])
+    df = predict(args["checkpoint"], args["input"], rule, args["batch"], "none" if cut is None else cut)
     buf = io.StringIO()
     df.to_csv(buf, index=False, float_format="%.6f")
     write_atomic(args["output"], buf.getvalue())
-    yes = (f"; yes/no (tornado) at threshold {run_threshold(args['checkpoint'], args['threshold']):.4g}"
-           if "tornado" in df.columns else "")
+    yes = f"; yes/no (tornado) at threshold {cut:.4g}" if cut is not None else ""
     print(f"{len(df)} patches from {df['file'].nunique()} files -> {args['output']}{yes}")
 
 
