@@ -55,7 +55,7 @@ def sweep_popen():
 
 
 @pytest.fixture
-def on_terminal(tmp_path):
+def on_terminal():
     """run(args) -> (exit code, what a terminal 160 columns wide showed) of `python -m args` with its stdout
     and stderr on a pseudo-terminal: where progress bars are drawn."""
     import fcntl
