@@ -418,7 +418,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         if not trainer.is_global_zero:
             return result
         t_test = time.perf_counter()
-        metrics, evaluation, prob, label = score(module, path, dm.meta)
+        metrics, evaluation, prob, label = score(module, path, dm.meta, (skill.x, skill.y) if skill else None)
         test_s = time.perf_counter() - t_test
         np.savez_compressed(out / "test_predictions.npz", prob=prob.astype(np.float32), label=label)
         per_dev = dm.per_device_batch
@@ -553,7 +553,8 @@ def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm:
     return trainer, clock
 
 
-def score(module: StormModule, path, meta: dict) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+def score(module: StormModule, path, meta: dict,
+          val_split: tuple[torch.Tensor, np.ndarray] | None = None) -> tuple[dict, dict, np.ndarray, np.ndarray]:
     """Test metrics (`val_*`: the same on the validation split), how they were made, and the test forecasts.
 
     The CSI/POD/FAR threshold is the one that maximises CSI on the validation split, applied to the test
@@ -564,7 +565,10 @@ def score(module: StormModule, path, meta: dict) -> tuple[dict, dict, np.ndarray
     trained, climatology = base_rates(meta)
 
     def forecasts(split: str) -> tuple[np.ndarray, np.ndarray]:
-        prob, label = evaluate(module.net, path, module.device, split)
+        if split == "val" and val_split is not None:  # loaded already for the per-epoch scores
+            prob, label = probabilities(module.net, val_split[0].to(module.device)), val_split[1]
+        else:
+            prob, label = evaluate(module.net, path, module.device, split)
         return module.calibrated(prob), label
 
     prob, label = forecasts("test")
