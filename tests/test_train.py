@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -119,6 +120,10 @@ def test_run_writes_full_records_and_learns(first_run):
     assert t["epoch_scoring_s"] > 0 and sum(t["epoch_s"]) < t["wall_s"]
     logged = pd.read_csv(out / "csv" / "metrics.csv")
     assert logged["val_roc_auc"].dropna().tolist() == pytest.approx([h["val_roc_auc"] for h in hist])
+    # the logs' x axis counts optimiser steps (the last partial batch is one), not Lightning's blocks
+    per_epoch = math.ceil(on_disk["data"]["n_train"] / 64)
+    assert logged["step"].tolist() == [per_epoch * (e + 1) for e in range(4)]
+    assert logged["epoch"].tolist() == [0, 1, 2, 3]
     assert list((out / "tb").rglob("events.out.tfevents.*"))
     assert (out / "checkpoints" / "last.ckpt").exists()
     preds = np.load(out / "test_predictions.npz")
@@ -317,6 +322,9 @@ def test_resume_continues_with_history_and_times(data_dir, tmp_path):
     assert straight["resumed_after_epochs"] == 0
     assert [h["train_loss"] for h in two["history"]] == [h["train_loss"] for h in straight["history"]]
     assert two["metrics"] == straight["metrics"]
+    # the logs of both sessions (each moved aside by the next) count steps on from where they stopped
+    steps = [pd.read_csv(f)["step"].tolist() for f in sorted((tmp_path / "csv").glob("metrics.epochs-*.csv"))]
+    assert sum(steps, []) == pd.read_csv(tmp_path / "straight" / "csv" / "metrics.csv")["step"].tolist()
 
 
 @pytest.mark.parametrize("case, message", [
@@ -391,8 +399,6 @@ def test_resume_hint_names_the_run_folder_when_the_command_did_not(monkeypatch):
 
 
 def test_progress_bar_counts_batches_on_a_terminal_and_stays_out_of_pipes(data_dir, tmp_path, on_terminal):
-    import math
-
     tty_run, piped_run = tmp_path / "tty", tmp_path / "piped"
     rc, text = on_terminal(["tornado.train", *small(data_dir, "epochs=1"), f"hydra.run.dir={tty_run}"])
     assert rc == 0, text[-2000:]

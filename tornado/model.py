@@ -156,6 +156,8 @@ class StormModule(pl.LightningModule):
         if not math.isfinite(loss):  # refused before the epoch's checkpoint is written
             raise TornadoError(f"training diverged: the mean loss of epoch {self.current_epoch + 1} is {loss} "
                                f"(lr={self.hparams.lr}); lower lr, or look for NaN or inf in the inputs")
+        # the loggers' x axis: optimiser steps (Lightning's own counts the blocks of batches it sees)
+        self.log_dict({"step": float(self.trainer.global_step), "epoch": float(self.current_epoch)})
         self.log("train_loss", loss, on_epoch=True, sync_dist=False)
         self.log("train_acc", acc, on_epoch=True, sync_dist=False)
         self.history.append({"epoch": self.current_epoch, "train_loss": loss, "train_acc": acc,
