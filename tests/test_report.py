@@ -506,8 +506,16 @@ def test_roc_and_reliability_points_by_hand():
     assert auc == 0.75
     _, _, tied = plots.roc_points(np.array([0.5, 0.5, 0.5, 0.9]), np.array([0, 1, 0, 1]))
     assert tied == pytest.approx(0.75)      # one threshold for the three ties: (0, .5) -> (1, 1)
-    mean_p, frac = plots.reliability_points(np.array([0.05, 0.15, 0.12, 0.95, 1.0]), np.array([0, 1, 0, 1, 1]))
+    mean_p, frac, low, high = plots.reliability_points(np.array([0.05, 0.15, 0.12, 0.95, 1.0]),
+                                                       np.array([0, 1, 0, 1, 1]))
     assert mean_p == pytest.approx([0.05, 0.135, 0.975]) and frac == pytest.approx([0.0, 0.5, 1.0])
+    # Wilson 95%: 0 of 1 -> [0, z^2/(1+z^2)]; 1 of 2 -> 0.5 -/+ z sqrt(1/8 + z^2/16) / (1 + z^2/2);
+    # 2 of 2 -> [2/(2+z^2), 1]
+    z = 1.959964
+    assert low[0] == pytest.approx(0, abs=1e-9) and high[0] == pytest.approx(z**2 / (1 + z**2), rel=1e-5)
+    half = z * np.sqrt(0.25 / 2 + z**2 / 16) / (1 + z**2 / 2)
+    assert low[1] == pytest.approx(0.5 - half, rel=1e-5) and high[1] == pytest.approx(0.5 + half, rel=1e-5)
+    assert low[2] == pytest.approx(2 / (2 + z**2), rel=1e-5) and high[2] == pytest.approx(1, abs=1e-9)
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

@@ -216,14 +216,19 @@ def roc_points(prob: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndar
     return fpr, tpr, float(np.trapezoid(tpr, fpr))
 
 
-def reliability_points(prob: np.ndarray, label: np.ndarray, bins: int = 10) -> tuple[np.ndarray, np.ndarray]:
-    """Mean forecast and observed frequency in each non-empty bin of equal width on [0, 1]."""
+def reliability_points(prob: np.ndarray, label: np.ndarray, bins: int = 10) -> tuple[np.ndarray, ...]:
+    """Mean forecast, observed frequency and its 95% Wilson interval in each non-empty bin of equal width on
+    [0, 1]. With ~5% positives the upper bins hold few forecasts: the interval shows how little they say."""
+    from scipy.stats import binomtest
+
     idx = np.clip((prob * bins).astype(int), 0, bins - 1)
     count = np.bincount(idx, minlength=bins)
     keep = count > 0
-    mean_p = np.bincount(idx, weights=prob, minlength=bins)[keep] / count[keep]
-    frac = np.bincount(idx, weights=label.astype(float), minlength=bins)[keep] / count[keep]
-    return mean_p, frac
+    hits = np.bincount(idx, weights=label.astype(float), minlength=bins)[keep].round().astype(int)
+    n = count[keep]
+    mean_p = np.bincount(idx, weights=prob, minlength=bins)[keep] / n
+    ci = [binomtest(int(k), int(m)).proportion_ci(0.95, method="wilson") for k, m in zip(hits, n)]
+    return mean_p, hits / n, np.array([c.low for c in ci]), np.array([c.high for c in ci])
 
 
 def plot_roc_reliability(prob: np.ndarray, label: np.ndarray, job: str) -> dict[str, dict[str, bytes]]:
@@ -236,13 +241,14 @@ def plot_roc_reliability(prob: np.ndarray, label: np.ndarray, job: str) -> dict[
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     out["roc"] = _render(fig)
-    mean_p, frac = reliability_points(prob, label)
+    mean_p, frac, low, high = reliability_points(prob, label)
     from matplotlib.figure import Figure
     fig = Figure(figsize=(6.4, 5.4), layout="constrained")
     ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect")
     ax.axhline(label.mean(), ls=":", color="#b45309", lw=1, label=f"test-set base rate {label.mean():.3f}")
-    ax.plot(mean_p, frac, marker="o", color="#2563eb", lw=1.6, label="forecast")
+    ax.errorbar(mean_p, frac, yerr=[frac - low, high - frac], marker="o", color="#2563eb", lw=1.6, capsize=3,
+                label="forecast (95% interval)")
     ax.set(ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title=f"Reliability diagram: job {job}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)

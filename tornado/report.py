@@ -537,8 +537,9 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
         for name, data in plot_roc_reliability(prob, label, job).items():
             plots[name] = data
             cap = {"roc": f"ROC curve on the test set of the best job by {metric} ({job})",
-                   "reliability": f"Reliability diagram of the best job by {metric} ({job}); below: how many "
-                                  "forecasts fall in each bin"}
+                   "reliability": f"Reliability diagram of the best job by {metric} ({job}); error bars: 95% "
+                                  "Wilson intervals of each bin's frequency; below: how many forecasts fall in "
+                                  "each bin"}
             images[name] = (cap[name], data["png"])
     elif len(ok):
         notes.append("No test_predictions.npz with both classes for the best job: no ROC or reliability plot.")
