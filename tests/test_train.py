@@ -322,8 +322,11 @@ def test_resume_continues_with_history_and_times(data_dir, tmp_path):
     assert straight["resumed_after_epochs"] == 0
     assert [h["train_loss"] for h in two["history"]] == [h["train_loss"] for h in straight["history"]]
     assert two["metrics"] == straight["metrics"]
-    # the logs of both sessions (each moved aside by the next) count steps on from where they stopped
-    steps = [pd.read_csv(f)["step"].tolist() for f in sorted((tmp_path / "csv").glob("metrics.epochs-*.csv"))]
+    # the logs of both sessions (each moved aside by the next, named by the epochs it holds) count steps on
+    # from where they stopped
+    logs = sorted((tmp_path / "csv").glob("metrics.epochs-*.csv"))
+    assert [f.name for f in logs] == ["metrics.epochs-0-0.csv", "metrics.epochs-1-1.csv"]
+    steps = [pd.read_csv(f)["step"].tolist() for f in logs]
     assert sum(steps, []) == pd.read_csv(tmp_path / "straight" / "csv" / "metrics.csv")["step"].tolist()
 
 

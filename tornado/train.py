@@ -313,8 +313,17 @@ def resume_path(last: Path, ident: dict, epochs: int) -> str | None:
                            "go on, another hydra.run.dir, or resume=false to start over")
     csv_log = last.parent.parent / "csv" / "metrics.csv"  # Lightning's CSVLogger would delete it
     if csv_log.exists():
-        os.replace(csv_log, csv_log.with_name(f"metrics.epochs-0-{done - 1}.csv"))
+        os.replace(csv_log, csv_log.with_name(f"metrics.epochs-{_logged_epochs(csv_log, done)}.csv"))
     return str(last)
+
+
+def _logged_epochs(csv_log: Path, done: int) -> str:
+    """'first-last' of the epochs a CSV log holds (a log moved aside at an earlier resume holds the ones before)."""
+    import csv
+
+    with open(csv_log, newline="") as f:
+        epochs = sorted({int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("epoch")})
+    return f"{epochs[0]}-{epochs[-1]}" if epochs else f"0-{done - 1}"
 
 
 def _versions() -> dict:
