@@ -40,6 +40,8 @@ log = logging.getLogger("tornado.train")
 
 # Lightning's start-up chatter (device summary, tips, the srun hint) says nothing about this run.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+# Its "Received SIGTERM" lands in the middle of the progress bar; the run's own error line says it once.
+logging.getLogger("pytorch_lightning.trainer.connectors.signal_connector").setLevel(logging.WARNING)
 # (A resumed run's CSV log: `resume_path` has moved the old metrics.csv aside, nothing is deleted. The epoch
 # sums the module logs are already reduced over the ranks: no `sync_dist` needed.)
 for _msg in (".*srun.*", ".*LeafSpec.*", ".*does not have many workers.*", ".*smaller than the logging interval.*",
