@@ -359,6 +359,22 @@ def test_sweep_without_results_csv_uses_result_json(tmp_path):
     assert pivots[None].to_numpy().tolist() == [[5.0, 6.0], [6.0, 7.0]]
 
 
+def test_a_single_run_folder_is_reported_as_one_job(tmp_path):
+    run = tmp_path / "2026-01-01_00-00-00-1"
+    r = result_json(run, {"batch_size": 128, "data_multiplier": 1, "epochs": 2}, history=[(0.9, 1.0), (0.95, 1.0)],
+                    metrics={"roc_auc": 0.8, "accuracy": 0.95})
+    r["output_dir"] = "/moved/elsewhere"  # a run folder copied from the cluster: its own folder is used
+    (run / "result.json").write_text(json.dumps(r))
+    built = report.build_report(run)
+    summary = json.loads(built["summary.json"].read_text())
+    assert summary["jobs"] == summary["ok"] == 1 and summary["best_by_metric"][0]["job"] == run.name
+    assert (run / "report" / "roc.png").is_file() and (run / "report" / "reliability.png").is_file()
+    assert (run / "report.html").is_file() and not (run / "results.csv").exists()
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(TornadoError, match=r"no results.csv, no \*/result.json and no result.json"):
+        report.load_sweep(tmp_path / "empty")
+
+
 def test_reader_without_collect_module(tmp_path, monkeypatch):
     sweep = gpu_batch_sweep(tmp_path)
     (sweep / "results.csv").unlink()

@@ -3,6 +3,7 @@ jobs and writes the files (tornado.tables builds the tables, tornado.plots draws
 
 python -m tornado.report SWEEP_DIR [rows=batch_size] [cols=data_multiplier] [group=epochs] [value=wall_s]
                                    [agg=mean] [metric=auto] [target=0.93] [paper=auto] [out=DIR]
+A single run's folder (result.json at its top) is reported as a sweep of one job.
 """
 from __future__ import annotations
 
@@ -107,9 +108,11 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
         if any(listed.get(job) != r.get("status") for job, r in results.items()):
             notes.append("results.csv was older than the job dirs' result.json files; rebuilt from those.")
             df = None
+    if df is None and not results and isinstance(single := read_result(sweep), dict):
+        df = pd.DataFrame([{**_row_from_result(sweep.name, sweep, single), "output_dir": str(sweep)}])  # one run
     if df is None:
         if not results:
-            raise TornadoError(f"sweep dir: {sweep}: no results.csv and no */result.json")
+            raise TornadoError(f"sweep dir: {sweep}: no results.csv, no */result.json and no result.json")
         df = _collect(sweep, results)
     df = _normalise(df)
     if "status" not in df.columns:
