@@ -2,6 +2,8 @@
 
     python -m tornado.predict checkpoint=RUN/checkpoints/last.ckpt input=DIR_OR_GLOB [output=predictions.csv]
 
+(`checkpoint=RUN`, the run's folder, takes its checkpoints/last.ckpt.)
+
 Inputs are standardised with the scaler stored in the checkpoint (fitted on the training split). A model
 trained with balance copies or a pos_weight has its probabilities moved back to the training originals'
 base rate, as in training's own scores. Each patch's storm centre (`centroid_lon`, `centroid_lat`) comes
@@ -15,6 +17,7 @@ from __future__ import annotations
 import io
 import json
 import math
+import pickle
 import sys
 from pathlib import Path
 
@@ -36,12 +39,25 @@ CENTRES = ("centroid_lon", "centroid_lat")  # per patch, where the file has them
 CHANNELS = 3  # input channels of every tornado model: one scaler entry each
 
 
-def load_model(checkpoint: str | Path) -> StormModule:
+def checkpoint_file(checkpoint: str | Path) -> Path:
+    """The checkpoint file: as given, or RUN/checkpoints/last.ckpt for a run's folder."""
     path = Path(checkpoint)
-    if not path.is_file():
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+        if not path.is_file():
+            raise TornadoError(f"checkpoint={checkpoint}: a folder without checkpoints/last.ckpt (not a run folder)")
+    elif not path.is_file():
         raise TornadoError(f"checkpoint={checkpoint}: no such file")
+    return path
+
+
+def load_model(checkpoint: str | Path) -> StormModule:
+    path = checkpoint_file(checkpoint)
     try:
         module = StormModule.load_from_checkpoint(str(path), map_location="cpu", compile=False, cuda_graph=False)
+    except pickle.UnpicklingError:  # torch's own text here is a page about weights_only
+        raise TornadoError(f"checkpoint={checkpoint}: not a tornado checkpoint (not a PyTorch checkpoint file)") \
+            from None
     except Exception as e:
         first = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), "")
         raise TornadoError(f"checkpoint={checkpoint}: not a tornado checkpoint ({type(e).__name__}: {first})") from None
@@ -76,7 +92,7 @@ def run_threshold(checkpoint, threshold="auto") -> float | None:
             raise TornadoError(f"threshold={threshold}: expected auto, none or a probability in [0, 1]")
         return value
     try:
-        run = json.loads((Path(checkpoint).resolve().parent.parent / "result.json").read_text())
+        run = json.loads((checkpoint_file(checkpoint).resolve().parent.parent / "result.json").read_text())
         value = run["metrics"]["threshold"]
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -112,7 +128,7 @@ def predict(checkpoint, source, label: LabelRule = LabelRule(), batch: int = 819
     return pd.concat(frames, ignore_index=True)
 
 
-USAGE = ("usage: python -m tornado.predict checkpoint=FILE input=DIR_OR_GLOB [output=predictions.csv] "
+USAGE = ("usage: python -m tornado.predict checkpoint=FILE|RUN_DIR input=DIR_OR_GLOB [output=predictions.csv] "
          "[threshold=auto|none|P] [batch=8192]")
 
 
@@ -129,7 +145,10 @@ def _main(argv: list[str]) -> None:
     df = predict(args["checkpoint"], args["input"], rule, args["batch"], "none" if cut is None else cut)
     buf = io.StringIO()
     df.to_csv(buf, index=False, float_format="%.6f")
-    write_atomic(args["output"], buf.getvalue())
+    try:
+        write_atomic(args["output"], buf.getvalue())
+    except OSError as e:
+        raise TornadoError(f"output={args['output']}: cannot write it ({e.strerror or e})") from None
     yes = f"; yes/no (tornado) at threshold {cut:.4g}" if cut is not None else ""
     print(f"{len(df)} patches from {df['file'].nunique()} files -> {args['output']}{yes}")
 
