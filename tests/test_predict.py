@@ -23,6 +23,7 @@ def fake_checkpoint(path: Path, drop_weight: bool = False, **hparams) -> Path:
     state = module.state_dict()
     if drop_weight:
         state.pop(next(iter(state)))
+    path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": state, "hyper_parameters": dict(module.hparams),
                 "pytorch-lightning_version": "2.0.0"}, path)
     return path
@@ -62,6 +63,17 @@ def test_lightning_error_text_is_cut_to_its_first_line(tmp_path):
     assert msg.endswith(")")
     p = cli(f"checkpoint={ckpt}", f"input={tmp_path}")
     assert p.returncode == 2 and len(p.stderr.splitlines()) == 1 and p.stderr.startswith("error: checkpoint=")
+
+
+def test_a_file_that_is_no_checkpoint_and_a_folder_that_is_no_run_are_named(tmp_path):
+    (tmp_path / "result.json").write_text("{}")
+    with pytest.raises(TornadoError, match=r"result.json: not a tornado checkpoint \(not a PyTorch checkpoint file\)$"):
+        load_model(tmp_path / "result.json")
+    with pytest.raises(TornadoError, match=r": a folder without checkpoints/last.ckpt \(not a run folder\)$"):
+        load_model(tmp_path)
+    # a run's folder stands for its checkpoints/last.ckpt
+    fake_checkpoint(tmp_path / "checkpoints" / "last.ckpt", scaler_mean=[1.0] * 3, scaler_std=[2.0] * 3)
+    assert load_model(tmp_path).hparams.scaler_mean == [1.0] * 3
 
 
 def test_a_missing_input_is_named_by_its_own_key_and_help_prints_usage(tmp_path):

@@ -231,7 +231,10 @@ def prepare(data_cfg: Mapping, augment_cfg: Mapping | None) -> tuple[Path, bool]
     s = parse_settings(data_cfg, augment_cfg)
     if s.out_dir.exists() and not s.out_dir.is_dir():
         raise TornadoError(f"out_dir: {s.out_dir}: exists and is not a folder")
-    s.out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        s.out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TornadoError(f"out_dir: {s.out_dir}: cannot create it ({e.strerror or e})") from None
     with contextlib.ExitStack() as stack:
         if s.source is None:
             folder = stack.enter_context(synthetic_source(s.out_dir, s.synth))
