@@ -357,6 +357,14 @@ def test_bad_settings_are_refused(case, source, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_an_out_dir_that_cannot_be_a_folder_is_named(source, tmp_path):
+    (tmp_path / "taken").write_text("a file")
+    with pytest.raises(TornadoError, match=r"^out_dir: .*/taken: exists and is not a folder$"):
+        ensure_prepared(make_cfg(tmp_path / "taken", source), AUG)
+    with pytest.raises(TornadoError, match=r"^out_dir: .*/taken/data: cannot create it \(Not a directory\)$"):
+        ensure_prepared(make_cfg(tmp_path / "taken" / "data", source), AUG)
+
+
 def test_missing_folder_and_no_files(tmp_path):
     with pytest.raises(TornadoError, match="no such folder"):
         ensure_prepared(make_cfg(tmp_path / "out", tmp_path / "nowhere"), AUG)
