@@ -370,9 +370,21 @@ def test_a_single_run_folder_is_reported_as_one_job(tmp_path):
     assert summary["jobs"] == summary["ok"] == 1 and summary["best_by_metric"][0]["job"] == run.name
     assert (run / "report" / "roc.png").is_file() and (run / "report" / "reliability.png").is_file()
     assert (run / "report.html").is_file() and not (run / "results.csv").exists()
+    page = (run / "report.html").read_text()
+    assert f"<h1>Run report: {run.name}</h1>" in page and f"<td>{run.name}</td><td>0.8</td>" in page
     (tmp_path / "empty").mkdir()
     with pytest.raises(TornadoError, match=r"no results.csv, no \*/result.json and no result.json"):
         report.load_sweep(tmp_path / "empty")
+
+
+def test_jobs_table_lists_every_ok_job_best_first_with_its_settings():
+    ok = pd.DataFrame({"job": ["0", "1", "2", "3"], "batch_size": [128, 256, 128, 256], "lr": [0.001] * 4,
+                       "roc_auc": [0.7, 0.9, np.nan, 0.8], "brier": [0.05, 0.04, 0.03, 0.06], "wall_s": [4.0, 3, 2, 1]})
+    jobs = report.jobs_table(ok, "roc_auc")
+    assert jobs["job"].tolist() == ["1", "3", "0", "2"]  # a job without the metric last
+    assert jobs.columns.tolist() == ["job", "batch_size", "roc_auc", "wall_s"]  # lr does not vary
+    assert report.jobs_table(ok, "brier")["job"].tolist() == ["2", "1", "0", "3"]  # lower is better
+    assert report.jobs_table(ok, "brier").columns.tolist() == ["job", "batch_size", "brier", "roc_auc", "wall_s"]
 
 
 def test_reader_without_collect_module(tmp_path, monkeypatch):

@@ -45,6 +45,7 @@ class Sweep:
     running: list[str]               # jobs whose result.json says "running"
     notes: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)  # jobs of an unfinished launch not started yet
+    single: bool = False             # a single run's folder (its own result.json), not a sweep
 
     @property
     def partial(self) -> bool:
@@ -108,8 +109,9 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
         if any(listed.get(job) != r.get("status") for job, r in results.items()):
             notes.append("results.csv was older than the job dirs' result.json files; rebuilt from those.")
             df = None
-    if df is None and not results and isinstance(single := read_result(sweep), dict):
-        df = pd.DataFrame([{**_row_from_result(sweep.name, sweep, single), "output_dir": str(sweep)}])  # one run
+    one = read_result(sweep) if df is None and not results else None
+    if one is not None:  # a single run's folder: a sweep of one job, the folder itself
+        df = pd.DataFrame([{**_row_from_result(sweep.name, sweep, one), "output_dir": str(sweep)}])
     if df is None:
         if not results:
             raise TornadoError(f"sweep dir: {sweep}: no results.csv, no */result.json and no result.json")
@@ -122,7 +124,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     # started but not yet far enough to write result.json (its output log is there): running
     starting = {j for j in waiting if (sweep / j / "stdout.log").exists()}
     return Sweep(sweep, df.reset_index(drop=True), sorted(running | starting), notes,
-                 [j for j in waiting if j not in starting])
+                 [j for j in waiting if j not in starting], single=one is not None)
 
 
 def _waiting(sweep: Path, started: set[str]) -> list[str]:
@@ -198,6 +200,17 @@ def best_by_metric(ok: pd.DataFrame, metric: str, top: int = 5) -> list[dict]:
                     "n": len(g), "wall_s": _plain(g["_w"].mean()), "config": _config(g.iloc[0], keys),
                     "jobs": [str(j) for j in g["job"]]})
     return sorted(out, key=lambda d: (-_direction(metric) * d[metric], d["job"]))[:top]
+
+
+JOB_SCORES = ("roc_auc", "average_precision", "csi", "bss", "reliability", "val_roc_auc", "wall_s", "samples_per_s")
+
+
+def jobs_table(ok: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Every successful job, best by `metric` first: its varying settings and its main scores."""
+    scores = [c for c in dict.fromkeys([metric, *JOB_SCORES]) if c in ok.columns and c != "job"]
+    table = ok[["job", *[c for c in varying_hparams(ok) if c not in scores], *scores]].copy()
+    table["_m"] = numeric_column(ok, metric) * _direction(metric) if metric in ok.columns else 0.0
+    return table.sort_values(["_m", "job"], ascending=[False, True], na_position="last").drop(columns="_m")
 
 
 def _time_to(sweep: Sweep, histories: dict[str, pd.DataFrame], column: str, target: float) -> list[dict]:
@@ -324,8 +337,8 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     counts = (f'<div class="chips"><span>{len(df)} jobs</span><span class="okc">{len(ok)} ok</span>'
               f'<span class="bad">{len(failed)} failed</span><span class="run">{len(sweep.running)} running</span>'
               + (f'<span class="run">{len(sweep.waiting)} not started</span>' if sweep.waiting else "") + "</div>")
-    body = [f"<h1>Sweep report: {e(sweep.dir.name)}</h1>", f'<p class="sub">{e(str(sweep.dir.resolve()))}</p>',
-            counts]
+    title = f"{'Run' if sweep.single else 'Sweep'} report: {sweep.dir.name}"
+    body = [f"<h1>{e(title)}</h1>", f'<p class="sub">{e(str(sweep.dir.resolve()))}</p>', counts]
     if sweep.partial:
         body.append(f'<div class="partial" id="partial">Partial report: the sweep is still running '
                     f"({_unfinished_text(sweep)}). Tables and plots cover the finished jobs only.</div>")
@@ -333,7 +346,7 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
         body.append('<p class="empty">No job finished successfully: there are no tables or plots. '
                     "The failed jobs and their errors are listed below.</p>")
     body.append('<nav><a href="#best">Best configurations</a><a href="#tables">Tables</a>'
-                '<a href="#plots">Plots</a><a href="#failed">Failed jobs</a></nav>')
+                '<a href="#plots">Plots</a><a href="#jobs">Jobs</a><a href="#failed">Failed jobs</a></nav>')
     body += ['<h2 id="best">Best configurations</h2>', '<div class="cards">']
     best = summary["best_by_metric"]
     card = f"<h3>Best by {e(metric)}</h3>"
@@ -390,6 +403,17 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     else:
         body.append('<p class="note">No plots: no successful job with the data they need.</p>')
     body += [f"<p class=\"note\">{e(n)}</p>" for n in summary["notes"]]
+    body.append('<h2 id="jobs">Jobs</h2>')
+    if ok.empty:
+        body.append('<p class="note">None finished.</p>')
+    else:
+        jobs = jobs_table(ok, metric)
+        head = "".join(f"<th>{e(c)}</th>" for c in jobs.columns)
+        rows = "".join("<tr>" + "".join(f"<td>{e(_cell(v))}</td>" for v in r) + "</tr>"
+                       for r in jobs.itertuples(index=False))
+        every = "result.json" if sweep.single else "results.csv"
+        body.append(f'<p class="note">Every successful job, best by {e(metric)} first ({every} holds every '
+                    f'figure).</p><table class="list"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
     body.append('<h2 id="failed">Failed jobs</h2>')
     if len(failed):
         rows = "".join(f"<tr><td>{e(str(r['job']))}</td><td>{e(str(r['status']))}</td>"
@@ -404,7 +428,7 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
         body.append(f'<p class="note">Not started yet: {e(", ".join(sweep.waiting))}</p>')
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
-            f"<title>Sweep report: {e(sweep.dir.name)}</title><style>{CSS}</style></head>"
+            f"<title>{e(title)}</title><style>{CSS}</style></head>"
             f"<body><main>\n" + "\n".join(body) + "\n</main></body></html>\n")
 
 
@@ -431,6 +455,10 @@ def _unfinished_text(sweep: Sweep) -> str:
 def _problems(df: pd.DataFrame) -> pd.DataFrame:
     """Jobs that neither finished well nor are still running (failed, unreadable result.json, ...)."""
     return df.loc[~df["status"].astype(str).isin(["ok", "running"])]
+
+
+def _cell(v: Any) -> str:
+    return number_text(float(v)) if isinstance(v, (int, float, np.number)) and not isinstance(v, bool) else _text(v)
 
 
 def _text(v: Any) -> str:
