@@ -57,15 +57,14 @@ def sweep_popen():
 @pytest.fixture
 def on_terminal():
     """run(args) -> (exit code, what a terminal 160 columns wide showed) of `python -m args` with its stdout
-    and stderr on a pseudo-terminal: where progress bars are drawn."""
+    and stderr on a pseudo-terminal: where progress bars are drawn. The fake sweep app is importable."""
     import fcntl
     import pty
     import struct
     import termios
 
-    def run(args: list[str], cwd: Path = REPO, timeout: float = 300) -> tuple[int, str]:
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("TORNADO_SWEEP_DIR", None)
+    def run(args: list[str], cwd: Path = REPO, timeout: float = 300, env: dict | None = None) -> tuple[int, str]:
+        env = {**_sweep_env(env), "PYTHONUNBUFFERED": "1"}
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a bar needs a width
         proc = subprocess.Popen([sys.executable, "-m", *map(str, args)], cwd=cwd, env=env,

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import time
 from pathlib import Path
 
@@ -113,6 +114,37 @@ def test_failures_are_isolated_reported_and_rerun_on_resume(sweep_cli, tmp_path,
     assert {r["status"] for r in now.values()} == {"ok"}
     # the hash the launcher recorded for the killed job is the one the job itself computes
     assert now[128]["config_hash"] == by_batch[128]["config_hash"]
+
+
+def test_progress_line_on_a_terminal_counts_jobs_and_estimates_the_time_left(on_terminal, tmp_path):
+    sweep = tmp_path / "sweep"
+    rc, shown = on_terminal(["tornado_fake_train", "-m", "data_multiplier=1,2,3,4", "sleep_s=0.6",
+                             f"hydra.sweep.dir={sweep}", "hydra.launcher.max_parallel=1", "hydra.launcher.preload=[]"])
+    assert rc == 0, shown[-2000:]
+    lines = [ln for ln in shown.replace("\r", "\n").splitlines() if ln.strip()]
+    progress = [ln.replace("\x1b[K", "") for ln in lines if "sweep: " in ln and " done (" in ln]
+    assert any(ln.startswith("sweep: 0/4 done (0 ok, 0 failed), 1 running, 3 waiting, ") and "left" not in ln
+               for ln in progress), progress
+    # after the first job (the largest, 4 of 10 units of cost), an estimate of the rest: ~1.5 times its time
+    after_one = [ln for ln in progress if ln.startswith("sweep: 1/4 done")]
+    assert after_one and all(re.search(r", about \d+ s left$", ln) for ln in after_one), after_one
+    assert (sweep / "results.csv").is_file()
+
+
+def test_time_left_from_the_finished_jobs_seconds_per_cost():
+    from hydra_plugins.tornado_launcher.jobs import Job, duration_text, eta_text
+
+    def job(cost, status, start=None, end=None):
+        return Job(num=0, overrides=[], cfg=None, dir=Path("."), cost=cost, status=status, start=start, end=end)
+
+    # 10 s per unit of cost (the ok job; the failed one is left out of the rate); pending 4 -> 40 s of work;
+    # running: cost 3 has run 10 of its 30 s -> 20 s, cost 1 has run 2 of its 10 s -> 8 s; 68 s, two at once
+    jobs = [job(2, "ok", 0, 20), job(5, "failed", 20, 21), job(3, "running", 90, None), job(1, "running", 98, None),
+            job(4, "pending"), job(7, "skipped")]
+    assert eta_text(jobs, now=100.0) == ", about 34 s left"
+    assert eta_text([j for j in jobs if j.status != "ok"], now=100.0) == ""  # no finished job: no estimate
+    assert eta_text(jobs[:2], now=100.0) == ""  # nothing left
+    assert [duration_text(s) for s in (0.4, 59.6, 61, 3600 * 2 + 125)] == ["0 s", "1 min 0 s", "1 min 1 s", "2 h 2 min"]
 
 
 def test_changed_config_reruns_and_keeps_the_old_run_aside(sweep_cli, tmp_path):

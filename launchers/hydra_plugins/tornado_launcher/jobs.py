@@ -324,6 +324,31 @@ class Progress:
             self.text = ""
 
 
+def duration_text(seconds: float) -> str:
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s} s"
+    if s < 3600:
+        return f"{s // 60} min {s % 60} s"
+    return f"{s // 3600} h {s % 3600 // 60} min"
+
+
+def eta_text(jobs: Sequence[Job], now: float) -> str:
+    """', about T left': the estimated cost still to run, at the seconds per unit of cost the finished jobs
+    took, less what the running ones have done, over the jobs running at once; '' until a job has finished."""
+    done = [j for j in jobs if j.status == "ok" and j.start is not None and j.end is not None]
+    cost = sum(j.cost for j in done)
+    if cost <= 0:
+        return ""
+    per_cost = sum(j.end - j.start for j in done) / cost
+    running = [j for j in jobs if j.status == "running" and j.start is not None]
+    work = per_cost * sum(j.cost for j in jobs if j.status == "pending")
+    work += sum(max(0.0, per_cost * j.cost - (now - j.start)) for j in running)
+    if not running and not work:
+        return ""
+    return f", about {duration_text(work / max(1, len(running)))} left"
+
+
 def counts(jobs: Sequence[Job]) -> dict[str, int]:
     out = {k: 0 for k in ("ok", "failed", "skipped", "running", "pending")}
     for j in jobs:

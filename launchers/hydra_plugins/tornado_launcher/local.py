@@ -23,8 +23,8 @@ from tornado.records import read_result, write_json
 
 from .config import LocalLauncherConf
 from .jobs import (Job, TornadoLauncherBase, Progress, _quote, as_count, assign_threads, check_resume, compose_jobs,
-                   counts, finish, gpu_request, job_args, job_cost, job_module, job_record, move_aside,
-                   passthrough_overrides, settle)
+                   counts, duration_text, eta_text, finish, gpu_request, job_args, job_cost, job_module, job_record,
+                   move_aside, passthrough_overrides, settle)
 from .schedule import imbalance, partition
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,8 @@ class TornadoLocalLauncher(TornadoLauncherBase):
                     progress.show(f"sweep {stop.name}: stopping {c['running']} running jobs")
                 else:
                     progress.show(f"sweep: {c['ok'] + c['failed']}/{len(todo)} done ({c['ok']} ok, {c['failed']} "
-                                  f"failed), {c['running']} running, {c['pending']} waiting, {time.time() - t0:.0f} s")
+                                  f"failed), {c['running']} running, {c['pending']} waiting, "
+                                  f"{duration_text(now - t0)}{eta_text(todo, now)}")
             for job in todo:  # only after giving up on a worker: its job's process would not die
                 if job.status == "running":
                     job.end = job.end or time.time()

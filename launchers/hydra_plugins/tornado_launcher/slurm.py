@@ -15,9 +15,9 @@ from tornado.errors import TornadoError
 from tornado.records import write_json
 
 from .config import SlurmLauncherConf
-from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, compose_jobs, counts, finish,
-                   describe_exit, gpu_request, job_args, job_cost, job_module, job_record, job_return,
-                   move_aside, passthrough_overrides, settle)
+from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, compose_jobs, counts,
+                   describe_exit, duration_text, finish, gpu_request, job_args, job_cost, job_module,
+                   job_record, job_return, move_aside, passthrough_overrides, settle)
 
 log = logging.getLogger(__name__)
 
@@ -223,7 +223,7 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                     del waiting[num]
                 c = counts(todo)
                 progress.show(f"slurm: {c['ok'] + c['failed']}/{len(todo)} done ({c['ok']} ok, {c['failed']} failed), "
-                              f"{running} running, {queued} queued, {time.time() - t0:.0f} s")
+                              f"{running} running, {queued} queued, {duration_text(time.time() - t0)}")
                 if waiting:
                     time.sleep(self.p.poll_s)
         finally:
