@@ -415,7 +415,7 @@ def test_cli_prepares_and_refuses(source, tmp_path):
 
     bad = tmp_path / "bad"
     for args, message in [
-        ([f"source={tmp_path / 'nowhere'}"], "no such folder"),
+        ([f"source={tmp_path / 'nowhere'}"], f"error: source: {tmp_path / 'nowhere'}: no such folder"),
         ([f"source={source}", "label.threshold=1e9"], "leaves no positive"),
     ]:
         res = run_cli(*args, f"out_dir={bad}")

@@ -246,6 +246,11 @@ def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     ("model.pos_weight=0", "model.pos_weight=0: must be a positive number"),
     ("+epoch=3", r"epoch: unknown key \(did you mean epochs\?\)"),
     ("+fast.bf=true", r"fast.bf: unknown key \(did you mean fast.bf16\?\)"),
+    # the data settings are named as this command takes them (data.), augment's as they are
+    ("data.split.val_fraction=1.5", r"^data.split.val_fraction: 1.5: must be a number in \[0, 1\)$"),
+    ("data.label.reduce=median", r"^data.label.reduce: 'median': must be one of"),
+    ("data.source=/nowhere", r"^data.source: /nowhere: no such folder$"),
+    ("augment.rotation=abc", r"^augment.rotation: must be a number in"),
 ])
 def test_bad_config_fails_before_training(override, message, data_dir, tmp_path):
     from tornado.train import train
@@ -255,7 +260,7 @@ def test_bad_config_fails_before_training(override, message, data_dir, tmp_path)
     with pytest.raises(TornadoError, match=message):
         train(cfg_for(*small(data_dir), override), output_dir=tmp_path)
     result = json.loads((tmp_path / "result.json").read_text())
-    assert result["status"] == "failed" and message.split(":")[0] in result["error"]
+    assert result["status"] == "failed" and message.split(":")[0].lstrip("^") in result["error"]
     assert not (tmp_path / "checkpoints").exists()
 
 

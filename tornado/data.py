@@ -84,7 +84,7 @@ class LabelRule:
         )
 
 
-def find_files(source: str | Path, key: str = "data.source") -> list[Path]:
+def find_files(source: str | Path, key: str = "source") -> list[Path]:
     """NCARSTORM files from a folder (``NCARSTORM_*.nc`` inside, sorted), a glob pattern or one file; errors
     name the setting `key` that gave `source`."""
     text = str(source)

@@ -241,7 +241,7 @@ def prepare(data_cfg: Mapping, augment_cfg: Mapping | None) -> tuple[Path, bool]
             files = data.find_files(folder)
             source = f"synthetic {json.dumps(s.synth, sort_keys=True)}: {folder.resolve()}"
         else:
-            files = data.find_files(s.source)
+            files = data.find_files(s.source, key="source")
             source = str(Path(s.source).absolute())
         chash = content_hash(s, files)
         path = s.out_dir / f"storms-{chash[:12]}.h5"

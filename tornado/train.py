@@ -291,6 +291,18 @@ class _LastCheckpoint(Checkpoint):
             self.interrupted = "SIGINT"
 
 
+def prepared(cfg: DictConfig) -> Path:
+    """The run's HDF5 file (built if missing). prepare's errors name its own keys (`split.val_fraction`); here
+    they are `data.` keys."""
+    try:
+        return ensure_prepared(cfg.data, cfg.augment)
+    except TornadoError as e:
+        key = str(e).split(":", 1)[0].split(".", 1)[0]
+        if key in cfg.data:
+            raise TornadoError(f"data.{e}", code=e.code) from None
+        raise
+
+
 def resume_path(last: Path, ident: dict, epochs: int) -> str | None:
     """`last` if it holds a checkpoint of this run to resume; refuses one that is unreadable, of other
     settings (resuming it would silently continue another experiment) or past `epochs`."""
@@ -411,7 +423,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         if accelerator == "gpu":  # cuDNN times its kernels for each new shape once and keeps the fastest
             torch.backends.cudnn.benchmark = fast["cudnn_benchmark"]
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
-        path = ensure_prepared(cfg.data, cfg.augment)
+        path = prepared(cfg)
         dm = make_datamodule(cfg, fast, path)
         module = make_module(cfg, fast, dm)
         ident = identity(task)
