@@ -417,6 +417,7 @@ def test_cli_prepares_and_refuses(source, tmp_path):
     for args, message in [
         ([f"source={tmp_path / 'nowhere'}"], f"error: source: {tmp_path / 'nowhere'}: no such folder"),
         ([f"source={source}", "label.threshold=1e9"], "leaves no positive"),
+        (["synth.dayz=3"], "error: synth.dayz: no such setting (did you mean synth.days?)"),
     ]:
         res = run_cli(*args, f"out_dir={bad}")
         assert res.returncode == 2, res.stderr

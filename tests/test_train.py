@@ -396,6 +396,23 @@ def test_cli_bad_value_one_line_exit_2(data_dir, tmp_path):
     assert "Traceback" not in p.stderr
 
 
+@pytest.mark.parametrize("args, line", [
+    (["epoch=3"], "error: epoch: no such setting (did you mean epochs?)"),
+    (["data.split.val_frac=0.2"], "error: data.split.val_frac: no such setting (did you mean data.split.val_fraction?)"),
+    (["-m", "batch_size=64,128", "logger=foo"], "error: logger=foo: no such option in conf/logger/ (use one of "
+                                                "default, none)"),
+    (["batch_size=[1,"], "error: batch_size=[1,: not an override Hydra can read (no viable alternative at input "
+                         "'[1,')"),
+    (["hydra.launcher.max_parallel=abc"], "error: Error merging override hydra.launcher.max_parallel=abc: Value "
+                                          "'abc' of type 'str' could not be converted to Integer"),
+])
+def test_hydra_s_own_refusals_are_one_line_exit_2(args, line, tmp_path):
+    """What Hydra refuses before tornado.train runs (a misspelt setting, a missing option) reads like ours."""
+    p = _cli([*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT)
+    assert p.returncode == 2 and p.stderr == line + "\n", p.stderr[-2000:]
+    assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
 def test_resume_hint_names_the_run_folder_when_the_command_did_not(monkeypatch):
     from tornado.train import _resume_hint
 

@@ -1,6 +1,12 @@
-"""key=value command lines for the small commands that are not Hydra apps."""
+"""Command lines: key=value arguments for the small commands that are not Hydra apps, and one-line errors
+for the Hydra apps' own refusals."""
 from __future__ import annotations
 
+import difflib
+import os
+import re
+import sys
+from pathlib import Path
 from typing import Any, Callable
 
 from tornado.errors import TornadoError
@@ -34,3 +40,54 @@ def _convert(key: str, value: str, default: Any) -> Any:
         return kind(value) if kind is not None else value
     except ValueError:
         raise TornadoError(f"{key}={value}: expected a {kind.__name__}") from None
+
+
+def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str) -> None:
+    """Run a `@hydra.main` app with Hydra's own input errors (a misspelled setting, a config option that does
+    not exist, an override it cannot parse) as one `error:` line and exit 2, like every other bad input."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises these instead of printing its own report of them
+    try:
+        main()
+    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as e:
+        print(f"error: {hydra_error_line(e, lambda: setting_names(config_dir, config_name))}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def hydra_error_line(e: Exception, names: Callable[[], list[str]]) -> str:
+    from hydra.errors import MissingConfigException, OverrideParseException
+
+    if isinstance(e, MissingConfigException) and e.missing_cfg_file and "/" in e.missing_cfg_file:
+        group, option = e.missing_cfg_file.rsplit("/", 1)
+        known = f" (use one of {', '.join(e.options)})" if e.options else ""
+        return f"{group}={option}: no such option in conf/{group}/{known}"
+    if isinstance(e, OverrideParseException):
+        return f"{e.override}: not an override Hydra can read ({_first_line(e.message)})"
+    m = re.match(r"Could not override '([^']+)'\.\s*To append", str(e))
+    if m:
+        try:
+            close = difflib.get_close_matches(m.group(1), names(), n=1)
+        except Exception:  # the suggestion is a courtesy: never let it hide the error
+            close = []
+        return f"{m.group(1)}: no such setting" + (f" (did you mean {close[0]}?)" if close else "")
+    cause = f": {_first_line(str(e.__cause__))}" if e.__cause__ is not None else ""
+    return _first_line(str(e)) + cause
+
+
+def setting_names(config_dir: Path, config_name: str) -> list[str]:
+    """Every setting of the default config, dotted (`data.split.val_fraction`), Hydra's own left out."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from omegaconf import OmegaConf
+
+    from tornado.records import flatten
+
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(config_dir), version_base="1.3"):
+        cfg = compose(config_name)
+    return sorted(flatten(OmegaConf.to_container(cfg, resolve=False)))
+
+
+def _first_line(text: str) -> str:
+    return next((ln.strip() for ln in str(text).splitlines() if ln.strip()), "")

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 import tornado
 from tornado import data, synth
+from tornado.cli import run_hydra_app
 from tornado.augment import AugmentConfig, augment
 from tornado.errors import TornadoError, is_int, is_number, run_cli
 from tornado.records import write_json
@@ -491,4 +492,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_app(main, Path(__file__).resolve().parents[1] / "conf", "prepare")

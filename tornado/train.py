@@ -30,6 +30,7 @@ from pytorch_lightning.callbacks import Checkpoint, TQDMProgressBar
 
 import tornado
 from tornado import records
+from tornado.cli import run_hydra_app
 from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_split
 from tornado.errors import TornadoError, is_int, is_number, run_cli
 from tornado.metrics import SCORES, VAL_SCORES, best_csi_threshold, forecast_scores, roc_auc
@@ -665,4 +666,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_hydra_app(main, CONF_DIR, "train")
