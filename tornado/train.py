@@ -336,8 +336,11 @@ def _logged_epochs(csv_log: Path, done: int) -> str:
     """'first-last' of the epochs a CSV log holds (a log moved aside at an earlier resume holds the ones before)."""
     import csv
 
-    with open(csv_log, newline="") as f:
-        epochs = sorted({int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("epoch")})
+    try:
+        with open(csv_log, newline="") as f:
+            epochs = sorted({int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("epoch")})
+    except (OSError, ValueError, csv.Error):  # a log edited or cut short: named by the checkpoint instead
+        epochs = []
     return f"{epochs[0]}-{epochs[-1]}" if epochs else f"0-{done - 1}"
 
 
