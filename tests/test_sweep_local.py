@@ -94,6 +94,7 @@ def test_failures_are_isolated_reported_and_rerun_on_resume(sweep_cli, tmp_path,
     first = sweep_cli(args, env={"FAKE_FAIL_BATCH": "64", "FAKE_CRASH_BATCH": "128"})
     assert first.returncode == 1
     assert "2 ok, 2 failed, 0 skipped" in first.stdout
+    assert first.stdout.splitlines()[-1] == f"tables, plots and report.html: python -m tornado.report {sweep}"
     res = results(sweep)
     by_batch = {r["hparams"]["batch_size"]: r for r in res.values()}
     assert by_batch[64]["status"] == "failed" and by_batch[64]["error"] == "RuntimeError: fake failure"

@@ -371,6 +371,8 @@ def finish(config: DictConfig, jobs: Sequence[Job], sweep_dir: Path) -> List[Job
         where = f"no results.csv ({e})"
     print(f"sweep {sweep_dir}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped (already ok); {where}",
           flush=True)
+    if c["ok"] + c["skipped"]:
+        print(f"tables, plots and report.html: python -m tornado.report {sweep_dir}", flush=True)
     returns = [job_return(j) for j in jobs]
     # Hydra's basic sweeper turns a failed job into a traceback; the summary above already says it all.
     if c["failed"] and str(config.hydra.sweeper.get("_target_")) == BASIC_SWEEPER:
