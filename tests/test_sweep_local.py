@@ -318,6 +318,16 @@ def test_collect_writes_one_row_per_job_with_the_design_columns(tmp_path):
     assert list(on_disk["batch_per_device"]) == [64, 32, 128]
 
 
+def test_best_epoch_is_the_first_with_the_highest_validation_roc_auc():
+    from tornado.collect import best_epoch
+
+    hist = [{"epoch": 0, "val_roc_auc": 0.6}, {"epoch": 1, "val_roc_auc": 0.8}, {"epoch": 2, "val_roc_auc": 0.7},
+            {"epoch": 3, "val_roc_auc": 0.8}, {"epoch": 4, "val_roc_auc": float("nan")}]
+    assert best_epoch(hist) == 2  # epochs count from 1 here, as in the report; the tie goes to the earlier
+    assert best_epoch([{"epoch": 0, "train_acc": 0.9}]) is None and best_epoch(None) is None
+    assert best_epoch([{"epoch": 5, "val_roc_auc": 0.5}, "junk", {"val_roc_auc": True}]) == 6
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: d / "missing", "no such folder"),
     (lambda d: d, "no */result.json in it"),

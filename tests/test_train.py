@@ -116,6 +116,10 @@ def test_run_writes_full_records_and_learns(first_run):
     # validation skill after every epoch (score_epochs): the last is the run's own val_roc_auc; its scoring
     # time is kept out of the training time
     assert all(0 < h["val_roc_auc"] <= 1 for h in hist)
+    from tornado.collect import result_row
+
+    aucs = [h["val_roc_auc"] for h in hist]
+    assert result_row("0", on_disk)["val_best_epoch"] == 1 + aucs.index(max(aucs))  # results.csv's column
     assert hist[-1]["val_roc_auc"] == pytest.approx(m["val_roc_auc"], abs=1e-6)
     assert t["epoch_scoring_s"] > 0 and sum(t["epoch_s"]) < t["wall_s"]
     logged = pd.read_csv(out / "csv" / "metrics.csv")
