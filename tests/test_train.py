@@ -402,7 +402,8 @@ def test_cli_bad_value_one_line_exit_2(data_dir, tmp_path):
 
 @pytest.mark.parametrize("args, line", [
     (["epoch=3"], "error: epoch: no such setting (did you mean epochs?)"),
-    (["data.split.val_frac=0.2"], "error: data.split.val_frac: no such setting (did you mean data.split.val_fraction?)"),
+    (["data.split.val_frac=0.2"], "error: data.split.val_frac: no such setting (did you mean "
+                                  "data.split.val_fraction?)"),
     (["-m", "batch_size=64,128", "logger=foo"], "error: logger=foo: no such option in conf/logger/ (use one of "
                                                 "default, none)"),
     (["batch_size=[1,"], "error: batch_size=[1,: not an override Hydra can read (no viable alternative at input "
