@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from tornado.metrics import SCORES, best_csi_threshold, forecast_scores, prior_shift
+from tornado.metrics import SCORES, best_csi_threshold, forecast_scores, prior_shift, roc_auc_se
 
 
 @pytest.fixture
@@ -37,6 +37,7 @@ def test_scores_match_sklearn_and_direct_counts(forecasts):
     m = forecast_scores(prob, label, threshold=0.3)
     assert list(m) == SCORES
     assert m["roc_auc"] == pytest.approx(roc_auc_score(label, prob), abs=1e-6)
+    assert m["roc_auc_se"] == roc_auc_se(m["roc_auc"], int(label.sum()), int((1 - label).sum())) > 0
     assert m["average_precision"] == pytest.approx(average_precision_score(label, prob), abs=1e-6)
     assert m["brier"] == pytest.approx(brier_score_loss(label, prob))
     assert m["climatology"] == pytest.approx(label.mean())
@@ -112,3 +113,20 @@ def test_reliability_is_the_binned_calibration_gap():
     assert reliability(prob, label) == pytest.approx(want)
     assert reliability(np.full(4, 0.25), np.array([1, 0, 0, 0])) == pytest.approx(0)
     assert forecast_scores(prob, label)["reliability"] == pytest.approx(want)
+
+
+def test_roc_auc_standard_error_matches_the_spread_of_resampled_test_sets():
+    """Hanley-McNeil's SE against the spread of the AUC over many test sets of the same size (exponential
+    scores, for which their formula is derived): within 10%."""
+    from scipy.stats import rankdata
+
+    rng = np.random.default_rng(0)
+    pos, neg, theta = 60, 1200, 3.0  # ~5% positives; positives' scores theta times larger: AUC = theta / (1 + theta)
+    aucs = []
+    for _ in range(3000):
+        s = np.r_[rng.exponential(theta, pos), rng.exponential(1.0, neg)]
+        r = rankdata(s)[:pos].sum()
+        aucs.append((r - pos * (pos + 1) / 2) / (pos * neg))
+    auc = theta / (1 + theta)
+    assert np.mean(aucs) == pytest.approx(auc, abs=0.005)
+    assert roc_auc_se(auc, pos, neg) == pytest.approx(np.std(aucs), rel=0.10)

@@ -7,12 +7,12 @@ import numpy as np
 
 
 # what forecast_scores returns, in order; VAL_SCORES: those also kept for the validation split (prefixed val_)
-SCORES = ["n", "positives", "climatology", "accuracy", "roc_auc", "average_precision", "csi_050", "pod_050",
-          "far_050", "threshold", "csi", "pod", "far", "best_threshold", "csi_best", "pod_best", "far_best",
+SCORES = ["n", "positives", "climatology", "accuracy", "roc_auc", "roc_auc_se", "average_precision", "csi_050",
+          "pod_050", "far_050", "threshold", "csi", "pod", "far", "best_threshold", "csi_best", "pod_best", "far_best",
           "brier", "bss", "reliability"]
 VAL_SCORES = [f"val_{k}" for k in SCORES if k not in ("climatology", "threshold", "csi", "pod", "far")]
-LOWER_IS_BETTER = {"brier", "far_050", "far", "far_best", "reliability", "val_brier", "val_far_050", "val_far_best",
-                   "val_reliability"}
+LOWER_IS_BETTER = {"brier", "far_050", "far", "far_best", "reliability", "roc_auc_se", "val_brier", "val_far_050",
+                   "val_far_best", "val_reliability", "val_roc_auc_se"}
 RELIABILITY_BINS = 10
 
 
@@ -82,15 +82,16 @@ def roc_auc_se(auc: float, positives: int, negatives: int) -> float:
 
 def forecast_scores(prob: np.ndarray, label: np.ndarray, climatology: float | None = None,
                     threshold: float | None = None) -> dict[str, float]:
-    """Accuracy, ROC AUC, average precision, CSI/POD/FAR at 0.5, at `threshold` (chosen elsewhere: on the
-    validation split) and at the best-CSI threshold of these very forecasts (an upper bound, optimistic),
-    Brier score and Brier skill score against climatology (the training base rate if given)."""
+    """Accuracy, ROC AUC and its standard error, average precision, CSI/POD/FAR at 0.5, at `threshold` (chosen
+    elsewhere: on the validation split) and at the best-CSI threshold of these very forecasts (an upper bound,
+    optimistic), Brier score and Brier skill score against climatology (the training base rate if given)."""
     prob = np.asarray(prob, dtype=np.float64)
     label = np.asarray(label).astype(np.int64)
     base = float(label.mean()) if climatology is None else float(climatology)
     out: dict[str, float] = {"n": float(len(label)), "positives": float(label.sum()), "climatology": base}
     out["accuracy"] = float(np.mean((prob >= 0.5) == (label == 1)))
     out["roc_auc"] = roc_auc(prob, label)
+    out["roc_auc_se"] = roc_auc_se(out["roc_auc"], int(label.sum()), int(len(label) - label.sum()))
     if 0 < label.sum() < len(label):
         import torch  # here: the report reads SCORES without loading torch
         from torchmetrics.functional.classification import binary_average_precision

@@ -202,8 +202,8 @@ def best_by_metric(ok: pd.DataFrame, metric: str, top: int = 5) -> list[dict]:
     return sorted(out, key=lambda d: (-_direction(metric) * d[metric], d["job"]))[:top]
 
 
-JOB_SCORES = ("roc_auc", "average_precision", "csi", "bss", "reliability", "val_roc_auc", "val_best_epoch", "wall_s",
-              "samples_per_s")
+JOB_SCORES = ("roc_auc", "roc_auc_se", "average_precision", "csi", "bss", "reliability", "val_roc_auc",
+              "val_best_epoch", "wall_s", "samples_per_s")
 
 
 def jobs_table(ok: pd.DataFrame, metric: str) -> pd.DataFrame:

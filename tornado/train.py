@@ -647,7 +647,9 @@ def _headline(result: dict) -> str:
         csi = f"CSI {f(m['csi'])} (threshold {f(m['threshold'])}, chosen on validation)"
     else:
         csi = f"CSI {f(m['csi_best'])} (threshold {f(m['best_threshold'])}, the test set's best: optimistic)"
-    return (f"accuracy {f(m['accuracy'])}  ROC AUC {f(m['roc_auc'])}  AP {f(m['average_precision'])}  "
+    se = m.get("roc_auc_se")
+    se = f" ± {se:.3f}" if isinstance(se, float) and math.isfinite(se) else ""  # one standard error
+    return (f"accuracy {f(m['accuracy'])}  ROC AUC {f(m['roc_auc'])}{se}  AP {f(m['average_precision'])}  "
             f"{csi}  BSS {f(m['bss'])}\n"
             f"trained in {t['wall_s']:.1f} s ({result['samples_per_s']:.0f} samples/s); "
             f"logs and result.json in {where}")
