@@ -134,6 +134,26 @@ def test_run_writes_full_records_and_learns(first_run):
     assert len(preds["prob"]) == len(preds["label"]) == int(m["n"])
 
 
+def test_patience_stops_when_validation_skill_stalls_and_a_rerun_stops_again(data_dir, tmp_path):
+    from tornado.train import train
+
+    r = train(cfg_for(*small(data_dir, "epochs=25", "patience=2")), output_dir=tmp_path)
+    aucs = [h["val_roc_auc"] for h in r["history"]]
+    best = [aucs.index(max(aucs[:k + 1])) for k in range(len(aucs))]  # best epoch so far, after each epoch
+    assert len(aucs) < 25 and r["early_stop"]["stopped"]  # this seed's curve stalls well before 25 epochs
+    assert len(aucs) - 1 - best[-1] == 2 and all(k - best[k] < 2 for k in range(len(aucs) - 1))  # stopped at once
+    assert r["early_stop"] == {"patience": 2, "stopped": True, "epochs_trained": len(aucs), "best_epoch": best[-1] + 1}
+    again = train(cfg_for(*small(data_dir, "epochs=25", "patience=2")), output_dir=tmp_path)  # the same command
+    assert again["resumed_after_epochs"] == len(aucs) and again["history"] == r["history"]
+    assert again["metrics"] == r["metrics"]
+    more = train(cfg_for(*small(data_dir, "epochs=25", "patience=4")), output_dir=tmp_path)  # more patience: on
+    assert len(more["history"]) > len(aucs) and more["history"][:len(aucs)] == r["history"]
+    with pytest.raises(TornadoError, match=r"patience=2: needs score_epochs=true"):
+        train(cfg_for(*small(data_dir, "patience=2", "score_epochs=false")), output_dir=tmp_path / "off")
+    with pytest.raises(TornadoError, match=r"patience=2: needs a validation split"):
+        train(cfg_for(*small(data_dir, "patience=2", "data.split.val_fraction=0")), output_dir=tmp_path / "none")
+
+
 def test_score_epochs_off_leaves_the_history_without_validation_and_training_unchanged(first_run, data_dir,
                                                                                        tmp_path):
     from tornado.train import train
@@ -251,6 +271,8 @@ def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     ("model.pos_weight=0", "model.pos_weight=0: must be a positive number"),
     ("+epoch=3", r"epoch: unknown key \(did you mean epochs\?\)"),
     ("+fast.bf=true", r"fast.bf: unknown key \(did you mean fast.bf16\?\)"),
+    ("patience=0", "patience=0: must be a positive number of epochs, or null"),
+    ("patience=abc", "patience=abc: must be a positive number of epochs, or null"),
     # the data settings are named as this command takes them (data.), augment's as they are
     ("data.split.val_fraction=1.5", r"^data.split.val_fraction: 1.5: must be a number in \[0, 1\)$"),
     ("data.label.reduce=median", r"^data.label.reduce: 'median': must be one of"),
@@ -443,13 +465,16 @@ def test_progress_bar_counts_batches_on_a_terminal_and_stays_out_of_pipes(data_d
 
 def test_cpu_ddp_two_processes_keep_global_batch(data_dir, tmp_path):
     run = tmp_path / "ddp"
-    p = _cli([*small(data_dir, "epochs=1", "batch_size=128", "trainer.accelerator=cpu", "gpus=2"),
-              f"hydra.run.dir={run}"], cwd=ROOT)
+    p = _cli([*small(data_dir, "epochs=10", "batch_size=128", "lr=0.003", "trainer.accelerator=cpu", "gpus=2",
+                     "patience=1"), f"hydra.run.dir={run}"], cwd=ROOT)
     assert p.returncode == 0, p.stderr[-3000:]
     result = json.loads((run / "result.json").read_text())
     assert result["batch"] == {"global": 128, "per_device": 64, "devices": 2, "effective_global": 128}
     assert result["devices"]["count"] == 2
     assert (run / "train_ddp_process_1.log").exists()
+    # rank 0 scores the validation split; its decision to stop reaches rank 1 (else the run would hang)
+    aucs = [h["val_roc_auc"] for h in result["history"]]
+    assert result["early_stop"]["stopped"] and len(aucs) < 10 and aucs[-1] <= max(aucs[:-1])
 
 
 def test_predict_round_trip(first_run, data_dir, tmp_path):

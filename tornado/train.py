@@ -117,6 +117,11 @@ def validate(cfg: DictConfig) -> None:
     for key in ("resume", "score_epochs"):
         if not isinstance(cfg.get(key, True), bool):
             raise TornadoError(f"{key}={cfg[key]}: must be true or false")
+    patience = cfg.get("patience")
+    if patience is not None and (not is_int(patience) or patience < 1):
+        raise TornadoError(f"patience={patience}: must be a positive number of epochs, or null to train every epoch")
+    if patience is not None and not cfg.get("score_epochs", True):
+        raise TornadoError(f"patience={patience}: needs score_epochs=true (the validation ROC AUC it watches)")
     for key, value in cfg.fast.items():
         if key == "storage":
             ok, allowed = value in ("float32", "float16"), "float32, float16"
@@ -229,12 +234,31 @@ class _Clock(pl.Callback):
 
 class _EpochSkill(pl.Callback):
     """ROC AUC on the validation split after every epoch (rank 0): how soon a run reaches skill. After the
-    epoch clock has stopped, and left out of wall_s; kept in checkpoints, like the epoch times."""
+    epoch clock has stopped, and left out of wall_s; kept in checkpoints, like the epoch times.
 
-    def __init__(self, x: torch.Tensor, y: np.ndarray):
+    With `patience`, training stops once the score has not improved on its best for that many epochs (the
+    decision is rank 0's, sent to every rank). A resumed run that had stopped so stops again at once; a
+    larger patience lets it go on."""
+
+    def __init__(self, x: torch.Tensor, y: np.ndarray, patience: int | None = None):
         self.x, self.y = x, y
+        self.patience = patience
         self.scores: dict[int, float] = {}
         self.eval_s = 0.0  # this process's scoring time
+        self.stopped = False
+
+    def best_epoch(self) -> int | None:
+        """The epoch (from 0) of the highest score so far, the first of ties."""
+        finite = {e: v for e, v in self.scores.items() if math.isfinite(v)}
+        return min(e for e, v in finite.items() if v == max(finite.values())) if finite else None
+
+    def _stale(self) -> bool:
+        best = self.best_epoch()
+        return self.patience is not None and best is not None and max(self.scores) - best >= self.patience
+
+    def on_train_start(self, trainer, pl_module):
+        if self._stale():  # scores restored from a checkpoint, on every rank alike
+            trainer.should_stop = self.stopped = True
 
     def state_dict(self) -> dict:
         return {"val_roc_auc": dict(self.scores)}
@@ -243,14 +267,15 @@ class _EpochSkill(pl.Callback):
         self.scores = {int(k): v for k, v in state_dict.get("val_roc_auc", {}).items()}
 
     def on_train_epoch_end(self, trainer, pl_module):
-        if not trainer.is_global_zero:
-            return
-        t0 = time.perf_counter()
-        self.x = self.x.to(pl_module.device)  # once: a no-op after the first epoch
-        score = roc_auc(probabilities(pl_module.net, self.x), self.y)
-        self.scores[trainer.current_epoch] = score
-        pl_module.log("val_roc_auc", score, on_epoch=True, rank_zero_only=True)  # CSV and TensorBoard
-        self.eval_s += time.perf_counter() - t0
+        if trainer.is_global_zero:
+            t0 = time.perf_counter()
+            self.x = self.x.to(pl_module.device)  # once: a no-op after the first epoch
+            score = roc_auc(probabilities(pl_module.net, self.x), self.y)
+            self.scores[trainer.current_epoch] = score
+            pl_module.log("val_roc_auc", score, on_epoch=True, rank_zero_only=True)  # CSV and TensorBoard
+            self.eval_s += time.perf_counter() - t0
+        if self.patience is not None and trainer.strategy.broadcast(self._stale(), src=0):
+            trainer.should_stop = self.stopped = True
 
 
 # the settings that make a run what it is: a checkpoint resumes only a run that has the same ones
@@ -434,7 +459,11 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         ckpt = resume_path(last, ident, cfg.epochs) if cfg.resume else None
         last.parent.mkdir(parents=True, exist_ok=True)
         saver = _LastCheckpoint(last, ident)
-        skill = _EpochSkill(*load_split(path, "val")) if cfg.score_epochs and dm.meta["n_val"] > 0 else None
+        if cfg.get("patience") is not None and dm.meta["n_val"] == 0:
+            raise TornadoError(f"patience={cfg.patience}: needs a validation split to watch "
+                               "(data.split.val_fraction > 0)")
+        skill = (_EpochSkill(*load_split(path, "val"), patience=cfg.get("patience"))
+                 if cfg.score_epochs and dm.meta["n_val"] > 0 else None)
         trainer, clock = make_trainer(cfg, out, accelerator, devices, dm, [saver] + ([skill] if skill else []))
         t_fit = time.perf_counter()
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
@@ -466,6 +495,9 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             "history": _history(module, clock, skill),
             "data": {k: dm.meta[k] for k in ("n_train", "n_train_originals", "n_val", "n_test")},
             "resumed_after_epochs": clock.restored,
+            "early_stop": None if skill is None or skill.patience is None else {
+                "patience": skill.patience, "stopped": skill.stopped, "epochs_trained": len(module.history),
+                "best_epoch": None if skill.best_epoch() is None else skill.best_epoch() + 1},
         })
         if per_dev * devices != cfg.batch_size:
             log.warning("batch_size=%d does not divide over %d devices: %d per device, %d in all",
