@@ -377,6 +377,16 @@ def test_a_single_run_folder_is_reported_as_one_job(tmp_path):
         report.load_sweep(tmp_path / "empty")
 
 
+def test_jobs_stopped_early_are_noted(tmp_path):
+    sweep = tmp_path / "sweep"
+    for job, trained in (("0", 5), ("1", 3)):
+        hparams = {"batch_size": 128, "data_multiplier": 1, "epochs": 5, "patience": 1, "seed": int(job)}
+        result_json(sweep / job, hparams, history=[(0.9, 1.0)] * trained)
+    summary = json.loads(report.build_report(sweep)["summary.json"].read_text())
+    assert "1 of 2 jobs stopped early (patience)" in " ".join(summary["notes"])
+    assert report.load_sweep(sweep).df["epochs_trained"].tolist() == [5, 3]
+
+
 def test_jobs_table_lists_every_ok_job_best_first_with_its_settings():
     ok = pd.DataFrame({"job": ["0", "1", "2", "3"], "batch_size": [128, 256, 128, 256], "lr": [0.001] * 4,
                        "roc_auc": [0.7, 0.9, np.nan, 0.8], "brier": [0.05, 0.04, 0.03, 0.06], "wall_s": [4.0, 3, 2, 1]})

@@ -535,6 +535,11 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
     if not metric.startswith("val_"):
         notes.append(f"Best configurations are ranked by {metric}, a test-set score (the jobs have no validation "
                      "split): an optimistic choice.")
+    if {"epochs", "epochs_trained"} <= set(ok.columns):
+        early = int((numeric_column(ok, "epochs_trained") < numeric_column(ok, "epochs")).sum())
+        if early:
+            notes.append(f"{early} of {len(ok)} jobs stopped early (patience): their times and scores are of the "
+                         "epochs they trained (epochs_trained), not of `epochs`.")
 
     images: dict[str, tuple[str, bytes]] = {}
     plots: dict[str, dict[str, bytes]] = {}
