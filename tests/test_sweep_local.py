@@ -319,7 +319,7 @@ def test_collect_writes_one_row_per_job_with_the_design_columns(tmp_path):
 
 
 def test_best_epoch_is_the_first_with_the_highest_validation_roc_auc():
-    from tornado.collect import best_epoch
+    from tornado.records import best_epoch
 
     hist = [{"epoch": 0, "val_roc_auc": 0.6}, {"epoch": 1, "val_roc_auc": 0.8}, {"epoch": 2, "val_roc_auc": 0.7},
             {"epoch": 3, "val_roc_auc": 0.8}, {"epoch": 4, "val_roc_auc": float("nan")}]

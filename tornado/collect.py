@@ -4,15 +4,14 @@ from __future__ import annotations
 import argparse
 import fcntl
 import json
-import math
 import os
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
-from tornado.errors import TornadoError, is_number, run_cli
-from tornado.records import flatten, write_atomic
+from tornado.errors import TornadoError, run_cli
+from tornado.records import best_epoch, flatten, write_atomic
 
 _EXTRA = ("config_hash", "started", "finished", "host")
 
@@ -55,18 +54,6 @@ def result_row(job: str, res: dict) -> dict[str, Any]:
     row["val_best_epoch"] = best_epoch(history)
     row.update({k: res.get(k) for k in _EXTRA})
     return row
-
-
-def best_epoch(history: Any) -> int | None:
-    """The epoch (from 1) whose validation ROC AUC was highest, the first of ties; None without per-epoch scores.
-    Past it, more epochs did not help."""
-    rows = enumerate(history if isinstance(history, list) else [])
-    pairs = [(h["val_roc_auc"], int(h.get("epoch", i))) for i, h in rows
-             if isinstance(h, dict) and is_number(h.get("val_roc_auc")) and math.isfinite(h["val_roc_auc"])]
-    if not pairs:
-        return None
-    top = max(v for v, _ in pairs)
-    return 1 + min(e for v, e in pairs if v == top)
 
 
 def _read(path: Path) -> dict:

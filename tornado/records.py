@@ -1,14 +1,18 @@
-"""Run records: the config hash that identifies a job, and atomic writes of result files."""
+"""Run records: the config hash that identifies a job, atomic writes of result files, and what a run's
+per-epoch history says."""
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import tempfile
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+
+from tornado.errors import is_number
 
 
 def task_container(cfg: DictConfig) -> dict:
@@ -69,3 +73,15 @@ def read_result(run_dir: str | os.PathLike) -> dict | None:
     except (OSError, ValueError):
         return None
     return res if isinstance(res, dict) else None
+
+
+def best_epoch(history: Any) -> int | None:
+    """The epoch (from 1) whose validation ROC AUC was highest, the first of ties; None without per-epoch scores.
+    Past it, more epochs did not help."""
+    rows = enumerate(history if isinstance(history, list) else [])
+    pairs = [(h["val_roc_auc"], int(h.get("epoch", i))) for i, h in rows
+             if isinstance(h, dict) and is_number(h.get("val_roc_auc")) and math.isfinite(h["val_roc_auc"])]
+    if not pairs:
+        return None
+    top = max(v for v, _ in pairs)
+    return 1 + min(e for v, e in pairs if v == top)

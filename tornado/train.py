@@ -248,13 +248,12 @@ class _EpochSkill(pl.Callback):
         self.stopped = False
 
     def best_epoch(self) -> int | None:
-        """The epoch (from 0) of the highest score so far, the first of ties."""
-        finite = {e: v for e, v in self.scores.items() if math.isfinite(v)}
-        return min(e for e, v in finite.items() if v == max(finite.values())) if finite else None
+        """The epoch (from 1) of the highest score so far, the first of ties."""
+        return records.best_epoch([{"epoch": e, "val_roc_auc": v} for e, v in self.scores.items()])
 
     def _stale(self) -> bool:
         best = self.best_epoch()
-        return self.patience is not None and best is not None and max(self.scores) - best >= self.patience
+        return self.patience is not None and best is not None and max(self.scores) + 1 - best >= self.patience
 
     def on_train_start(self, trainer, pl_module):
         if self._stale():  # scores restored from a checkpoint, on every rank alike
@@ -497,7 +496,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             "resumed_after_epochs": clock.restored,
             "early_stop": None if skill is None or skill.patience is None else {
                 "patience": skill.patience, "stopped": skill.stopped, "epochs_trained": len(module.history),
-                "best_epoch": None if skill.best_epoch() is None else skill.best_epoch() + 1},
+                "best_epoch": skill.best_epoch()},
         })
         if per_dev * devices != cfg.batch_size:
             log.warning("batch_size=%d does not divide over %d devices: %d per device, %d in all",
