@@ -260,7 +260,7 @@ def test_latex_csv_and_plots_written(tmp_path):
     assert len(tidy) == 4
     assert {(r["batch_size"], r["gpus"], float(r["wall_s_mean"])) for r in tidy} == {
         ("128", "1", 5.0), ("128", "2", 6.0), ("256", "1", 6.0), ("256", "2", 7.0)}
-    for name in ("train_acc_by_gpus", "train_acc_by_batch", "wall_vs_batch", "roc", "reliability"):
+    for name in ("train_acc_by_gpus", "train_acc_by_batch", "wall_vs_batch", "roc", "reliability", "performance"):
         png, svg = paths[f"{name}.png"], paths[f"{name}.svg"]
         assert png.read_bytes()[:8] == PNG_MAGIC and png.stat().st_size > 1000
         assert b"<svg" in svg.read_bytes()[:2000]
@@ -544,6 +544,10 @@ def test_roc_and_reliability_points_by_hand():
     assert auc == 0.75
     _, _, tied = plots.roc_points(np.array([0.5, 0.5, 0.5, 0.9]), np.array([0, 1, 0, 1]))
     assert tied == pytest.approx(0.75)      # one threshold for the three ties: (0, .5) -> (1, 1)
+    # performance diagram: thresholds 0.8, 0.4, 0.35, 0.1 -> hits 1, 1, 2, 2 of 2 positives, 1-4 forecasts "yes"
+    sr, pod, cut = plots.performance_points(prob, label)
+    assert cut.tolist() == [0.8, 0.4, 0.35, 0.1]
+    assert pod.tolist() == [0.5, 0.5, 1.0, 1.0] and sr.tolist() == [1.0, 0.5, 2 / 3, 0.5]
     mean_p, frac, low, high = plots.reliability_points(np.array([0.05, 0.15, 0.12, 0.95, 1.0]),
                                                        np.array([0, 1, 0, 1, 1]))
     assert mean_p == pytest.approx([0.05, 0.135, 0.975]) and frac == pytest.approx([0.0, 0.5, 1.0])

@@ -1,5 +1,6 @@
 """The report's figures (matplotlib, no display needed), each as PNG and SVG bytes: training-accuracy curves
-grouped as the paper's Figures 6-8, wall time against batch size, and the ROC curve and reliability diagram."""
+grouped as the paper's Figures 6-8, wall time against batch size, and the ROC curve, reliability diagram and
+performance diagram."""
 from __future__ import annotations
 
 import io
@@ -231,7 +232,46 @@ def reliability_points(prob: np.ndarray, label: np.ndarray, bins: int = 10) -> t
     return mean_p, hits / n, np.array([c.low for c in ci]), np.array([c.high for c in ci])
 
 
-def plot_roc_reliability(prob: np.ndarray, label: np.ndarray, job: str) -> dict[str, dict[str, bytes]]:
+def performance_points(prob: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Success ratio (1 - FAR), probability of detection and the threshold at every distinct forecast value,
+    from the highest: "yes" where the probability is at or above it."""
+    order = np.argsort(-prob, kind="stable")
+    p, y = prob[order], label[order].astype(float)
+    last = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]   # ties share one threshold
+    hits = np.cumsum(y)[last]
+    return hits / (last + 1), hits / max(y.sum(), 1), p[last]
+
+
+def _performance_diagram(prob: np.ndarray, label: np.ndarray, job: str, threshold: float | None):
+    """Roebber (2009): POD against success ratio, with lines of equal CSI (shaded) and of equal bias (dashed)."""
+    fig, (ax,) = _fig(1)
+    fig.set_size_inches(6.0, 5.4)
+    grid = np.linspace(0.005, 1, 200)
+    sr, pod = np.meshgrid(grid, grid)
+    csi = 1 / (1 / sr + 1 / pod - 1)
+    shade = ax.contourf(sr, pod, csi, levels=np.linspace(0, 1, 11), cmap="Blues", alpha=0.55)
+    fig.colorbar(shade, ax=ax, label="critical success index")
+    for bias in (0.5, 1, 2, 4):
+        ax.plot(grid, np.clip(bias * grid, 0, 1), ls="--", lw=0.7, color="grey")
+        ax.annotate(f"bias {bias:g}", (min(1, 1 / bias) * 0.97, min(1, bias) * 0.97), fontsize=8, color="#374151",
+                    ha="right", va="top")
+    x, y, _ = performance_points(prob, label)
+    ax.plot(x, y, lw=1.6, color="#b91c1c", label="forecast, every threshold")
+    if threshold is not None and math.isfinite(threshold):
+        yes = prob >= threshold
+        hits = float((yes & (label == 1)).sum())
+        if yes.any():
+            ax.plot(hits / yes.sum(), hits / max(label.sum(), 1), "o", color="black",
+                    label=f"threshold {threshold:.3g} (chosen on validation)")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="success ratio (1 - false alarm ratio)",
+           ylabel="probability of detection", title=f"Performance diagram: job {job}")
+    ax.legend(loc="lower left", fontsize=8)
+    return _render(fig)
+
+
+def plot_verification(prob: np.ndarray, label: np.ndarray, job: str,
+                      threshold: float | None = None) -> dict[str, dict[str, bytes]]:
+    """ROC curve, reliability diagram and performance diagram of one job's test forecasts."""
     out = {}
     fpr, tpr, auc = roc_points(prob, label)
     fig, (ax,) = _fig(1)
@@ -256,4 +296,5 @@ def plot_roc_reliability(prob: np.ndarray, label: np.ndarray, job: str) -> dict[
     hist.set(xlabel="forecast probability", ylabel="forecasts")
     hist.grid(alpha=0.3)
     out["reliability"] = _render(fig)
+    out["performance"] = _performance_diagram(prob, label, job, threshold)
     return out

@@ -25,7 +25,7 @@ from tornado.collect import result_row
 from tornado.errors import TornadoError, run_cli
 from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
 from tornado.metrics import roc_auc_se
-from tornado.plots import curve_figures, plot_curves, plot_roc_reliability, plot_skill_vs_time, plot_wall_vs_batch
+from tornado.plots import curve_figures, plot_curves, plot_skill_vs_time, plot_verification, plot_wall_vs_batch
 from tornado.records import read_result, write_atomic, write_json
 from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SKILL_S, TIMES, TableSet, build_tables,
                             is_repeat, label_text, number_text, numeric_column, ok_rows, to_html_tables, to_latex,
@@ -571,17 +571,23 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
             break
     if best_pred and len(np.unique(best_pred[2])) == 2:
         job, prob, label = best_pred
-        for name, data in plot_roc_reliability(prob, label, job).items():
+        row = ok.loc[ok["job"].astype(str) == str(job)]
+        cut = numeric_column(row, "threshold").iloc[0] if "threshold" in row.columns else None
+        for name, data in plot_verification(prob, label, job, cut).items():
             plots[name] = data
             cap = {"roc": f"ROC curve on the test set of the best job by {metric} ({job})",
                    "reliability": f"Reliability diagram of the best job by {metric} ({job}); error bars: 95% "
                                   "Wilson intervals of each bin's frequency; below: how many forecasts fall in "
-                                  "each bin"}
+                                  "each bin",
+                   "performance": f"Performance diagram of the best job by {metric} ({job}) on the test set: "
+                                  "probability of detection against success ratio at every threshold; shading: "
+                                  "CSI; dashed: frequency bias"}
             images[name] = (cap[name], data["png"])
     elif len(ok):
-        notes.append("No test_predictions.npz with both classes for the best job: no ROC or reliability plot.")
+        notes.append("No test_predictions.npz with both classes for the best job: no ROC, reliability or "
+                     "performance diagram.")
     for name in ("train_acc", "train_acc_by_gpus", "train_acc_by_batch", "train_acc_by_ratio", "skill_vs_time",
-                 "wall_vs_batch", "roc", "reliability"):
+                 "wall_vs_batch", "roc", "reliability", "performance"):
         for fmt in ("png", "svg"):
             if name in plots:
                 put(f"{name}.{fmt}", plots[name][fmt])
