@@ -63,8 +63,8 @@ def on_terminal():
     import struct
     import termios
 
-    def run(args: list[str], cwd: Path = REPO, timeout: float = 300, env: dict | None = None) -> tuple[int, str]:
-        env = {**_sweep_env(env), "PYTHONUNBUFFERED": "1"}
+    def run(args: list[str], cwd: Path = REPO, timeout: float = 300) -> tuple[int, str]:
+        env = {**_sweep_env(), "PYTHONUNBUFFERED": "1"}
         master, slave = pty.openpty()
         fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))  # a bar needs a width
         proc = subprocess.Popen([sys.executable, "-m", *map(str, args)], cwd=cwd, env=env,
