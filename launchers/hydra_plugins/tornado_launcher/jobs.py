@@ -268,7 +268,8 @@ def settle(job: Job, rc: Optional[int], reason: Optional[str] = None) -> None:
         job.error = describe_exit(rc, job.dir / "stdout.log")
     rec = dict(res or {})
     rec.update(status="failed", error=job.error, config_hash=job.config_hash, overrides=list(job.overrides),
-               output_dir=str(job.dir), finished=_iso(job.end or time.time()), host=rec.get("host") or socket.gethostname())
+               output_dir=str(job.dir), finished=_iso(job.end or time.time()),
+               host=rec.get("host") or socket.gethostname())
     rec.setdefault("started", _iso(job.start))
     if not rec.get("hparams"):
         rec["hparams"] = flatten(task_container(job.cfg))

@@ -169,8 +169,8 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                 j.dir.mkdir(parents=True, exist_ok=True)
             try:
                 with ex.batch():
-                    handles = [ex.submit(TrainTask(job_args(module, j, passthrough), str(j.dir), self._env(j, sweep_dir)))
-                               for j in group]
+                    handles = [ex.submit(TrainTask(job_args(module, j, passthrough), str(j.dir),
+                                                   self._env(j, sweep_dir))) for j in group]
             except Exception as e:
                 lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
                 raise TornadoError(f"sbatch refused {len(group)} jobs with gpus={gpus}, {tasks} tasks of "
