@@ -142,12 +142,25 @@ def test_patience_stops_when_validation_skill_stalls_and_a_rerun_stops_again(dat
     best = [aucs.index(max(aucs[:k + 1])) for k in range(len(aucs))]  # best epoch so far, after each epoch
     assert len(aucs) < 25 and r["early_stop"]["stopped"]  # this seed's curve stalls well before 25 epochs
     assert len(aucs) - 1 - best[-1] == 2 and all(k - best[k] < 2 for k in range(len(aucs) - 1))  # stopped at once
-    assert r["early_stop"] == {"patience": 2, "stopped": True, "epochs_trained": len(aucs), "best_epoch": best[-1] + 1}
+    assert r["early_stop"] == {"patience": 2, "stopped": True, "epochs_trained": len(aucs),
+                               "best_epoch": best[-1] + 1, "scored_epoch": best[-1] + 1}
+    # the best epoch's weights are scored (its validation ROC AUC, not the last's) and kept for predict
+    assert r["metrics"]["val_roc_auc"] == pytest.approx(max(aucs), abs=1e-6) and aucs[-1] < max(aucs)
+    from tornado.data import find_files
+    from tornado.predict import predict
+
+    one = str(find_files(data_dir / "synthetic")[-1])
+    assert predict(tmp_path, one)["probability"].tolist() == predict(tmp_path / "checkpoints" / "best.ckpt",
+                                                                     one)["probability"].tolist()
+    assert not np.allclose(predict(tmp_path, one)["probability"],
+                           predict(tmp_path / "checkpoints" / "last.ckpt", one)["probability"])
     again = train(cfg_for(*small(data_dir, "epochs=25", "patience=2")), output_dir=tmp_path)  # the same command
     assert again["resumed_after_epochs"] == len(aucs) and again["history"] == r["history"]
     assert again["metrics"] == r["metrics"]
     more = train(cfg_for(*small(data_dir, "epochs=25", "patience=4")), output_dir=tmp_path)  # more patience: on
     assert len(more["history"]) > len(aucs) and more["history"][:len(aucs)] == r["history"]
+    plain = train(cfg_for(*small(data_dir, "epochs=2", "resume=false")), output_dir=tmp_path)  # no patience
+    assert plain["early_stop"] is None and not (tmp_path / "checkpoints" / "best.ckpt").exists()
     with pytest.raises(TornadoError, match=r"patience=2: needs score_epochs=true"):
         train(cfg_for(*small(data_dir, "patience=2", "score_epochs=false")), output_dir=tmp_path / "off")
     with pytest.raises(TornadoError, match=r"patience=2: needs a validation split"):
@@ -475,6 +488,7 @@ def test_cpu_ddp_two_processes_keep_global_batch(data_dir, tmp_path):
     # rank 0 scores the validation split; its decision to stop reaches rank 1 (else the run would hang)
     aucs = [h["val_roc_auc"] for h in result["history"]]
     assert result["early_stop"]["stopped"] and len(aucs) < 10 and aucs[-1] <= max(aucs[:-1])
+    assert result["metrics"]["val_roc_auc"] == pytest.approx(max(aucs), abs=1e-6)  # the best epoch's weights
 
 
 def test_predict_round_trip(first_run, data_dir, tmp_path):

@@ -2,7 +2,8 @@
 
     python -m tornado.predict checkpoint=RUN/checkpoints/last.ckpt input=DIR_OR_GLOB [output=predictions.csv]
 
-(`checkpoint=RUN`, the run's folder, takes its checkpoints/last.ckpt.)
+(`checkpoint=RUN`, the run's folder, takes the model its test scores are of: checkpoints/best.ckpt where
+`patience` kept the best epoch's weights, else checkpoints/last.ckpt.)
 
 Inputs are standardised with the scaler stored in the checkpoint (fitted on the training split). A model
 trained with balance copies or a pos_weight has its probabilities moved back to the training originals'
@@ -40,10 +41,12 @@ CHANNELS = 3  # input channels of every tornado model: one scaler entry each
 
 
 def checkpoint_file(checkpoint: str | Path) -> Path:
-    """The checkpoint file: as given, or RUN/checkpoints/last.ckpt for a run's folder."""
+    """The checkpoint file: as given, or for a run's folder the model its test scores are of: best.ckpt (a run
+    with `patience`: the best epoch's weights) or else last.ckpt, in RUN/checkpoints/."""
     path = Path(checkpoint)
     if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
+        best = path / "checkpoints" / "best.ckpt"
+        path = best if best.is_file() else path / "checkpoints" / "last.ckpt"
         if not path.is_file():
             raise TornadoError(f"checkpoint={checkpoint}: a folder without checkpoints/last.ckpt (not a run folder)")
     elif not path.is_file():

@@ -8,6 +8,7 @@ from __future__ import annotations
 import ctypes
 import datetime as dt
 import difflib
+import io
 import logging
 import math
 import os
@@ -237,8 +238,8 @@ class _EpochSkill(pl.Callback):
     epoch clock has stopped, and left out of wall_s; kept in checkpoints, like the epoch times.
 
     With `patience`, training stops once the score has not improved on its best for that many epochs (the
-    decision is rank 0's, sent to every rank). A resumed run that had stopped so stops again at once; a
-    larger patience lets it go on."""
+    decision is rank 0's, sent to every rank), and the best epoch's weights are kept (rank 0, in checkpoints
+    too) to be scored. A resumed run that had stopped so stops again at once; a larger patience lets it go on."""
 
     def __init__(self, x: torch.Tensor, y: np.ndarray, patience: int | None = None):
         self.x, self.y = x, y
@@ -246,6 +247,7 @@ class _EpochSkill(pl.Callback):
         self.scores: dict[int, float] = {}
         self.eval_s = 0.0  # this process's scoring time
         self.stopped = False
+        self.best_state: dict[str, torch.Tensor] | None = None  # the network's weights at the best epoch
 
     def best_epoch(self) -> int | None:
         """The epoch (from 1) of the highest score so far, the first of ties."""
@@ -260,10 +262,11 @@ class _EpochSkill(pl.Callback):
             trainer.should_stop = self.stopped = True
 
     def state_dict(self) -> dict:
-        return {"val_roc_auc": dict(self.scores)}
+        return {"val_roc_auc": dict(self.scores), "best_state": self.best_state}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.scores = {int(k): v for k, v in state_dict.get("val_roc_auc", {}).items()}
+        self.best_state = state_dict.get("best_state")
 
     def on_train_epoch_end(self, trainer, pl_module):
         if trainer.is_global_zero:
@@ -272,6 +275,8 @@ class _EpochSkill(pl.Callback):
             score = roc_auc(probabilities(pl_module.net, self.x), self.y)
             self.scores[trainer.current_epoch] = score
             pl_module.log("val_roc_auc", score, on_epoch=True, rank_zero_only=True)  # CSV and TensorBoard
+            if self.patience is not None and self.best_epoch() == trainer.current_epoch + 1:
+                self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.net.state_dict().items()}
             self.eval_s += time.perf_counter() - t0
         if self.patience is not None and trainer.strategy.broadcast(self._stale(), src=0):
             trainer.should_stop = self.stopped = True
@@ -326,6 +331,20 @@ def prepared(cfg: DictConfig) -> Path:
         if key in cfg.data:
             raise TornadoError(f"data.{e}", code=e.code) from None
         raise
+
+
+def keep_best(module: StormModule, skill: _EpochSkill | None, path: Path) -> int | None:
+    """With `patience`: the best epoch's weights into the module (to be scored) and into `path` (best.ckpt,
+    for predict); returns that epoch (from 1). Without: removes a best.ckpt an earlier run left there."""
+    if skill is None or skill.patience is None or skill.best_state is None:
+        path.unlink(missing_ok=True)
+        return None
+    module.net.load_state_dict(skill.best_state)
+    buf = io.BytesIO()  # what StormModule.load_from_checkpoint reads: weights and hyperparameters
+    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
+                "pytorch-lightning_version": pl.__version__, "epoch": skill.best_epoch() - 1}, buf)
+    records.write_atomic(path, buf.getvalue())
+    return skill.best_epoch()
 
 
 def resume_path(last: Path, ident: dict, epochs: int) -> str | None:
@@ -472,6 +491,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         wall_s = time.perf_counter() - t_fit - eval_s + restored_s
         if not trainer.is_global_zero:
             return result
+        best = keep_best(module, skill, last.with_name("best.ckpt"))
         t_test = time.perf_counter()
         metrics, evaluation, prob, label = score(module, path, dm.meta, (skill.x, skill.y) if skill else None)
         test_s = time.perf_counter() - t_test
@@ -496,7 +516,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             "resumed_after_epochs": clock.restored,
             "early_stop": None if skill is None or skill.patience is None else {
                 "patience": skill.patience, "stopped": skill.stopped, "epochs_trained": len(module.history),
-                "best_epoch": skill.best_epoch()},
+                "best_epoch": skill.best_epoch(), "scored_epoch": best},
         })
         if per_dev * devices != cfg.batch_size:
             log.warning("batch_size=%d does not divide over %d devices: %d per device, %d in all",
