@@ -76,6 +76,17 @@ def test_a_file_that_is_no_checkpoint_and_a_folder_that_is_no_run_are_named(tmp_
     assert load_model(tmp_path).hparams.scaler_mean == [1.0] * 3
 
 
+def test_weights_are_saved_once_compiled_or_not_and_older_double_copies_load(tmp_path):
+    plain, compiled = StormModule(scaler_mean=[0.0] * 3, scaler_std=[1.0] * 3), StormModule(compile=True)
+    assert list(plain.state_dict()) == list(compiled.state_dict()) == [f"net.{k}" for k in plain.net.state_dict()]
+    # a checkpoint of an earlier version: the weights under net.* and again under _forward._orig_mod.*
+    state = {**plain.state_dict(), **{f"_forward._orig_mod.{k}": v + 1 for k, v in plain.net.state_dict().items()}}
+    torch.save({"state_dict": state, "hyper_parameters": dict(plain.hparams), "pytorch-lightning_version": "2.0.0"},
+               tmp_path / "old.ckpt")
+    loaded = load_model(tmp_path / "old.ckpt")
+    assert all(torch.equal(a, b) for a, b in zip(loaded.net.state_dict().values(), plain.net.state_dict().values()))
+
+
 def test_a_missing_input_is_named_by_its_own_key_and_help_prints_usage(tmp_path):
     ckpt = fake_checkpoint(tmp_path / "m.ckpt", scaler_mean=[0.0] * 3, scaler_std=[1.0] * 3)
     p = cli(f"checkpoint={ckpt}", f"input={tmp_path / 'nothing'}", f"output={tmp_path / 'out.csv'}")

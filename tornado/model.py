@@ -64,7 +64,8 @@ class StormModule(pl.LightningModule):
         self.net = StormCNN(pool3=pool3, dropout=dropout)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
-        self._forward = torch.compile(self.net) if compile else self.net
+        # not registered as a submodule: the weights are net's, saved once under net.*
+        self.__dict__["_forward"] = torch.compile(self.net) if compile else self.net
         # moves to the module's device with it (a CUDA graph needs it there); not in the state dict, so that
         # checkpoints without it load; None: the plain loss
         self.register_buffer("_pos_weight", torch.tensor([float(pos_weight)]) if pos_weight != 1 else None,
@@ -168,6 +169,11 @@ class StormModule(pl.LightningModule):
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
         self.history = list(checkpoint.get("history", []))
+        # checkpoints of earlier versions hold the weights a second time, under _forward.* (or, compiled,
+        # _forward._orig_mod.*): net.* is the one copy loaded
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("_forward.")]:
+            del state[key]
 
     def _use_graph(self, x: torch.Tensor) -> bool:
         if not self.hparams.cuda_graph or x.device.type != "cuda" or self.trainer.world_size > 1:
