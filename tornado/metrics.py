@@ -35,19 +35,23 @@ def _scores(hits: float, false_alarms: float, misses: float) -> dict[str, float]
     }
 
 
+def counts_at_thresholds(prob: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Every distinct forecast value, highest first, as a threshold ("yes" at or above it; ties share one),
+    with the hits and false alarms it gives."""
+    order = np.argsort(-np.asarray(prob), kind="stable")
+    p, y = np.asarray(prob)[order], np.asarray(label)[order].astype(np.float64)
+    last = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]
+    return p[last], np.cumsum(y)[last], np.cumsum(1 - y)[last]
+
+
 def best_csi_threshold(prob: np.ndarray, label: np.ndarray) -> tuple[float, dict[str, float]]:
     """The probability threshold that maximises CSI, scanning every distinct forecast value."""
-    order = np.argsort(-prob, kind="stable")
-    p, y = prob[order], label[order].astype(np.float64)
-    hits = np.cumsum(y)
-    false_alarms = np.cumsum(1 - y)
-    last = np.r_[np.nonzero(np.diff(p))[0], len(p) - 1]  # forecast "yes" for p >= p[last]
-    h, f = hits[last], false_alarms[last]
-    m = y.sum() - h
+    cut, h, f = counts_at_thresholds(prob, label)
+    m = float(np.sum(label)) - h
     with np.errstate(invalid="ignore", divide="ignore"):
         csi = np.where(h + f + m > 0, h / (h + f + m), 0.0)
     k = int(np.argmax(csi))
-    return float(p[last[k]]), _scores(float(h[k]), float(f[k]), float(m[k]))
+    return float(cut[k]), _scores(float(h[k]), float(f[k]), float(m[k]))
 
 
 def prior_shift(prob: np.ndarray, trained_rate: float, rate: float) -> np.ndarray:

@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 
+from tornado.metrics import counts_at_thresholds
 from tornado.tables import label_text, matches, numeric_column, sort_key, sorted_unique, varying_hparams
 
 MAX_PANELS = 12
@@ -209,11 +210,9 @@ def plot_wall_vs_batch(ok: pd.DataFrame, group: str | None) -> dict[str, bytes] 
 
 def roc_points(prob: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
     """False and true positive rates at every distinct threshold (from (0, 0)), and the area under them."""
-    order = np.argsort(-prob, kind="stable")
-    p, y = prob[order], label[order].astype(float)
-    last = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]   # ties share one threshold
-    tpr = np.r_[0.0, np.cumsum(y)[last] / y.sum()]
-    fpr = np.r_[0.0, np.cumsum(1 - y)[last] / (1 - y).sum()]
+    _, hits, false_alarms = counts_at_thresholds(prob, label)
+    tpr = np.r_[0.0, hits / np.sum(label)]
+    fpr = np.r_[0.0, false_alarms / (len(label) - np.sum(label))]
     return fpr, tpr, float(np.trapezoid(tpr, fpr))
 
 
@@ -235,11 +234,8 @@ def reliability_points(prob: np.ndarray, label: np.ndarray, bins: int = 10) -> t
 def performance_points(prob: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Success ratio (1 - FAR), probability of detection and the threshold at every distinct forecast value,
     from the highest: "yes" where the probability is at or above it."""
-    order = np.argsort(-prob, kind="stable")
-    p, y = prob[order], label[order].astype(float)
-    last = np.r_[np.flatnonzero(np.diff(p)), len(p) - 1]   # ties share one threshold
-    hits = np.cumsum(y)[last]
-    return hits / (last + 1), hits / max(y.sum(), 1), p[last]
+    cut, hits, false_alarms = counts_at_thresholds(prob, label)
+    return hits / (hits + false_alarms), hits / max(np.sum(label), 1), cut
 
 
 def _performance_diagram(prob: np.ndarray, label: np.ndarray, job: str, threshold: float | None):
