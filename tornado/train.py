@@ -339,12 +339,13 @@ def keep_best(module: StormModule, skill: _EpochSkill | None, path: Path) -> int
     if skill is None or skill.patience is None or skill.best_state is None:
         path.unlink(missing_ok=True)
         return None
+    epoch = skill.best_epoch()
     module.net.load_state_dict(skill.best_state)
     buf = io.BytesIO()  # what StormModule.load_from_checkpoint reads: weights and hyperparameters
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": pl.__version__, "epoch": skill.best_epoch() - 1}, buf)
+                "pytorch-lightning_version": pl.__version__, "epoch": epoch - 1}, buf)
     records.write_atomic(path, buf.getvalue())
-    return skill.best_epoch()
+    return epoch
 
 
 def resume_path(last: Path, ident: dict, epochs: int) -> str | None:
