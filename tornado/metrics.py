@@ -16,7 +16,8 @@ LOWER_IS_BETTER = {"brier", "far_050", "far", "far_best", "reliability", "roc_au
 RELIABILITY_BINS = 10
 
 
-def _contingency(prob: np.ndarray, label: np.ndarray, threshold: float) -> dict[str, float]:
+def contingency(prob: np.ndarray, label: np.ndarray, threshold: float) -> dict[str, float]:
+    """CSI, POD and FAR of "yes" at or above `threshold` (NaN where a ratio has nothing to count)."""
     yes = prob >= threshold
     hits = float(np.sum(yes & (label == 1)))
     false_alarms = float(np.sum(yes & (label == 0)))
@@ -103,10 +104,10 @@ def forecast_scores(prob: np.ndarray, label: np.ndarray, climatology: float | No
         out["average_precision"] = float(binary_average_precision(torch.from_numpy(prob), torch.from_numpy(label)))
     else:
         out["average_precision"] = math.nan
-    for k, v in _contingency(prob, label, 0.5).items():
+    for k, v in contingency(prob, label, 0.5).items():
         out[f"{k}_050"] = v
     out["threshold"] = math.nan if threshold is None else float(threshold)
-    for k, v in (_contingency(prob, label, threshold) if threshold is not None else
+    for k, v in (contingency(prob, label, threshold) if threshold is not None else
                  dict.fromkeys(("csi", "pod", "far"), math.nan)).items():
         out[k] = v
     best_at, best = best_csi_threshold(prob, label)

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 
-from tornado.metrics import counts_at_thresholds
+from tornado.metrics import contingency, counts_at_thresholds
 from tornado.tables import label_text, matches, numeric_column, sort_key, sorted_unique, varying_hparams
 
 MAX_PANELS = 12
@@ -254,10 +254,9 @@ def _performance_diagram(prob: np.ndarray, label: np.ndarray, job: str, threshol
     x, y, _ = performance_points(prob, label)
     ax.plot(x, y, lw=1.6, color="#b91c1c", label="forecast, every threshold")
     if threshold is not None and math.isfinite(threshold):
-        yes = prob >= threshold
-        hits = float((yes & (label == 1)).sum())
-        if yes.any():
-            ax.plot(hits / yes.sum(), hits / max(label.sum(), 1), "o", color="black",
+        at = contingency(prob, label, threshold)
+        if math.isfinite(at["far"]):  # some forecasts "yes"
+            ax.plot(1 - at["far"], at["pod"], "o", color="black",
                     label=f"threshold {threshold:.3g} (chosen on validation)")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="success ratio (1 - false alarm ratio)",
            ylabel="probability of detection", title=f"Performance diagram: job {job}")
