@@ -359,18 +359,20 @@ def test_resume_continues_with_history_and_times(data_dir, tmp_path):
     assert two["times"]["wall_s"] > one["times"]["epoch_s"][0]
     assert two["times"]["total_s"] >= two["times"]["wall_s"]  # the earlier session counts in both
     assert (tmp_path / "csv" / "metrics.epochs-0-0.csv").exists()  # kept aside, not deleted by the logger
+    logged = (tmp_path / "csv" / "metrics.csv").read_text()
     again = train(cfg_for(*small(data_dir, "epochs=2")), output_dir=tmp_path)  # finished: nothing to train
     assert again["history"] == two["history"] and again["times"]["epoch_s"] == two["times"]["epoch_s"]
     assert again["metrics"] == two["metrics"]
+    assert (tmp_path / "csv" / "metrics.csv").read_text() == logged  # the last session's log, where it was
+    assert [f.name for f in sorted((tmp_path / "csv").glob("*.csv"))] == ["metrics.csv", "metrics.epochs-0-0.csv"]
     # continued where it stopped (weights, optimiser, the epoch's data order): as if never stopped
     straight = train(cfg_for(*small(data_dir, "epochs=2")), output_dir=tmp_path / "straight")
     assert straight["resumed_after_epochs"] == 0
     assert [h["train_loss"] for h in two["history"]] == [h["train_loss"] for h in straight["history"]]
     assert two["metrics"] == straight["metrics"]
-    # the logs of both sessions (each moved aside by the next, named by the epochs it holds) count steps on
-    # from where they stopped
-    logs = sorted((tmp_path / "csv").glob("metrics.epochs-*.csv"))
-    assert [f.name for f in logs] == ["metrics.epochs-0-0.csv", "metrics.epochs-1-1.csv"]
+    # the logs of both sessions (the first moved aside by the second, named by the epochs it holds) count
+    # steps on from where the first stopped
+    logs = [tmp_path / "csv" / "metrics.epochs-0-0.csv", tmp_path / "csv" / "metrics.csv"]
     steps = [pd.read_csv(f)["step"].tolist() for f in logs]
     assert sum(steps, []) == pd.read_csv(tmp_path / "straight" / "csv" / "metrics.csv")["step"].tolist()
 

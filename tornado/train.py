@@ -348,11 +348,12 @@ def keep_best(module: StormModule, skill: _EpochSkill | None, path: Path) -> int
     return epoch
 
 
-def resume_path(last: Path, ident: dict, epochs: int) -> str | None:
-    """`last` if it holds a checkpoint of this run to resume; refuses one that is unreadable, of other
-    settings (resuming it would silently continue another experiment) or past `epochs`."""
+def resume_path(last: Path, ident: dict, epochs: int) -> tuple[str | None, Path | None]:
+    """`last` if it holds a checkpoint of this run to resume, and where the earlier session's CSV log was moved
+    (Lightning's CSVLogger would delete it); refuses a checkpoint that is unreadable, of other settings
+    (resuming it would silently continue another experiment) or past `epochs`."""
     if not last.exists():
-        return None
+        return None, None
     try:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
         stored = ckpt.get("tornado", {}).get("identity")
@@ -370,10 +371,11 @@ def resume_path(last: Path, ident: dict, epochs: int) -> str | None:
     if done > epochs:
         raise TornadoError(f"{last}: {done} epochs done, more than epochs={epochs}; use epochs={done} or more to "
                            "go on, another hydra.run.dir, or resume=false to start over")
-    csv_log = last.parent.parent / "csv" / "metrics.csv"  # Lightning's CSVLogger would delete it
+    csv_log, aside = last.parent.parent / "csv" / "metrics.csv", None
     if csv_log.exists():
-        os.replace(csv_log, csv_log.with_name(f"metrics.epochs-{_logged_epochs(csv_log, done)}.csv"))
-    return str(last)
+        aside = csv_log.with_name(f"metrics.epochs-{_logged_epochs(csv_log, done)}.csv")
+        os.replace(csv_log, aside)
+    return str(last), aside
 
 
 def _logged_epochs(csv_log: Path, done: int) -> str:
@@ -475,7 +477,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         dm = make_datamodule(cfg, fast, path)
         module = make_module(cfg, fast, dm)
         ident = identity(task)
-        ckpt = resume_path(last, ident, cfg.epochs) if cfg.resume else None
+        ckpt, csv_aside = resume_path(last, ident, cfg.epochs) if cfg.resume else (None, None)
         last.parent.mkdir(parents=True, exist_ok=True)
         saver = _LastCheckpoint(last, ident)
         if cfg.get("patience") is not None and dm.meta["n_val"] == 0:
@@ -492,6 +494,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         wall_s = time.perf_counter() - t_fit - eval_s + restored_s
         if not trainer.is_global_zero:
             return result
+        if csv_aside and csv_aside.exists() and not csv_aside.with_name("metrics.csv").exists():
+            os.replace(csv_aside, csv_aside.with_name("metrics.csv"))  # nothing trained: the log stays as it was
         best = keep_best(module, skill, last.with_name("best.ckpt"))
         t_test = time.perf_counter()
         metrics, evaluation, prob, label = score(module, path, dm.meta, (skill.x, skill.y) if skill else None)
