@@ -469,13 +469,15 @@ def test_soonest_to_skill_from_validation_roc_auc_per_epoch(tmp_path):
     assert "| 2048 | never | – |" in (sweep / "report" / "table.md").read_text()
 
 
-def skill_sweep(tmp_path: Path, curves: dict[str, list[float]], val_n: int = 1500, val_positives: int = 68) -> Path:
-    """Jobs with a validation ROC AUC after each 1-second epoch, and the validation split's size."""
+def skill_sweep(tmp_path: Path, curves: dict[str, list[float]], val_n: int = 1500, val_positives: int = 68,
+                settings: dict[str, dict] | None = None) -> Path:
+    """Jobs with a validation ROC AUC after each 1-second epoch, and the validation split's size; batch sizes
+    128, 256, ... unless `settings` (job: hyperparameters) says otherwise."""
     sweep = tmp_path / "skill"
     results = {}
     for i, (job, aucs) in enumerate(curves.items()):
         hp = {"epochs": len(aucs), "batch_size": 128 * 2 ** i, "lr": 0.001, "data_multiplier": 1, "gpus": 0,
-              "seed": 0}
+              "seed": 0, **(settings or {}).get(job, {})}
         metrics = {"val_roc_auc": aucs[-1], "val_n": val_n, "val_positives": val_positives, "roc_auc": aucs[-1]}
         results[job] = result_json(sweep / job, hp, metrics=metrics, history=[(0.95, 1.0)] * len(aucs),
                                    predictions=False)
@@ -502,6 +504,33 @@ def test_skill_target_is_the_best_less_one_standard_error_and_never_chance(tmp_p
     assert [(t["job"], t["seconds"]) for t in sts["jobs"]] == [("c", 1.0), ("a", 2.0), ("b", 2.0)]
     with pytest.raises(TornadoError, match=r"skill=0.4: must be auto or a validation ROC AUC in \(0.5, 1\]"):
         report.build_report(sweep, skill=0.4)
+
+
+def test_soonest_to_skill_ranks_configurations_over_their_seeds(tmp_path):
+    curves = {"0": [0.85, 0.86, 0.86, 0.86], "1": [0.70, 0.70, 0.70, 0.85],  # batch 128: 1 s (lucky) and 4 s
+              "2": [0.70, 0.85, 0.86, 0.86], "3": [0.70, 0.85, 0.85, 0.86],  # batch 256: 2 s and 2 s
+              "4": [0.81, 0.82, 0.82, 0.82], "5": [0.70, 0.70, 0.70, 0.70]}  # batch 512: 1 s, and never
+    settings = {j: {"batch_size": 128 * 2 ** (int(j) // 2), "seed": int(j) % 2} for j in curves}
+    sweep = skill_sweep(tmp_path, curves, settings=settings)
+    paths = report.build_report(sweep, skill=0.8)
+    summary = json.loads(paths["summary.json"].read_text())
+    ranked = [(t["config"], t["seconds"], t["reached"], t["n"], t["jobs"]) for t in summary["soonest_to_skill"]["jobs"]]
+    # batch 256 (2 s for both seeds) before batch 128 (its lucky seed 1 s, the other 4 s: 2.5 s on average), and
+    # batch 512, reached by one seed of two, last
+    assert ranked == [({"batch_size": 256}, 2.0, 2, 2, ["2", "3"]), ({"batch_size": 128}, 2.5, 2, 2, ["0", "1"]),
+                      ({"batch_size": 512}, 1.0, 1, 2, ["4", "5"])]
+    second = summary["soonest_to_skill"]["jobs"][1]
+    assert second["std"] == pytest.approx(2.1213, abs=1e-4) and (second["epochs_min"], second["epochs"]) == (1, 4)
+    text = report.summary_text(summary)
+    assert "soonest to skill (val_roc_auc 0.8): jobs 2, 3 (2 s ± 0, mean of 2 repeats, 2 epochs): " \
+           "batch_size=256" in text
+    page = paths["report.html"].read_text()
+    assert "<b>2.5 s</b> ± 2.1 (mean of 2 repeats, 1–4 epochs) · jobs 0, 1" in page
+    assert "<b>1 s</b> (1 of 2 repeats reached it, their mean, 1 epoch) · jobs 4, 5" in page
+    # the per-job seconds stay in the tables (value=skill_s), seeds aggregated there
+    report.build_report(sweep, rows="batch_size", cols="epochs", group="none", value="skill_s", skill=0.8)
+    cells = pd.read_csv(sweep / "report" / "table.csv")
+    assert dict(zip(cells["batch_size"], cells["skill_s_mean"])) == {128: 2.5, 256: 2.0, 512: math.inf}
 
 
 def test_no_skill_is_said_when_no_job_beats_chance(tmp_path):
@@ -703,4 +732,12 @@ def test_best_configurations_are_ranked_by_their_mean_over_seeds(tmp_path):
                                                                 ({"batch_size": 256}, ["2", "3"], 2)]
     assert best[0]["val_roc_auc"] == pytest.approx(0.82) and best[0]["std"] == pytest.approx(0.0283, abs=1e-4)
     assert best[0]["job"] == "1" and best[0]["wall_s"] == pytest.approx(10.5)
-    assert "<b>0.82</b> ± 0.028 (mean of 2 repeats) · job 1" in paths["report.html"].read_text()
+    assert "<b>0.82</b> ± 0.028 (mean of 2 repeats) · jobs 1, 0" in paths["report.html"].read_text()
+    assert "best by val_roc_auc: jobs 1, 0 (val_roc_auc 0.82 ± 0.028, mean of 2 repeats): batch_size=128" in \
+        report.summary_text(json.loads(paths["summary.json"].read_text()))
+    # fastest within 1% of the best mean (0.82): batch 128 alone; its 10.5 s is the mean of its seeds' wall times
+    tts = json.loads(paths["summary.json"].read_text())["time_to_skill"]
+    assert (tts["config"], tts["wall_s"], tts["n"], tts["jobs"]) == ({"batch_size": 128}, 10.5, 2, ["0", "1"])
+    assert tts["val_roc_auc"] == pytest.approx(0.82) and tts["best"] == pytest.approx(0.82)
+    assert "<b>10.5 s</b> (mean of 2 repeats) · val_roc_auc 0.82 (best 0.82) · jobs 0, 1" in \
+        paths["report.html"].read_text()

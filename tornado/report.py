@@ -181,19 +181,28 @@ def _plain(v: Any) -> Any:
     return v
 
 
+def configurations(ok: pd.DataFrame, rows: pd.DataFrame) -> tuple[list[str], list[pd.DataFrame] | None]:
+    """The settings that make a configuration (those that vary, less repeats such as seeds), and `rows` (some
+    of `ok`'s) split by configuration; None in place of the split when no configuration is repeated."""
+    cols = varying_hparams(ok)
+    keys = [c for c in cols if not is_repeat(c)]
+    if len(keys) == len(cols) or rows.empty:
+        return cols, None
+    return keys, [g for _, g in (rows.groupby(keys, dropna=False, sort=False) if keys else [(None, rows)])]
+
+
 def best_by_metric(ok: pd.DataFrame, metric: str, top: int = 5) -> list[dict]:
     """The best configurations by `metric`. Repeats of one configuration (seeds) are ranked by their mean,
     shown with their spread and count; `job` is then the configuration's best repeat."""
-    cols = varying_hparams(ok)
-    keys = [c for c in cols if not is_repeat(c)]
     ranked = ok.assign(_m=numeric_column(ok, metric) * _direction(metric),
                        _w=numeric_column(ok, "wall_s")).dropna(subset=["_m"])
-    if len(keys) == len(cols) or ranked.empty:  # no repeats: jobs are configurations
+    keys, groups = configurations(ok, ranked)
+    if groups is None:  # no repeats: jobs are configurations
         ranked = ranked.sort_values(["_m", "job"], ascending=[False, True]).head(top)
         return [{"job": str(r["job"]), metric: _plain(r[metric]), "wall_s": _plain(r.get("wall_s")),
-                 "config": _config(r, cols)} for _, r in ranked.iterrows()]
+                 "config": _config(r, keys)} for _, r in ranked.iterrows()]
     out = []
-    for _, g in (ranked.groupby(keys, dropna=False, sort=False) if keys else [(None, ranked)]):
+    for g in groups:
         g = g.sort_values(["_m", "job"], ascending=[False, True])
         m = numeric_column(g, metric)
         out.append({"job": str(g["job"].iloc[0]), metric: _plain(m.mean()), "std": _plain(m.std(ddof=1)),
@@ -230,6 +239,30 @@ def _time_to(sweep: Sweep, histories: dict[str, pd.DataFrame], column: str, targ
         out.append({"job": str(r["job"]), "seconds": float(h["epoch_s"].iloc[: i + 1].sum()),
                     "epochs": i + 1, column: float(h[column].iloc[i]), "config": _config(r, cols)})
     return sorted(out, key=lambda d: (d["seconds"], d["job"]))
+
+
+def by_configuration(ok: pd.DataFrame, reached: list[dict]) -> list[dict]:
+    """`reached` (jobs that reached a target, from `_time_to`) ranked by configuration when the jobs hold
+    repeats (seeds): a configuration's seconds are the mean over its repeats that reached the target, with
+    their spread; those that every repeat reached come first, so one lucky seed does not win. `job` is the
+    configuration's soonest repeat, `jobs` all of them (those that reached it first). Without repeats,
+    `reached` as it is."""
+    keys, groups = configurations(ok, ok)
+    if groups is None or not reached:
+        return reached
+    by_job, out = {t["job"]: t for t in reached}, []
+    for g in groups:
+        jobs = [str(j) for j in g["job"]]
+        hit = [by_job[j] for j in sorted(set(jobs) & set(by_job), key=lambda j: (by_job[j]["seconds"], j))]
+        if not hit:
+            continue
+        seconds, epochs = [t["seconds"] for t in hit], [t["epochs"] for t in hit]
+        out.append({"job": hit[0]["job"], "seconds": float(np.mean(seconds)),
+                    "std": float(np.std(seconds, ddof=1)) if len(hit) > 1 else None,
+                    "n": len(jobs), "reached": len(hit), "epochs": max(epochs), "epochs_min": min(epochs),
+                    "config": _config(g.iloc[0], keys),
+                    "jobs": [t["job"] for t in hit] + [j for j in jobs if j not in by_job]})
+    return sorted(out, key=lambda d: (d["reached"] < d["n"], d["seconds"], d["job"]))
 
 
 def time_to_accuracy(sweep: Sweep, target: float, histories: dict[str, pd.DataFrame]) -> list[dict]:
@@ -274,11 +307,19 @@ def constant_forecast_accuracy(ok: pd.DataFrame) -> float | None:
 
 
 def time_to_skill(ok: pd.DataFrame, metric: str, tolerance: float = 0.01) -> dict | None:
-    """The fastest job (wall_s) whose test `metric` is within `tolerance` (relative) of the best."""
+    """The fastest job (wall_s) whose `metric` is within `tolerance` (relative) of the best. Where the jobs
+    repeat configurations (seeds), the fastest configuration by its repeats' means: `n` and `jobs` say which."""
     m, wall = numeric_column(ok, metric), numeric_column(ok, "wall_s")
     good = ok.assign(_m=m, _w=wall).dropna(subset=["_m", "_w"])
     if good.empty:
         return None
+    keys, groups = configurations(ok, good)
+    if groups is not None:  # one row per configuration: its fastest repeat's, with the repeats' means
+        rows = []
+        for g in (g.sort_values(["_w", "job"]) for g in groups):
+            rows.append(g.iloc[0].to_dict() | {"_m": g["_m"].mean(), "_w": g["_w"].mean(), "n": len(g),
+                                               "jobs": [str(j) for j in g["job"]]})
+        good = pd.DataFrame(rows)
     best = good["_m"].max() if _direction(metric) > 0 else good["_m"].min()
     if best <= NO_SKILL.get(metric.removeprefix("val_"), -math.inf):  # no job beats chance or climatology
         return {"job": None, metric: None, "best": _plain(best), "wall_s": None, "tolerance": tolerance,
@@ -286,8 +327,9 @@ def time_to_skill(ok: pd.DataFrame, metric: str, tolerance: float = 0.01) -> dic
     near = good["_m"] >= best - tolerance * abs(best) if _direction(metric) > 0 else \
         good["_m"] <= best + tolerance * abs(best)
     r = good.loc[near].sort_values(["_w", "job"]).iloc[0]
-    return {"job": str(r["job"]), metric: _plain(r[metric]), "best": _plain(best), "wall_s": _plain(r["wall_s"]),
-            "tolerance": tolerance, "config": _config(r, varying_hparams(ok))}
+    out = {"job": str(r["job"]), metric: _plain(r["_m"]), "best": _plain(best), "wall_s": _plain(r["_w"]),
+           "tolerance": tolerance, "config": _config(r, keys)}
+    return out | ({"n": int(r["n"]), "jobs": r["jobs"]} if groups is not None else {})
 
 
 # ------------------------------------------------------------------------------------------------------ html
@@ -330,6 +372,11 @@ def _cfg_text(cfg: dict) -> str:
     return ", ".join(f"{k}={label_text(v)}" for k, v in cfg.items()) or "(no varying settings)"
 
 
+def _reached_html(t: dict) -> str:
+    seconds, spread, detail, who = map(html.escape, _reached_text(t))
+    return f"<p><b>{seconds}</b>{spread} ({detail}) · {who}<br><code>{html.escape(_cfg_text(t['config']))}</code></p>"
+
+
 def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tuple[str, bytes]],
                 metric: str, target: float) -> str:
     e = html.escape
@@ -352,7 +399,7 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     best = summary["best_by_metric"]
     card = f"<h3>Best by {e(metric)}</h3>"
     if best:
-        card += "".join(f"<p><b>{e(number_text(b[metric]))}</b>{e(_repeats_text(b))} · job {e(b['job'])} · "
+        card += "".join(f"<p><b>{e(number_text(b[metric]))}</b>{e(_repeats_text(b))} · {e(_jobs_text(b))} · "
                         f"wall {e(number_text(b['wall_s']))} s<br>"
                         f"<code>{e(_cfg_text(b['config']))}</code></p>" for b in best[:3])
     else:
@@ -364,8 +411,7 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
         card += (f'<p class="warn">A constant "no" forecast already scores '
                  f'{e(number_text(summary["constant_forecast_accuracy"]))}: this says nothing of skill.</p>')
     if tta:
-        card += "".join(f"<p><b>{e(number_text(t['seconds']))} s</b> ({_epochs(t['epochs'])}) · job {e(t['job'])}<br>"
-                        f"<code>{e(_cfg_text(t['config']))}</code></p>" for t in tta[:3])
+        card += "".join(_reached_html(t) for t in tta[:3])
     else:
         card += "<p>No job reached it (or no per-epoch history was found).</p>"
     body.append(f'<div class="card">{card}</div>')
@@ -373,8 +419,7 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     if sts:
         card = (f"<h3>Soonest to skill: validation ROC AUC ≥ {e(number_text(sts['target']))}</h3>"
                 f"<p class=\"note\">{e(_skill_target_text(sts))}; summed epoch times up to that epoch</p>")
-        card += "".join(f"<p><b>{e(number_text(t['seconds']))} s</b> ({_epochs(t['epochs'])}) · job {e(t['job'])}<br>"
-                        f"<code>{e(_cfg_text(t['config']))}</code></p>" for t in sts["jobs"][:3])
+        card += "".join(_reached_html(t) for t in sts["jobs"][:3])
         if sts["target"] <= sts["chance"]:
             card += (f"<p class=\"warn\">No skill: the target is not above chance ({sts['chance']}); no job is "
                      "listed.</p>")
@@ -388,8 +433,9 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
                  f'{e(number_text(tts["no_skill"]))} (no better than chance or climatology).</p>')
     elif tts:
         card += ('<p class="note">wall time of the whole training run</p>'
-                 f"<p><b>{e(number_text(tts['wall_s']))} s</b> · {e(metric)} {e(number_text(tts[metric]))} "
-                 f"(best {e(number_text(tts['best']))}) · job {e(tts['job'])}<br>"
+                 f"<p><b>{e(number_text(tts['wall_s']))} s</b>{e(_repeats_text(tts, spread=False))} · "
+                 f"{e(metric)} {e(number_text(tts[metric]))} (best {e(number_text(tts['best']))}) · "
+                 f"{e(_jobs_text(tts))}<br>"
                  f"<code>{e(_cfg_text(tts['config']))}</code></p>")
     else:
         card += "<p>No successful job has both a wall time and this metric.</p>"
@@ -434,11 +480,28 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
 
 
 # ------------------------------------------------------------------------------------------------- building
-def _repeats_text(b: dict) -> str:
+def _repeats_text(b: dict, spread: bool = True) -> str:
     """' ± spread (mean of n repeats)' for a configuration ranked over its repeats, else nothing."""
     if b.get("n", 1) < 2:
         return ""
-    return f" ± {number_text(b['std'], 2)} (mean of {b['n']} repeats)"
+    return (f" ± {number_text(b['std'], 2)}" if spread else "") + f" (mean of {b['n']} repeats)"
+
+
+def _jobs_text(b: dict) -> str:
+    return f"jobs {', '.join(b['jobs'])}" if len(b.get("jobs", [])) > 1 else f"job {b['job']}"
+
+
+def _reached_text(t: dict) -> tuple[str, str, str, str]:
+    """A `by_configuration` entry as (seconds, spread, detail, who): ("3 s", "", "2 epochs", "job 4") for one job,
+    ("3.5 s", " ± 0.71", "mean of 2 repeats, 2–3 epochs", "jobs 4, 9") for a configuration's repeats."""
+    if "n" not in t:
+        return f"{number_text(t['seconds'])} s", "", _epochs(t["epochs"]), _jobs_text(t)
+    spread = f" ± {number_text(t['std'], 2)}" if t["std"] is not None else ""
+    lo, hi = t["epochs_min"], t["epochs"]
+    epochs = _epochs(hi) if lo == hi else f"{lo}–{hi} epochs"
+    how = (f"mean of {t['n']} repeats" if t["reached"] == t["n"] else
+           f"{t['reached']} of {t['n']} repeats reached it, their mean")
+    return f"{number_text(t['seconds'])} s", spread, f"{how}, {epochs}", _jobs_text(t)
 
 
 def _skill_target_text(sts: dict) -> str:
@@ -519,7 +582,7 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
     if sts:  # a column for the tables (value=skill_s): inf ("never") where a job with scores never reached it
         seconds = {t["job"]: t["seconds"] for t in sts["jobs"]}
         df[SKILL_S] = [seconds.get(str(j), math.inf if str(j) in curves else math.nan) for j in df["job"]]
-        sts["jobs"] = sts["jobs"][:5]
+        sts["jobs"] = by_configuration(sweep.ok, sts["jobs"])[:5]
     ok = sweep.ok
     ts = build_tables(df, rows, cols, group, value, agg, paper)
     notes = list(sweep.notes)
@@ -549,7 +612,7 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
     if not histories and len(ok):
         notes.append("No per-epoch history in the jobs' result.json: no training-accuracy curves.")
     if sts:
-        first = [t["job"] for t in sts["jobs"]]
+        first = [j for t in sts["jobs"] for j in t.get("jobs", [t["job"]])]
         shown = (first + [j for j in curves if j not in first])[:12]  # the soonest, then the others
         varying, by_job = varying_hparams(ok), ok.set_index(ok["job"].astype(str))
         plots["skill_vs_time"] = plot_skill_vs_time(
@@ -604,7 +667,7 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
                   "repeats": ts.repeats, "averaged": ts.averaged, "paper_tables": ts.paper_tables,
                   "sections": [{k: _plain(v) for k, v in s.fixed.items()} for s in ts.sections]},
         "metric": metric, "target": float(target), "constant_forecast_accuracy": constant,
-        "best_by_metric": best, "time_to_accuracy": time_to_accuracy(sweep, float(target), histories)[:5],
+        "best_by_metric": best, "time_to_accuracy": by_configuration(ok, time_to_accuracy(sweep, float(target), histories))[:5],
         "time_to_skill": time_to_skill(ok, metric), "soonest_to_skill": sts, "notes": notes,
     }
     md = to_markdown(ts)
@@ -618,6 +681,11 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
     return written
 
 
+def _reached_line(t: dict) -> str:
+    seconds, spread, detail, who = _reached_text(t)
+    return f"{who} ({seconds}{spread}, {detail}): {_cfg_text(t['config'])}"
+
+
 def summary_text(summary: dict) -> str:
     lines = []
     if summary["partial"]:
@@ -626,17 +694,14 @@ def summary_text(summary: dict) -> str:
     m = summary["metric"]
     if summary["best_by_metric"]:
         b = summary["best_by_metric"][0]
-        lines.append(f"best by {m}: job {b['job']} ({m} {number_text(b[m])}{_repeats_text(b)}): "
-                     f"{_cfg_text(b['config'])}")
+        repeats = f" ± {number_text(b['std'], 2)}, mean of {b['n']} repeats" if b.get("n", 1) > 1 else ""
+        lines.append(f"best by {m}: {_jobs_text(b)} ({m} {number_text(b[m])}{repeats}): {_cfg_text(b['config'])}")
     if summary["time_to_accuracy"]:
-        t = summary["time_to_accuracy"][0]
-        lines.append(f"fastest to training accuracy {number_text(summary['target'])}: job {t['job']} "
-                     f"({number_text(t['seconds'])} s, {_epochs(t['epochs'])}): {_cfg_text(t['config'])}")
+        lines.append(f"fastest to training accuracy {number_text(summary['target'])}: "
+                     + _reached_line(summary["time_to_accuracy"][0]))
     sts = summary.get("soonest_to_skill")
     if sts and sts["jobs"]:
-        t = sts["jobs"][0]
-        lines.append(f"soonest to skill (val_roc_auc {number_text(sts['target'])}): job {t['job']} "
-                     f"({number_text(t['seconds'])} s, {_epochs(t['epochs'])}): {_cfg_text(t['config'])}")
+        lines.append(f"soonest to skill (val_roc_auc {number_text(sts['target'])}): " + _reached_line(sts["jobs"][0]))
     elif sts:
         lines.append(f"soonest to skill (val_roc_auc {number_text(sts['target'])}): "
                      + ("no skill, the target is not above chance" if sts["target"] <= sts["chance"] else

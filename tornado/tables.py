@@ -123,7 +123,7 @@ def pivot(df: pd.DataFrame, rows: str, cols: str, group: str | None = "none", va
         for (r, c), cell in _cells(sub, [rows, cols]):
             v = cell["_v"]
             stats["value"][(r, c)] = getattr(v, agg)()
-            stats["std"][(r, c)] = v.std(ddof=1) if len(v) > 1 else np.nan
+            stats["std"][(r, c)] = v.std(ddof=1) if len(v) > 1 and np.isfinite(v).all() else np.nan  # inf: never
             stats["n"][(r, c)] = len(v)
         frames = {k: _frame(d, row_labels, col_labels, rows, cols) for k, d in stats.items()}
         table = frames["value"]
