@@ -133,7 +133,7 @@ def test_progress_line_on_a_terminal_counts_jobs_and_estimates_the_time_left(on_
 
 
 def test_time_left_from_the_finished_jobs_seconds_per_cost():
-    from hydra_plugins.tornado_launcher.jobs import Job, duration_text, eta_text
+    from hydra_plugins.tornado_launcher.jobs import Job, duration_text, eta_text, time_model
 
     def job(cost, status, start=None, end=None):
         return Job(num=0, overrides=[], cfg=None, dir=Path("."), cost=cost, status=status, start=start, end=end)
@@ -145,6 +145,13 @@ def test_time_left_from_the_finished_jobs_seconds_per_cost():
     assert eta_text(jobs, now=100.0) == ", about 34 s left"
     assert eta_text([j for j in jobs if j.status != "ok"], now=100.0) == ""  # no finished job: no estimate
     assert eta_text(jobs[:2], now=100.0) == ""  # nothing left
+    # finished jobs of costs 1 and 3 took 6 and 10 s: 4 s of start-up each, then 2 s per unit of cost; pending
+    # cost 2 -> 8 s, running cost 3 (10 s) for 3 s so far -> 7 s; 15 s, one at a time
+    jobs = [job(1, "ok", 0, 6), job(3, "ok", 6, 16), job(3, "running", 97, None), job(2, "pending")]
+    assert time_model(jobs[:2]) == (4.0, 2.0)
+    assert eta_text(jobs, now=100.0) == ", about 15 s left"
+    # costs that fit no start-up (longer jobs faster) fall back to seconds per cost: 16 s / 4 = 4 per unit
+    assert time_model([job(1, "ok", 0, 10), job(3, "ok", 10, 16)]) == (0.0, 4.0)
     assert [duration_text(s) for s in (0.4, 59.6, 61, 3600 * 2 + 125)] == ["0 s", "1 min 0 s", "1 min 1 s", "2 h 2 min"]
 
 

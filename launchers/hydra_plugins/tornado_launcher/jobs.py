@@ -334,17 +334,30 @@ def duration_text(seconds: float) -> str:
     return f"{s // 3600} h {s % 3600 // 60} min"
 
 
+def time_model(done: Sequence[Job]) -> tuple[float, float]:
+    """(fixed, per_cost): a job takes about fixed + per_cost × cost seconds, fitted on the finished jobs by least
+    squares where their costs differ (fixed: each process's start-up, which a short job is mostly made of), else
+    all per cost."""
+    cost, secs = [j.cost for j in done], [j.end - j.start for j in done]
+    mc, ms = sum(cost) / len(done), sum(secs) / len(done)
+    spread = sum((c - mc) ** 2 for c in cost)
+    if spread > 0:
+        per_cost = sum((c - mc) * (t - ms) for c, t in zip(cost, secs)) / spread
+        if per_cost > 0 and ms - per_cost * mc >= 0:
+            return ms - per_cost * mc, per_cost
+    return 0.0, ms / mc
+
+
 def eta_text(jobs: Sequence[Job], now: float) -> str:
-    """', about T left': the estimated cost still to run, at the seconds per unit of cost the finished jobs
-    took, less what the running ones have done, over the jobs running at once; '' until a job has finished."""
+    """', about T left': the estimated time of the jobs still to run (`time_model`), less what the running ones
+    have done, over the jobs running at once; '' until a job has finished."""
     done = [j for j in jobs if j.status == "ok" and j.start is not None and j.end is not None]
-    cost = sum(j.cost for j in done)
-    if cost <= 0:
+    if sum(j.cost for j in done) <= 0:
         return ""
-    per_cost = sum(j.end - j.start for j in done) / cost
+    fixed, per_cost = time_model(done)
     running = [j for j in jobs if j.status == "running" and j.start is not None]
-    work = per_cost * sum(j.cost for j in jobs if j.status == "pending")
-    work += sum(max(0.0, per_cost * j.cost - (now - j.start)) for j in running)
+    work = sum(fixed + per_cost * j.cost for j in jobs if j.status == "pending")
+    work += sum(max(0.0, fixed + per_cost * j.cost - (now - j.start)) for j in running)
     if not running and not work:
         return ""
     return f", about {duration_text(work / max(1, len(running)))} left"
