@@ -1,6 +1,7 @@
 """The prepared HDF5 file: layout, contents, split, scaler, reuse, balance, and refusal of bad input."""
 import datetime as dt
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -361,8 +362,10 @@ def test_an_out_dir_that_cannot_be_a_folder_is_named(source, tmp_path):
     (tmp_path / "taken").write_text("a file")
     with pytest.raises(TornadoError, match=r"^out_dir: .*/taken: exists and is not a folder$"):
         ensure_prepared(make_cfg(tmp_path / "taken", source), AUG)
-    with pytest.raises(TornadoError, match=r"^out_dir: .*/taken/data: cannot create it \(Not a directory\)$"):
-        ensure_prepared(make_cfg(tmp_path / "taken" / "data", source), AUG)
+    for under in (tmp_path / "taken" / "data", tmp_path / "taken" / "data" / "storms"):
+        why = re.escape(f"out_dir: {under}: cannot create it ({tmp_path / 'taken'} is a file)")
+        with pytest.raises(TornadoError, match=f"^{why}$"):
+            ensure_prepared(make_cfg(under, source), AUG)
 
 
 def test_missing_folder_and_no_files(tmp_path):

@@ -235,7 +235,9 @@ def prepare(data_cfg: Mapping, augment_cfg: Mapping | None) -> tuple[Path, bool]
     try:
         s.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise TornadoError(f"out_dir: {s.out_dir}: cannot create it ({e.strerror or e})") from None
+        above = next((d for d in s.out_dir.parents if d.exists()), None)
+        why = f"{above} is a file" if above is not None and not above.is_dir() else (e.strerror or str(e))
+        raise TornadoError(f"out_dir: {s.out_dir}: cannot create it ({why})") from None
     with contextlib.ExitStack() as stack:
         if s.source is None:
             folder = stack.enter_context(synthetic_source(s.out_dir, s.synth))
