@@ -289,6 +289,7 @@ def test_cpu_ddp_sweep_of_the_real_train(sweep_cli, sweep_train_overrides, tmp_p
     table = pd.read_csv(sweep / "results.csv")
     assert list(table["status"]) == ["ok", "ok"] and list(table["devices"]) == [1, 2]
     assert table["wall_s"].gt(0).all() and table["roc_auc"].notna().all()
+    assert (table["samples_per_epoch"] == table["n_train"]).all() and table["n_train"].gt(0).all()
 
 
 # -- tornado.collect ----------------------------------------------------------------------------------

@@ -97,6 +97,7 @@ def test_run_writes_full_records_and_learns(first_run):
     # samples trained on per second of training: 4 epochs of every training sample (the last batch is partial)
     assert on_disk["data"]["n_train"] % 64
     assert on_disk["samples_per_s"] * t["wall_s"] == pytest.approx(4 * on_disk["data"]["n_train"])
+    assert on_disk["data"]["samples_per_epoch"] == on_disk["data"]["n_train"]  # multiplier 1
     assert on_disk["devices"] == {"accelerator": "cpu", "count": 1, "names": on_disk["devices"]["names"]}
     assert {"torch", "pytorch_lightning", "tornado"} <= set(on_disk["versions"])
     m = on_disk["metrics"]
@@ -234,6 +235,8 @@ def test_live_augmentation_runs(data_dir, tmp_path):
 
     r = train(cfg_for(*small(data_dir, "augmentation=live", "data_multiplier=2", "epochs=1")), output_dir=tmp_path)
     assert r["status"] == "ok" and r["hparams"]["augmentation"] == "live"
+    assert r["data"]["samples_per_epoch"] == 2 * r["data"]["n_train"]  # m·N fresh draws
+    assert r["history"][0]["samples"] == r["data"]["samples_per_epoch"]
 
 
 def test_streamed_data_runs(data_dir, tmp_path):
@@ -241,6 +244,7 @@ def test_streamed_data_runs(data_dir, tmp_path):
 
     r = train(cfg_for(*small(data_dir, "fast.resident=false", "data_multiplier=2", "epochs=1")), output_dir=tmp_path)
     assert r["status"] == "ok" and r["fast"]["resident"] is False
+    assert r["data"]["samples_per_epoch"] == 2 * r["data"]["n_train"]  # the originals and one stored copy
 
 
 def test_same_seed_same_metrics(data_dir, tmp_path, first_run):

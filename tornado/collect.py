@@ -48,7 +48,8 @@ def result_row(job: str, res: dict) -> dict[str, Any]:
     devices = _section(res, "devices")
     row.update(samples_per_s=res.get("samples_per_s"), batch_global=batch.get("global"),
                batch_per_device=batch.get("per_device"), devices=devices.get("count"),
-               accelerator=devices.get("accelerator"), n_train=_section(res, "data").get("n_train"))
+               accelerator=devices.get("accelerator"), n_train=_section(res, "data").get("n_train"),
+               samples_per_epoch=_section(res, "data").get("samples_per_epoch"))
     history = res.get("history")
     row["epochs_trained"] = len(history) if isinstance(history, list) else None  # fewer than epochs: patience
     row["val_best_epoch"] = best_epoch(history)

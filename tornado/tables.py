@@ -18,7 +18,7 @@ META = ["job", "status", "error", "output_dir", "config_hash", "overrides", "sta
 METRICS = SCORES + ["train_base_rate"] + VAL_SCORES  # train_base_rate: positives in the training set as trained
 TIMES = ["total_s", "wall_s", "data_wait_s", "compute_s", "test_s", "epoch_scoring_s"]
 RUN_INFO = ["samples_per_s", "batch_global", "batch_per_device", "devices", "accelerator", "n_train",
-            "epochs_trained", "val_best_epoch"]
+            "samples_per_epoch", "epochs_trained", "val_best_epoch"]
 PAPER_N_TRAIN = 138_963  # the paper's training set (multiplier 1)
 SKILL_S = "skill_s"  # made by the report: training seconds to its skill target (report.soonest_to_skill)
 NOT_HPARAMS = set(META + METRICS + TIMES + RUN_INFO + [SKILL_S])

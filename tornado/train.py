@@ -517,7 +517,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             "metrics": metrics,
             "evaluation": evaluation,
             "history": _history(module, clock, skill),
-            "data": {k: dm.meta[k] for k in ("n_train", "n_train_originals", "n_val", "n_test")},
+            "data": {**{k: dm.meta[k] for k in ("n_train", "n_train_originals", "n_val", "n_test")},
+                     "samples_per_epoch": dm.samples_per_epoch},
             "resumed_after_epochs": clock.restored,
             "early_stop": None if skill is None or skill.patience is None else {
                 "patience": skill.patience, "stopped": skill.stopped, "epochs_trained": len(module.history),
