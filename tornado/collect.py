@@ -137,11 +137,15 @@ def sweep_efficiency(sweep_dir: str | os.PathLike, slots: int | None = None) -> 
             "occupancy": process / (wall * slots) if timed else None}
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m tornado.collect", description=__doc__)
     ap.add_argument("sweep_dir", help="a sweep folder (hydra.sweep.dir): job folders holding result.json")
     ap.add_argument("--efficiency", action="store_true", help="also print how busy the last launch kept its slots")
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
 
     def work() -> None:
         df = collect(args.sweep_dir)
