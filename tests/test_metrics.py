@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from tornado.metrics import SCORES, best_csi_threshold, forecast_scores, prior_shift, roc_auc_se
+from tornado.metrics import SCORES, best_csi_threshold, delong, forecast_scores, prior_shift, roc_auc, roc_auc_se
 
 
 @pytest.fixture
@@ -130,3 +130,37 @@ def test_roc_auc_standard_error_matches_the_spread_of_resampled_test_sets():
     auc = theta / (1 + theta)
     assert np.mean(aucs) == pytest.approx(auc, abs=0.005)
     assert roc_auc_se(auc, pos, neg) == pytest.approx(np.std(aucs), rel=0.10)
+
+
+def _paired_forecasts(rng, pos: int, neg: int, noise_a: float, noise_b: float):
+    """Two forecasts of the same cases: a shared signal (what the case is) plus each model's own noise."""
+    label = np.r_[np.ones(pos), np.zeros(neg)].astype(int)
+    signal = rng.normal(size=pos + neg) + 1.5 * label
+    return signal + noise_a * rng.normal(size=pos + neg), signal + noise_b * rng.normal(size=pos + neg), label
+
+
+def test_delong_difference_and_its_spread_over_resampled_test_sets():
+    """The AUC difference DeLong reports is the difference of the two AUCs, and its standard error matches the
+    spread of that difference over many test sets of the same size (paired: the same cases for both)."""
+    from scipy.stats import norm
+
+    rng = np.random.default_rng(1)
+    a, b, label = _paired_forecasts(rng, 70, 1400, 0.6, 0.9)
+    diff, se, p = delong(a, b, label)
+    assert diff == pytest.approx(roc_auc(b, label) - roc_auc(a, label), abs=1e-6)  # torchmetrics: float32
+    assert diff < 0 and p == pytest.approx(2 * norm.sf(abs(diff) / se))
+    runs = np.array([delong(*_paired_forecasts(rng, 70, 1400, 0.6, 0.9))[:2] for _ in range(2000)])
+    assert np.mean(runs[:, 1]) == pytest.approx(np.std(runs[:, 0]), rel=0.10)
+    # paired: far smaller than two independent standard errors would say
+    assert se < 0.6 * math.hypot(roc_auc_se(0.85, 70, 1400), roc_auc_se(0.8, 70, 1400))
+
+
+def test_delong_p_values_under_no_difference_and_edge_cases():
+    rng = np.random.default_rng(2)
+    ps = np.array([delong(*_paired_forecasts(rng, 50, 1000, 0.7, 0.7))[2] for _ in range(1000)])
+    assert 0.03 <= np.mean(ps < 0.05) <= 0.07                   # as often as 5% says, when there is no difference
+    a, b, label = _paired_forecasts(rng, 50, 1000, 0.2, 3.0)
+    assert delong(a, b, label)[2] < 1e-6                        # a far worse forecast is told apart
+    assert delong(a, a, label) == (0.0, 0.0, 1.0)               # the same forecast: no difference
+    assert delong(a, 2 * a + 1, label) == (0.0, 0.0, 1.0)       # the same ranking
+    assert all(math.isnan(v) for v in delong(a, b, np.zeros_like(label)))

@@ -397,6 +397,40 @@ def test_jobs_table_lists_every_ok_job_best_first_with_its_settings():
     assert report.jobs_table(ok, "brier").columns.tolist() == ["job", "batch_size", "brier", "roc_auc", "wall_s"]
 
 
+def test_jobs_are_compared_with_the_best_on_the_same_test_cases(tmp_path):
+    from tornado.metrics import delong
+
+    sweep, rng = tmp_path / "paired", np.random.default_rng(0)
+    label = (np.arange(2000) % 20 == 0).astype(np.uint8)
+    signal = rng.normal(size=2000) + 1.5 * label
+    forecasts = {"a": signal + 0.3 * rng.normal(size=2000),    # the best by validation
+                 "b": signal + 0.35 * rng.normal(size=2000),   # much the same forecast: within noise
+                 "c": signal + 2.0 * rng.normal(size=2000),    # far worse: told apart
+                 "d": rng.normal(size=2000)}                   # another test set (its labels differ): left out
+    results = {}
+    for i, (job, prob) in enumerate(forecasts.items()):
+        hp = {"epochs": 1, "batch_size": 128 * 2 ** i, "lr": 0.001, "data_multiplier": 1, "gpus": 0, "seed": 0}
+        results[job] = result_json(sweep / job, hp, metrics={"val_roc_auc": 0.9 - 0.01 * i, "roc_auc_se": 0.01},
+                                   predictions=False)
+        np.savez(sweep / job / "test_predictions.npz", prob=1 / (1 + np.exp(-prob)),
+                 label=label if job != "d" else label[::-1])
+    write_results_csv(sweep, results)
+    paths = report.build_report(sweep)
+    paired = json.loads(paths["summary.json"].read_text())["paired_roc_auc"]
+    assert paired["reference"] == "a" and sorted(paired["p"]) == ["b", "c"]
+    assert paired["p"]["b"] == pytest.approx(delong(forecasts["a"], forecasts["b"], label)[2])
+    assert paired["p"]["b"] > 0.05 > 1e-6 > paired["p"]["c"] and paired["within_noise"] == ["b"]
+    text = report.summary_text(json.loads(paths["summary.json"].read_text()))
+    assert "test ROC AUC against job a (the best job): 1 of 2 other jobs within noise" in text
+    jobs = report.jobs_table(report.load_sweep(sweep).ok, "val_roc_auc", paired["p"])
+    assert jobs.columns.tolist()[-4:] == ["roc_auc_se", "roc_auc_p", "wall_s", "samples_per_s"]
+    assert jobs["roc_auc_p"].isna().tolist() == [True, False, False, True]  # a itself, and d's other test set
+    page = paths["report.html"].read_text()
+    assert "<th>roc_auc_p</th>" in page and "roc_auc_p: DeLong's p-value" in page
+    # one job (a run's report): nothing to compare
+    assert json.loads(report.build_report(sweep / "a")["summary.json"].read_text())["paired_roc_auc"] is None
+
+
 def test_reader_without_collect_module(tmp_path, monkeypatch):
     sweep = gpu_batch_sweep(tmp_path)
     (sweep / "results.csv").unlink()

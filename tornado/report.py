@@ -24,7 +24,7 @@ from tornado.cli import parse_kv
 from tornado.collect import result_row
 from tornado.errors import TornadoError, run_cli
 from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
-from tornado.metrics import roc_auc_se
+from tornado.metrics import delong, roc_auc_se
 from tornado.plots import curve_figures, plot_curves, plot_skill_vs_time, plot_verification, plot_wall_vs_batch
 from tornado.records import read_result, write_atomic, write_json
 from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SKILL_S, TIMES, TableSet, build_tables,
@@ -211,16 +211,39 @@ def best_by_metric(ok: pd.DataFrame, metric: str, top: int = 5) -> list[dict]:
     return sorted(out, key=lambda d: (-_direction(metric) * d[metric], d["job"]))[:top]
 
 
+PAIRED_ALPHA = 0.05  # paired_p_values: a difference with p below it is told apart from noise
 JOB_SCORES = ("roc_auc", "roc_auc_se", "average_precision", "csi", "bss", "reliability", "val_roc_auc",
               "val_best_epoch", "wall_s", "samples_per_s")
 
 
-def jobs_table(ok: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Every successful job, best by `metric` first: its varying settings and its main scores."""
+def jobs_table(ok: pd.DataFrame, metric: str, p_values: dict[str, float] | None = None) -> pd.DataFrame:
+    """Every successful job, best by `metric` first: its varying settings and its main scores; `p_values`
+    (job: `paired_p_values`' p against the first job) as `roc_auc_p`, after the ROC AUC's standard error."""
     scores = [c for c in dict.fromkeys([metric, *JOB_SCORES]) if c in ok.columns and c != "job"]
     table = ok[["job", *[c for c in varying_hparams(ok) if c not in scores], *scores]].copy()
     table["_m"] = numeric_column(ok, metric) * _direction(metric) if metric in ok.columns else 0.0
-    return table.sort_values(["_m", "job"], ascending=[False, True], na_position="last").drop(columns="_m")
+    table = table.sort_values(["_m", "job"], ascending=[False, True], na_position="last").drop(columns="_m")
+    if p_values:
+        at = table.columns.get_loc("roc_auc_se") + 1 if "roc_auc_se" in table.columns else len(table.columns)
+        table.insert(at, "roc_auc_p", [p_values.get(str(j), math.nan) for j in table["job"]])
+    return table
+
+
+def paired_p_values(sweep: Sweep, jobs: list[str]) -> dict[str, float]:
+    """For each job after the first (`jobs`, best first), DeLong's p-value for the difference between its test
+    ROC AUC and the first job's, from their test_predictions.npz: paired, the same cases scored by both. Jobs
+    whose test labels differ from the first's (another test set: other data settings) are left out."""
+    forecasts = {}
+    for job in jobs:
+        npz = sweep.job_dir(job) / "test_predictions.npz"
+        if npz.is_file():
+            with np.load(npz) as z:
+                forecasts[job] = (np.asarray(z["prob"], float), np.asarray(z["label"], int))
+    if not jobs or jobs[0] not in forecasts:
+        return {}
+    first, label = forecasts.pop(jobs[0])
+    return {job: delong(first, prob, label)[2] for job, (prob, other) in forecasts.items()
+            if np.array_equal(other, label) and 0 < label.sum() < len(label)}
 
 
 def _time_to(sweep: Sweep, histories: dict[str, pd.DataFrame], column: str, target: float) -> list[dict]:
@@ -404,6 +427,8 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
                         f"<code>{e(_cfg_text(b['config']))}</code></p>" for b in best[:3])
     else:
         card += f"<p>No successful job reports {e(metric)}.</p>"
+    if summary.get("paired_roc_auc"):
+        card += f'<p class="note">{e(_paired_text(summary["paired_roc_auc"]))}</p>'
     body.append(f'<div class="card">{card}</div>')
     tta = summary["time_to_accuracy"]
     card = f"<h3>Fastest to {e(number_text(target))} training accuracy</h3>"
@@ -454,13 +479,17 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     if ok.empty:
         body.append('<p class="note">None finished.</p>')
     else:
-        jobs = jobs_table(ok, metric)
+        paired = summary.get("paired_roc_auc")
+        jobs = jobs_table(ok, metric, paired["p"] if paired else None)
         head = "".join(f"<th>{e(c)}</th>" for c in jobs.columns)
         rows = "".join("<tr>" + "".join(f"<td>{e(_cell(v))}</td>" for v in r) + "</tr>"
                        for r in jobs.itertuples(index=False))
         every = "result.json" if sweep.single else "results.csv"
         body.append(f'<p class="note">Every successful job, best by {e(metric)} first ({every} holds every '
-                    f'figure).</p><table class="list"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+                    "figure)." + (f" roc_auc_p: DeLong's p-value for the difference between the job's test ROC AUC "
+                                  f"and job {e(paired['reference'])}'s (the first), scored on the same cases: below "
+                                  f"{paired['alpha']}, told apart; above, within noise." if paired else "")
+                    + f'</p><table class="list"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
     body.append('<h2 id="failed">Failed jobs</h2>')
     if len(failed):
         rows = "".join(f"<tr><td>{e(str(r['job']))}</td><td>{e(str(r['status']))}</td>"
@@ -625,6 +654,10 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
         plots["wall_vs_batch"] = wall
         images["wall_vs_batch"] = ("Wall time (training) against batch size; error bars: std over jobs", wall["png"])
     best = best_by_metric(ok, metric)
+    order = [str(j) for j in jobs_table(ok, metric)["job"]]
+    p_values = paired_p_values(sweep, order)
+    paired = {"reference": order[0], "alpha": PAIRED_ALPHA, "p": p_values,
+              "within_noise": [j for j in order if p_values.get(j, 0.0) >= PAIRED_ALPHA]} if p_values else None
     best_pred = None
     for b in best_by_metric(ok, metric, top=len(ok)):
         npz = sweep.job_dir(b["job"]) / "test_predictions.npz"
@@ -668,7 +701,8 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
                   "sections": [{k: _plain(v) for k, v in s.fixed.items()} for s in ts.sections]},
         "metric": metric, "target": float(target), "constant_forecast_accuracy": constant,
         "best_by_metric": best, "time_to_accuracy": by_configuration(ok, time_to_accuracy(sweep, float(target), histories))[:5],
-        "time_to_skill": time_to_skill(ok, metric), "soonest_to_skill": sts, "notes": notes,
+        "time_to_skill": time_to_skill(ok, metric), "soonest_to_skill": sts, "paired_roc_auc": paired,
+        "notes": notes,
     }
     md = to_markdown(ts)
     put("table.md", md)
@@ -679,6 +713,12 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
     write_atomic(html_path, render_html(sweep, ts, summary, images, metric, float(target)))
     written["report.html"] = html_path
     return written
+
+
+def _paired_text(paired: dict) -> str:
+    n, k = len(paired["p"]), len(paired["within_noise"])
+    return (f"test ROC AUC against job {paired['reference']} (the best job): {k} of {n} other jobs within noise "
+            f"(DeLong's paired test, p ≥ {paired['alpha']}; roc_auc_p in the Jobs table)")
 
 
 def _reached_line(t: dict) -> str:
@@ -696,6 +736,8 @@ def summary_text(summary: dict) -> str:
         b = summary["best_by_metric"][0]
         repeats = f" ± {number_text(b['std'], 2)}, mean of {b['n']} repeats" if b.get("n", 1) > 1 else ""
         lines.append(f"best by {m}: {_jobs_text(b)} ({m} {number_text(b[m])}{repeats}): {_cfg_text(b['config'])}")
+    if summary.get("paired_roc_auc"):
+        lines.append(_paired_text(summary["paired_roc_auc"]))
     if summary["time_to_accuracy"]:
         lines.append(f"fastest to training accuracy {number_text(summary['target'])}: "
                      + _reached_line(summary["time_to_accuracy"][0]))
