@@ -465,6 +465,8 @@ def test_time_to_accuracy_and_time_to_skill(tmp_path):
     assert [b["job"] for b in summary["best_by_metric"]] == ["b", "a", "c"]
     # best roc_auc 0.805; within 1%: >= 0.79695, so a (0.800, 10 s) beats b (20 s); c (0.700) is out
     assert summary["time_to_skill"]["job"] == "a"
+    assert summary["metric"] == "roc_auc" and any("The jobs have no validation split (data.split.val_fraction=0, "
+                                                  "as in the paper's experiment files)" in n for n in summary["notes"])
     summary = json.loads(report.build_report(sweep, metric="wall_s")["summary.json"].read_text())
     assert summary["best_by_metric"][0]["job"] == "c"        # lower is better for times
 
@@ -596,7 +598,10 @@ def test_ranked_on_validation_and_warned_of_a_target_without_skill(tmp_path):
     summary = json.loads(report.build_report(sweep, target=0.97, metric="roc_auc")["summary.json"].read_text())
     assert summary["best_by_metric"][0]["job"] == "b"
     assert not any("says nothing of skill" in n for n in summary["notes"])
-    assert any("a test-set score" in n for n in summary["notes"])
+    assert "Best configurations are ranked by roc_auc, a test-set score: an optimistic choice (metric=val_roc_auc " \
+           "ranks them on the validation split)." in summary["notes"]
+    summary = json.loads(report.build_report(sweep, metric="wall_s")["summary.json"].read_text())
+    assert not any("test-set score" in n for n in summary["notes"])  # a time: no optimism
 
 
 def test_roc_and_reliability_points_by_hand():

@@ -24,6 +24,7 @@ from tornado.cli import parse_kv
 from tornado.collect import result_row
 from tornado.errors import TornadoError, run_cli
 from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
+from tornado.metrics import SCORES as TEST_SCORES
 from tornado.metrics import delong, roc_auc_se
 from tornado.plots import curve_figures, plot_curves, plot_skill_vs_time, plot_verification, plot_wall_vs_batch
 from tornado.records import read_result, write_atomic, write_json
@@ -622,11 +623,16 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
     if constant is not None and constant >= float(target):
         notes.append(f"A constant forecast (never a tornado) scores {number_text(constant)} training accuracy on "
                      f"these training sets, at or above target={number_text(float(target))}: reaching the target "
-                     "says nothing of skill here. The skill cards (soonest to skill, fastest within 1% of the best "
-                     "metric) do.")
-    if not metric.startswith("val_"):
-        notes.append(f"Best configurations are ranked by {metric}, a test-set score (the jobs have no validation "
-                     "split): an optimistic choice.")
+                     "says nothing of skill here. " + ('The skill cards ("soonest to skill", "fastest within 1% of '
+                                                       'the best") do.' if sts else
+                                                       'The "fastest within 1% of the best" card does.'))
+    if metric in TEST_SCORES and numeric_column(ok, "val_roc_auc").notna().any():
+        notes.append(f"Best configurations are ranked by {metric}, a test-set score: an optimistic choice "
+                     f"(metric=val_{metric} ranks them on the validation split).")
+    elif metric in TEST_SCORES:
+        notes.append(f"Best configurations are ranked by {metric}, a test-set score: an optimistic choice. The jobs "
+                     "have no validation split (data.split.val_fraction=0, as in the paper's experiment files); "
+                     "data.split.val_fraction=0.1 holds one out, for the ranking and the soonest-to-skill card.")
     if {"epochs", "epochs_trained"} <= set(ok.columns):
         early = int((numeric_column(ok, "epochs_trained") < numeric_column(ok, "epochs")).sum())
         if early:
