@@ -97,7 +97,8 @@ def sweep(tmp_path_factory) -> Path:
                               "augmentation": "preaugmented", "lr": 0.001},
                   "metrics": {"accuracy": 0.95, "roc_auc": 0.8 + 0.005 * job, "val_roc_auc": history[-1]["val_roc_auc"],
                               "val_n": 1500, "val_positives": 70, "threshold": 0.3},
-                  "times": {"total_s": 10.0, "wall_s": 2.0 * mult * epochs / gpus, "epoch_s": [h["epoch_s"] for h in history]},
+                  "times": {"total_s": 10.0, "wall_s": 2.0 * mult * epochs / gpus,
+                            "epoch_s": [h["epoch_s"] for h in history]},
                   "history": history, "data": {"n_train": 13500, "samples_per_epoch": 13500 * mult},
                   "devices": {"accelerator": "gpu", "count": gpus}}
         (out / "result.json").write_text(json.dumps(result))

@@ -371,10 +371,46 @@ def test_a_single_run_folder_is_reported_as_one_job(tmp_path):
     assert (run / "report" / "roc.png").is_file() and (run / "report" / "reliability.png").is_file()
     assert (run / "report.html").is_file() and not (run / "results.csv").exists()
     page = (run / "report.html").read_text()
-    assert f"<h1>Run report: {run.name}</h1>" in page and f"<td>{run.name}</td><td>0.8</td>" in page
+    assert f"<h1>Run report: {run.name}</h1>" in page
     (tmp_path / "empty").mkdir()
     with pytest.raises(TornadoError, match=r"no results.csv, no \*/result.json and no result.json"):
         report.load_sweep(tmp_path / "empty")
+
+
+def test_a_run_report_shows_its_scores_epochs_and_what_it_was(tmp_path, capsys):
+    run = tmp_path / "run"
+    metrics = {"accuracy": 0.95, "roc_auc": 0.85, "roc_auc_se": 0.0142, "val_roc_auc": 0.87, "val_roc_auc_se": 0.028,
+               "threshold": 0.184, "csi": 0.318, "pod": 0.473, "far": 0.508, "val_csi_best": 0.353,
+               "val_pod_best": 0.441, "val_far_best": 0.362, "climatology": 0.05, "n": 5000, "positives": 273}
+    r = result_json(run, {"batch_size": 128, "data_multiplier": 1, "epochs": 3, "lr": 0.001, "patience": 1,
+                          "data.split.val_fraction": 0.1}, history=[(0.9, 1.0), (0.95, 1.5), (0.96, 2.0)],
+                    metrics=metrics)
+    for h, auc in zip(r["history"], (0.7, 0.87, 0.86)):
+        h["val_roc_auc"] = auc
+    r.update(overrides=["patience=1"], early_stop={"patience": 1, "stopped": True, "epochs_trained": 3,
+                                                    "best_epoch": 2, "scored_epoch": 2})
+    (run / "result.json").write_text(json.dumps(r))
+    report.main([str(run)])
+    out = capsys.readouterr().out
+    assert out.startswith("run ok\n") and "| batch_size" not in out  # the run's scores, not a one-cell table
+    assert re.search(r"\nROC AUC +0\.85 ± 0\.014 +0\.87 ± 0\.028\n", out)
+    assert re.search(r"\nCSI · POD · FAR at 0\.184 \(chosen on validation\) +0\.318 · 0\.473 · 0\.508 +"
+                     r"0\.353 · 0\.441 · 0\.362\n", out)
+    assert "trained 3 epochs in 10 s" in out
+    page = (run / "report.html").read_text()
+    assert "<td>accuracy</td><td>0.95</td><td>–</td>" in page  # no validation accuracy recorded: a dash
+    assert "never forecasting a tornado scores 0.95" in page
+    assert "<td>settings given</td><td>patience=1</td>" in page
+    assert "<td>epochs</td><td>3; patience 1: stopped early, epoch 2 scored</td>" in page
+    assert '<tr class="best"><td>2</td><td>0.5</td><td>0.95</td><td>0.87</td><td>1.5</td><td>2.5</td></tr>' in page
+    assert "validation: the last 10% of the earlier run dates" in page
+    assert (run / "report" / "learning_curves.png").stat().st_size > 0 and "Best configurations" not in page
+    # a run that failed: its error, no scores
+    (run / "result.json").write_text(json.dumps(r | {"status": "failed", "error": "RuntimeError: CUDA out of memory",
+                                                     "metrics": {}, "history": []}))
+    page = report.build_report(run)["report.html"].read_text()
+    assert '<p class="err">RuntimeError: CUDA out of memory</p>' in page and "None: the run did not finish" in page
+    assert not (run / "report" / "learning_curves.png").exists()
 
 
 def test_jobs_stopped_early_are_noted(tmp_path):

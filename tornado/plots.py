@@ -175,6 +175,27 @@ def plot_skill_vs_time(curves: list[tuple[str, np.ndarray, np.ndarray]], target:
     return _render(fig)
 
 
+def plot_learning_curves(history: pd.DataFrame, scored_epoch: int | None = None) -> dict[str, bytes]:
+    """One run's training loss and accuracy, and validation ROC AUC where scored, against epoch (from 1);
+    `scored_epoch`: the epoch whose weights were scored (early stopping), marked."""
+    from matplotlib.ticker import MaxNLocator
+    epoch = history["epoch"].to_numpy(int) + 1 if "epoch" in history.columns else np.arange(1, len(history) + 1)
+    panels = [(t, c) for t, c in (("training loss", "train_loss"), ("training accuracy", "train_acc"),
+                                  ("validation ROC AUC", "val_roc_auc"))
+              if c in history.columns and history[c].notna().any()]
+    fig, axes = _fig(len(panels))
+    for ax, (title, col) in zip(axes, panels):
+        ax.plot(epoch, history[col].to_numpy(float), color="#2563eb", lw=1.6, marker="o", ms=3)
+        if scored_epoch is not None:
+            ax.axvline(scored_epoch, color="#b45309", ls=":", lw=1.2, label=f"scored: epoch {scored_epoch}")
+            ax.legend(fontsize=7, loc="best")
+        ax.set(title=title, xlabel="epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.grid(alpha=0.3)
+    fig.suptitle("Learning curves", fontsize=11)
+    return _render(fig)
+
+
 def plot_wall_vs_batch(ok: pd.DataFrame, group: str | None) -> dict[str, bytes] | None:
     """Wall time against batch size, one line per data multiplier (panels by `group` when it varies too)."""
     ok = ok.assign(_b=numeric_column(ok, "batch_size"), _w=numeric_column(ok, "wall_s")).dropna(subset=["_b", "_w"])

@@ -3,7 +3,8 @@ jobs and writes the files (tornado.tables builds the tables, tornado.plots draws
 
 python -m tornado.report SWEEP_DIR [rows=batch_size] [cols=data_multiplier] [group=epochs] [value=wall_s]
                                    [agg=mean] [metric=auto] [target=0.93] [paper=auto] [out=DIR]
-A single run's folder (result.json at its top) is reported as a sweep of one job.
+A single run's folder (result.json at its top) is read as a sweep of one job and gets a page of its own
+(tornado.runpage).
 """
 from __future__ import annotations
 
@@ -26,7 +27,9 @@ from tornado.errors import TornadoError, run_cli
 from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
 from tornado.metrics import SCORES as TEST_SCORES
 from tornado.metrics import delong, roc_auc_se
-from tornado.plots import curve_figures, plot_curves, plot_skill_vs_time, plot_verification, plot_wall_vs_batch
+from tornado import runpage
+from tornado.plots import (curve_figures, plot_curves, plot_learning_curves, plot_skill_vs_time,
+                           plot_verification, plot_wall_vs_batch)
 from tornado.records import read_result, write_atomic, write_json
 from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SKILL_S, TIMES, TableSet, build_tables,
                             is_repeat, label_text, number_text, numeric_column, ok_rows, to_html_tables, to_latex,
@@ -641,12 +644,18 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
 
     images: dict[str, tuple[str, bytes]] = {}
     plots: dict[str, dict[str, bytes]] = {}
-    for name, spec in curve_figures(ok, histories, rows).items():
+    run = read_result(sweep.dir) if sweep.single else None
+    if run is not None and run.get("history"):
+        plots["learning_curves"] = plot_learning_curves(pd.DataFrame(run["history"]),
+                                                        (run.get("early_stop") or {}).get("scored_epoch"))
+        images["learning_curves"] = ("Training loss and accuracy, and the validation ROC AUC, after each epoch",
+                                     plots["learning_curves"]["png"])
+    for name, spec in (curve_figures(ok, histories, rows) if run is None else {}).items():
         plots[name] = plot_curves(spec)
         images[name] = (spec[-1] if len(spec) > 2 else spec[0], plots[name]["png"])
     if not histories and len(ok):
         notes.append("No per-epoch history in the jobs' result.json: no training-accuracy curves.")
-    if sts:
+    if sts and run is None:
         first = [j for t in sts["jobs"] for j in t.get("jobs", [t["job"]])]
         shown = (first + [j for j in curves if j not in first])[:12]  # the soonest, then the others
         varying, by_job = varying_hparams(ok), ok.set_index(ok["job"].astype(str))
@@ -655,7 +664,7 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
               curves[j]["val_roc_auc"].to_numpy(float)) for j in shown], sts["target"])
         images["skill_vs_time"] = ("Validation ROC AUC after each epoch against training time (up to 12 jobs, the "
                                    "soonest to skill first); dashed: the skill target", plots["skill_vs_time"]["png"])
-    wall = plot_wall_vs_batch(ok, group)
+    wall = plot_wall_vs_batch(ok, group) if run is None else None
     if wall:
         plots["wall_vs_batch"] = wall
         images["wall_vs_batch"] = ("Wall time (training) against batch size; error bars: std over jobs", wall["png"])
@@ -677,19 +686,18 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
         cut = numeric_column(row, "threshold").iloc[0] if "threshold" in row.columns else None
         for name, data in plot_verification(prob, label, job, cut).items():
             plots[name] = data
-            cap = {"roc": f"ROC curve on the test set of the best job by {metric} ({job})",
-                   "reliability": f"Reliability diagram of the best job by {metric} ({job}); error bars: 95% "
-                                  "Wilson intervals of each bin's frequency; below: how many forecasts fall in "
-                                  "each bin",
-                   "performance": f"Performance diagram of the best job by {metric} ({job}) on the test set: "
-                                  "probability of detection against success ratio at every threshold; shading: "
-                                  "CSI; dashed: frequency bias"}
+            of = "" if run is not None else f" of the best job by {metric} ({job})"
+            cap = {"roc": f"ROC curve{of} on the test set",
+                   "reliability": f"Reliability diagram{of} on the test set; error bars: 95% Wilson intervals of "
+                                  "each bin's frequency; below: how many forecasts fall in each bin",
+                   "performance": f"Performance diagram{of} on the test set: probability of detection against "
+                                  "success ratio at every threshold; shading: CSI; dashed: frequency bias"}
             images[name] = (cap[name], data["png"])
     elif len(ok):
         notes.append("No test_predictions.npz with both classes for the best job: no ROC, reliability or "
                      "performance diagram.")
-    for name in ("train_acc", "train_acc_by_gpus", "train_acc_by_batch", "train_acc_by_ratio", "skill_vs_time",
-                 "wall_vs_batch", "roc", "reliability", "performance"):
+    for name in ("learning_curves", "train_acc", "train_acc_by_gpus", "train_acc_by_batch", "train_acc_by_ratio",
+                 "skill_vs_time", "wall_vs_batch", "roc", "reliability", "performance"):
         for fmt in ("png", "svg"):
             if name in plots:
                 put(f"{name}.{fmt}", plots[name][fmt])
@@ -697,7 +705,8 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
                 (report_dir / f"{name}.{fmt}").unlink(missing_ok=True)  # stale from an earlier report
 
     summary = {
-        "sweep_dir": str(sweep.dir.resolve()), "partial": sweep.partial, "running": sweep.running,
+        "sweep_dir": str(sweep.dir.resolve()), "single": sweep.single, "partial": sweep.partial,
+        "running": sweep.running,
         "waiting": sweep.waiting,
         "jobs": len(df), "ok": len(ok), "failed": len(_problems(df)),
         "failed_jobs": [{"job": str(r["job"]), "status": str(r["status"]), "error": _text(r.get("error")) or None}
@@ -706,7 +715,8 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
                   "repeats": ts.repeats, "averaged": ts.averaged, "paper_tables": ts.paper_tables,
                   "sections": [{k: _plain(v) for k, v in s.fixed.items()} for s in ts.sections]},
         "metric": metric, "target": float(target), "constant_forecast_accuracy": constant,
-        "best_by_metric": best, "time_to_accuracy": by_configuration(ok, time_to_accuracy(sweep, float(target), histories))[:5],
+        "best_by_metric": best,
+        "time_to_accuracy": by_configuration(ok, time_to_accuracy(sweep, float(target), histories))[:5],
         "time_to_skill": time_to_skill(ok, metric), "soonest_to_skill": sts, "paired_roc_auc": paired,
         "notes": notes,
     }
@@ -716,7 +726,9 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
     put("table.tex", to_latex(ts))
     write_json(report_dir / "summary.json", summary)
     written["summary.json"] = report_dir / "summary.json"
-    write_atomic(html_path, render_html(sweep, ts, summary, images, metric, float(target)))
+    page = (runpage.render(run, sweep.dir, images, notes, CSS) if run is not None else
+            render_html(sweep, ts, summary, images, metric, float(target)))
+    write_atomic(html_path, page)
     written["report.html"] = html_path
     return written
 
@@ -779,8 +791,12 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         if not sweep_dir:
             raise TornadoError("SWEEP_DIR: missing; " + USAGE.removeprefix("usage: "))
         written = build_report(sweep_dir, **o)
-        print(written["table.md"].read_text())
-        print(summary_text(json.loads(written["summary.json"].read_text())))
+        summary = json.loads(written["summary.json"].read_text())
+        if summary["single"]:
+            print(runpage.text(read_result(Path(summary["sweep_dir"]))))
+        else:
+            print(written["table.md"].read_text())
+            print(summary_text(summary))
         print(f"report: {written['report.html']}")
         return written
 
