@@ -228,6 +228,7 @@ def test_no_validation_split_keeps_the_test_set_s_threshold_apart(data_dir, tmp_
     assert not any(k.startswith("val_") for k in m)
     assert "the test set's best: optimistic" in _headline(r)
     assert f"ROC AUC {m['roc_auc']:.3f} ± {m['roc_auc_se']:.3f}  AP" in _headline(r)  # one standard error
+    assert _headline(r).endswith(f"its report (scores, curves, diagrams): python -m tornado.report {tmp_path}")
 
 
 def test_live_augmentation_runs(data_dir, tmp_path):

@@ -709,7 +709,8 @@ def _headline(result: dict) -> str:
     return (f"accuracy {f(m['accuracy'])}  ROC AUC {f(m['roc_auc'])}{se}  AP {f(m['average_precision'])}  "
             f"{csi}  BSS {f(m['bss'])}\n"
             f"trained in {t['wall_s']:.1f} s ({result['samples_per_s']:.0f} samples/s); "
-            f"logs and result.json in {where}")
+            f"logs and result.json in {where}\n"
+            f"its report (scores, curves, diagrams): python -m tornado.report {where}")
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
