@@ -373,7 +373,7 @@ font-size:13px}.chips .okc{background:#dcfce7}.chips .bad{background:#fee2e2}.ch
 font-weight:600}
 nav a{margin-right:14px;color:#2563eb;text-decoration:none}
 .note{color:#475569;font-size:13px;margin:4px 0}.warn{color:#9a3412;font-size:13px}.empty{color:#b91c1c;font-weight:600}
-.tables{display:flex;flex-wrap:wrap;gap:18px;overflow-x:auto}
+.tables{display:flex;flex-wrap:wrap;gap:18px;overflow-x:auto}.wide{overflow-x:auto}
 table{border-collapse:collapse;background:#fff;box-shadow:0 1px 2px rgba(0,0,0,.06);font-size:13px}
 caption{caption-side:top;text-align:left;font-weight:600;padding:4px 2px}
 th,td{border:1px solid #e2e8f0;padding:5px 9px;vertical-align:top}
@@ -493,7 +493,8 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
                     "figure)." + (f" roc_auc_p: DeLong's p-value for the difference between the job's test ROC AUC "
                                   f"and job {e(paired['reference'])}'s (the first), scored on the same cases: below "
                                   f"{paired['alpha']}, told apart; above, within noise." if paired else "")
-                    + f'</p><table class="list"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>')
+                    + f'</p><div class="wide"><table class="list"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
+                    "</table></div>")
     body.append('<h2 id="failed">Failed jobs</h2>')
     if len(failed):
         rows = "".join(f"<tr><td>{e(str(r['job']))}</td><td>{e(str(r['status']))}</td>"
