@@ -734,6 +734,11 @@ def test_report_loads_in_chromium_without_console_errors(tmp_path):
     assert snap.returncode == 0, snap.stderr[-2000:]
     assert shot.read_bytes()[:8] == PNG_MAGIC
     assert shot.stat().st_size > 50_000    # a blank page compresses to a few kB
+    run_page = report.build_report(sweep / "0")["report.html"]  # one run's own page
+    dom = subprocess.run([exe, *flags, "--dump-dom", run_page.resolve().as_uri()], capture_output=True, text=True,
+                         timeout=120)
+    assert dom.returncode == 0 and not [ln for ln in dom.stderr.splitlines() if re.search(r"CONSOLE[:(]|Uncaught", ln)]
+    assert '<h2 id="scores">Scores</h2>' in dom.stdout and 'alt="learning_curves"' in dom.stdout
 
 
 def test_results_csv_without_output_dir_column_uses_the_job_folders(tmp_path):
