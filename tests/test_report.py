@@ -467,6 +467,39 @@ def test_jobs_are_compared_with_the_best_on_the_same_test_cases(tmp_path):
     assert json.loads(report.build_report(sweep / "a")["summary.json"].read_text())["paired_roc_auc"] is None
 
 
+def test_speedup_and_scaling_efficiency_against_the_fewest_devices_and_the_paper(tmp_path):
+    sweep, results = tmp_path / "scaling", {}
+    runs = [(1, 0, 20.0), (1, 1, 22.0), (2, 0, 12.0), (4, 0, 7.0), (4, 1, 7.0)]  # (GPUs, seed, wall seconds)
+    for job, (g, seed, wall) in enumerate(runs):
+        hp = {"epochs": 5, "batch_size": 32768, "lr": 0.001, "data_multiplier": 1, "gpus": g, "seed": seed,
+              "paper": "6.1.3"}
+        r = result_json(sweep / str(job), hp, wall_s=wall, accelerator="gpu", predictions=False)
+        r["batch"]["devices"] = r["devices"]["count"] = g
+        results[str(job)] = r
+    write_results_csv(sweep, results)
+    ok = report.load_sweep(sweep).ok
+    got = report.scaling(ok)
+    # against the mean of the two 1-GPU runs (21 s)
+    assert got["speedup"].tolist() == pytest.approx([21 / 20, 21 / 22, 21 / 12, 3.0, 3.0])
+    assert got["scaling_efficiency"].tolist() == pytest.approx([21 / 20, 21 / 22, 21 / 24, 0.75, 0.75])
+    report.build_report(sweep, rows="gpus", cols="data_multiplier", group="none", value="speedup")
+    cells = pd.read_csv(sweep / "report" / "table.csv")
+    # the paper's Table 6 at batch 32768, 5 epochs: 11 s on 1, 2 and 4 GPUs, so its speedup is 1
+    assert dict(zip(cells["gpus"], cells["speedup_mean"])) == pytest.approx({1: (21 / 20 + 21 / 22) / 2, 2: 1.75, 4: 3.0})
+    assert dict(zip(cells["gpus"], cells["paper"])) == pytest.approx({1: 1.0, 2: 1.0, 4: 1.0})
+    assert "each cell shows the paper's speedup (worked out from its wall times by GPU count)" in \
+        (sweep / "report" / "table.md").read_text()
+    report.build_report(sweep, rows="gpus", cols="data_multiplier", group="none", value="scaling_efficiency",
+                        paper="table6")
+    cells = pd.read_csv(sweep / "report" / "table.csv")
+    assert dict(zip(cells["gpus"], cells["paper"])) == pytest.approx({1: 1.0, 2: 0.5, 4: 0.25})
+    with pytest.raises(TornadoError, match="value=speedup compares with a table by GPU count"):
+        report.build_report(sweep, value="speedup", paper="table3")
+    one = gpu_batch_sweep(tmp_path, failed=False)  # every job on one device (the results' devices column)
+    summary = json.loads(report.build_report(one, value="speedup")["summary.json"].read_text())
+    assert any("no settings ran on more than one device count" in n for n in summary["notes"])
+
+
 def test_reader_without_collect_module(tmp_path, monkeypatch):
     sweep = gpu_batch_sweep(tmp_path)
     (sweep / "results.csv").unlink()

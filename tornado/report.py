@@ -31,7 +31,7 @@ from tornado import runpage
 from tornado.plots import (curve_figures, plot_curves, plot_learning_curves, plot_skill_vs_time,
                            plot_verification, plot_wall_vs_batch)
 from tornado.records import read_result, write_atomic, write_json
-from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SKILL_S, TIMES, TableSet, build_tables,
+from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SCALING, SKILL_S, TIMES, TableSet, build_tables,
                             is_repeat, label_text, number_text, numeric_column, ok_rows, to_html_tables, to_latex,
                             to_long_csv, to_markdown, varying_hparams)
 
@@ -324,6 +324,24 @@ def soonest_to_skill(sweep: Sweep, curves: dict[str, pd.DataFrame], skill: float
             "chance": 0.5, "jobs": jobs}
 
 
+def scaling(ok: pd.DataFrame) -> pd.DataFrame:
+    """Per job, how its wall time compares with the same settings on fewer devices: `speedup` = the mean wall
+    time of those settings (repeats averaged) on the fewest devices the sweep ran them on, over this job's;
+    `scaling_efficiency` = speedup / (its devices / those devices): 1 is perfect scaling. NaN where the
+    settings ran on one device count only."""
+    out = pd.DataFrame(np.nan, index=ok.index, columns=SCALING)
+    frame = ok.assign(_d=numeric_column(ok, "devices"), _w=numeric_column(ok, "wall_s")).dropna(subset=["_d", "_w"])
+    keys = [c for c in varying_hparams(ok) if not is_repeat(c) and c not in ("gpus", "trainer.devices")]
+    for _, g in (frame.groupby(keys, dropna=False, sort=False) if keys else [(None, frame)]):
+        if g["_d"].nunique() < 2:
+            continue
+        fewest = g["_d"].min()
+        speedup = g.loc[g["_d"] == fewest, "_w"].mean() / g["_w"]
+        out.loc[g.index, "speedup"] = speedup
+        out.loc[g.index, "scaling_efficiency"] = speedup / (g["_d"] / fewest)
+    return out
+
+
 def constant_forecast_accuracy(ok: pd.DataFrame) -> float | None:
     """The highest training accuracy a constant forecast reaches on the jobs' training sets (as trained)."""
     rate = numeric_column(ok, "train_base_rate")
@@ -564,7 +582,7 @@ def _text(v: Any) -> str:
 
 
 def _check_column(df: pd.DataFrame, key: str, col: str, known: bool = False) -> None:
-    if col not in df.columns and not (known and col in METRICS + TIMES + RUN_INFO + [SKILL_S]):
+    if col not in df.columns and not (known and col in METRICS + TIMES + RUN_INFO + [SKILL_S] + SCALING):
         raise TornadoError(f"{key}={col}: no such column in results.csv")
 
 
@@ -586,7 +604,9 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
         raise TornadoError(f"skill={skill}: must be auto or a validation ROC AUC in (0.5, 1]")
     if paper not in ("auto", "none") and paper not in PAPER_TABLES:
         raise TornadoError(f"paper={paper}: must be auto, none or one of {', '.join(PAPER_TABLES)}")
-    if paper in PAPER_TABLES and PAPER_TABLES[paper][0] != value:
+    if paper in PAPER_TABLES and value in SCALING and "gpus" not in PAPER_TABLES[paper][1]:
+        raise TornadoError(f"paper={paper}: value={value} compares with a table by GPU count (table6, table7)")
+    if paper in PAPER_TABLES and PAPER_TABLES[paper][0] != value and value not in SCALING:
         raise TornadoError(f"paper={paper}: that table holds {PAPER_TABLES[paper][0]}, not {value}")
     if len({rows, cols, group} - {None}) != len([c for c in (rows, cols, group) if c]):
         raise TornadoError(f"rows={rows} cols={cols} group={group}: must be different columns")
@@ -617,9 +637,13 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
         seconds = {t["job"]: t["seconds"] for t in sts["jobs"]}
         df[SKILL_S] = [seconds.get(str(j), math.inf if str(j) in curves else math.nan) for j in df["job"]]
         sts["jobs"] = by_configuration(sweep.ok, sts["jobs"])[:5]
+    for name, column in scaling(sweep.ok).items():  # columns for the tables (value=speedup)
+        df[name] = column
     ok = sweep.ok
     ts = build_tables(df, rows, cols, group, value, agg, paper)
     notes = list(sweep.notes)
+    if value in SCALING and df[value].isna().all():
+        notes.append(f"value={value}: no settings ran on more than one device count (gpus=1,2,4 in a sweep does).")
     if value == SKILL_S and not sts:
         notes.append("value=skill_s: no job has a validation ROC AUC per epoch (runs with score_epochs=true and a "
                      "validation split record one).")

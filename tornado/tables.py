@@ -21,7 +21,8 @@ RUN_INFO = ["samples_per_s", "batch_global", "batch_per_device", "devices", "acc
             "samples_per_epoch", "epochs_trained", "val_best_epoch"]
 PAPER_N_TRAIN = 138_963  # the paper's training set (multiplier 1)
 SKILL_S = "skill_s"  # made by the report: training seconds to its skill target (report.soonest_to_skill)
-NOT_HPARAMS = set(META + METRICS + TIMES + RUN_INFO + [SKILL_S])
+SCALING = ["speedup", "scaling_efficiency"]  # made by the report (report.scaling): more devices against fewer
+NOT_HPARAMS = set(META + METRICS + TIMES + RUN_INFO + [SKILL_S] + SCALING)
 AGGS = ("mean", "median", "min", "max")
 MAX_SECTIONS = 8   # beyond this many combinations of other varying settings, average them instead
 
@@ -177,6 +178,8 @@ def _auto_table(row: pd.Series, value: str) -> str | None:
     gpus = pd.to_numeric(pd.Series([row.get("gpus")]), errors="coerce").iloc[0]
     cpu = accel == "cpu" or (accel in ("", "nan", "none") and gpus == 0)
     batch = pd.to_numeric(pd.Series([row.get("batch_size")]), errors="coerce").iloc[0]
+    if value in SCALING and section == "6.1.3":  # the tables by GPU count
+        return {32768: "table6", 128: "table7"}.get(batch)
     if value == "wall_s":
         if section == "6.1.1":
             return "table2" if cpu else "table3"
@@ -216,7 +219,23 @@ def paper_figures(ok: pd.DataFrame, value: str, paper: str = "auto") -> pd.DataF
         out.loc[i, "paper_table"] = name
         if len(hit) == 1:
             out.loc[i, "paper"] = float(hit.iloc[0])
+        if value in SCALING:
+            out.loc[i, "paper"] = _paper_scaling(t, keys, want, value)
     return out
+
+
+def _paper_scaling(t: pd.DataFrame, keys: tuple, want: np.ndarray, value: str) -> float:
+    """The paper's speedup (or scaling efficiency) for a job's cell of a table by GPU count: its wall time on
+    the fewest GPUs the table has for those settings over the cell's."""
+    gpu = list(keys).index("gpus")
+    others = [k for j, k in enumerate(keys) if j != gpu]
+    same = t.loc[(t[others].to_numpy(float) == np.delete(want, gpu)).all(axis=1)]
+    cell = same.loc[same["gpus"] == want[gpu], "figure"]
+    if same.empty or len(cell) != 1:
+        return math.nan
+    fewest = same["gpus"].min()
+    speedup = float(same.loc[same["gpus"] == fewest, "figure"].mean() / cell.iloc[0])
+    return speedup if value == "speedup" else speedup / (want[gpu] / fewest)
 
 
 # ------------------------------------------------------------------------------------------------ table sets
@@ -361,7 +380,9 @@ def _notes(ts: TableSet) -> list[str]:
         notes.append(f"Also averaged over (too many combinations for separate tables): {', '.join(ts.averaged)}.")
     if ts.paper_tables:
         names = "; ".join(PAPER_TABLES[t][3] for t in ts.paper_tables)
-        notes.append(f"Compared with the paper's {names}: each cell shows the paper's figure and ours/paper.")
+        figure = (f"{ts.value.replace('_', ' ')} (worked out from its wall times by GPU count)"
+                  if ts.value in SCALING else "figure")
+        notes.append(f"Compared with the paper's {names}: each cell shows the paper's {figure} and ours/paper.")
         if ts.n_train and ts.n_train != [PAPER_N_TRAIN]:
             sizes = ", ".join(f"{n:,}" for n in ts.n_train)
             notes.append(f"Our training set: {sizes} samples; the paper's: {PAPER_N_TRAIN:,}. A wall-time ratio "
