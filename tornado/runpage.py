@@ -129,7 +129,8 @@ def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: 
         body.append(_table(["score", "test", "validation", "how to read it"], [list(row) for row in score_rows(m)],
                            cls="list scores"))
     else:
-        body.append('<p class="note">None: the run did not finish.</p>')
+        body.append('<p class="note">None yet: the run is still going.</p>' if status == "running" else
+                    '<p class="note">None: the run did not finish.</p>')
     body += ['<h2 id="run">The run</h2>', _table(None, [list(row) for row in facts(r)])]
     history = r.get("history") or []
     body.append('<h2 id="epochs">Epochs</h2>')
@@ -171,6 +172,7 @@ def text(r: dict) -> str:
         lines += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c}" for a, b, c in rows]
     times = r.get("times") or {}
     if "wall_s" in times:
-        lines.append(f"trained {len(r.get('history') or [])} epochs in {_num(times['wall_s'])} s "
+        n = len(r.get("history") or [])
+        lines.append(f"trained {n} epoch{'' if n == 1 else 's'} in {_num(times['wall_s'])} s "
                      f"({_num(r.get('samples_per_s'))} samples/s)")
     return "\n".join(lines)
