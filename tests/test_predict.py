@@ -69,7 +69,7 @@ def test_a_file_that_is_no_checkpoint_and_a_folder_that_is_no_run_are_named(tmp_
     (tmp_path / "result.json").write_text("{}")
     with pytest.raises(TornadoError, match=r"result.json: not a tornado checkpoint \(not a PyTorch checkpoint file\)$"):
         load_model(tmp_path / "result.json")
-    with pytest.raises(TornadoError, match=r": a folder without checkpoints/last.ckpt \(not a run folder\)$"):
+    with pytest.raises(TornadoError, match=r": a folder without checkpoints/last.ckpt \(not a run folder or a sweep\)$"):
         load_model(tmp_path)
     # a run's folder stands for its checkpoints/last.ckpt
     fake_checkpoint(tmp_path / "checkpoints" / "last.ckpt", scaler_mean=[1.0] * 3, scaler_std=[2.0] * 3)
@@ -94,3 +94,30 @@ def test_a_missing_input_is_named_by_its_own_key_and_help_prints_usage(tmp_path)
     assert not (tmp_path / "out.csv").exists()
     p = cli("--help")
     assert p.returncode == 0 and p.stdout.startswith("usage: python -m tornado.predict checkpoint=FILE")
+
+
+def test_a_sweep_folder_stands_for_its_best_run_by_validation(tmp_path):
+    import json
+
+    sweep = tmp_path / "sweep"
+    for job, (status, val_auc, auc) in enumerate([("ok", 0.80, 0.90), ("ok", 0.86, 0.70), ("failed", None, None),
+                                                   ("ok", 0.84, 0.95)]):
+        run = sweep / str(job)
+        fake_checkpoint(run / "checkpoints" / "last.ckpt", scaler_mean=[float(job)] * 3, scaler_std=[1.0] * 3)
+        metrics = {} if status != "ok" else {"val_roc_auc": val_auc, "roc_auc": auc, "threshold": 0.1 * job}
+        (run / "result.json").write_text(json.dumps({"status": status, "hparams": {"batch_size": 64 * (job + 1)},
+                                                     "metrics": metrics, "output_dir": str(run)}))
+    # job 1: the best validation ROC AUC (never the test set's best, job 3); its own threshold comes with it
+    assert load_model(sweep).hparams.scaler_mean == [1.0] * 3
+    from tornado.predict import run_threshold
+    assert run_threshold(sweep) == pytest.approx(0.1)
+    p = cli(f"checkpoint={sweep}", f"input={tmp_path / 'nowhere'}")
+    assert p.returncode == 2 and p.stdout.startswith(f"the sweep's best job by validation ROC AUC: 1 (0.86), {sweep / '1'}")
+    for job in ("0", "1", "3"):  # the paper's split: no validation scores to choose by
+        data = json.loads((sweep / job / "result.json").read_text())
+        data["metrics"].pop("val_roc_auc")
+        (sweep / job / "result.json").write_text(json.dumps(data))
+    (sweep / "results.csv").unlink()  # written from the result.json files on the first read
+    with pytest.raises(TornadoError, match=r"a sweep with no successful job scored on a validation split to choose "
+                                           r"by; give one job's folder$"):
+        load_model(sweep)

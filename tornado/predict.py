@@ -3,7 +3,8 @@
     python -m tornado.predict checkpoint=RUN/checkpoints/last.ckpt input=DIR_OR_GLOB [output=predictions.csv]
 
 (`checkpoint=RUN`, the run's folder, takes the model its test scores are of: checkpoints/best.ckpt where
-`patience` kept the best epoch's weights, else checkpoints/last.ckpt.)
+`patience` kept the best epoch's weights, else checkpoints/last.ckpt. `checkpoint=SWEEP_DIR` takes the run of
+the sweep's job with the highest validation ROC AUC.)
 
 Inputs are standardised with the scaler stored in the checkpoint (fitted on the training split). A model
 trained with balance copies or a pos_weight has its probabilities moved back to the training originals'
@@ -40,18 +41,41 @@ CENTRES = ("centroid_lon", "centroid_lat")  # per patch, where the file has them
 CHANNELS = 3  # input channels of every tornado model: one scaler entry each
 
 
+def best_run(sweep_dir: str | Path) -> tuple[Path, str, float]:
+    """(run folder, job, validation ROC AUC) of a sweep's successful job with the highest validation ROC AUC:
+    chosen on validation, never on the test set (a sweep without validation scores is refused)."""
+    from tornado.report import jobs_table, load_sweep
+    from tornado.tables import numeric_column
+
+    sweep = load_sweep(sweep_dir)
+    ok = sweep.ok.loc[numeric_column(sweep.ok, "val_roc_auc").notna()] if len(sweep.ok) else sweep.ok
+    if ok.empty:
+        raise TornadoError(f"checkpoint={sweep_dir}: a sweep with no successful job scored on a validation split "
+                           "to choose by; give one job's folder")
+    first = jobs_table(ok, "val_roc_auc").iloc[0]
+    return sweep.job_dir(str(first["job"])), str(first["job"]), float(first["val_roc_auc"])
+
+
 def checkpoint_file(checkpoint: str | Path) -> Path:
     """The checkpoint file: as given, or for a run's folder the model its test scores are of: best.ckpt (a run
-    with `patience`: the best epoch's weights) or else last.ckpt, in RUN/checkpoints/."""
+    with `patience`: the best epoch's weights) or else last.ckpt, in RUN/checkpoints/; for a sweep's folder,
+    that of its best run (`best_run`)."""
     path = Path(checkpoint)
+    if path.is_dir() and not (path / "checkpoints").is_dir() and _is_sweep(path):
+        path = best_run(path)[0]
     if path.is_dir():
         best = path / "checkpoints" / "best.ckpt"
         path = best if best.is_file() else path / "checkpoints" / "last.ckpt"
         if not path.is_file():
-            raise TornadoError(f"checkpoint={checkpoint}: a folder without checkpoints/last.ckpt (not a run folder)")
+            raise TornadoError(f"checkpoint={checkpoint}: a folder without checkpoints/last.ckpt (not a run folder "
+                               "or a sweep)")
     elif not path.is_file():
         raise TornadoError(f"checkpoint={checkpoint}: no such file")
     return path
+
+
+def _is_sweep(path: Path) -> bool:
+    return (path / "results.csv").is_file() or any(path.glob("*/result.json"))
 
 
 def load_model(checkpoint: str | Path) -> StormModule:
@@ -143,6 +167,11 @@ def _main(argv: list[str]) -> None:
     if not args["checkpoint"] or not args["input"]:
         raise TornadoError(USAGE)
     _check_batch(args["batch"])
+    folder = Path(args["checkpoint"])
+    if folder.is_dir() and not (folder / "checkpoints").is_dir() and _is_sweep(folder):
+        run, job, auc = best_run(folder)
+        print(f"the sweep's best job by validation ROC AUC: {job} ({auc:.4g}), {run}")
+        args["checkpoint"] = str(run)
     rule = LabelRule(args["label_reduce"], args["label_threshold"], args["label_inclusive"])
     cut = run_threshold(args["checkpoint"], args["threshold"])
     df = predict(args["checkpoint"], args["input"], rule, args["batch"], "none" if cut is None else cut)
