@@ -338,6 +338,16 @@ def test_stale_results_csv_is_rebuilt_from_result_json(tmp_path):
     assert loaded.running == ["0"]
     assert loaded.df.set_index("job").loc["0", "status"] == "running"
     assert any("rebuilt" in n for n in loaded.notes)
+    # a job run again by hand, still ok but with other scores, after results.csv was written
+    from tornado.collect import collect
+
+    collect(sweep)
+    past = (sweep / "results.csv").stat().st_mtime - 5
+    os.utime(sweep / "results.csv", (past, past))
+    r.update(status="ok", metrics={**r["metrics"], "roc_auc": 0.99})
+    (sweep / "0" / "result.json").write_text(json.dumps(r))
+    assert report.load_sweep(sweep).df.set_index("job").loc["0", "roc_auc"] == 0.99
+    assert report.load_sweep(sweep).notes == []  # rebuilt once: results.csv is newer now
 
 
 def test_all_failed_sweep_still_reports(tmp_path):

@@ -110,7 +110,9 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
         if "job" not in df.columns:
             raise TornadoError(f"results.csv: {csv}: no 'job' column")
         listed = dict(zip(df["job"].astype(str), df.get("status", pd.Series(["ok"] * len(df))).astype(str)))
-        if any(listed.get(job) != r.get("status") for job, r in results.items()):
+        written = csv.stat().st_mtime  # a job run again by hand (hydra.run.dir=SWEEP/<job>) refreshes no results.csv
+        if any(listed.get(job) != r.get("status") for job, r in results.items()) or any(
+                (sweep / job / "result.json").stat().st_mtime > written for job in results):
             notes.append("results.csv was older than the job dirs' result.json files; rebuilt from those.")
             df = None
     one = read_result(sweep) if df is None and not results else None
