@@ -81,10 +81,15 @@ def test_a_documented_command_composes_and_passes_the_settings_checks(where, com
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> Path:
-    """A finished sweep of 2 x 2 x 2 x 2 jobs (epochs, batch_size, data_multiplier, gpus) as tornado.train leaves
-    them: result.json with a per-epoch history (training accuracy, validation ROC AUC) and test predictions."""
-    root = tmp_path_factory.mktemp("documented") / "sweep"
+def sweeps(tmp_path_factory) -> list[Path]:
+    """Two finished sweeps (preaugmented, live) of 2 x 2 x 2 x 2 jobs (epochs, batch_size, data_multiplier, gpus)
+    as tornado.train leaves them: result.json with a per-epoch history (training accuracy, validation ROC AUC)
+    and test predictions."""
+    base = tmp_path_factory.mktemp("documented")
+    return [_sweep(base / augmentation, augmentation) for augmentation in ("preaugmented", "live")]
+
+
+def _sweep(root: Path, augmentation: str) -> Path:
     rng = np.random.default_rng(0)
     grid = [(e, b, m, g) for e in (1, 2) for b in (128, 256) for m in (1, 2) for g in (1, 2)]
     for job, (epochs, batch, mult, gpus) in enumerate(grid):
@@ -94,7 +99,7 @@ def sweep(tmp_path_factory) -> Path:
                     "val_roc_auc": 0.7 + 0.05 * i + 0.01 * job % 3} for i in range(epochs)]
         result = {"status": "ok", "error": None, "output_dir": str(out), "config_hash": f"h{job}",
                   "hparams": {"epochs": epochs, "batch_size": batch, "data_multiplier": mult, "gpus": gpus, "seed": 0,
-                              "augmentation": "preaugmented", "lr": 0.001},
+                              "augmentation": augmentation, "lr": 0.001},
                   "metrics": {"accuracy": 0.95, "roc_auc": 0.8 + 0.005 * job, "val_roc_auc": history[-1]["val_roc_auc"],
                               "val_n": 1500, "val_positives": 70, "threshold": 0.3},
                   "times": {"total_s": 10.0, "wall_s": 2.0 * mult * epochs / gpus,
@@ -110,11 +115,12 @@ def sweep(tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("where, app, args", OTHERS, ids=[w for w, _, _ in OTHERS])
-def test_a_documented_command_of_the_other_apps_takes_its_arguments(where, app, args, sweep, tmp_path):
-    if app == "report":  # on the sweep above, or one of its runs where the docs show a run's folder
-        settings = parse_kv(args, report.DEFAULTS, positional=("sweep_dir",))
-        folder = sweep / "0" if "runs" in settings.pop("sweep_dir") else sweep
-        written = report.build_report(folder, **settings | {"out": tmp_path})
+def test_a_documented_command_of_the_other_apps_takes_its_arguments(where, app, args, sweeps, tmp_path):
+    if app == "report":  # on the sweeps above, or one of their runs where the docs show a run's folder
+        settings = parse_kv([a for a in args if "=" in a], report.DEFAULTS)
+        given = [a for a in args if "=" not in a]
+        folders = [sweeps[0] / "0" if "runs" in d else sweeps[i] for i, d in enumerate(given)]
+        written = report.build_report(folders, **settings | {"out": tmp_path})
         assert written["report.html"].stat().st_size > 0
     elif app == "predict":
         assert parse_kv(args, predict.DEFAULTS)["checkpoint"]

@@ -510,6 +510,34 @@ def test_speedup_and_scaling_efficiency_against_the_fewest_devices_and_the_paper
     assert any("no settings ran on more than one device count" in n for n in summary["notes"])
 
 
+def test_several_sweeps_are_reported_as_one(tmp_path, capsys):
+    fast = gpu_batch_sweep(tmp_path / "a", failed=False).rename(tmp_path / "preaugmented")
+    slow = gpu_batch_sweep(tmp_path / "b", failed=True).rename(tmp_path / "live")
+    (fast / "results.csv").unlink()  # its jobs' folders are found from their result.json (output_dir moved)
+    merged = report.load_sweeps([fast, slow])
+    assert merged.df["job"].tolist()[:5] == ["preaugmented/0", "preaugmented/1", "preaugmented/2", "preaugmented/3",
+                                             "live/0"]
+    assert merged.df["sweep"].tolist() == ["preaugmented"] * 4 + ["live"] * 5
+    assert merged.job_dir("live/2") == slow / "2" and merged.name == "preaugmented + live"
+    out = tmp_path / "both"
+    report.main([str(fast), str(slow), "rows=batch_size", "cols=sweep", "group=none", f"out={out}"])
+    cells = pd.read_csv(out / "table.csv")  # batch size x sweep, one table per GPU count
+    assert len(cells) == 8 and set(cells["sweep"]) == {"preaugmented", "live"} and cells["n"].eq(1).all()
+    page = (out / "report.html").read_text()
+    assert "<h1>Sweeps report: preaugmented + live</h1>" in page and "live/4" in page  # the failed job
+    assert "failed: job live/4: RuntimeError: CUDA out of memory" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["sweep_dirs"] == [str(fast), str(slow)] and summary["jobs"] == 9 and summary["failed"] == 1
+    assert (out / "train_acc_by_gpus.png").is_file()  # the jobs' histories were found in both
+    with pytest.raises(TornadoError, match="^2 sweeps: out=DIR says where their report goes$"):
+        report.build_report([fast, slow])
+    twin = gpu_batch_sweep(tmp_path / "c", failed=False).rename(tmp_path / "c" / "x")
+    (tmp_path / "d").mkdir()
+    other = gpu_batch_sweep(tmp_path / "d", failed=False).rename(tmp_path / "d" / "x")
+    with pytest.raises(TornadoError, match="two share a folder name"):
+        report.load_sweeps([twin, other])
+
+
 def test_reader_without_collect_module(tmp_path, monkeypatch):
     sweep = gpu_batch_sweep(tmp_path)
     (sweep / "results.csv").unlink()

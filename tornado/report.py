@@ -37,7 +37,7 @@ from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SCALING, SKIL
 
 LOWER_IS_BETTER = METRICS_LOWER | {"total_s", "wall_s", "data_wait_s", "compute_s", "test_s"}
 TEXT_COLUMNS = ["job", "status", "error", "output_dir", "paper", "accelerator"]
-DEFAULTS = {"sweep_dir": None, "rows": "batch_size", "cols": "data_multiplier", "group": "epochs", "value": "wall_s",
+DEFAULTS = {"rows": "batch_size", "cols": "data_multiplier", "group": "epochs", "value": "wall_s",
             "agg": "mean", "metric": "auto", "target": 0.93, "skill": "auto", "paper": "auto", "out": None}
 
 
@@ -50,6 +50,11 @@ class Sweep:
     notes: list[str] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)  # jobs of an unfinished launch not started yet
     single: bool = False             # a single run's folder (its own result.json), not a sweep
+    parts: list[Path] = field(default_factory=list)  # several sweeps read as one (load_sweeps): their folders
+
+    @property
+    def name(self) -> str:
+        return " + ".join(p.name for p in self.parts) if self.parts else self.dir.name
 
     @property
     def partial(self) -> bool:
@@ -131,6 +136,29 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     starting = {j for j in waiting if (sweep / j / "stdout.log").exists()}
     return Sweep(sweep, df.reset_index(drop=True), sorted(running | starting), notes,
                  [j for j in waiting if j not in starting], single=one is not None)
+
+
+def load_sweeps(sweep_dirs: list[str | Path]) -> Sweep:
+    """Several sweeps (or runs) read as one: jobs named SWEEP/JOB, with a `sweep` column (the folder's name) to
+    tabulate by, e.g. a preaugmented and a live sweep side by side (cols=sweep, or cols=augmentation)."""
+    if len(sweep_dirs) == 1:
+        return load_sweep(sweep_dirs[0])
+    parts, frames, running, waiting, notes = [load_sweep(d) for d in sweep_dirs], [], [], [], []
+    names = [p.dir.resolve().name for p in parts]
+    if len(set(names)) < len(names):
+        raise TornadoError(f"sweep dirs: {', '.join(map(str, sweep_dirs))}: two share a folder name; the jobs are "
+                           "told apart by it")
+    for name, part in zip(names, parts):
+        df = part.df.copy()
+        df["output_dir"] = [str(part.job_dir(str(j))) for j in df["job"]]
+        df["job"] = [f"{name}/{j}" for j in df["job"]]
+        df.insert(1, "sweep", name)
+        frames.append(df)
+        running += [f"{name}/{j}" for j in part.running]
+        waiting += [f"{name}/{j}" for j in part.waiting]
+        notes += [f"{name}: {n}" for n in part.notes]
+    return Sweep(parts[0].dir, pd.concat(frames, ignore_index=True), running, notes, waiting,
+                 parts=[p.dir for p in parts])
 
 
 def _waiting(sweep: Path, started: set[str]) -> list[str]:
@@ -432,8 +460,9 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     counts = (f'<div class="chips"><span>{len(df)} jobs</span><span class="okc">{len(ok)} ok</span>'
               f'<span class="bad">{len(failed)} failed</span><span class="run">{len(sweep.running)} running</span>'
               + (f'<span class="run">{len(sweep.waiting)} not started</span>' if sweep.waiting else "") + "</div>")
-    title = f"{'Run' if sweep.single else 'Sweep'} report: {sweep.dir.name}"
-    body = [f"<h1>{e(title)}</h1>", f'<p class="sub">{e(str(sweep.dir.resolve()))}</p>', counts]
+    title = f"{'Run' if sweep.single else 'Sweeps' if sweep.parts else 'Sweep'} report: {sweep.name}"
+    where = ", ".join(str(p.resolve()) for p in sweep.parts or [sweep.dir])
+    body = [f"<h1>{e(title)}</h1>", f'<p class="sub">{e(where)}</p>', counts]
     if sweep.partial:
         body.append(f'<div class="partial" id="partial">Partial report: the sweep is still running '
                     f"({_unfinished_text(sweep)}). Tables and plots cover the finished jobs only.</div>")
@@ -588,11 +617,15 @@ def _check_column(df: pd.DataFrame, key: str, col: str, known: bool = False) -> 
         raise TornadoError(f"{key}={col}: no such column in results.csv")
 
 
-def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "data_multiplier",
+def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: str = "data_multiplier",
                  group: str | None = "epochs", value: str = "wall_s", agg: str = "mean", metric: str = "auto",
                  target: float = 0.93, skill: float | str = "auto", paper: str = "auto",
                  out: str | Path | None = None) -> dict[str, Path]:
-    """Write tables, plots, summary.json and report.html; return {file name: path} of what was written."""
+    """Write tables, plots, summary.json and report.html; return {file name: path} of what was written.
+    `sweep_dir`: a sweep's (or run's) folder, or a list of them read as one (`load_sweeps`; needs `out`)."""
+    dirs = list(sweep_dir) if isinstance(sweep_dir, (list, tuple)) else [sweep_dir]
+    if len(dirs) > 1 and not out:
+        raise TornadoError(f"{len(dirs)} sweeps: out=DIR says where their report goes")
     group = None if group in (None, "none") else group
     if agg not in AGGS:
         raise TornadoError(f"agg={agg}: must be one of {', '.join(AGGS)}")
@@ -612,7 +645,7 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
         raise TornadoError(f"paper={paper}: that table holds {PAPER_TABLES[paper][0]}, not {value}")
     if len({rows, cols, group} - {None}) != len([c for c in (rows, cols, group) if c]):
         raise TornadoError(f"rows={rows} cols={cols} group={group}: must be different columns")
-    sweep = load_sweep(sweep_dir)
+    sweep = load_sweeps(dirs)
     df = sweep.df
     for key, col in (("rows", rows), ("cols", cols), ("group", group)):
         if col:
@@ -732,7 +765,8 @@ def build_report(sweep_dir: str | Path, rows: str = "batch_size", cols: str = "d
                 (report_dir / f"{name}.{fmt}").unlink(missing_ok=True)  # stale from an earlier report
 
     summary = {
-        "sweep_dir": str(sweep.dir.resolve()), "single": sweep.single, "partial": sweep.partial,
+        "sweep_dir": str(sweep.dir.resolve()), "sweep_dirs": [str(p.resolve()) for p in sweep.parts or [sweep.dir]],
+        "single": sweep.single, "partial": sweep.partial,
         "running": sweep.running,
         "waiting": sweep.waiting,
         "jobs": len(df), "ok": len(ok), "failed": len(_problems(df)),
@@ -800,10 +834,9 @@ def summary_text(summary: dict) -> str:
 
 
 # ------------------------------------------------------------------------------------------------------- CLI
-USAGE = ("usage: python -m tornado.report SWEEP_DIR [rows=batch_size] [cols=data_multiplier] [group=epochs|none] "
-         "[value=wall_s] [agg=mean|median|min|max] [metric=auto] [target=0.93] [skill=auto] "
-         "[paper=auto|none|table2..table9] "
-         "[out=DIR]")
+USAGE = ("usage: python -m tornado.report SWEEP_DIR [SWEEP_DIR ... (then out=DIR)] [rows=batch_size] "
+         "[cols=data_multiplier] [group=epochs|none] [value=wall_s] [agg=mean|median|min|max] [metric=auto] "
+         "[target=0.93] [skill=auto] [paper=auto|none|table2..table9] [out=DIR]")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
@@ -813,11 +846,11 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         return {}
 
     def work() -> dict[str, Path]:
-        o = parse_kv(argv, DEFAULTS, positional=("sweep_dir",))
-        sweep_dir = o.pop("sweep_dir")
-        if not sweep_dir:
+        o = parse_kv([a for a in argv if "=" in a], DEFAULTS)
+        dirs = [a for a in argv if "=" not in a]
+        if not dirs:
             raise TornadoError("SWEEP_DIR: missing; " + USAGE.removeprefix("usage: "))
-        written = build_report(sweep_dir, **o)
+        written = build_report(dirs, **o)
         summary = json.loads(written["summary.json"].read_text())
         if summary["single"]:
             print(runpage.text(read_result(Path(summary["sweep_dir"]))))
