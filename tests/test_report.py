@@ -745,7 +745,7 @@ def test_roc_and_reliability_points_by_hand():
     (["cols=batch_size"], "must be different columns"),
     (["paper=table10"], "paper=table10"),
     (["paper=table8"], "paper=table8: that table holds accuracy"),
-    (["value=lr", "extra"], "extra: expected key=value"),
+    (["value=lr", "extra"], "sweep dir: extra: not a directory"),
 ])
 def test_bad_cli_args_exit_2_with_one_line(tmp_path, capsys, args, fragment):
     sweep = write_csv_sweep(tmp_path, PIVOT_CSV)

@@ -624,6 +624,9 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
     """Write tables, plots, summary.json and report.html; return {file name: path} of what was written.
     `sweep_dir`: a sweep's (or run's) folder, or a list of them read as one (`load_sweeps`; needs `out`)."""
     dirs = list(sweep_dir) if isinstance(sweep_dir, (list, tuple)) else [sweep_dir]
+    for d in dirs:
+        if not Path(d).is_dir():
+            raise TornadoError(f"sweep dir: {d}: not a directory")
     if len(dirs) > 1 and not out:
         raise TornadoError(f"{len(dirs)} sweeps: out=DIR says where their report goes")
     group = None if group in (None, "none") else group
