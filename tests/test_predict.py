@@ -69,7 +69,8 @@ def test_a_file_that_is_no_checkpoint_and_a_folder_that_is_no_run_are_named(tmp_
     (tmp_path / "result.json").write_text("{}")
     with pytest.raises(TornadoError, match=r"result.json: not a tornado checkpoint \(not a PyTorch checkpoint file\)$"):
         load_model(tmp_path / "result.json")
-    with pytest.raises(TornadoError, match=r": a folder without checkpoints/last.ckpt \(not a run folder or a sweep\)$"):
+    with pytest.raises(TornadoError,
+                       match=r": a folder without checkpoints/last.ckpt \(not a run folder or a sweep\)$"):
         load_model(tmp_path)
     # a run's folder stands for its checkpoints/last.ckpt
     fake_checkpoint(tmp_path / "checkpoints" / "last.ckpt", scaler_mean=[1.0] * 3, scaler_std=[2.0] * 3)
@@ -112,7 +113,8 @@ def test_a_sweep_folder_stands_for_its_best_run_by_validation(tmp_path):
     from tornado.predict import run_threshold
     assert run_threshold(sweep) == pytest.approx(0.1)
     p = cli(f"checkpoint={sweep}", f"input={tmp_path / 'nowhere'}")
-    assert p.returncode == 2 and p.stdout.startswith(f"the sweep's best job by validation ROC AUC: 1 (0.86), {sweep / '1'}")
+    assert p.returncode == 2
+    assert p.stdout.startswith(f"the sweep's best job by validation ROC AUC: 1 (0.86), {sweep / '1'}")
     for job in ("0", "1", "3"):  # the paper's split: no validation scores to choose by
         data = json.loads((sweep / job / "result.json").read_text())
         data["metrics"].pop("val_roc_auc")

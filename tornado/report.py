@@ -460,7 +460,7 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     counts = (f'<div class="chips"><span>{len(df)} jobs</span><span class="okc">{len(ok)} ok</span>'
               f'<span class="bad">{len(failed)} failed</span><span class="run">{len(sweep.running)} running</span>'
               + (f'<span class="run">{len(sweep.waiting)} not started</span>' if sweep.waiting else "") + "</div>")
-    title = f"{'Run' if sweep.single else 'Sweeps' if sweep.parts else 'Sweep'} report: {sweep.name}"
+    title = f"{'Sweeps' if sweep.parts else 'Sweep'} report: {sweep.name}"  # a single run: runpage.render
     where = ", ".join(str(p.resolve()) for p in sweep.parts or [sweep.dir])
     body = [f"<h1>{e(title)}</h1>", f'<p class="sub">{e(where)}</p>', counts]
     if sweep.partial:
@@ -537,8 +537,7 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
         head = "".join(f"<th>{e(c)}</th>" for c in jobs.columns)
         rows = "".join("<tr>" + "".join(f"<td>{e(_cell(v))}</td>" for v in r) + "</tr>"
                        for r in jobs.itertuples(index=False))
-        every = "result.json" if sweep.single else "results.csv"
-        body.append(f'<p class="note">Every successful job, best by {e(metric)} first ({every} holds every '
+        body.append(f'<p class="note">Every successful job, best by {e(metric)} first (results.csv holds every '
                     "figure)." + (f" roc_auc_p: DeLong's p-value for the difference between the job's test ROC AUC "
                                   f"and job {e(paired['reference'])}'s (the first), scored on the same cases: below "
                                   f"{paired['alpha']}, told apart; above, within noise." if paired else "")
@@ -734,7 +733,7 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
     best = best_by_metric(ok, metric)
     order = [str(j) for j in jobs_table(ok, metric)["job"]]
     p_values = paired_p_values(sweep, order)
-    paired = {"reference": order[0], "alpha": PAIRED_ALPHA, "p": p_values,
+    paired = {"reference": order[0], "metric": metric, "alpha": PAIRED_ALPHA, "p": p_values,
               "within_noise": [j for j in order if p_values.get(j, 0.0) >= PAIRED_ALPHA]} if p_values else None
     best_pred = None
     for b in best_by_metric(ok, metric, top=len(ok)):
@@ -769,9 +768,7 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
 
     summary = {
         "sweep_dir": str(sweep.dir.resolve()), "sweep_dirs": [str(p.resolve()) for p in sweep.parts or [sweep.dir]],
-        "single": sweep.single, "partial": sweep.partial,
-        "running": sweep.running,
-        "waiting": sweep.waiting,
+        "single": sweep.single, "partial": sweep.partial, "running": sweep.running, "waiting": sweep.waiting,
         "jobs": len(df), "ok": len(ok), "failed": len(_problems(df)),
         "failed_jobs": [{"job": str(r["job"]), "status": str(r["status"]), "error": _text(r.get("error")) or None}
                         for _, r in _problems(df).iterrows()],
@@ -799,8 +796,8 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
 
 def _paired_text(paired: dict) -> str:
     n, k = len(paired["p"]), len(paired["within_noise"])
-    return (f"test ROC AUC against job {paired['reference']} (the best job): {k} of {n} other jobs within noise "
-            f"(DeLong's paired test, p ≥ {paired['alpha']}; roc_auc_p in the Jobs table)")
+    return (f"test ROC AUC against job {paired['reference']} (the best by {paired['metric']}): {k} of {n} other "
+            f"jobs within noise (DeLong's paired test, p ≥ {paired['alpha']}; roc_auc_p in the Jobs table)")
 
 
 def _reached_line(t: dict) -> str:
