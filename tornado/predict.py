@@ -61,7 +61,7 @@ def checkpoint_file(checkpoint: str | Path) -> Path:
     with `patience`: the best epoch's weights) or else last.ckpt, in RUN/checkpoints/; for a sweep's folder,
     that of its best run (`best_run`)."""
     path = Path(checkpoint)
-    if path.is_dir() and not (path / "checkpoints").is_dir() and _is_sweep(path):
+    if _is_sweep(path):
         path = best_run(path)[0]
     if path.is_dir():
         best = path / "checkpoints" / "best.ckpt"
@@ -75,7 +75,9 @@ def checkpoint_file(checkpoint: str | Path) -> Path:
 
 
 def _is_sweep(path: Path) -> bool:
-    return (path / "results.csv").is_file() or any(path.glob("*/result.json"))
+    """A sweep's folder (its jobs' folders below it), not a run's (checkpoints/ in it)."""
+    return path.is_dir() and not (path / "checkpoints").is_dir() and (
+        (path / "results.csv").is_file() or any(path.glob("*/result.json")))
 
 
 def load_model(checkpoint: str | Path) -> StormModule:
@@ -167,9 +169,8 @@ def _main(argv: list[str]) -> None:
     if not args["checkpoint"] or not args["input"]:
         raise TornadoError(USAGE)
     _check_batch(args["batch"])
-    folder = Path(args["checkpoint"])
-    if folder.is_dir() and not (folder / "checkpoints").is_dir() and _is_sweep(folder):
-        run, job, auc = best_run(folder)
+    if _is_sweep(Path(args["checkpoint"])):
+        run, job, auc = best_run(args["checkpoint"])
         print(f"the sweep's best job by validation ROC AUC: {job} ({auc:.4g}), {run}")
         args["checkpoint"] = str(run)
     rule = LabelRule(args["label_reduce"], args["label_threshold"], args["label_inclusive"])
