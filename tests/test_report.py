@@ -653,7 +653,7 @@ def test_skill_target_is_the_best_less_one_standard_error_and_never_chance(tmp_p
 def test_soonest_to_skill_ranks_configurations_over_their_seeds(tmp_path):
     curves = {"0": [0.85, 0.86, 0.86, 0.86], "1": [0.70, 0.70, 0.70, 0.85],  # batch 128: 1 s (lucky) and 4 s
               "2": [0.70, 0.85, 0.86, 0.86], "3": [0.70, 0.85, 0.85, 0.86],  # batch 256: 2 s and 2 s
-              "4": [0.81, 0.82, 0.82, 0.82], "5": [0.70, 0.70, 0.70, 0.70]}  # batch 512: 1 s, and never
+              "4": [0.81, 0.82, 0.82, 0.95], "5": [0.70, 0.70, 0.70, 0.70]}  # batch 512: 1 s, and never
     settings = {j: {"batch_size": 128 * 2 ** (int(j) // 2), "seed": int(j) % 2} for j in curves}
     sweep = skill_sweep(tmp_path, curves, settings=settings)
     paths = report.build_report(sweep, skill=0.8)
@@ -671,6 +671,12 @@ def test_soonest_to_skill_ranks_configurations_over_their_seeds(tmp_path):
     page = paths["report.html"].read_text()
     assert "<b>2.5 s</b> ± 2.1 (mean of 2 repeats, 1–4 epochs) · jobs 0, 1" in page
     assert "<b>1 s</b> (1 of 2 repeats reached it, their mean, 1 epoch) · jobs 4, 5" in page
+    # the target's best is a configuration's mean over its seeds (batch 256: 0.86 at epoch 4), not one lucky
+    # seed's (job 4: 0.95, its twin 0.70)
+    auto = json.loads(report.build_report(sweep)["summary.json"].read_text())["soonest_to_skill"]
+    assert (auto["best"], auto["best_job"], auto["best_repeats"]) == (pytest.approx(0.86), "2", 2)
+    assert "the best a configuration on average over its 2 repeats reached after any epoch, 0.86, less one " \
+           "standard error" in report.build_report(sweep)["report.html"].read_text()
     # the per-job seconds stay in the tables (value=skill_s), seeds aggregated there
     report.build_report(sweep, rows="batch_size", cols="epochs", group="none", value="skill_s", skill=0.8)
     cells = pd.read_csv(sweep / "report" / "table.csv")
