@@ -473,6 +473,7 @@ def test_jobs_are_compared_with_the_best_on_the_same_test_cases(tmp_path):
     assert jobs["roc_auc_p"].isna().tolist() == [True, False, False, True]  # a itself, and d's other test set
     page = paths["report.html"].read_text()
     assert "<th>roc_auc_p</th>" in page and "roc_auc_p: DeLong's p-value" in page
+    assert (sweep / "report" / "roc_best.png").stat().st_size > 0 and 'alt="roc_best"' in page
     # one job (a run's report): nothing to compare
     assert json.loads(report.build_report(sweep / "a")["summary.json"].read_text())["paired_roc_auc"] is None
 

@@ -237,6 +237,19 @@ def roc_points(prob: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndar
     return fpr, tpr, float(np.trapezoid(tpr, fpr))
 
 
+def plot_roc_comparison(curves: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, bytes]:
+    """Several jobs' ROC curves on the same test cases, one line each: (legend label, probabilities, labels)."""
+    fig, (ax,) = _fig(1)
+    for color, (name, prob, label) in zip(_colors(len(curves)), curves):
+        fpr, tpr, _ = roc_points(prob, label)
+        ax.plot(fpr, tpr, lw=1.4, color=color, label=name)
+    ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC curves of the best jobs")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=7)
+    return _render(fig)
+
+
 def reliability_points(prob: np.ndarray, label: np.ndarray, bins: int = 10) -> tuple[np.ndarray, ...]:
     """Mean forecast, observed frequency and its 95% Wilson interval in each non-empty bin of equal width on
     [0, 1]. With ~5% positives the upper bins hold few forecasts: the interval shows how little they say."""

@@ -28,8 +28,8 @@ from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
 from tornado.metrics import SCORES as TEST_SCORES
 from tornado.metrics import delong, roc_auc_se
 from tornado import runpage
-from tornado.plots import (curve_figures, plot_curves, plot_learning_curves, plot_skill_vs_time,
-                           plot_verification, plot_wall_vs_batch)
+from tornado.plots import (curve_figures, plot_curves, plot_learning_curves, plot_roc_comparison,
+                           plot_skill_vs_time, plot_verification, plot_wall_vs_batch, roc_points)
 from tornado.records import read_result, write_atomic, write_json
 from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SCALING, SKILL_S, TIMES, TableSet, build_tables,
                             is_repeat, label_text, number_text, numeric_column, ok_rows, to_html_tables, to_latex,
@@ -263,21 +263,26 @@ def jobs_table(ok: pd.DataFrame, metric: str, p_values: dict[str, float] | None 
     return table
 
 
-def paired_p_values(sweep: Sweep, jobs: list[str]) -> dict[str, float]:
-    """For each job after the first (`jobs`, best first), DeLong's p-value for the difference between its test
-    ROC AUC and the first job's, from their test_predictions.npz: paired, the same cases scored by both. Jobs
-    whose test labels differ from the first's (another test set: other data settings) are left out."""
-    forecasts = {}
+def test_forecasts(sweep: Sweep, jobs: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """job: (probabilities, labels) on the test set, from its test_predictions.npz, for the jobs that have one."""
+    out = {}
     for job in jobs:
         npz = sweep.job_dir(job) / "test_predictions.npz"
         if npz.is_file():
             with np.load(npz) as z:
-                forecasts[job] = (np.asarray(z["prob"], float), np.asarray(z["label"], int))
+                out[job] = (np.asarray(z["prob"], float), np.asarray(z["label"], int))
+    return out
+
+
+def paired_p_values(forecasts: dict[str, tuple[np.ndarray, np.ndarray]], jobs: list[str]) -> dict[str, float]:
+    """For each job after the first (`jobs`, best first), DeLong's p-value for the difference between its test
+    ROC AUC and the first job's (`forecasts`: `test_forecasts`): paired, the same cases scored by both. Jobs
+    whose test labels differ from the first's (another test set: other data settings) are left out."""
     if not jobs or jobs[0] not in forecasts:
         return {}
-    first, label = forecasts.pop(jobs[0])
+    first, label = forecasts[jobs[0]]
     return {job: delong(first, prob, label)[2] for job, (prob, other) in forecasts.items()
-            if np.array_equal(other, label) and 0 < label.sum() < len(label)}
+            if job != jobs[0] and np.array_equal(other, label) and 0 < label.sum() < len(label)}
 
 
 def _time_to(sweep: Sweep, histories: dict[str, pd.DataFrame], column: str, target: float) -> list[dict]:
@@ -336,9 +341,10 @@ def skill_curves(histories: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
 def soonest_to_skill(sweep: Sweep, curves: dict[str, pd.DataFrame], skill: float | None = None) -> dict | None:
     """Which configuration reaches skill soonest: training seconds until a job's validation ROC AUC, scored
     after every epoch, first reaches the target: `skill`, or else the best any job (any configuration, on
-    average over its repeats: `_best_skill`) reached at any epoch less one standard error of it (Hanley and McNeil's, from the validation split's positives and negatives: the
-    one-standard-error rule; differences smaller than that are noise). A target at or below chance (0.5)
-    is no skill: then no job is listed. `curves`: the jobs' histories with those scores (`skill_curves`)."""
+    average over its repeats: `_best_skill`) reached at any epoch less one standard error of it (Hanley and
+    McNeil's, from the validation split's positives and negatives: the one-standard-error rule; differences
+    smaller than that are noise). A target at or below chance (0.5) is no skill: then no job is listed.
+    `curves`: the jobs' histories with those scores (`skill_curves`)."""
     if not curves:
         return None
     best_job, best, repeats = _best_skill(sweep.ok, curves)
@@ -752,16 +758,19 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         images["wall_vs_batch"] = ("Wall time (training) against batch size; error bars: std over jobs", wall["png"])
     best = best_by_metric(ok, metric)
     order = [str(j) for j in jobs_table(ok, metric)["job"]]
-    p_values = paired_p_values(sweep, order)
+    forecasts = test_forecasts(sweep, order)
+    p_values = paired_p_values(forecasts, order)
     paired = {"reference": order[0], "metric": metric, "alpha": PAIRED_ALPHA, "p": p_values,
               "within_noise": [j for j in order if p_values.get(j, 0.0) >= PAIRED_ALPHA]} if p_values else None
-    best_pred = None
-    for b in best_by_metric(ok, metric, top=len(ok)):
-        npz = sweep.job_dir(b["job"]) / "test_predictions.npz"
-        if npz.is_file():
-            with np.load(npz) as z:
-                best_pred = (b["job"], np.asarray(z["prob"], float), np.asarray(z["label"], int))
-            break
+    if paired:  # the best jobs' ROC curves together: the first and up to four it is compared with
+        shown = [order[0]] + [j for j in order if j in p_values][:4]
+        plots["roc_best"] = plot_roc_comparison(
+            [(f"job {j}: AUC {_auc_text(forecasts[j])}" + (f", p = {p_values[j]:.2g}" if j in p_values else ""),
+              *forecasts[j]) for j in shown])
+        images["roc_best"] = (f"ROC curves on the test set of the best jobs by {metric}; p: DeLong's paired test "
+                              f"against job {order[0]}", plots["roc_best"]["png"])
+    best_pred = next(((b["job"], *forecasts[b["job"]]) for b in best_by_metric(ok, metric, top=len(ok))
+                      if b["job"] in forecasts), None)
     if best_pred and len(np.unique(best_pred[2])) == 2:
         job, prob, label = best_pred
         row = ok.loc[ok["job"].astype(str) == str(job)]
@@ -779,7 +788,7 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         notes.append("No test_predictions.npz with both classes for the best job: no ROC, reliability or "
                      "performance diagram.")
     for name in ("learning_curves", "train_acc", "train_acc_by_gpus", "train_acc_by_batch", "train_acc_by_ratio",
-                 "skill_vs_time", "wall_vs_batch", "roc", "reliability", "performance"):
+                 "skill_vs_time", "wall_vs_batch", "roc_best", "roc", "reliability", "performance"):
         for fmt in ("png", "svg"):
             if name in plots:
                 put(f"{name}.{fmt}", plots[name][fmt])
@@ -812,6 +821,10 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
     write_atomic(html_path, page)
     written["report.html"] = html_path
     return written
+
+
+def _auc_text(forecast: tuple[np.ndarray, np.ndarray]) -> str:
+    return number_text(roc_points(*forecast)[2], 3)
 
 
 def _paired_text(paired: dict) -> str:
