@@ -380,6 +380,7 @@ def test_a_single_run_folder_is_reported_as_one_job(tmp_path):
     assert summary["jobs"] == summary["ok"] == 1 and summary["best_by_metric"][0]["job"] == run.name
     assert (run / "report" / "roc.png").is_file() and (run / "report" / "reliability.png").is_file()
     assert (run / "report.html").is_file() and not (run / "results.csv").exists()
+    assert not (run / "report" / "table.md").exists() and summary["table"] is None  # a run's page has no tables
     page = (run / "report.html").read_text()
     assert f"<h1>Run report: {run.name}</h1>" in page
     (tmp_path / "empty").mkdir()
@@ -851,6 +852,10 @@ def test_result_json_with_non_dict_sections_still_reports(tmp_path):
     assert jobs.loc["0", "status"] == "ok" and math.isnan(jobs.loc["0", "batch_size"])
     assert jobs.loc["9", "status"] == "unreadable"
     assert "report.html" in paths
+    r.update(history="h", versions=[], early_stop=2)  # and a run's own page
+    (sweep / "0" / "result.json").write_text(json.dumps(r))
+    page = report.build_report(sweep / "0")["report.html"].read_text()
+    assert "None recorded in its result.json" in page and "No epoch finished" in page
 
 
 def test_cpu_jobs_are_labelled_cpu_whatever_gpus_says():

@@ -31,7 +31,7 @@ def result_files(sweep_dir: str | os.PathLike) -> list[Path]:
     return sorted(files, key=lambda p: _job_key(p.parent.name))
 
 
-def _section(res: dict, key: str) -> dict:
+def section(res: dict, key: str) -> dict:
     """A dict-valued part of a result.json; anything else there (a hand-edited or foreign file) counts as empty."""
     value = res.get(key)
     return value if isinstance(value, dict) else {}
@@ -41,15 +41,15 @@ def result_row(job: str, res: dict) -> dict[str, Any]:
     """One results.csv row: identity, then hparams, metrics, times and throughput (design.md)."""
     row: dict[str, Any] = {"job": job, "status": res.get("status"), "error": res.get("error"),
                            "output_dir": res.get("output_dir")}
-    row.update(flatten(_section(res, "hparams")))
-    row.update(_section(res, "metrics"))
-    row.update({k: v for k, v in _section(res, "times").items() if k != "epoch_s"})
-    batch = _section(res, "batch")
-    devices = _section(res, "devices")
+    row.update(flatten(section(res, "hparams")))
+    row.update(section(res, "metrics"))
+    row.update({k: v for k, v in section(res, "times").items() if k != "epoch_s"})
+    batch = section(res, "batch")
+    devices = section(res, "devices")
     row.update(samples_per_s=res.get("samples_per_s"), batch_global=batch.get("global"),
                batch_per_device=batch.get("per_device"), devices=devices.get("count"),
-               accelerator=devices.get("accelerator"), n_train=_section(res, "data").get("n_train"),
-               samples_per_epoch=_section(res, "data").get("samples_per_epoch"))
+               accelerator=devices.get("accelerator"), n_train=section(res, "data").get("n_train"),
+               samples_per_epoch=section(res, "data").get("samples_per_epoch"))
     history = res.get("history")
     row["epochs_trained"] = len(history) if isinstance(history, list) else None  # fewer than epochs: patience
     row["val_best_epoch"] = best_epoch(history)
@@ -127,7 +127,7 @@ def sweep_efficiency(sweep_dir: str | os.PathLike, slots: int | None = None) -> 
     fit = 0.0
     for j in ran:
         res = _read(sweep / str(j.get("dir", "")) / "result.json")
-        fit += float(_section(res, "times").get("wall_s") or 0.0)
+        fit += float(section(res, "times").get("wall_s") or 0.0)
     process = sum(j["end"] - j["start"] for j in ran)
     # A launch that recorded no positive wall time (cut short, or too quick to time) has no ratio: n/a (null).
     timed = isinstance(wall, (int, float)) and not isinstance(wall, bool) and wall > 0

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from tornado.cli import parse_kv
-from tornado.collect import result_row
+from tornado.collect import result_row, section
 from tornado.errors import TornadoError, run_cli
 from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
 from tornado.metrics import SCORES as TEST_SCORES
@@ -182,9 +182,7 @@ def _collect(sweep: Path, results: dict[str, dict]) -> pd.DataFrame:
 
 
 def load_history(sweep: Sweep, job: str) -> pd.DataFrame | None:
-    r = read_result(sweep.job_dir(job))
-    hist = (r or {}).get("history") or []
-    h = pd.DataFrame(hist)
+    h = pd.DataFrame(runpage.epochs_of(read_result(sweep.job_dir(job)) or {}))
     if h.empty or "train_acc" not in h.columns:
         return None
     h = h.apply(pd.to_numeric, errors="coerce")
@@ -675,14 +673,14 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         raise TornadoError(f"rows={rows} cols={cols} group={group}: must be different columns")
     sweep = load_sweeps(dirs)
     df = sweep.df
-    for key, col in (("rows", rows), ("cols", cols), ("group", group)):
-        if col:
-            _check_column(df, key, col)
-    _check_column(df, "value", value, known=True)
+    tabulate = not sweep.single  # a run's own page has no tables: rows, cols, group and value shape nothing
+    for key, col in (("rows", rows), ("cols", cols), ("group", group), ("value", value)):
+        if col and tabulate:
+            _check_column(df, key, col, known=key == "value")
     if metric == "auto":  # choose on the validation split where the jobs have one: never rank on the test set
         metric = "val_roc_auc" if numeric_column(sweep.ok, "val_roc_auc").notna().any() else "roc_auc"
     _check_column(df, "metric", metric, known=True)
-    if value in df.columns and df[value].notna().any() and not pd.api.types.is_numeric_dtype(df[value]):
+    if tabulate and value in df.columns and df[value].notna().any() and not pd.api.types.is_numeric_dtype(df[value]):
         raise TornadoError(f"value={value}: not a numeric column")
 
     report_dir = Path(out) if out else sweep.dir / "report"
@@ -703,11 +701,11 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
     for name, column in scaling(sweep.ok).items():  # columns for the tables (value=speedup)
         df[name] = column
     ok = sweep.ok
-    ts = build_tables(df, rows, cols, group, value, agg, paper)
+    ts = build_tables(df, rows, cols, group, value, agg, paper) if tabulate else None
     notes = list(sweep.notes)
-    if value in SCALING and df[value].isna().all():
+    if tabulate and value in SCALING and df[value].isna().all():
         notes.append(f"value={value}: no settings ran on more than one device count (gpus=1,2,4 in a sweep does).")
-    if value == SKILL_S and not sts:
+    if tabulate and value == SKILL_S and not sts:
         notes.append("value=skill_s: no job has a validation ROC AUC per epoch (runs with score_epochs=true and a "
                      "validation split record one).")
     constant = constant_forecast_accuracy(ok)
@@ -733,9 +731,9 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
     images: dict[str, tuple[str, bytes]] = {}
     plots: dict[str, dict[str, bytes]] = {}
     run = read_result(sweep.dir) if sweep.single else None
-    if run is not None and run.get("history"):
-        plots["learning_curves"] = plot_learning_curves(pd.DataFrame(run["history"]),
-                                                        (run.get("early_stop") or {}).get("scored_epoch"))
+    if run is not None and runpage.epochs_of(run):
+        plots["learning_curves"] = plot_learning_curves(pd.DataFrame(runpage.epochs_of(run)),
+                                                        section(run, "early_stop").get("scored_epoch"))
         images["learning_curves"] = ("Training loss and accuracy, and the validation ROC AUC, after each epoch",
                                      plots["learning_curves"]["png"])
     for name, spec in (curve_figures(ok, histories, rows) if run is None else {}).items():
@@ -803,17 +801,18 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
                         for _, r in _problems(df).iterrows()],
         "table": {"rows": rows, "cols": cols, "group": group, "value": value, "agg": agg,
                   "repeats": ts.repeats, "averaged": ts.averaged, "paper_tables": ts.paper_tables,
-                  "sections": [{k: _plain(v) for k, v in s.fixed.items()} for s in ts.sections]},
+                  "sections": [{k: _plain(v) for k, v in s.fixed.items()} for s in ts.sections]} if ts else None,
         "metric": metric, "target": float(target), "constant_forecast_accuracy": constant,
         "best_by_metric": best,
         "time_to_accuracy": by_configuration(ok, time_to_accuracy(sweep, float(target), histories))[:5],
         "time_to_skill": time_to_skill(ok, metric), "soonest_to_skill": sts, "paired_roc_auc": paired,
         "notes": notes,
     }
-    md = to_markdown(ts)
-    put("table.md", md)
-    put("table.csv", to_long_csv(ts))
-    put("table.tex", to_latex(ts))
+    for name, write in (("table.md", to_markdown), ("table.csv", to_long_csv), ("table.tex", to_latex)):
+        if ts is not None:
+            put(name, write(ts))
+        else:
+            (report_dir / name).unlink(missing_ok=True)  # stale from an earlier report
     write_json(report_dir / "summary.json", summary)
     written["summary.json"] = report_dir / "summary.json"
     page = (runpage.render(run, sweep.dir, images, notes, CSS) if run is not None else

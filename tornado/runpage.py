@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from tornado.collect import section
 from tornado.records import best_epoch
 from tornado.tables import number_text
 
@@ -56,11 +57,17 @@ def score_rows(m: dict) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def epochs_of(r: dict) -> list[dict]:
+    """A result's per-epoch history (what of it is well formed)."""
+    history = r.get("history")
+    return [h for h in history if isinstance(h, dict)] if isinstance(history, list) else []
+
+
 def facts(r: dict) -> list[tuple[str, str]]:
     """What the run was: settings, data, devices and times, as (label, value) rows."""
-    hp, times, batch, dev, data = (r.get(k) or {} for k in ("hparams", "times", "batch", "devices", "data"))
-    history = r.get("history") or []
-    stop = r.get("early_stop") or {}
+    hp, times, batch, dev, data, stop = (section(r, k) for k in ("hparams", "times", "batch", "devices", "data",
+                                                                 "early_stop"))
+    history = epochs_of(r)
     epochs = f"{len(history)} of {hp.get('epochs')}" if len(history) != hp.get("epochs") else str(len(history))
     if stop:
         epochs += (f"; patience {stop.get('patience')}: " + ("stopped early" if stop.get("stopped") else "not stopped")
@@ -96,7 +103,7 @@ def facts(r: dict) -> list[tuple[str, str]]:
     ]
     if r.get("resumed_after_epochs"):
         rows.append(("resumed", f"after epoch {r['resumed_after_epochs']}: the times include the earlier session's"))
-    versions = ", ".join(f"{k} {v}" for k, v in (r.get("versions") or {}).items())
+    versions = ", ".join(f"{k} {v}" for k, v in section(r, "versions").items())
     rows.append(("run", f"{r.get('host')}, {r.get('started')} to {r.get('finished')}; {versions}"))
     return rows
 
@@ -121,7 +128,7 @@ def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: 
             '<a href="#plots">Plots</a></nav>']
     if r.get("error"):
         body.append(f'<p class="err">{e(str(r["error"]))}</p>')
-    m = r.get("metrics") or {}
+    m = section(r, "metrics")
     body.append('<h2 id="scores">Scores</h2>')
     if m:
         body.append('<p class="note">On the test cases, never seen in training or in choosing anything, and on the '
@@ -129,10 +136,11 @@ def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: 
         body.append(_table(["score", "test", "validation", "how to read it"], [list(row) for row in score_rows(m)],
                            cls="list scores"))
     else:
-        body.append('<p class="note">None yet: the run is still going.</p>' if status == "running" else
-                    '<p class="note">None: the run did not finish.</p>')
+        body.append('<p class="note">' + {"running": "None yet: the run is still going.",
+                                          "ok": "None recorded in its result.json."}.get(
+            status, "None: the run did not finish.") + "</p>")
     body += ['<h2 id="run">The run</h2>', _table(None, [list(row) for row in facts(r)])]
-    history = r.get("history") or []
+    history = epochs_of(r)
     body.append('<h2 id="epochs">Epochs</h2>')
     if history:
         best = best_epoch(history)
@@ -164,15 +172,15 @@ def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: 
 def text(r: dict) -> str:
     """The terminal's summary: status, the scores (test and validation) and the training time."""
     lines = [f"run {r.get('status')}" + (f": {r['error']}" if r.get("error") else "")]
-    m = r.get("metrics") or {}
+    m = section(r, "metrics")
     if m:
         rows = [(name, test, val) for name, test, val, _ in score_rows(m)]
         w = [max(len(x[i]) for x in rows + [("", "test", "validation")]) for i in range(3)]
         lines.append(f"{'':<{w[0]}}  {'test':<{w[1]}}  validation")
         lines += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c}" for a, b, c in rows]
-    times = r.get("times") or {}
+    times = section(r, "times")
     if "wall_s" in times:
-        n = len(r.get("history") or [])
+        n = len(epochs_of(r))
         lines.append(f"trained {n} epoch{'' if n == 1 else 's'} in {_num(times['wall_s'])} s "
                      f"({_num(r.get('samples_per_s'))} samples/s)")
     return "\n".join(lines)
