@@ -422,6 +422,10 @@ def test_a_run_report_shows_its_scores_epochs_and_what_it_was(tmp_path, capsys):
     page = report.build_report(run)["report.html"].read_text()
     assert '<p class="err">RuntimeError: CUDA out of memory</p>' in page and "None: the run did not finish" in page
     assert not (run / "report" / "learning_curves.png").exists()
+    # a run without a validation split chose no threshold: no row for one
+    from tornado.runpage import score_rows
+    rows = dict((name, test) for name, test, _, _ in score_rows({"threshold": math.nan, "n": 5000}))
+    assert not any("chosen on validation" in name for name in rows) and rows["cases"] == "5,000"
 
 
 def test_jobs_stopped_early_are_noted(tmp_path):

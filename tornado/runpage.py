@@ -34,9 +34,12 @@ def score_rows(m: dict) -> list[tuple[str, str, str, str]]:
 
     def cases(prefix: str) -> str:
         n, pos = m.get(f"{prefix}n"), m.get(f"{prefix}positives")
-        return "–" if n is None else f"{int(n):,} ({int(pos):,} tornadic)"
+        if not isinstance(n, (int, float)):
+            return "–"
+        return f"{int(n):,}" + (f" ({int(pos):,} tornadic)" if isinstance(pos, (int, float)) else "")
 
-    return [
+    chosen = m.get("threshold")
+    rows = [
         ("accuracy", _num(m.get("accuracy")), _num(m.get("val_accuracy")),
          f"share right at probability 0.5, the paper's figure{never}"),
         ("ROC AUC", auc(""), auc("val_"), "how well tornadic storms rank above the others: 0.5 is chance, 1 perfect; "
@@ -55,6 +58,9 @@ def score_rows(m: dict) -> list[tuple[str, str, str, str]]:
          "calibration term of the Brier score: 0 is calibrated"),
         ("cases", cases(""), cases("val_"), ""),
     ]
+    if not (isinstance(chosen, (int, float)) and math.isfinite(chosen)):  # no validation split: none was chosen
+        rows = [row for row in rows if not row[0].endswith("(chosen on validation)")]
+    return rows
 
 
 def epochs_of(r: dict) -> list[dict]:
