@@ -560,7 +560,8 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
         rows = "".join("<tr>" + "".join(f"<td>{e(_cell(v))}</td>" for v in r) + "</tr>"
                        for r in jobs.itertuples(index=False))
         body.append(f'<p class="note">Every successful job, best by {e(metric)} first (results.csv holds every '
-                    "figure)." + (f" roc_auc_p: DeLong's p-value for the difference between the job's test ROC AUC "
+                    "figure; <code>python -m tornado.report</code> on a job's folder gives its own page)."
+                    + (f" roc_auc_p: DeLong's p-value for the difference between the job's test ROC AUC "
                                   f"and job {e(paired['reference'])}'s (the first), scored on the same cases: below "
                                   f"{paired['alpha']}, told apart; above, within noise." if paired else "")
                     + f'</p><div class="wide"><table class="list"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
