@@ -10,12 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from tornado.collect import section
+from tornado.errors import is_number
 from tornado.records import best_epoch
 from tornado.tables import number_text
 
 
 def _num(v: Any, digits: int = 4) -> str:
-    return number_text(v, digits) if isinstance(v, (int, float)) and math.isfinite(v) else "–"
+    return number_text(v, digits) if is_number(v) else "–"  # number_text: a dash for NaN and inf too
 
 
 def _triple(m: dict, prefix: str, suffix: str) -> str:
@@ -26,28 +27,29 @@ def _triple(m: dict, prefix: str, suffix: str) -> str:
 def score_rows(m: dict) -> list[tuple[str, str, str, str]]:
     """(score, test, validation, how to read it) for the page and the terminal."""
     clim = m.get("climatology")
-    never = f"; never forecasting a tornado scores {_num(1 - clim, 3)}" if isinstance(clim, float) else ""
+    never = f"; never forecasting a tornado scores {_num(1 - clim, 3)}" if is_number(clim) else ""
 
     def auc(prefix: str) -> str:
         v, se = m.get(f"{prefix}roc_auc"), m.get(f"{prefix}roc_auc_se")
-        return _num(v) + (f" ± {_num(se, 2)}" if isinstance(se, (int, float)) and math.isfinite(se) else "")
+        return _num(v) + (f" ± {_num(se, 2)}" if is_number(se) and math.isfinite(se) else "")
 
     def cases(prefix: str) -> str:
         n, pos = m.get(f"{prefix}n"), m.get(f"{prefix}positives")
-        if not isinstance(n, (int, float)):
+        if not is_number(n):
             return "–"
-        return f"{int(n):,}" + (f" ({int(pos):,} tornadic)" if isinstance(pos, (int, float)) else "")
+        return f"{int(n):,}" + (f" ({int(pos):,} tornadic)" if is_number(pos) else "")
 
-    chosen = m.get("threshold")
-    rows = [
+    chosen = m.get("threshold")  # NaN without a validation split: no row for it
+    picked = [(f"CSI · POD · FAR at {_num(chosen, 3)} (chosen on validation)", _triple(m, "", ""),
+               _triple(m, "val_", "_best"), "yes/no at the threshold chosen on the validation split (its best there)")]
+    return [
         ("accuracy", _num(m.get("accuracy")), _num(m.get("val_accuracy")),
          f"share right at probability 0.5, the paper's figure{never}"),
         ("ROC AUC", auc(""), auc("val_"), "how well tornadic storms rank above the others: 0.5 is chance, 1 perfect; "
                                          "± one standard error"),
         ("average precision", _num(m.get("average_precision")), _num(m.get("val_average_precision")),
          f"area under precision against recall; the base rate ({_num(clim, 3)}) is no skill"),
-        (f"CSI · POD · FAR at {_num(m.get('threshold'), 3)} (chosen on validation)", _triple(m, "", ""),
-         _triple(m, "val_", "_best"), "yes/no at the threshold chosen on the validation split (its best there)"),
+        *(picked if is_number(chosen) and math.isfinite(chosen) else []),
         ("CSI · POD · FAR at 0.5", _triple(m, "", "_050"), _triple(m, "val_", "_050"), "yes/no at probability 0.5"),
         (f"CSI · POD · FAR at {_num(m.get('best_threshold'), 3)} (test's best)", _triple(m, "", "_best"), "–",
          "at the test set's own best threshold: optimistic, for comparison only"),
@@ -58,9 +60,6 @@ def score_rows(m: dict) -> list[tuple[str, str, str, str]]:
          "calibration term of the Brier score: 0 is calibrated"),
         ("cases", cases(""), cases("val_"), ""),
     ]
-    if not (isinstance(chosen, (int, float)) and math.isfinite(chosen)):  # no validation split: none was chosen
-        rows = [row for row in rows if not row[0].endswith("(chosen on validation)")]
-    return rows
 
 
 def epochs_of(r: dict) -> list[dict]:

@@ -178,15 +178,13 @@ def _auto_table(row: pd.Series, value: str) -> str | None:
     gpus = pd.to_numeric(pd.Series([row.get("gpus")]), errors="coerce").iloc[0]
     cpu = accel == "cpu" or (accel in ("", "nan", "none") and gpus == 0)
     batch = pd.to_numeric(pd.Series([row.get("batch_size")]), errors="coerce").iloc[0]
-    if value in SCALING and section == "6.1.3":  # the tables by GPU count
+    if section == "6.1.3" and value in ["wall_s", *SCALING]:  # the tables by GPU count
         return {32768: "table6", 128: "table7"}.get(batch)
     if value == "wall_s":
         if section == "6.1.1":
             return "table2" if cpu else "table3"
         if section == "6.1.2":
             return "table4" if cpu else "table5"
-        if section == "6.1.3":
-            return {32768: "table6", 128: "table7"}.get(batch)
         if section == "6.2":
             return "table9"
     if value == "accuracy" and section == "6.2":
