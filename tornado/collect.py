@@ -44,12 +44,11 @@ def result_row(job: str, res: dict) -> dict[str, Any]:
     row.update(flatten(section(res, "hparams")))
     row.update(section(res, "metrics"))
     row.update({k: v for k, v in section(res, "times").items() if k != "epoch_s"})
-    batch = section(res, "batch")
-    devices = section(res, "devices")
+    batch, devices, data = section(res, "batch"), section(res, "devices"), section(res, "data")
     row.update(samples_per_s=res.get("samples_per_s"), batch_global=batch.get("global"),
                batch_per_device=batch.get("per_device"), devices=devices.get("count"),
-               accelerator=devices.get("accelerator"), n_train=section(res, "data").get("n_train"),
-               samples_per_epoch=section(res, "data").get("samples_per_epoch"))
+               accelerator=devices.get("accelerator"), n_train=data.get("n_train"),
+               samples_per_epoch=data.get("samples_per_epoch"))
     history = res.get("history")
     row["epochs_trained"] = len(history) if isinstance(history, list) else None  # fewer than epochs: patience
     row["val_best_epoch"] = best_epoch(history)
