@@ -145,6 +145,8 @@ def test_time_left_from_the_finished_jobs_seconds_per_cost():
     assert eta_text(jobs, now=100.0) == ", about 34 s left"
     assert eta_text([j for j in jobs if j.status != "ok"], now=100.0) == ""  # no finished job: no estimate
     assert eta_text(jobs[:2], now=100.0) == ""  # nothing left
+    # handed out but not started (queued in SLURM): still to run, not running; 20 s more, still two at once
+    assert eta_text([*jobs, job(2, "running")], now=100.0) == ", about 44 s left"
     # finished jobs of costs 1 and 3 took 6 and 10 s: 4 s of start-up each, then 2 s per unit of cost; pending
     # cost 2 -> 8 s, running cost 3 (10 s) for 3 s so far -> 7 s; 15 s, one at a time
     jobs = [job(1, "ok", 0, 6), job(3, "ok", 6, 16), job(3, "running", 97, None), job(2, "pending")]

@@ -5,6 +5,7 @@ Without a cluster these skip; with TORNADO_REQUIRE_SLURM=1 (CI) a missing cluste
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -110,6 +111,19 @@ def test_slurm_multi_rank_job_gets_one_task_per_rank(sweep_cli, tmp_path):
     assert envs[0]["SLURM_JOB_ID"] == envs[1]["SLURM_JOB_ID"]  # one job, two tasks
     assert (sweep / "0" / "stdout_rank1.log").exists()
     assert results(sweep)["0"]["status"] == "ok"
+
+
+@slurm_only
+def test_slurm_progress_line_on_a_terminal_estimates_the_time_left(on_terminal, tmp_path):
+    sweep = tmp_path / "sweep"
+    rc, shown = on_terminal(["tornado_fake_train", "-m", "data_multiplier=1,2,3", "sleep_s=1", *FAKE_SLURM,
+                             "hydra.launcher.array_parallelism=1", f"hydra.sweep.dir={sweep}"])
+    assert rc == 0, shown[-2000:]
+    progress = [ln for ln in shown.replace("\x1b[K", "").replace("\r", "\n").splitlines() if ln.startswith("slurm: ")]
+    assert any(ln.startswith("slurm: 0/3 done (0 ok, 0 failed), ") and "left" not in ln for ln in progress), progress
+    # one at a time: after the first job, the two still queued are estimated from its time
+    after_one = [ln for ln in progress if ln.startswith("slurm: 1/3 done (1 ok, 0 failed), ")]
+    assert after_one and all(re.search(r" queued, .*, about \d+ s left$", ln) for ln in after_one), after_one
 
 
 @slurm_only

@@ -350,13 +350,15 @@ def time_model(done: Sequence[Job]) -> tuple[float, float]:
 
 def eta_text(jobs: Sequence[Job], now: float) -> str:
     """', about T left': the estimated time of the jobs still to run (`time_model`), less what the running ones
-    have done, over the jobs running at once; '' until a job has finished."""
+    have done, over the jobs running at once; '' until a job has finished. A job handed out but not started yet
+    (queued in SLURM: running, no start) counts as still to run."""
     done = [j for j in jobs if j.status == "ok" and j.start is not None and j.end is not None]
     if sum(j.cost for j in done) <= 0:
         return ""
     fixed, per_cost = time_model(done)
     running = [j for j in jobs if j.status == "running" and j.start is not None]
-    work = sum(fixed + per_cost * j.cost for j in jobs if j.status == "pending")
+    work = sum(fixed + per_cost * j.cost for j in jobs
+               if j.status == "pending" or (j.status == "running" and j.start is None))
     work += sum(max(0.0, fixed + per_cost * j.cost - (now - j.start)) for j in running)
     if not running and not work:
         return ""

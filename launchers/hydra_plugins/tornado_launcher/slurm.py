@@ -16,7 +16,7 @@ from tornado.records import write_json
 
 from .config import SlurmLauncherConf
 from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, compose_jobs, counts,
-                   describe_exit, duration_text, finish, gpu_request, job_args, job_cost, job_module,
+                   describe_exit, duration_text, eta_text, finish, gpu_request, job_args, job_cost, job_module,
                    job_record, job_return, move_aside, passthrough_overrides, settle)
 
 log = logging.getLogger(__name__)
@@ -209,8 +209,11 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                             reason = f"SLURM job {j.slurm_id} {state}: {describe_exit(rc)}"
                     elif states is None or state in _ALIVE:
                         gone.pop(num, None)
-                        running += state in ("RUNNING", "COMPLETING")
-                        queued += state not in ("RUNNING", "COMPLETING")
+                        if state in ("RUNNING", "COMPLETING"):
+                            running += 1
+                            j.start = j.start or time.time()  # first seen running: its time, without the queue's
+                        else:
+                            queued += 1
                         continue
                     elif time.time() - gone.setdefault(num, time.time()) < grace:
                         continue
@@ -221,9 +224,9 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                     if j.status == "failed":
                         progress.note(logging.WARNING, f"{j.label} failed: {j.error}")
                     del waiting[num]
-                c = counts(todo)
+                c, now = counts(todo), time.time()
                 progress.show(f"slurm: {c['ok'] + c['failed']}/{len(todo)} done ({c['ok']} ok, {c['failed']} failed), "
-                              f"{running} running, {queued} queued, {duration_text(time.time() - t0)}")
+                              f"{running} running, {queued} queued, {duration_text(now - t0)}{eta_text(todo, now)}")
                 if waiting:
                     time.sleep(self.p.poll_s)
         finally:
