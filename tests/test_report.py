@@ -483,6 +483,31 @@ def test_jobs_are_compared_with_the_best_on_the_same_test_cases(tmp_path):
     assert json.loads(report.build_report(sweep / "a")["summary.json"].read_text())["paired_roc_auc"] is None
 
 
+def test_the_best_jobs_get_their_own_pages_linked_from_the_jobs_table(tmp_path, capsys):
+    sweep = gpu_batch_sweep(tmp_path)  # roc_auc 0.70 ... 0.73 for jobs 0 ... 3; no validation split
+    report.main([str(sweep)])
+    summary = json.loads((sweep / "report" / "summary.json").read_text())
+    assert list(summary["job_pages"]) == ["3", "2", "1"]  # the best three by roc_auc
+    assert "<h1>Run report: 3</h1>" in (sweep / "3" / "report.html").read_text()
+    assert (sweep / "3" / "report" / "roc.png").is_file() and not (sweep / "0" / "report.html").exists()
+    page = (sweep / "report.html").read_text()
+    assert '<td><a href="3/report.html">3</a></td>' in page and "<td>0</td>" in page and "(3 of 4;" in page
+    assert (f"jobs' own pages, linked from the report's Jobs table: {sweep / '3' / 'report.html'} and 2 more"
+            in capsys.readouterr().out)
+    # pages=none writes none but links those there, unless their job has a newer result.json (run again)
+    later = (sweep / "2" / "report.html").stat().st_mtime + 10
+    os.utime(sweep / "2" / "result.json", (later, later))
+    summary = json.loads(report.build_report(sweep, pages="none")["summary.json"].read_text())
+    assert list(summary["job_pages"]) == ["3", "1"]
+    # with out=, the pages go under it, each job in its own folder
+    out = tmp_path / "elsewhere"
+    page = report.build_report(sweep, pages="all", out=out)["report.html"].read_text()
+    assert '<td><a href="0/report.html">0</a></td>' in page and (out / "0" / "report.html").is_file()
+    assert "linked here" in report.build_report(sweep, pages=0, out=tmp_path / "none")["report.html"].read_text()
+    with pytest.raises(TornadoError, match="^pages=best: must be all, none or how many jobs"):
+        report.build_report(sweep, pages="best")
+
+
 def test_speedup_and_scaling_efficiency_against_the_fewest_devices_and_the_paper(tmp_path):
     sweep, results = tmp_path / "scaling", {}
     runs = [(1, 0, 20.0), (1, 1, 22.0), (2, 0, 12.0), (4, 0, 7.0), (4, 1, 7.0)]  # (GPUs, seed, wall seconds)

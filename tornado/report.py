@@ -2,7 +2,7 @@
 jobs and writes the files (tornado.tables builds the tables, tornado.plots draws the figures).
 
 python -m tornado.report SWEEP_DIR [rows=batch_size] [cols=data_multiplier] [group=epochs] [value=wall_s]
-                                   [agg=mean] [metric=auto] [target=0.93] [paper=auto] [out=DIR]
+                                   [agg=mean] [metric=auto] [target=0.93] [paper=auto] [pages=3] [out=DIR]
 A single run's folder (result.json at its top) is read as a sweep of one job and gets a page of its own
 (tornado.runpage).
 """
@@ -13,6 +13,7 @@ import html
 import importlib.util
 import json
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,7 +39,8 @@ from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SCALING, SKIL
 LOWER_IS_BETTER = METRICS_LOWER | {"total_s", "wall_s", "data_wait_s", "compute_s", "test_s"}
 TEXT_COLUMNS = ["job", "status", "error", "output_dir", "paper", "accelerator"]
 DEFAULTS = {"rows": "batch_size", "cols": "data_multiplier", "group": "epochs", "value": "wall_s",
-            "agg": "mean", "metric": "auto", "target": 0.93, "skill": "auto", "paper": "auto", "out": None}
+            "agg": "mean", "metric": "auto", "target": 0.93, "skill": "auto", "paper": "auto", "pages": "3",
+            "out": None}
 
 
 # ----------------------------------------------------------------------------------------------------- loading
@@ -475,7 +477,8 @@ def _reached_html(t: dict) -> str:
 
 
 def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tuple[str, bytes]],
-                metric: str, target: float) -> str:
+                metric: str, target: float, links: dict[str, str] | None = None) -> str:
+    """The sweep's page; `links`: {job: the address of its own page, relative to this one}."""
     e = html.escape
     df, ok = sweep.df, sweep.ok
     failed = _problems(df)
@@ -557,10 +560,15 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
         paired = summary.get("paired_roc_auc")
         jobs = jobs_table(ok, metric, paired["p"] if paired else None)
         head = "".join(f"<th>{e(c)}</th>" for c in jobs.columns)
-        rows = "".join("<tr>" + "".join(f"<td>{e(_cell(v))}</td>" for v in r) + "</tr>"
-                       for r in jobs.itertuples(index=False))
-        body.append(f'<p class="note">Every successful job, best by {e(metric)} first (results.csv holds every '
-                    "figure; <code>python -m tornado.report</code> on a job's folder gives its own page)."
+        links = links or {}
+        rows = "".join("<tr>" + "".join(f'<td><a href="{e(links[v])}">{e(v)}</a></td>' if c == "job" and v in links
+                                        else f"<td>{e(_cell(v))}</td>" for c, v in zip(jobs.columns, r)) + "</tr>"
+                       for r in jobs.astype({"job": str}).itertuples(index=False))
+        own = (f"A linked job opens its own page ({len(links)} of {len(jobs)}; <code>pages=N</code> writes the best "
+               "N, <code>pages=all</code> every one)." if links else
+               "<code>pages=N</code> writes the best N jobs' own pages, linked here.")
+        body.append(f'<p class="note">Every successful job, best by {e(metric)} first; results.csv holds every '
+                    f"figure. {own}"
                     + (f" roc_auc_p: DeLong's p-value for the difference between the job's test ROC AUC "
                                   f"and job {e(paired['reference'])}'s (the first), scored on the same cases: below "
                                   f"{paired['alpha']}, told apart; above, within noise." if paired else "")
@@ -643,10 +651,11 @@ def _check_column(df: pd.DataFrame, key: str, col: str, known: bool = False) -> 
 
 def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: str = "data_multiplier",
                  group: str | None = "epochs", value: str = "wall_s", agg: str = "mean", metric: str = "auto",
-                 target: float = 0.93, skill: float | str = "auto", paper: str = "auto",
+                 target: float = 0.93, skill: float | str = "auto", paper: str = "auto", pages: str | int = 3,
                  out: str | Path | None = None) -> dict[str, Path]:
     """Write tables, plots, summary.json and report.html; return {file name: path} of what was written.
-    `sweep_dir`: a sweep's (or run's) folder, or a list of them read as one (`load_sweeps`; needs `out`)."""
+    `sweep_dir`: a sweep's (or run's) folder, or a list of them read as one (`load_sweeps`; needs `out`).
+    `pages`: how many jobs, best first, get their own page written too (`job_pages`; all, none or a number)."""
     dirs = list(sweep_dir) if isinstance(sweep_dir, (list, tuple)) else [sweep_dir]
     for d in dirs:
         if not Path(d).is_dir():
@@ -670,6 +679,8 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         raise TornadoError(f"paper={paper}: value={value} compares with a table by GPU count (table6, table7)")
     if paper in PAPER_TABLES and PAPER_TABLES[paper][0] != value and value not in SCALING:
         raise TornadoError(f"paper={paper}: that table holds {PAPER_TABLES[paper][0]}, not {value}")
+    if str(pages) not in ("all", "none") and not str(pages).isdigit():
+        raise TornadoError(f"pages={pages}: must be all, none or how many jobs (best first) get their own page")
     if len({rows, cols, group} - {None}) != len([c for c in (rows, cols, group) if c]):
         raise TornadoError(f"rows={rows} cols={cols} group={group}: must be different columns")
     sweep = load_sweeps(dirs)
@@ -794,6 +805,7 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
             else:
                 (report_dir / f"{name}.{fmt}").unlink(missing_ok=True)  # stale from an earlier report
 
+    pages_of = {} if run is not None else job_pages(sweep, order, pages, out, notes)
     summary = {
         "sweep_dir": str(sweep.dir.resolve()), "sweep_dirs": [str(p.resolve()) for p in sweep.parts or [sweep.dir]],
         "single": sweep.single, "partial": sweep.partial, "running": sweep.running, "waiting": sweep.waiting,
@@ -807,7 +819,7 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         "best_by_metric": best,
         "time_to_accuracy": by_configuration(ok, time_to_accuracy(sweep, float(target), histories))[:5],
         "time_to_skill": time_to_skill(ok, metric), "soonest_to_skill": sts, "paired_roc_auc": paired,
-        "notes": notes,
+        "notes": notes, "job_pages": {j: str(p.resolve()) for j, p in pages_of.items()},
     }
     for name, write in (("table.md", to_markdown), ("table.csv", to_long_csv), ("table.tex", to_latex)):
         if ts is not None:
@@ -817,10 +829,33 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
     write_json(report_dir / "summary.json", summary)
     written["summary.json"] = report_dir / "summary.json"
     page = (runpage.render(run, sweep.dir, images, notes, CSS) if run is not None else
-            render_html(sweep, ts, summary, images, metric, float(target)))
+            render_html(sweep, ts, summary, images, metric, float(target),
+                        {j: os.path.relpath(p, html_path.parent) for j, p in pages_of.items()}))
     write_atomic(html_path, page)
     written["report.html"] = html_path
     return written
+
+
+def job_pages(sweep: Sweep, order: list[str], pages: str | int, out: str | Path | None,
+              notes: list[str]) -> dict[str, Path]:
+    """{job: its own report.html} (`tornado.report` on the job's folder): written for the first `pages` jobs of
+    `order` (all, none or a number), into the job's folder or, with `out`, OUT/<job>/; any other job's page found
+    there is kept where it is newer than the job's result.json (a job run again makes its page stale)."""
+    count = len(order) if str(pages) == "all" else 0 if str(pages) == "none" else int(pages)
+    found: dict[str, Path] = {}
+    for i, job in enumerate(order):
+        where = Path(out) / job if out else sweep.job_dir(job)
+        page = where / "report.html"
+        if i < count:
+            try:
+                found[job] = build_report(sweep.job_dir(job), out=where if out else None)["report.html"]
+            except TornadoError as e:
+                notes.append(f"Job {job}: no page of its own ({e}).")
+            continue
+        result = sweep.job_dir(job) / "result.json"
+        if page.is_file() and result.is_file() and page.stat().st_mtime >= result.stat().st_mtime:
+            found[job] = page
+    return found
 
 
 def _auc_text(forecast: tuple[np.ndarray, np.ndarray]) -> str:
@@ -869,7 +904,7 @@ def summary_text(summary: dict) -> str:
 # ------------------------------------------------------------------------------------------------------- CLI
 USAGE = ("usage: python -m tornado.report SWEEP_DIR [SWEEP_DIR ... (then out=DIR)] [rows=batch_size] "
          "[cols=data_multiplier] [group=epochs|none] [value=wall_s] [agg=mean|median|min|max] [metric=auto] "
-         "[target=0.93] [skill=auto] [paper=auto|none|table2..table9] [out=DIR]")
+         "[target=0.93] [skill=auto] [paper=auto|none|table2..table9] [pages=3|all|none] [out=DIR]")
 
 
 def main(argv: list[str] | None = None) -> dict[str, Path]:
@@ -890,6 +925,10 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
         else:
             print(written["table.md"].read_text())
             print(summary_text(summary))
+        if summary["job_pages"]:
+            first, *more = summary["job_pages"].values()
+            print(f"jobs' own pages, linked from the report's Jobs table: {first}"
+                  + (f" and {len(more)} more" if more else ""))
         print(f"report: {written['report.html']}")
         return written
 
