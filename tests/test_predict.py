@@ -72,6 +72,10 @@ def test_a_file_that_is_no_checkpoint_and_a_folder_that_is_no_run_are_named(tmp_
     with pytest.raises(TornadoError,
                        match=r": a folder without checkpoints/last.ckpt \(not a run folder or a sweep\)$"):
         load_model(tmp_path)
+    (tmp_path / "result.json").write_text('{"status": "failed", "error": "TornadoError: batch_size=0: must be > 0"}')
+    with pytest.raises(TornadoError, match=r": no checkpoints/last.ckpt: the run failed before any epoch was saved "
+                                           r"\(TornadoError: batch_size=0: must be > 0\)$"):
+        load_model(tmp_path)
     # a run's folder stands for its checkpoints/last.ckpt
     fake_checkpoint(tmp_path / "checkpoints" / "last.ckpt", scaler_mean=[1.0] * 3, scaler_std=[2.0] * 3)
     assert load_model(tmp_path).hparams.scaler_mean == [1.0] * 3

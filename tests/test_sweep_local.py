@@ -157,16 +157,36 @@ def test_time_left_from_the_finished_jobs_seconds_per_cost():
     assert [duration_text(s) for s in (0.4, 59.6, 61, 3600 * 2 + 125)] == ["0 s", "1 min 0 s", "1 min 1 s", "2 h 2 min"]
 
 
-def test_changed_config_reruns_and_keeps_the_old_run_aside(sweep_cli, tmp_path):
+def test_another_grid_in_the_same_folder_keeps_every_finished_run(sweep_cli, tmp_path):
     sweep, counter = tmp_path / "sweep", tmp_path / "trainings.txt"
-    base = ["-m", "batch_size=32,64", f"counter={counter}", f"hydra.sweep.dir={sweep}"]
-    assert sweep_cli(base).returncode == 0
-    p = sweep_cli([*base, "epochs=2"])
-    assert p.returncode == 0, p.stderr
-    assert "2 ok, 0 failed, 0 skipped" in p.stdout
-    assert len(counter.read_text().splitlines()) == 4
-    assert {r["hparams"]["epochs"] for r in results(sweep).values()} == {2}
-    assert len(list((sweep / ".replaced").iterdir())) == 2
+    base = ["-m", f"counter={counter}", f"hydra.sweep.dir={sweep}"]
+    assert sweep_cli([*base, "batch_size=32,64,128"]).returncode == 0
+    # the same configurations in another order, fewer of them: found wherever they are, none run or counted twice
+    p = sweep_cli([*base, "batch_size=128,32"])
+    assert p.returncode == 0 and "0 ok, 0 failed, 2 skipped" in p.stdout, p.stdout + p.stderr
+    assert len(counter.read_text().splitlines()) == 3
+    assert sorted(pd.read_csv(sweep / "results.csv")["batch_size"]) == [32, 64, 128]
+    # a new configuration gets a new number, the finished runs stay where they are
+    p = sweep_cli([*base, "batch_size=256,64", "hydra.launcher.max_parallel=1"])
+    assert p.returncode == 0 and "1 ok, 0 failed, 1 skipped" in p.stdout, p.stdout + p.stderr
+    assert re.search(r"job 3 \[[^]]*batch_size=256[^]]*\] ok", p.stdout), p.stdout
+    assert {n: r["hparams"]["batch_size"] for n, r in results(sweep).items()} == {"0": 32, "1": 64, "2": 128, "3": 256}
+    # other settings for the whole grid: new jobs beside the old ones
+    p = sweep_cli([*base, "batch_size=32,64", "epochs=2"])
+    assert p.returncode == 0 and "2 ok, 0 failed, 0 skipped" in p.stdout
+    assert sorted(pd.read_csv(sweep / "results.csv")["epochs"]) == [1, 1, 1, 1, 2, 2]
+    assert len(counter.read_text().splitlines()) == 6 and not (sweep / ".replaced").exists()
+
+
+def test_another_configs_unfinished_run_is_moved_aside(sweep_cli, tmp_path):
+    sweep, counter = tmp_path / "sweep", tmp_path / "trainings.txt"
+    base = ["-m", f"counter={counter}", f"hydra.sweep.dir={sweep}"]
+    assert sweep_cli([*base, "batch_size=32,64"], env={"FAKE_FAIL_BATCH": "32"}).returncode == 1
+    p = sweep_cli([*base, "batch_size=16,64"])
+    assert p.returncode == 0 and "1 ok, 0 failed, 1 skipped" in p.stdout, p.stdout + p.stderr
+    assert {n: r["hparams"]["batch_size"] for n, r in results(sweep).items()} == {"0": 16, "1": 64}
+    (aside,) = (sweep / ".replaced").iterdir()
+    assert json.loads((aside / "result.json").read_text())["hparams"]["batch_size"] == 32
 
 
 def test_resume_with_other_parallelism_keeps_finished_jobs(sweep_cli, tmp_path):

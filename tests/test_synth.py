@@ -198,6 +198,19 @@ def test_cli_writes_files(tmp_path):
     assert len(read_storms(out).y) == 24
 
 
+def test_cli_refuses_a_folder_with_other_storm_files(tmp_path):
+    out = tmp_path / "syn"
+    assert run_cli(f"out_dir={out}", "days=2", "patches_per_day=12", "seed=3").returncode == 0
+    before = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    again = run_cli(f"out_dir={out}", "days=2", "patches_per_day=12", "seed=3")  # the same files: rewritten
+    assert again.returncode == 0 and "wrote 2 NCARSTORM files" in again.stdout
+    r = run_cli(f"out_dir={out}", "days=1", "patches_per_day=12", "seed=4")  # other dates beside those two
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr
+    assert lines[0].startswith(f"error: synth.out_dir: {out} already holds 2 other NCARSTORM files (e.g. NCARSTORM_")
+    assert sorted(out.iterdir()) == sorted(before)
+
+
 @pytest.mark.parametrize("arg, match", [("bogus=1", "bogus"), ("days=many", "synth.days"), ("seed", "seed")])
 def test_cli_bad_argument(tmp_path, arg, match):
     r = run_cli(f"out_dir={tmp_path}", arg)

@@ -25,9 +25,18 @@ def parse_kv(argv: list[str], defaults: dict[str, Any], positional: tuple[str, .
             continue
         key, value = arg.split("=", 1)
         if key not in defaults:
-            raise TornadoError(f"{key}: unknown argument (keys: {', '.join(defaults)})")
+            close = difflib.get_close_matches(key, list(defaults), n=1)
+            hint = f"did you mean {close[0]}? " if close else ""
+            raise TornadoError(f"{key}: unknown argument ({hint}keys: {', '.join(defaults)})")
         out[key] = _convert(key, value, defaults[key])
     return out
+
+
+def counted(n: int, thing: str) -> str:
+    """'1 job', '2 jobs', '1 GPU process', '3 GPU processes': n and the noun, plural unless n is 1."""
+    if n == 1:
+        return f"1 {thing}"
+    return f"{n} {thing}{'es' if thing.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
 
 
 def _convert(key: str, value: str, default: Any) -> Any:

@@ -10,6 +10,7 @@ from typing import Any, Iterable
 
 import pandas as pd
 
+from tornado.cli import counted
 from tornado.errors import TornadoError, run_cli
 from tornado.records import best_epoch, flatten, write_atomic
 
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> None:
     def work() -> None:
         df = collect(args.sweep_dir)
         c = df["status"].value_counts().to_dict()
-        print(f"wrote {Path(args.sweep_dir) / 'results.csv'}: {len(df)} jobs "
+        print(f"wrote {Path(args.sweep_dir) / 'results.csv'}: {counted(len(df), 'job')} "
               f"({', '.join(f'{n} {s}' for s, n in sorted(c.items()))})")
         if args.efficiency:
             print(json.dumps(sweep_efficiency(args.sweep_dir), indent=2))

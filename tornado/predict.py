@@ -28,12 +28,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tornado.cli import parse_kv
+from tornado.cli import counted, parse_kv
 from tornado.data import LabelRule, find_files, read_file
 from tornado.datamodule import standardise
 from tornado.errors import TornadoError, is_int, run_cli
 from tornado.model import StormModule
-from tornado.records import write_atomic
+from tornado.records import read_result, write_atomic
 
 DEFAULTS = {"checkpoint": "", "input": "", "output": "predictions.csv", "batch": 8192, "threshold": "auto",
             "label_reduce": "max", "label_threshold": 0.005, "label_inclusive": False}
@@ -67,8 +67,14 @@ def checkpoint_file(checkpoint: str | Path) -> Path:
         best = path / "checkpoints" / "best.ckpt"
         path = best if best.is_file() else path / "checkpoints" / "last.ckpt"
         if not path.is_file():
-            raise TornadoError(f"checkpoint={checkpoint}: a folder without checkpoints/last.ckpt (not a run folder "
-                               "or a sweep)")
+            run = read_result(path.parent.parent)
+            if not run or "status" not in run:
+                raise TornadoError(f"checkpoint={checkpoint}: a folder without checkpoints/last.ckpt (not a run folder "
+                                   "or a sweep)")
+            said = {"failed": f"the run failed before any epoch was saved ({run.get('error')})",
+                    "running": "the run has not saved an epoch yet (result.json says running)"}
+            raise TornadoError(f"checkpoint={checkpoint}: no checkpoints/last.ckpt: "
+                               + said.get(str(run.get("status")), "it was removed"))
     elif not path.is_file():
         raise TornadoError(f"checkpoint={checkpoint}: no such file")
     return path
@@ -183,7 +189,7 @@ def _main(argv: list[str]) -> None:
     except OSError as e:
         raise TornadoError(f"output={args['output']}: cannot write it ({e.strerror or e})") from None
     yes = f"; yes/no (tornado) at threshold {cut:.4g}" if cut is not None else ""
-    print(f"{len(df)} patches from {df['file'].nunique()} files -> {args['output']}{yes}")
+    print(f"{counted(len(df), 'patch')} from {counted(df['file'].nunique(), 'file')} -> {args['output']}{yes}")
 
 
 if __name__ == "__main__":

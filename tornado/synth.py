@@ -59,6 +59,8 @@ import netCDF4
 import numpy as np
 from tqdm import tqdm
 
+from tornado.cli import counted
+from tornado.data import FILE_GLOB
 from tornado.errors import TornadoError, is_int, run_cli
 
 TEST_START = dt.date(2015, 1, 1)
@@ -347,6 +349,10 @@ def generate(out_dir, days: int = 40, patches_per_day: int = 500, seed: int = 0,
         raise TornadoError(f"synth.out_dir: {out}: exists and is not a folder")
     paths = []
     dates = run_dates(days, seed, start, end)
+    others = sorted(set(out.glob(FILE_GLOB)) - {out / file_name(run) for run in dates}) if out.is_dir() else []
+    if others:
+        raise TornadoError(f"synth.out_dir: {out} already holds {counted(len(others), 'other NCARSTORM file')} "
+                           f"(e.g. {others[0].name}), which would be read with these: use an empty folder")
     bar = tqdm(dates, desc="synthetic storms", unit=" files", leave=False, disable=not sys.stderr.isatty())
     for k, run in enumerate(bar):
         rng = np.random.default_rng([seed, 1, k])
@@ -377,7 +383,7 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     out_dir = args.pop("out_dir", "outputs/data/synthetic")
     paths = generate(out_dir, **args)
-    print(f"wrote {len(paths)} NCARSTORM files to {Path(out_dir).resolve()}")
+    print(f"wrote {counted(len(paths), 'NCARSTORM file')} to {Path(out_dir).resolve()}")
     return paths
 
 

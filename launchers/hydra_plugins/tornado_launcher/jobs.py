@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides, setup_globals
@@ -175,6 +175,39 @@ def check_resume(job: Job) -> None:
         job.stale = True
     elif old.get("status") == "ok":
         job.status, job.result = "skipped", old
+
+
+def place(jobs: Sequence[Job], sweep_dir: Path) -> None:
+    """Find each job's folder when its own (its number's) is empty or holds another config's run: a folder of the
+    sweep that holds this config's run (skipped if ok, else resumed there), else a new number where its own holds
+    a finished run or one such a job took. So a grid run again in another order, shrunk or extended keeps every
+    finished run; only another config's unfinished run is moved aside when its folder's job runs (`move_aside`).
+    Call after `check_resume`."""
+    folders = [d for d in sweep_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    held = {d: r for d in sorted(folders, key=lambda d: (not d.name.isdigit(), len(d.name), d.name))
+            if (r := read_result(d)) is not None}
+    taken = {j.dir for j in jobs if not j.stale and j.dir in held}
+    found: Dict[int, Path] = {}
+    for j in jobs:
+        if j.stale or j.dir not in held:
+            same = [d for d in held if d not in taken and _same_config(j, held[d])]
+            if same:
+                found[id(j)] = min(same, key=lambda d: held[d].get("status") != "ok")
+                taken.add(found[id(j)])
+    numbers = [int(d.name) for d in folders if d.name.isdigit()] + [j.num for j in jobs]
+    for j in jobs:
+        d = found.get(id(j))
+        if d is not None:
+            j.dir, j.stale = d, False
+            j.num = int(d.name) if d.name.isdigit() else j.num
+            if held[d].get("status") == "ok":
+                j.status, j.result = "skipped", held[d]
+        elif j.dir in found.values() or (j.stale and held.get(j.dir, {}).get("status") == "ok"):
+            j.num = max(numbers) + 1
+            numbers.append(j.num)
+            j.dir, j.stale = sweep_dir / str(j.num), False
+    if found:
+        log.info(f"{len(found)} of the jobs were found in other folders of the sweep (the grid changed)")
 
 
 def move_aside(job: Job) -> None:

@@ -18,13 +18,14 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 
+from tornado.cli import counted
 from tornado.errors import TornadoError
 from tornado.records import read_result, write_json
 
 from .config import LocalLauncherConf
 from .jobs import (Job, TornadoLauncherBase, Progress, _quote, as_count, assign_threads, check_resume, compose_jobs,
                    counts, duration_text, eta_text, finish, gpu_request, job_args, job_cost, job_module, job_record,
-                   move_aside, passthrough_overrides, settle)
+                   move_aside, passthrough_overrides, place, settle)
 from .schedule import imbalance, partition
 
 log = logging.getLogger(__name__)
@@ -201,6 +202,7 @@ class TornadoLocalLauncher(TornadoLauncherBase):
             job.cost = job_cost(job.cfg, p.cost_batch_overhead)
             check_resume(job)
         HydraConfig.instance().set_config(self.config)
+        place(jobs, sweep_dir)
 
         todo = [j for j in jobs if j.status == "pending"]
         for job in todo:
@@ -212,7 +214,7 @@ class TornadoLocalLauncher(TornadoLauncherBase):
         for job in todo:
             move_aside(job)
         skipped = len(jobs) - len(todo)
-        log.info(f"Launching {len(todo)} jobs locally ({skipped} already ok): {p.schedule} schedule, {slots} at once, "
+        log.info(f"Launching {counted(len(todo), 'job')} locally ({skipped} already ok): {p.schedule} schedule, {slots} at once, "
                  f"{per_job} threads per job, GPUs {devices or 'none'}")
 
         plan: Dict[str, Any] = {"launcher": "local", "schedule": p.schedule, "slots": slots, "cores": cores,
@@ -263,7 +265,7 @@ class TornadoLocalLauncher(TornadoLauncherBase):
             again = "run the same command again to resume"
         else:  # the default sweep folder is new on every run: name this one
             again = f"run the same command with {_sweep_dir_override(sweep_dir)} to resume"
-        print(f"error: sweep interrupted ({self._stop.name}): {c['ok'] + c['skipped']} of {len(jobs)} jobs done; "
+        print(f"error: sweep interrupted ({self._stop.name}): {c['ok'] + c['skipped']} of {counted(len(jobs), 'job')} done; "
               f"{again}", file=sys.stderr, flush=True)
         raise SystemExit(128 + self._stop.signals[0])
 

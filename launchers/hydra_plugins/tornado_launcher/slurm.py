@@ -11,13 +11,14 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 
+from tornado.cli import counted
 from tornado.errors import TornadoError
 from tornado.records import write_json
 
 from .config import SlurmLauncherConf
 from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, compose_jobs, counts,
                    describe_exit, duration_text, eta_text, finish, gpu_request, job_args, job_cost, job_module,
-                   job_record, job_return, move_aside, passthrough_overrides, settle)
+                   job_record, job_return, move_aside, passthrough_overrides, place, settle)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,7 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             job.cost = job_cost(job.cfg, 64.0)
             check_resume(job)
         HydraConfig.instance().set_config(self.config)
+        place(jobs, sweep_dir)
         todo = [j for j in jobs if j.status == "pending"]
         folder = sweep_dir / ".submitit"
         record_path = sweep_dir / "launcher.json"
@@ -114,11 +116,11 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
         plan = {"launcher": "slurm", "slots": None, "state": "running", "submitted": time.time(),
                 "jobs": [job_record(j) for j in jobs]}
         write_json(record_path, plan)
-        log.info(f"{len(submit)} jobs submitted, {len(adopted)} still in SLURM from before, "
+        log.info(f"{counted(len(submit), 'job')} submitted, {len(adopted)} still in SLURM from before, "
                  f"{len(jobs) - len(todo)} already ok")
         if not p.wait:
             ids = sorted({j.slurm_id.split("_")[0] for j in todo})
-            print(f"submitted to SLURM: job ids {', '.join(ids) or 'none'} ({len(todo)} jobs). Each job refreshes "
+            print(f"submitted to SLURM: job ids {', '.join(ids) or 'none'} ({counted(len(todo), 'job')}). Each job refreshes "
                   f"{sweep_dir / 'results.csv'} as it ends; collect any time with: python -m tornado.collect "
                   f"{sweep_dir}; run the same command again to wait for them and resubmit failed ones.", flush=True)
             return [job_return(j) for j in jobs]
@@ -127,7 +129,7 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             self._wait(todo, folder)
         except KeyboardInterrupt:
             running = [j.slurm_id for j in todo if j.status == "running"]
-            print(f"\nstopped waiting; {len(running)} jobs stay in SLURM (scancel {' '.join(running)} to stop them); "
+            print(f"\nstopped waiting; {counted(len(running), 'job')} stay in SLURM (scancel {' '.join(running)} to stop them); "
                   f"collect later with: python -m tornado.collect {sweep_dir}", flush=True)
             raise
         plan.update(state="finished", started=t0, finished=time.time(), wall_s=time.time() - t0,
@@ -138,11 +140,11 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
     def _adopt(self, todo: List[Job], record_path: Path) -> List[Job]:
         """Jobs of the same config that an earlier launch submitted and SLURM still holds: watch, don't resubmit."""
         try:
-            before = {r["num"]: r for r in json.loads(record_path.read_text())["jobs"]}
+            before = {r["dir"]: r for r in json.loads(record_path.read_text())["jobs"]}
         except (OSError, ValueError, KeyError, TypeError):
             return []
-        candidates = {j.num: before[j.num]["slurm_id"] for j in todo
-                      if before.get(j.num, {}).get("slurm_id") and before[j.num].get("config_hash") == j.config_hash}
+        candidates = {j.num: before[j.dir.name]["slurm_id"] for j in todo if before.get(j.dir.name, {}).get("slurm_id")
+                      and before[j.dir.name].get("config_hash") == j.config_hash}
         states = queue_states(list(candidates.values())) if candidates else {}
         adopted = []
         for j in todo:
@@ -173,11 +175,12 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                                                    self._env(j, sweep_dir))) for j in group]
             except Exception as e:
                 lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-                raise TornadoError(f"sbatch refused {len(group)} jobs with gpus={gpus}, {tasks} tasks of "
+                raise TornadoError(f"sbatch refused {counted(len(group), 'job')} with gpus={gpus}, {counted(tasks, 'task')} of "
                                    f"{p.cpus_per_task} CPUs: {lines[-1] if lines else type(e).__name__}") from None
             for j, h in zip(group, handles):
                 j.slurm_id = str(h.job_id)
-            log.info(f"SLURM job {handles[0].job_id.split('_')[0]}: {len(group)} jobs, gpus={gpus}, {tasks} tasks each")
+            log.info(f"SLURM job {handles[0].job_id.split('_')[0]}: {counted(len(group), 'job')}, gpus={gpus}, "
+                     f"{counted(tasks, 'task')} each")
 
     @staticmethod
     def _env(job: Job, sweep_dir: Path) -> Dict[str, str]:

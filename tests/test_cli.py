@@ -1,0 +1,30 @@
+"""The small commands' key=value arguments, and counted nouns in their messages."""
+import pytest
+
+from tornado.cli import counted, parse_kv
+from tornado.errors import TornadoError
+
+DEFAULTS = {"rows": "batch_size", "cols": "data_multiplier", "target": 0.93, "partial": False, "out": None}
+
+
+def test_values_take_each_defaults_type_and_positional_keys_fill_first():
+    got = parse_kv(["target=0.5", "partial=yes", "out=x", "a_dir"], {"where": None, **DEFAULTS}, positional=("where",))
+    assert got == {"where": "a_dir", "rows": "batch_size", "cols": "data_multiplier", "target": 0.5, "partial": True,
+                   "out": "x"}
+    with pytest.raises(TornadoError, match=r"^target=high: expected a float$"):
+        parse_kv(["target=high"], DEFAULTS)
+    with pytest.raises(TornadoError, match=r"^partial=maybe: expected a bool$"):
+        parse_kv(["partial=maybe"], DEFAULTS)
+
+
+def test_a_misspelt_key_is_refused_with_the_closest_one():
+    with pytest.raises(TornadoError, match=r"^colls: unknown argument \(did you mean cols\? keys: rows, cols, "):
+        parse_kv(["colls=epochs"], DEFAULTS)
+    with pytest.raises(TornadoError, match=r"^zzz: unknown argument \(keys: rows, "):
+        parse_kv(["zzz=1"], DEFAULTS)
+
+
+def test_counted_says_one_thing_or_many():
+    assert [counted(n, "job") for n in (0, 1, 2)] == ["0 jobs", "1 job", "2 jobs"]
+    assert [counted(n, "CPU process") for n in (1, 3)] == ["1 CPU process", "3 CPU processes"]
+    assert counted(2, "patch") == "2 patches" and counted(1, "NCARSTORM file") == "1 NCARSTORM file"
