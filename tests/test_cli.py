@@ -26,5 +26,6 @@ def test_a_misspelt_key_is_refused_with_the_closest_one():
 
 def test_counted_says_one_thing_or_many():
     assert [counted(n, "job") for n in (0, 1, 2)] == ["0 jobs", "1 job", "2 jobs"]
-    assert [counted(n, "CPU process") for n in (1, 3)] == ["1 CPU process", "3 CPU processes"]
-    assert counted(2, "patch") == "2 patches" and counted(1, "NCARSTORM file") == "1 NCARSTORM file"
+    assert [counted(n, "epoch") for n in (1, 3)] == ["1 epoch", "3 epochs"]
+    assert [counted(n, "CPU process", "CPU processes") for n in (1, 3)] == ["1 CPU process", "3 CPU processes"]
+    assert counted(1, "NCARSTORM file") == "1 NCARSTORM file"

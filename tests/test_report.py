@@ -360,6 +360,9 @@ def test_all_failed_sweep_still_reports(tmp_path):
     assert "No job finished successfully" in page
     assert "TornadoError: data.path: missing 0" in page and "TornadoError: data.path: missing 1" in page
     assert "nothing to tabulate" in paths["table.md"].read_text()
+    # no scores because every job failed, not for want of a validation split: no note of one
+    notes = json.loads(paths["summary.json"].read_text())["notes"]
+    assert not any("validation split" in n or "test-set score" in n for n in notes), notes
 
 
 def test_sweep_without_results_csv_uses_result_json(tmp_path):
@@ -410,7 +413,7 @@ def test_a_run_report_shows_its_scores_epochs_and_what_it_was(tmp_path, capsys):
     assert "trained 3 epochs in 10 s" in out
     page = (run / "report.html").read_text()
     assert "<td>accuracy</td><td>0.95</td><td>–</td>" in page  # no validation accuracy recorded: a dash
-    assert "never forecasting a tornado scores 0.95" in page
+    assert "never forecasting a tornado scores 0.945 on test</td>" in page  # 273 of 5,000 test cases: not 1 - 0.05
     assert "<td>settings given</td><td>patience=1</td>" in page
     assert "<td>epochs</td><td>3; patience 1: stopped early, epoch 2 scored</td>" in page
     assert '<tr class="best"><td>2</td><td>0.5</td><td>0.95</td><td>0.87</td><td>1.5</td><td>2.5</td></tr>' in page
@@ -420,12 +423,111 @@ def test_a_run_report_shows_its_scores_epochs_and_what_it_was(tmp_path, capsys):
     (run / "result.json").write_text(json.dumps(r | {"status": "failed", "error": "RuntimeError: CUDA out of memory",
                                                      "metrics": {}, "history": []}))
     page = report.build_report(run)["report.html"].read_text()
-    assert '<p class="err">RuntimeError: CUDA out of memory</p>' in page and "None: the run did not finish" in page
-    assert not (run / "report" / "learning_curves.png").exists()
+    assert '<p class="err">RuntimeError: CUDA out of memory</p>' in page and 'id="scores"' not in page
+    assert not (run / "report" / "learning_curves.png").exists() and 'id="plots"' not in page
     # a run without a validation split chose no threshold: no row for one
     from tornado.runpage import score_rows
     rows = dict((name, test) for name, test, _, _ in score_rows({"threshold": math.nan, "n": 5000}))
     assert not any("chosen on validation" in name for name in rows) and rows["cases"] == "5,000"
+
+
+NONE_TEXT = re.compile(r"\b(None|nan|NaN)\b")
+
+
+def test_a_refused_run_page_leaves_out_what_it_does_not_have(tmp_path, capsys):
+    run = tmp_path / "refused"  # stopped by a setting check: no times, batch, devices, history or metrics
+    run.mkdir()
+    hp = {"epochs": 10, "batch_size": -1, "lr": 0.001, "data_multiplier": 1, "seed": 0,
+          "data.split.val_fraction": 0.1}
+    (run / "result.json").write_text(json.dumps({
+        "status": "failed", "error": "TornadoError: batch_size=-1: must be a positive whole number",
+        "overrides": ["batch_size=-1"], "hparams": hp, "output_dir": str(run), "host": "vm",
+        "started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:00:01+00:00", "versions": {}}))
+    report.main([str(run)])
+    out = capsys.readouterr().out
+    assert out.startswith("run failed: TornadoError: batch_size=-1") and not NONE_TEXT.search(out), out
+    page = (run / "report.html").read_text()
+    assert not NONE_TEXT.search(page), NONE_TEXT.findall(page)
+    assert '<p class="err">TornadoError: batch_size=-1: must be a positive whole number</p>' in page
+    assert "<td>epochs</td><td>none of 10 finished</td>" in page and "<td>batch</td><td>-1</td>" in page
+    assert "<td>run</td><td>vm, 2026-01-01T00:00:00+00:00 to 2026-01-01T00:00:01+00:00</td>" in page
+    for gone in ('id="scores"', 'id="epochs"', 'id="plots"', "<td>device</td>", "<td>training time</td>",
+                 "<td>cases</td>", "<td>model</td>", "validation split (data.split"):
+        assert gone not in page, gone
+
+
+def test_an_interrupted_run_page_shows_the_epochs_it_finished(tmp_path, capsys):
+    run = tmp_path / "interrupted"
+    hp = {"epochs": 10, "batch_size": 128, "lr": 0.001, "data_multiplier": 1, "seed": 0, "model.dropout": 0.0}
+    r = result_json(run, hp, status="failed", error="interrupted (SIGINT)", history=[(0.94, 1.5), (0.95, 1.25)])
+    for h, auc in zip(r["history"], (0.70, 0.75)):
+        h["val_roc_auc"] = auc
+    r["times"] = {"epoch_s": [1.5, 1.25]}  # cut short: no wall, total or test time
+    r["data"] = {"n_train": 13500, "n_val": 1500, "n_test": 5000}
+    del r["metrics"], r["samples_per_s"]
+    (run / "result.json").write_text(json.dumps(r))
+    report.main([str(run)])
+    out = capsys.readouterr().out
+    assert out.startswith("run failed: interrupted (SIGINT)\nit stopped after 2 of 10 epochs\n")
+    assert not NONE_TEXT.search(out), out
+    page = (run / "report.html").read_text()
+    assert not NONE_TEXT.search(page), NONE_TEXT.findall(page)
+    assert '<p class="err">interrupted (SIGINT)</p>' in page
+    assert "It stopped after 2 of 10 epochs: below are the epochs it finished." in page
+    assert "<td>epochs</td><td>stopped after 2 of 10 epochs</td>" in page
+    assert "<td>batch</td><td>128 (128 per device × 1)</td>" in page
+    assert "<td>device</td><td>1 × cpu (cpu)</td>" in page
+    assert "<td>cases</td><td>train 13,500, val 1,500, test 5,000</td>" in page
+    assert "<td>training time</td><td>2.75 s, the finished epochs&#x27; own</td>" in page
+    assert "<td>model</td><td>the paper&#x27;s CNN, dropout 0.0</td>" in page
+    assert '<tr class="best"><td>2</td><td>0.5</td><td>0.95</td><td>0.75</td><td>1.25</td><td>2.75</td></tr>' in page
+    assert 'alt="learning_curves"' in page and (run / "report" / "learning_curves.png").stat().st_size > 0
+    assert 'id="scores"' not in page and "whole run" not in page
+    notes = json.loads((run / "report" / "summary.json").read_text())["notes"]
+    assert notes == []  # no scores because it stopped: nothing about a validation split or predictions
+
+
+def test_constant_forecasts_are_scored_on_each_set_s_own_cases():
+    from tornado.runpage import score_rows
+
+    m = {"accuracy": 0.95, "val_accuracy": 0.96, "average_precision": 0.4, "climatology": 0.0482,
+         "n": 5000, "positives": 273, "val_n": 1500, "val_positives": 68}
+    how = {name: text for name, _, _, text in score_rows(m)}
+    assert how["accuracy"].endswith("never forecasting a tornado scores 0.945 on test, 0.955 on validation")
+    assert how["average precision"].endswith("the base rate (0.0546 on test, 0.0453 on validation) is no skill")
+    how = {name: text for name, _, _, text in score_rows({"accuracy": 0.95, "climatology": 0.0482})}
+    assert how["accuracy"] == "share right at probability 0.5, the paper's figure"  # no counts: no comparison
+    assert how["average precision"] == "area under precision against recall"
+
+
+def test_no_validation_split_only_where_the_jobs_have_none():
+    nan = math.nan
+    assert report.no_validation_split(pd.DataFrame({"data.split.val_fraction": [0, 0], "roc_auc": [0.8, nan]}))
+    assert not report.no_validation_split(pd.DataFrame({"data.split.val_fraction": [0.1], "roc_auc": [0.8]}))
+    assert report.no_validation_split(pd.DataFrame({"roc_auc": [0.8, 0.7]}))  # scored, never on validation
+    assert not report.no_validation_split(pd.DataFrame({"roc_auc": [0.8], "val_roc_auc": [0.7]}))
+    assert not report.no_validation_split(pd.DataFrame({"job": ["0"], "roc_auc": [nan]}))  # no scores: unknown
+    assert not report.no_validation_split(pd.DataFrame({"job": []}))
+
+
+def test_the_constant_forecast_note_points_where_skill_is_shown(tmp_path):
+    sweep, results = tmp_path / "chance", {}
+    for i, aucs in enumerate(([0.40, 0.45], [0.44, 0.48])):  # no job above chance
+        hp = {"epochs": 2, "batch_size": 128 * (i + 1), "lr": 0.001, "data_multiplier": 1, "seed": 0}
+        m = {"val_roc_auc": aucs[-1], "val_n": 1500, "val_positives": 68, "roc_auc": 0.5, "train_base_rate": 0.05}
+        results[str(i)] = result_json(sweep / str(i), hp, metrics=m, history=[(0.95, 1.0)] * 2, predictions=False)
+        for h, auc in zip(results[str(i)]["history"], aucs):
+            h["val_roc_auc"] = auc
+        (sweep / str(i) / "result.json").write_text(json.dumps(results[str(i)]))
+    write_results_csv(sweep, results)
+    notes = json.loads(report.build_report(sweep)["summary.json"].read_text())["notes"]
+    note = next(n for n in notes if "A constant forecast" in n)
+    assert note.endswith("says nothing of skill here. Nor does any job show skill: the skill cards find none above "
+                         "chance.") and "do." not in note
+    # a run's own page has no cards
+    notes = json.loads(report.build_report(sweep / "0")["summary.json"].read_text())["notes"]
+    assert notes[0] == ("A constant forecast (never a tornado) scores 0.95 training accuracy on this run's training "
+                        "set: its training accuracy says little of skill. The ROC AUC does (0.5 is chance).")
 
 
 def test_jobs_stopped_early_are_noted(tmp_path):
@@ -566,7 +668,7 @@ def test_several_sweeps_are_reported_as_one(tmp_path, capsys):
     twin = gpu_batch_sweep(tmp_path / "c", failed=False).rename(tmp_path / "c" / "x")
     (tmp_path / "d").mkdir()
     other = gpu_batch_sweep(tmp_path / "d", failed=False).rename(tmp_path / "d" / "x")
-    with pytest.raises(TornadoError, match="two share a folder name"):
+    with pytest.raises(TornadoError, match="two share a name"):
         report.load_sweeps([twin, other])
 
 
@@ -738,7 +840,8 @@ def test_ranked_on_validation_and_warned_of_a_target_without_skill(tmp_path):
     summary = json.loads(written["summary.json"].read_text())
     assert summary["metric"] == "val_roc_auc" and summary["best_by_metric"][0]["job"] == "a"
     assert summary["constant_forecast_accuracy"] == pytest.approx(0.95)
-    assert any("says nothing of skill" in n for n in summary["notes"])
+    assert any("says nothing of skill here. The \"fastest within 1% of the best\" card does." in n
+               for n in summary["notes"])
     assert "already scores 0.95" in written["report.html"].read_text()
     summary = json.loads(report.build_report(sweep, target=0.97, metric="roc_auc")["summary.json"].read_text())
     assert summary["best_by_metric"][0]["job"] == "b"
@@ -747,6 +850,24 @@ def test_ranked_on_validation_and_warned_of_a_target_without_skill(tmp_path):
            "ranks them on the validation split)." in summary["notes"]
     summary = json.loads(report.build_report(sweep, metric="wall_s")["summary.json"].read_text())
     assert not any("test-set score" in n for n in summary["notes"])  # a time: no optimism
+
+
+def test_epoch_axes_have_whole_number_ticks_even_for_one_epoch(monkeypatch):
+    figures = []
+    render = plots._render
+    monkeypatch.setattr(plots, "_render", lambda fig: (figures.append(fig), render(fig))[1])
+    one = ("Training accuracy", [("", [("batch 128", np.array([1]), np.array([0.95])),
+                                       ("batch 256", np.array([1]), np.array([0.94]))])])
+    plots.plot_curves(one)
+    plots.plot_learning_curves(pd.DataFrame({"epoch": [0], "train_loss": [0.2], "train_acc": [0.95]}))
+    plots.plot_curves(("Training accuracy", [("", [("a", np.arange(1, 4), np.array([0.9, 0.95, 0.96]))])]))
+    shown = []
+    for fig in figures:
+        for ax in (a for a in fig.axes if a.get_visible()):
+            lo, hi = ax.get_xlim()
+            shown.append([float(t) for t in ax.get_xticks() if lo <= t <= hi])
+            assert hi - lo >= 1
+    assert shown == [[1.0], [1.0], [1.0], [1.0, 2.0, 3.0]]  # one point: epoch 1 alone, not 0.945 ... 1.05
 
 
 def test_roc_and_reliability_points_by_hand():
@@ -783,7 +904,10 @@ def test_roc_and_reliability_points_by_hand():
     (["cols=batch_size"], "must be different columns"),
     (["paper=table10"], "paper=table10"),
     (["paper=table8"], "paper=table8: that table holds accuracy"),
-    (["value=lr", "extra"], "sweep dir: extra: not a directory"),
+    (["value=lr", "extra"], "extra: no such folder (a sweep's or a run's)"),
+    (["colls=epochs"], "colls: unknown argument (did you mean cols? keys: rows, cols, "),
+    (["rows=batchsize"], "rows=batchsize: no such column in results.csv (did you mean batch_size?)"),
+    (["metric=val_roc_aucc"], "metric=val_roc_aucc: no such column in results.csv (did you mean val_roc_auc?)"),
 ])
 def test_bad_cli_args_exit_2_with_one_line(tmp_path, capsys, args, fragment):
     sweep = write_csv_sweep(tmp_path, PIVOT_CSV)
@@ -799,7 +923,11 @@ def test_missing_sweep_dir_exits_2(tmp_path, capsys):
         report.main([str(tmp_path / "nope")])
     assert exc.value.code == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "not a directory" in err
+    assert err.count("\n") == 1 and "nope: no such folder" in err
+    (tmp_path / "file").write_text("")
+    with pytest.raises(SystemExit):
+        report.main([str(tmp_path / "file")])
+    assert "file: not a folder (a sweep's or a run's)" in capsys.readouterr().err
 
 
 def test_cli_prints_markdown_and_writes_report(tmp_path):
@@ -884,7 +1012,7 @@ def test_result_json_with_non_dict_sections_still_reports(tmp_path):
     r.update(history="h", versions=[], early_stop=2)  # and a run's own page
     (sweep / "0" / "result.json").write_text(json.dumps(r))
     page = report.build_report(sweep / "0")["report.html"].read_text()
-    assert "None recorded in its result.json" in page and "No epoch finished" in page
+    assert "No scores in its result.json" in page and 'id="epochs"' not in page  # no history: no section
 
 
 def test_cpu_jobs_are_labelled_cpu_whatever_gpus_says():

@@ -135,9 +135,10 @@ def test_run_writes_full_records_and_learns(first_run):
     assert len(preds["prob"]) == len(preds["label"]) == int(m["n"])
 
 
-def test_patience_stops_when_validation_skill_stalls_and_a_rerun_stops_again(data_dir, tmp_path):
+def test_patience_stops_when_validation_skill_stalls_and_a_rerun_stops_again(data_dir, tmp_path, caplog):
     from tornado.train import train
 
+    caplog.set_level("INFO", logger="tornado.train")
     r = train(cfg_for(*small(data_dir, "epochs=25", "patience=2")), output_dir=tmp_path)
     aucs = [h["val_roc_auc"] for h in r["history"]]
     best = [aucs.index(max(aucs[:k + 1])) for k in range(len(aucs))]  # best epoch so far, after each epoch
@@ -145,6 +146,10 @@ def test_patience_stops_when_validation_skill_stalls_and_a_rerun_stops_again(dat
     assert len(aucs) - 1 - best[-1] == 2 and all(k - best[k] < 2 for k in range(len(aucs) - 1))  # stopped at once
     assert r["early_stop"] == {"patience": 2, "stopped": True, "epochs_trained": len(aucs),
                                "best_epoch": best[-1] + 1, "scored_epoch": best[-1] + 1}
+    # said on the terminal and in train.log, epochs counted from 1 as everywhere else
+    line = (f"stopped early after epoch {len(aucs)} of 25: validation ROC AUC has not improved for 2 epochs; "
+            f"scoring epoch {best[-1] + 1}'s weights ({tmp_path / 'checkpoints' / 'best.ckpt'})")
+    assert [m for m in caplog.messages if m.startswith("stopped early")] == [line]
     # the best epoch's weights are scored (its validation ROC AUC, not the last's) and kept for predict
     assert r["metrics"]["val_roc_auc"] == pytest.approx(max(aucs), abs=1e-6) and aucs[-1] < max(aucs)
     from tornado.data import find_files
@@ -158,6 +163,11 @@ def test_patience_stops_when_validation_skill_stalls_and_a_rerun_stops_again(dat
     again = train(cfg_for(*small(data_dir, "epochs=25", "patience=2")), output_dir=tmp_path)  # the same command
     assert again["resumed_after_epochs"] == len(aucs) and again["history"] == r["history"]
     assert again["metrics"] == r["metrics"]
+    # nothing trained: the times of the session that trained, kept in the checkpoint
+    keys = ("wall_s", "epoch_s", "data_wait_s", "compute_s", "epoch_scoring_s")
+    assert {k: again["times"][k] for k in keys} == {k: r["times"][k] for k in keys}
+    assert r["times"]["epoch_scoring_s"] > 0 and again["samples_per_s"] == r["samples_per_s"]
+    assert [m for m in caplog.messages if m.startswith("stopped early")] == [line, line]  # stopped again at once
     more = train(cfg_for(*small(data_dir, "epochs=25", "patience=4")), output_dir=tmp_path)  # more patience: on
     assert len(more["history"]) > len(aucs) and more["history"][:len(aucs)] == r["history"]
     plain = train(cfg_for(*small(data_dir, "epochs=2", "resume=false")), output_dir=tmp_path)  # no patience
@@ -352,6 +362,32 @@ def test_a_diverging_run_fails_and_saves_no_checkpoint(data_dir, tmp_path):
     assert not (tmp_path / "checkpoints" / "last.ckpt").exists()
 
 
+def test_a_run_failing_midway_records_the_epochs_it_saved(data_dir, tmp_path, monkeypatch):
+    """Its history, batch, devices, data and times so far, as an ok run's; no test scores."""
+    from tornado.model import StormModule
+    from tornado.train import train
+
+    end = StormModule.on_train_epoch_end
+
+    def second_epoch_fails(self):
+        if self.current_epoch == 1:
+            raise TornadoError("training diverged: the mean loss of epoch 2 is nan")
+        end(self)
+    monkeypatch.setattr(StormModule, "on_train_epoch_end", second_epoch_fails)
+    with pytest.raises(TornadoError, match="epoch 2 is nan"):
+        train(cfg_for(*small(data_dir, "epochs=3")), output_dir=tmp_path)
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["status"] == "failed" and r["error"].startswith("TornadoError: training diverged")
+    assert [h["epoch"] for h in r["history"]] == [0] and 0 < r["history"][0]["val_roc_auc"] <= 1
+    t = r["times"]
+    assert t["epoch_s"] == [r["history"][0]["epoch_s"]] and t["epoch_s"][0] < t["wall_s"] <= t["total_s"]
+    assert t["data_wait_s"] > 0 and t["epoch_scoring_s"] > 0 and "test_s" not in t
+    assert r["samples_per_s"] * t["wall_s"] == pytest.approx(r["data"]["n_train"])
+    assert r["batch"] == {"global": 64, "per_device": 64, "devices": 1, "effective_global": 64}
+    assert r["devices"]["count"] == 1 and r["data"]["n_test"] > 0 and r["resumed_after_epochs"] == 0
+    assert "metrics" not in r and not (tmp_path / "test_predictions.npz").exists()
+
+
 def test_resume_continues_with_history_and_times(data_dir, tmp_path):
     from tornado.train import train
 
@@ -363,13 +399,17 @@ def test_resume_continues_with_history_and_times(data_dir, tmp_path):
     assert two["times"]["epoch_s"][0] == one["times"]["epoch_s"][0]
     assert two["times"]["wall_s"] > one["times"]["epoch_s"][0]
     assert two["times"]["total_s"] >= two["times"]["wall_s"]  # the earlier session counts in both
-    assert (tmp_path / "csv" / "metrics.epochs-0-0.csv").exists()  # kept aside, not deleted by the logger
+    for key in ("wall_s", "data_wait_s", "epoch_scoring_s"):
+        assert two["times"][key] > one["times"][key] > 0, key
+    # kept aside, not deleted by the logger; named by the epochs it holds, from 1
+    assert (tmp_path / "csv" / "metrics.epochs-1-1.csv").exists()
     logged = (tmp_path / "csv" / "metrics.csv").read_text()
     again = train(cfg_for(*small(data_dir, "epochs=2")), output_dir=tmp_path)  # finished: nothing to train
-    assert again["history"] == two["history"] and again["times"]["epoch_s"] == two["times"]["epoch_s"]
-    assert again["metrics"] == two["metrics"]
+    assert again["history"] == two["history"] and again["metrics"] == two["metrics"]
+    assert {k: v for k, v in again["times"].items() if k not in ("total_s", "test_s")} == \
+        {k: v for k, v in two["times"].items() if k not in ("total_s", "test_s")}
     assert (tmp_path / "csv" / "metrics.csv").read_text() == logged  # the last session's log, where it was
-    assert [f.name for f in sorted((tmp_path / "csv").glob("*.csv"))] == ["metrics.csv", "metrics.epochs-0-0.csv"]
+    assert [f.name for f in sorted((tmp_path / "csv").glob("*.csv"))] == ["metrics.csv", "metrics.epochs-1-1.csv"]
     # continued where it stopped (weights, optimiser, the epoch's data order): as if never stopped
     straight = train(cfg_for(*small(data_dir, "epochs=2")), output_dir=tmp_path / "straight")
     assert straight["resumed_after_epochs"] == 0
@@ -377,7 +417,7 @@ def test_resume_continues_with_history_and_times(data_dir, tmp_path):
     assert two["metrics"] == straight["metrics"]
     # the logs of both sessions (the first moved aside by the second, named by the epochs it holds) count
     # steps on from where the first stopped
-    logs = [tmp_path / "csv" / "metrics.epochs-0-0.csv", tmp_path / "csv" / "metrics.csv"]
+    logs = [tmp_path / "csv" / "metrics.epochs-1-1.csv", tmp_path / "csv" / "metrics.csv"]
     steps = [pd.read_csv(f)["step"].tolist() for f in logs]
     assert sum(steps, []) == pd.read_csv(tmp_path / "straight" / "csv" / "metrics.csv")["step"].tolist()
 
@@ -395,8 +435,10 @@ def test_resume_refuses_a_checkpoint_it_cannot_continue(case, message, data_dir,
     over = {"other settings": ["batch_size=128"], "fewer epochs": ["epochs=1"], "unreadable": []}[case]
     if case == "unreadable":
         last.write_bytes(last.read_bytes()[:1000])
+    record = (tmp_path / "result.json").read_bytes()
     with pytest.raises(TornadoError, match=message):
         train(cfg_for(*small(data_dir, "epochs=2"), *over), output_dir=tmp_path)
+    assert (tmp_path / "result.json").read_bytes() == record  # the earlier run's record, as it was
     assert train(cfg_for(*small(data_dir, "epochs=2"), *over, "resume=false"), output_dir=tmp_path)["status"] == "ok"
 
 
@@ -423,15 +465,22 @@ def test_sigterm_stops_with_one_line_and_the_rerun_resumes(data_dir, tmp_path):
     result = json.loads((run / "result.json").read_text())
     assert result["status"] == "failed" and result["error"] == "interrupted (SIGTERM)"
     done = torch.load(last, weights_only=False)["epoch"] + 1
+    assert f"; {done} epoch{'' if done == 1 else 's'} saved in " in err
+    # what it did before it stopped, for its report
+    assert [h["epoch"] for h in result["history"]] == list(range(done)) and len(result["times"]["epoch_s"]) == done
+    assert sum(result["times"]["epoch_s"]) < result["times"]["wall_s"] and result["batch"]["global"] == 64
+    assert result["devices"]["count"] == 1 and result["data"]["n_train"] > 0 and "metrics" not in result
     p = _cli([*small(data_dir, f"epochs={done + 1}"), f"hydra.run.dir={run}"], cwd=ROOT)
     assert p.returncode == 0, p.stderr[-2000:]
     result = json.loads((run / "result.json").read_text())
     assert result["resumed_after_epochs"] == done and len(result["history"]) == done + 1
 
 
-def _cli(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
+def _cli(args: list[str], cwd: Path, timeout: int = 300, sweep: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     env.pop("TORNADO_SWEEP_DIR", None)
+    if sweep is not None:
+        env["TORNADO_SWEEP_DIR"] = str(sweep)
     return subprocess.run([sys.executable, "-m", "tornado.train", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
@@ -441,6 +490,39 @@ def test_cli_bad_value_one_line_exit_2(data_dir, tmp_path):
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1] == "error: batch_size=-5: must be a positive integer"
     assert "Traceback" not in p.stderr
+    assert not (tmp_path / "run").exists()  # made for this run, which left nothing in it
+
+
+def test_a_refused_single_run_leaves_no_folder_of_its_own(data_dir, tmp_path):
+    # the default folder (outputs/runs/<time>-<pid> under the working directory)
+    p = _cli([*small(data_dir), "data.source=/nowhere"], cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: data.source: /nowhere: no such folder"
+    assert list((tmp_path / "outputs" / "runs").iterdir()) == []
+    # a folder that was there before stays, with the failed record
+    (tmp_path / "mine").mkdir()
+    p = _cli([*small(data_dir), "epochs=0", f"hydra.run.dir={tmp_path / 'mine'}"], cwd=ROOT)
+    assert p.returncode == 2 and json.loads((tmp_path / "mine" / "result.json").read_text())["status"] == "failed"
+    # a sweep's job keeps its failed record: the launcher reads it
+    p = _cli([*small(data_dir), "epochs=0", f"hydra.run.dir={tmp_path / 'sweep' / '0'}"], cwd=ROOT,
+             sweep=tmp_path / "sweep")
+    assert p.returncode == 2 and json.loads((tmp_path / "sweep" / "0" / "result.json").read_text())["error"] == \
+        "TornadoError: epochs=0: must be a positive integer"
+
+
+@pytest.mark.parametrize("gpus, visible, message", [
+    (1, 0, "gpus=1 asks for 1 GPU but 0 are visible (CUDA_VISIBLE_DEVICES unset); use gpus=0, or "
+           "trainer.accelerator=cpu gpus=1 for 1 CPU process"),
+    (3, 1, "gpus=3 asks for 3 GPUs but 1 is visible (CUDA_VISIBLE_DEVICES unset); use gpus=0, or "
+           "trainer.accelerator=cpu gpus=3 for 3 CPU processes"),
+])
+def test_counts_are_worded_in_the_singular_and_plural(gpus, visible, message, monkeypatch):
+    from tornado.train import resolve_devices
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    with pytest.raises(TornadoError) as e:
+        resolve_devices(cfg_for(f"gpus={gpus}"))
+    assert str(e.value) == message
 
 
 @pytest.mark.parametrize("args, line", [
@@ -492,6 +574,9 @@ def test_cpu_ddp_two_processes_keep_global_batch(data_dir, tmp_path):
     assert result["batch"] == {"global": 128, "per_device": 64, "devices": 2, "effective_global": 128}
     assert result["devices"]["count"] == 2
     assert (run / "train_ddp_process_1.log").exists()
+    said = (f"stopped early after epoch {len(result['history'])} of 10: validation ROC AUC has not improved for "
+            f"1 epoch; scoring epoch {result['early_stop']['best_epoch']}'s weights")
+    assert said in p.stdout and said in (run / "train.log").read_text()  # on the terminal and in the log
     # rank 0 scores the validation split; its decision to stop reaches rank 1 (else the run would hang)
     aucs = [h["val_roc_auc"] for h in result["history"]]
     assert result["early_stop"]["stopped"] and len(aucs) < 10 and aucs[-1] <= max(aucs[:-1])

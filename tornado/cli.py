@@ -25,18 +25,22 @@ def parse_kv(argv: list[str], defaults: dict[str, Any], positional: tuple[str, .
             continue
         key, value = arg.split("=", 1)
         if key not in defaults:
-            close = difflib.get_close_matches(key, list(defaults), n=1)
-            hint = f"did you mean {close[0]}? " if close else ""
+            close = closest(key, list(defaults))
+            hint = f"did you mean {close}? " if close else ""
             raise TornadoError(f"{key}: unknown argument ({hint}keys: {', '.join(defaults)})")
         out[key] = _convert(key, value, defaults[key])
     return out
 
 
-def counted(n: int, thing: str) -> str:
-    """'1 job', '2 jobs', '1 GPU process', '3 GPU processes': n and the noun, plural unless n is 1."""
-    if n == 1:
-        return f"1 {thing}"
-    return f"{n} {thing}{'es' if thing.endswith(('s', 'sh', 'ch', 'x')) else 's'}"
+def closest(word: str, names: list[str]) -> str | None:
+    """The name `word` most likely misspells, if any is close."""
+    close = difflib.get_close_matches(word, names, n=1)
+    return close[0] if close else None
+
+
+def counted(n: int, thing: str, things: str | None = None) -> str:
+    """'1 job', '2 jobs': n and the noun, its plural (`things`, else an s added) unless n is 1."""
+    return f"{n} {thing if n == 1 else things or thing + 's'}"
 
 
 def _convert(key: str, value: str, default: Any) -> Any:
@@ -76,10 +80,10 @@ def hydra_error_line(e: Exception, names: Callable[[], list[str]]) -> str:
     m = re.match(r"Could not override '([^']+)'\.\s*To append", str(e))
     if m:
         try:
-            close = difflib.get_close_matches(m.group(1), names(), n=1)
+            close = closest(m.group(1), names())
         except Exception:  # the suggestion is a courtesy: never let it hide the error
-            close = []
-        return f"{m.group(1)}: no such setting" + (f" (did you mean {close[0]}?)" if close else "")
+            close = None
+        return f"{m.group(1)}: no such setting" + (f" (did you mean {close}?)" if close else "")
     cause = f": {_first_line(str(e.__cause__))}" if e.__cause__ is not None else ""
     return _first_line(str(e)) + cause
 

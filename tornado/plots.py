@@ -138,8 +138,16 @@ def curve_figures(ok: pd.DataFrame, histories: dict[str, pd.DataFrame], rows: st
     return figs
 
 
-def plot_curves(spec: tuple) -> dict[str, bytes]:
+def _epoch_axis(ax, epochs: list[float]) -> None:
+    """Whole-number epoch ticks; a single epoch centred in a range one epoch wide, not in matplotlib's ±5%."""
     from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+    finite = [float(e) for e in epochs if np.isfinite(e)]
+    if finite and max(finite) - min(finite) < 1:
+        ax.set_xlim(min(finite) - 0.5, max(finite) + 0.5)
+
+
+def plot_curves(spec: tuple) -> dict[str, bytes]:
     title, panels = spec[0], spec[1]
     fig, axes = _fig(len(panels))
     for ax, (ptitle, curves) in zip(axes, panels):
@@ -152,7 +160,7 @@ def plot_curves(spec: tuple) -> dict[str, bytes]:
             seen.add(label)
         ax.set_title(ptitle, fontsize=10)
         ax.set_xlabel("epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_axis(ax, [e for _, x, _ in curves for e in x])
         ax.set_ylabel("training accuracy")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7, loc="lower right")
@@ -178,7 +186,6 @@ def plot_skill_vs_time(curves: list[tuple[str, np.ndarray, np.ndarray]], target:
 def plot_learning_curves(history: pd.DataFrame, scored_epoch: int | None = None) -> dict[str, bytes]:
     """One run's training loss and accuracy, and validation ROC AUC where scored, against epoch (from 1);
     `scored_epoch`: the epoch whose weights were scored (early stopping), marked."""
-    from matplotlib.ticker import MaxNLocator
     epoch = history["epoch"].to_numpy(int) + 1 if "epoch" in history.columns else np.arange(1, len(history) + 1)
     panels = [(t, c) for t, c in (("training loss", "train_loss"), ("training accuracy", "train_acc"),
                                   ("validation ROC AUC", "val_roc_auc"))
@@ -190,7 +197,7 @@ def plot_learning_curves(history: pd.DataFrame, scored_epoch: int | None = None)
             ax.axvline(scored_epoch, color="#b45309", ls=":", lw=1.2, label=f"scored: epoch {scored_epoch}")
             ax.legend(fontsize=7, loc="best")
         ax.set(title=title, xlabel="epoch")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        _epoch_axis(ax, [*epoch, *([scored_epoch] if scored_epoch is not None else [])])
         ax.grid(alpha=0.3)
     fig.suptitle("Learning curves", fontsize=11)
     return _render(fig)

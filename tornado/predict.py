@@ -189,7 +189,8 @@ def _main(argv: list[str]) -> None:
     except OSError as e:
         raise TornadoError(f"output={args['output']}: cannot write it ({e.strerror or e})") from None
     yes = f"; yes/no (tornado) at threshold {cut:.4g}" if cut is not None else ""
-    print(f"{counted(len(df), 'patch')} from {counted(df['file'].nunique(), 'file')} -> {args['output']}{yes}")
+    patches = counted(len(df), "patch", "patches")
+    print(f"{patches} from {counted(df['file'].nunique(), 'file')} -> {args['output']}{yes}")
 
 
 if __name__ == "__main__":

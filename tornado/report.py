@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tornado.cli import parse_kv
+from tornado.cli import closest, parse_kv
 from tornado.collect import result_row, section
 from tornado.errors import TornadoError, run_cli
 from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
@@ -101,8 +101,7 @@ def _normalise(df: pd.DataFrame) -> pd.DataFrame:
 def load_sweep(sweep_dir: str | Path) -> Sweep:
     """results.csv (rebuilt from the job dirs' result.json files when missing or out of date)."""
     sweep = Path(sweep_dir)
-    if not sweep.is_dir():
-        raise TornadoError(f"sweep dir: {sweep}: not a directory")
+    _check_folder(sweep)
     results = {p.parent.name: read_result(p.parent) for p in sorted(sweep.glob("*/result.json"))}
     results = {job: r for job, r in results.items() if isinstance(r, dict)}
     running = sorted(job for job, r in results.items() if r.get("status") == "running")
@@ -127,7 +126,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
         df = pd.DataFrame([{**_row_from_result(sweep.name, sweep, one), "output_dir": str(sweep)}])
     if df is None:
         if not results:
-            raise TornadoError(f"sweep dir: {sweep}: no results.csv, no */result.json and no result.json")
+            raise TornadoError(f"folder {sweep}: no results.csv, no */result.json and no result.json")
         df = _collect(sweep, results)
     df = _normalise(df)
     if "status" not in df.columns:
@@ -148,8 +147,8 @@ def load_sweeps(sweep_dirs: list[str | Path]) -> Sweep:
     parts, frames, running, waiting, notes = [load_sweep(d) for d in sweep_dirs], [], [], [], []
     names = [p.dir.resolve().name for p in parts]
     if len(set(names)) < len(names):
-        raise TornadoError(f"sweep dirs: {', '.join(map(str, sweep_dirs))}: two share a folder name; the jobs are "
-                           "told apart by it")
+        raise TornadoError(f"folders {', '.join(map(str, sweep_dirs))}: two share a name; the jobs are told "
+                           "apart by it")
     for name, part in zip(names, parts):
         df = part.df.copy()
         df["output_dir"] = [str(part.job_dir(str(j))) for j in df["job"]]
@@ -405,6 +404,43 @@ def constant_forecast_accuracy(ok: pd.DataFrame) -> float | None:
     return None if rate.empty else float(np.maximum(rate, 1 - rate).max())
 
 
+def no_validation_split(ok: pd.DataFrame) -> bool:
+    """Whether the jobs are known to have no validation split: `data.split.val_fraction` 0 (or a validation
+    split of no cases), or test scores without validation ones. Jobs without scores (failed ones) tell nothing."""
+    fraction = numeric_column(ok, "data.split.val_fraction").dropna()
+    if len(fraction):
+        return bool((fraction == 0).all())
+    val_n = numeric_column(ok, "val_n").dropna()
+    if len(val_n):
+        return bool((val_n == 0).all())
+    scored = ok.loc[numeric_column(ok, "roc_auc").notna() | numeric_column(ok, "accuracy").notna()]
+    return len(scored) > 0 and not any(numeric_column(scored, c).notna().any() for c in ("val_roc_auc", "val_n"))
+
+
+SKILL_SCORES = {"roc_auc", "average_precision", "csi", "csi_050", "csi_best", "bss"}  # chance or climatology is 0
+
+
+def _constant_note(constant: float, target: float, single: bool, sts: dict | None, tts: dict | None,
+                   metric: str) -> str:
+    """The note that a constant "no" forecast already reaches the training-accuracy target; on a sweep, it names
+    the cards that show skill instead, or says none does."""
+    if single:
+        return (f"A constant forecast (never a tornado) scores {number_text(constant)} training accuracy on this "
+                "run's training set: its training accuracy says little of skill. The ROC AUC does (0.5 is chance).")
+    head = (f"A constant forecast (never a tornado) scores {number_text(constant)} training accuracy on these "
+            f"training sets, at or above target={number_text(target)}: reaching the target says nothing of skill "
+            "here.")
+    skill_card = metric.removeprefix("val_") in SKILL_SCORES
+    cards = ([] if not sts or not sts["jobs"] else ['"soonest to skill"']) + (
+        ['"fastest within 1% of the best"'] if skill_card and tts and tts["job"] is not None else [])
+    no_skill = (sts and sts["target"] <= sts["chance"]) or (tts and tts["job"] is None)
+    if len(cards) == 2:
+        return f"{head} The skill cards ({', '.join(cards)}) do."
+    if cards:
+        return f"{head} The {cards[0]} card does."
+    return f"{head} Nor does any job show skill: the skill cards find none above chance." if no_skill else head
+
+
 def time_to_skill(ok: pd.DataFrame, metric: str, tolerance: float = 0.01) -> dict | None:
     """The fastest job (wall_s) whose `metric` is within `tolerance` (relative) of the best. Where the jobs
     repeat configurations (seeds), the fastest configuration by its repeats' means: `n` and `jobs` say which."""
@@ -644,9 +680,17 @@ def _text(v: Any) -> str:
     return "" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v)
 
 
+def _check_folder(d: Path) -> None:
+    if not d.is_dir():
+        raise TornadoError(f"{d}: {'not a folder' if d.exists() else 'no such folder'} (a sweep's or a run's)")
+
+
 def _check_column(df: pd.DataFrame, key: str, col: str, known: bool = False) -> None:
-    if col not in df.columns and not (known and col in METRICS + TIMES + RUN_INFO + [SKILL_S] + SCALING):
-        raise TornadoError(f"{key}={col}: no such column in results.csv")
+    names = [str(c) for c in df.columns] + (METRICS + TIMES + RUN_INFO + [SKILL_S] + SCALING if known else [])
+    if col not in names:
+        close = closest(col, names)
+        hint = f" (did you mean {close}?)" if close else ""
+        raise TornadoError(f"{key}={col}: no such column in results.csv{hint}")
 
 
 def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: str = "data_multiplier",
@@ -658,8 +702,7 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
     `pages`: how many jobs, best first, get their own page written too (`job_pages`; all, none or a number)."""
     dirs = list(sweep_dir) if isinstance(sweep_dir, (list, tuple)) else [sweep_dir]
     for d in dirs:
-        if not Path(d).is_dir():
-            raise TornadoError(f"sweep dir: {d}: not a directory")
+        _check_folder(Path(d))
     if len(dirs) > 1 and not out:
         raise TornadoError(f"{len(dirs)} sweeps: out=DIR says where their report goes")
     group = None if group in (None, "none") else group
@@ -714,27 +757,28 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         df[name] = column
     ok = sweep.ok
     ts = build_tables(df, rows, cols, group, value, agg, paper) if tabulate else None
+    run = read_result(sweep.dir) if sweep.single else None
+    tts = time_to_skill(ok, metric)
     notes = list(sweep.notes)
-    if tabulate and value in SCALING and df[value].isna().all():
+    if tabulate and len(ok) and value in SCALING and df[value].isna().all():
         notes.append(f"value={value}: no settings ran on more than one device count (gpus=1,2,4 in a sweep does).")
-    if tabulate and value == SKILL_S and not sts:
+    if tabulate and len(ok) and value == SKILL_S and not sts:
         notes.append("value=skill_s: no job has a validation ROC AUC per epoch (runs with score_epochs=true and a "
                      "validation split record one).")
     constant = constant_forecast_accuracy(ok)
     if constant is not None and constant >= float(target):
-        notes.append(f"A constant forecast (never a tornado) scores {number_text(constant)} training accuracy on "
-                     f"these training sets, at or above target={number_text(float(target))}: reaching the target "
-                     "says nothing of skill here. " + ('The skill cards ("soonest to skill", "fastest within 1% of '
-                                                       'the best") do.' if sts else
-                                                       'The "fastest within 1% of the best" card does.'))
-    if metric in TEST_SCORES and numeric_column(ok, "val_roc_auc").notna().any():
+        notes.append(_constant_note(constant, float(target), run is not None, sts, tts, metric))
+    ranked = run is None and numeric_column(ok, metric).notna().any()  # a run's page ranks nothing
+    if ranked and metric in TEST_SCORES and numeric_column(ok, "val_roc_auc").notna().any():
         notes.append(f"Best configurations are ranked by {metric}, a test-set score: an optimistic choice "
                      f"(metric=val_{metric} ranks them on the validation split).")
-    elif metric in TEST_SCORES:
+    elif ranked and metric in TEST_SCORES and no_validation_split(ok):
         notes.append(f"Best configurations are ranked by {metric}, a test-set score: an optimistic choice. The jobs "
                      "have no validation split (data.split.val_fraction=0, as in the paper's experiment files); "
                      "data.split.val_fraction=0.1 holds one out, for the ranking and the soonest-to-skill card.")
-    if {"epochs", "epochs_trained"} <= set(ok.columns):
+    elif ranked and metric in TEST_SCORES:
+        notes.append(f"Best configurations are ranked by {metric}, a test-set score: an optimistic choice.")
+    if run is None and {"epochs", "epochs_trained"} <= set(ok.columns):  # a run's page says so in its facts
         early = int((numeric_column(ok, "epochs_trained") < numeric_column(ok, "epochs")).sum())
         if early:
             notes.append(f"{early} of {len(ok)} jobs stopped early (patience): their times and scores are of the "
@@ -742,7 +786,6 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
 
     images: dict[str, tuple[str, bytes]] = {}
     plots: dict[str, dict[str, bytes]] = {}
-    run = read_result(sweep.dir) if sweep.single else None
     if run is not None and runpage.epochs_of(run):
         plots["learning_curves"] = plot_learning_curves(pd.DataFrame(runpage.epochs_of(run)),
                                                         section(run, "early_stop").get("scored_epoch"))
@@ -752,7 +795,8 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         plots[name] = plot_curves(spec)
         images[name] = (spec[-1] if len(spec) > 2 else spec[0], plots[name]["png"])
     if not histories and len(ok):
-        notes.append("No per-epoch history in the jobs' result.json: no training-accuracy curves.")
+        notes.append("No per-epoch history in its result.json: no learning curves." if run is not None else
+                     "No per-epoch history in the jobs' result.json: no training-accuracy curves.")
     if sts and run is None:
         first = [j for t in sts["jobs"] for j in t.get("jobs", [t["job"]])]
         shown = (first + [j for j in curves if j not in first])[:12]  # the soonest, then the others
@@ -795,8 +839,8 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
                                   "success ratio at every threshold; shading: CSI; dashed: frequency bias"}
             images[name] = (cap[name], data["png"])
     elif len(ok):
-        notes.append("No test_predictions.npz with both classes for the best job: no ROC, reliability or "
-                     "performance diagram.")
+        notes.append(f"No test_predictions.npz with both classes{'' if run is not None else ' for the best job'}: "
+                     "no ROC, reliability or performance diagram.")
     for name in ("learning_curves", "train_acc", "train_acc_by_gpus", "train_acc_by_batch", "train_acc_by_ratio",
                  "skill_vs_time", "wall_vs_batch", "roc_best", "roc", "reliability", "performance"):
         for fmt in ("png", "svg"):
@@ -818,7 +862,7 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         "metric": metric, "target": float(target), "constant_forecast_accuracy": constant,
         "best_by_metric": best,
         "time_to_accuracy": by_configuration(ok, time_to_accuracy(sweep, float(target), histories))[:5],
-        "time_to_skill": time_to_skill(ok, metric), "soonest_to_skill": sts, "paired_roc_auc": paired,
+        "time_to_skill": tts, "soonest_to_skill": sts, "paired_roc_auc": paired,
         "notes": notes, "job_pages": {j: str(p.resolve()) for j, p in pages_of.items()},
     }
     for name, write in (("table.md", to_markdown), ("table.csv", to_long_csv), ("table.tex", to_latex)):

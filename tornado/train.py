@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import ctypes
 import datetime as dt
-import difflib
 import io
 import logging
 import math
@@ -31,7 +30,7 @@ from pytorch_lightning.callbacks import Checkpoint, TQDMProgressBar
 
 import tornado
 from tornado import records
-from tornado.cli import run_hydra_app
+from tornado.cli import closest, counted, run_hydra_app
 from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_split
 from tornado.errors import TornadoError, is_int, is_number, run_cli
 from tornado.metrics import SCORES, VAL_SCORES, best_csi_threshold, forecast_scores, roc_auc
@@ -72,8 +71,9 @@ def resolve_devices(cfg: DictConfig) -> tuple[str, int]:
     if gpus > visible:
         env = os.environ.get("CUDA_VISIBLE_DEVICES")
         where = f"CUDA_VISIBLE_DEVICES={env}" if env is not None else "CUDA_VISIBLE_DEVICES unset"
-        raise TornadoError(f"gpus={gpus} asks for {gpus} GPUs but {visible} are visible ({where}); "
-                           f"use gpus=0, or trainer.accelerator=cpu gpus={gpus} for {gpus} CPU processes")
+        raise TornadoError(f"gpus={gpus} asks for {counted(gpus, 'GPU')} but {visible} "
+                           f"{'is' if visible == 1 else 'are'} visible ({where}); use gpus=0, or "
+                           f"trainer.accelerator=cpu gpus={gpus} for {counted(gpus, 'CPU process', 'CPU processes')}")
     return "gpu", gpus
 
 
@@ -89,8 +89,8 @@ def _known_keys() -> tuple[set[str], set[str]]:
 
 
 def _unknown(key: str, known: set[str]) -> TornadoError:
-    close = difflib.get_close_matches(key, sorted(known), n=1)
-    return TornadoError(f"{key}: unknown key" + (f" (did you mean {close[0]}?)" if close else ""))
+    close = closest(key, sorted(known))
+    return TornadoError(f"{key}: unknown key" + (f" (did you mean {close}?)" if close else ""))
 
 
 def validate(cfg: DictConfig) -> None:
@@ -205,34 +205,6 @@ def fast_switches(cfg: DictConfig, accelerator: str, devices: int) -> dict:
     }
 
 
-class _Clock(pl.Callback):
-    """Seconds per epoch, kept in checkpoints: a resumed run knows its earlier epochs' times."""
-
-    def __init__(self):
-        self.epoch_s: list[float] = []
-        self.restored = 0  # epochs timed before a resume
-        self._t0 = 0.0
-
-    def state_dict(self) -> dict:
-        return {"epoch_s": list(self.epoch_s)}
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.epoch_s = list(state_dict.get("epoch_s", []))
-        self.restored = len(self.epoch_s)
-
-    def _sync(self, pl_module):
-        if pl_module.device.type == "cuda":
-            torch.cuda.synchronize(pl_module.device)
-
-    def on_train_epoch_start(self, trainer, pl_module):
-        self._sync(pl_module)
-        self._t0 = time.perf_counter()
-
-    def on_train_epoch_end(self, trainer, pl_module):
-        self._sync(pl_module)
-        self.epoch_s.append(time.perf_counter() - self._t0)
-
-
 class _EpochSkill(pl.Callback):
     """ROC AUC on the validation split after every epoch (rank 0): how soon a run reaches skill. After the
     epoch clock has stopped, and left out of wall_s; kept in checkpoints, like the epoch times.
@@ -280,6 +252,59 @@ class _EpochSkill(pl.Callback):
             self.eval_s += time.perf_counter() - t0
         if self.patience is not None and trainer.strategy.broadcast(self._stale(), src=0):
             trainer.should_stop = self.stopped = True
+
+
+TIMES = ("wall_s", "data_wait_s", "epoch_scoring_s")
+
+
+class _Clock(pl.Callback):
+    """Training time, kept in checkpoints: a resumed run counts its earlier sessions' too.
+
+    Seconds per epoch, and as of each epoch saved: the training time (from the start of fit to that epoch's end,
+    the validation scoring left out), the part of it spent waiting for data, and the scoring time, each summed
+    over the sessions. The record reports them as of the last epoch saved, so a restart with nothing left to
+    train reports the same times, and a run stopped midway those of the epochs it kept."""
+
+    def __init__(self, dm: StormDataModule | None = None, skill: _EpochSkill | None = None):
+        self.dm, self.skill = dm, skill
+        self.epoch_s: list[float] = []
+        self.restored = 0  # epochs timed before a resume
+        self.before = dict.fromkeys(TIMES, 0.0)  # the earlier sessions' totals
+        self.saved: dict = {"epoch_s": [], **self.before}  # as of the last epoch saved
+        self.fit_start = time.perf_counter()  # `train` sets it as it calls fit
+        self._t0 = 0.0
+        self._end = (0.0, 0.0)  # this session's training time and data wait at the last epoch's end
+
+    def state_dict(self) -> dict:
+        # called as an epoch's checkpoint is written, after that epoch's scoring
+        wall, wait = self._end
+        scoring = self.skill.eval_s if self.skill is not None else 0.0
+        self.saved = {"epoch_s": list(self.epoch_s), "wall_s": self.before["wall_s"] + wall,
+                      "data_wait_s": self.before["data_wait_s"] + wait,
+                      "epoch_scoring_s": self.before["epoch_scoring_s"] + scoring}
+        return {"epoch_s": list(self.epoch_s), "times": {k: self.saved[k] for k in TIMES}}
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.epoch_s = list(state_dict.get("epoch_s", []))
+        self.restored = len(self.epoch_s)
+        # a checkpoint from before these totals: its epochs' times
+        self.before = {**dict.fromkeys(TIMES, 0.0), "wall_s": sum(self.epoch_s), **state_dict.get("times", {})}
+        self.saved = {"epoch_s": list(self.epoch_s), **self.before}
+
+    def _sync(self, pl_module):
+        if pl_module.device.type == "cuda":
+            torch.cuda.synchronize(pl_module.device)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        self._sync(pl_module)
+        self._t0 = time.perf_counter()
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        self._sync(pl_module)
+        now = time.perf_counter()
+        self.epoch_s.append(now - self._t0)
+        scoring = self.skill.eval_s if self.skill is not None else 0.0  # the earlier epochs': this one's comes next
+        self._end = (now - self.fit_start - scoring, self.dm.data_wait_s if self.dm is not None else 0.0)
 
 
 # the settings that make a run what it is: a checkpoint resumes only a run that has the same ones
@@ -348,12 +373,11 @@ def keep_best(module: StormModule, skill: _EpochSkill | None, path: Path) -> int
     return epoch
 
 
-def resume_path(last: Path, ident: dict, epochs: int) -> tuple[str | None, Path | None]:
-    """`last` if it holds a checkpoint of this run to resume, and where the earlier session's CSV log was moved
-    (Lightning's CSVLogger would delete it); refuses a checkpoint that is unreadable, of other settings
-    (resuming it would silently continue another experiment) or past `epochs`."""
+def resume_path(last: Path, ident: dict, epochs: int) -> tuple[str | None, int]:
+    """`last` if it holds a checkpoint of this run to resume, and the epochs it holds; refuses a checkpoint that
+    is unreadable, of other settings (resuming it would silently continue another experiment) or past `epochs`."""
     if not last.exists():
-        return None, None
+        return None, 0
     try:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
         stored = ckpt.get("tornado", {}).get("identity")
@@ -369,17 +393,24 @@ def resume_path(last: Path, ident: dict, epochs: int) -> tuple[str | None, Path 
         raise TornadoError(f"{last}: a checkpoint of other settings ({shown}{more}); use another "
                            "hydra.run.dir, or resume=false to start over")
     if done > epochs:
-        raise TornadoError(f"{last}: {done} epochs done, more than epochs={epochs}; use epochs={done} or more to "
-                           "go on, another hydra.run.dir, or resume=false to start over")
-    csv_log, aside = last.parent.parent / "csv" / "metrics.csv", None
-    if csv_log.exists():
-        aside = csv_log.with_name(f"metrics.epochs-{_logged_epochs(csv_log, done)}.csv")
-        os.replace(csv_log, aside)
-    return str(last), aside
+        raise TornadoError(f"{last}: {counted(done, 'epoch')} done, more than epochs={epochs}; use epochs={done} or "
+                           "more to go on, another hydra.run.dir, or resume=false to start over")
+    return str(last), done
+
+
+def log_aside(csv_log: Path, done: int) -> Path | None:
+    """Moves the earlier session's CSV log aside (Lightning's CSVLogger would delete it), named by the epochs it
+    holds; returns where it went."""
+    if not csv_log.exists():
+        return None
+    aside = csv_log.with_name(f"metrics.epochs-{_logged_epochs(csv_log, done)}.csv")
+    os.replace(csv_log, aside)
+    return aside
 
 
 def _logged_epochs(csv_log: Path, done: int) -> str:
-    """'first-last' of the epochs a CSV log holds (a log moved aside at an earlier resume holds the ones before)."""
+    """'first-last' of the epochs (from 1) a CSV log holds (a log moved aside at an earlier resume holds the ones
+    before)."""
     import csv
 
     try:
@@ -387,7 +418,7 @@ def _logged_epochs(csv_log: Path, done: int) -> str:
             epochs = sorted({int(float(r["epoch"])) for r in csv.DictReader(f) if r.get("epoch")})
     except (OSError, ValueError, csv.Error):  # a log edited or cut short: named by the checkpoint instead
         epochs = []
-    return f"{epochs[0]}-{epochs[-1]}" if epochs else f"0-{done - 1}"
+    return f"{epochs[0] + 1}-{epochs[-1] + 1}" if epochs else f"1-{done}"
 
 
 def _versions() -> dict:
@@ -434,12 +465,38 @@ def _resume_hint(out: Path) -> str:
 
 
 def _history(module: StormModule, clock: _Clock, skill: _EpochSkill | None) -> list[dict]:
-    times = dict(enumerate(clock.epoch_s))
-    out = [{**h, "epoch_s": times.get(h["epoch"])} for h in module.history]
+    """The epochs saved (all of an ok run's), each with its time and validation score."""
+    times = dict(enumerate(clock.saved["epoch_s"]))
+    out = [{**h, "epoch_s": times[h["epoch"]]} for h in module.history if h["epoch"] in times]
     if skill is not None:
         for h in out:
             h["val_roc_auc"] = skill.scores.get(h["epoch"])
     return out
+
+
+def _progress(cfg: DictConfig, t_start: float, accelerator: str, devices: int, fast: dict, dm: StormDataModule,
+              module: StormModule, clock: _Clock, skill: _EpochSkill | None) -> dict:
+    """What a run that has trained, or tried to, knows of itself: batch, devices, data, and the history and times
+    of the epochs saved. The same for a finished run and one that failed or was stopped midway."""
+    history = _history(module, clock, skill)
+    wall_s, wait_s = clock.saved["wall_s"], clock.saved["data_wait_s"]
+    # counted per epoch by the module; a checkpoint from before those counts: a whole epoch per epoch
+    samples = sum(h.get("samples", dm.samples_per_epoch) for h in history)
+    per_dev = dm.per_device_batch
+    return {
+        "times": {"total_s": time.perf_counter() - t_start + clock.before["wall_s"], "wall_s": wall_s,
+                  "epoch_s": clock.saved["epoch_s"], "data_wait_s": wait_s, "compute_s": max(0.0, wall_s - wait_s),
+                  "epoch_scoring_s": clock.saved["epoch_scoring_s"]},
+        "samples_per_s": samples / wall_s if wall_s > 0 else None,
+        "batch": {"global": cfg.batch_size, "per_device": per_dev, "devices": devices,
+                  "effective_global": per_dev * devices},
+        "devices": {"accelerator": accelerator, "count": devices, "names": _device_names(accelerator, devices)},
+        "fast": {**fast, "resident": dm.is_resident},
+        "history": history,
+        "data": {**{k: dm.meta[k] for k in ("n_train", "n_train_originals", "n_val", "n_test")},
+                 "samples_per_epoch": dm.samples_per_epoch},
+        "resumed_after_epochs": clock.restored,
+    }
 
 
 def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
@@ -458,12 +515,19 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         "hparams": records.flatten(task), "output_dir": str(out), "host": socket.gethostname(),
         "started": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "versions": _versions(),
     }
-    if rank == 0:
-        records.write_json(out / "result.json", result)
     last = out / "checkpoints" / "last.ckpt"
-    saver = None
+    saver = fitting = None
+    keep_record = False  # a refused resume leaves the folder's earlier result.json as it was
     try:
         validate(cfg)
+        ident = identity(task)
+        try:
+            ckpt, done = resume_path(last, ident, cfg.epochs) if cfg.resume else (None, 0)
+        except TornadoError:
+            keep_record = (out / "result.json").exists()
+            raise
+        if rank == 0:
+            records.write_json(out / "result.json", result)
         accelerator, devices = resolve_devices(cfg)
         fast = fast_switches(cfg, accelerator, devices)
         if cfg.threads:
@@ -476,69 +540,60 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         path = prepared(cfg)
         dm = make_datamodule(cfg, fast, path)
         module = make_module(cfg, fast, dm)
-        ident = identity(task)
-        ckpt, csv_aside = resume_path(last, ident, cfg.epochs) if cfg.resume else (None, None)
-        last.parent.mkdir(parents=True, exist_ok=True)
-        saver = _LastCheckpoint(last, ident)
         if cfg.get("patience") is not None and dm.meta["n_val"] == 0:
             raise TornadoError(f"patience={cfg.patience}: needs a validation split to watch "
                                "(data.split.val_fraction > 0)")
+        csv_aside = log_aside(out / "csv" / "metrics.csv", done) if ckpt and rank == 0 else None
+        last.parent.mkdir(parents=True, exist_ok=True)
+        saver = _LastCheckpoint(last, ident)
         skill = (_EpochSkill(*load_split(path, "val"), patience=cfg.get("patience"))
                  if cfg.score_epochs and dm.meta["n_val"] > 0 else None)
         trainer, clock = make_trainer(cfg, out, accelerator, devices, dm, [saver] + ([skill] if skill else []))
-        t_fit = time.perf_counter()
+        fitting = (accelerator, devices, fast, dm, module, clock, skill)
+        clock.fit_start = time.perf_counter()
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
-        # a resumed run: its earlier epochs' times (from the checkpoint) count in its training time
-        eval_s = skill.eval_s if skill else 0.0
-        restored_s = sum(clock.epoch_s[:clock.restored])
-        wall_s = time.perf_counter() - t_fit - eval_s + restored_s
         if not trainer.is_global_zero:
             return result
         if csv_aside and csv_aside.exists() and not csv_aside.with_name("metrics.csv").exists():
             os.replace(csv_aside, csv_aside.with_name("metrics.csv"))  # nothing trained: the log stays as it was
         best = keep_best(module, skill, last.with_name("best.ckpt"))
+        trained = len(module.history)
+        if skill is not None and skill.stopped and best is not None:
+            log.info("stopped early after epoch %d of %d: validation ROC AUC has not improved for %s; scoring "
+                     "epoch %d's weights (%s)", trained, cfg.epochs, counted(trained - best, "epoch"), best,
+                     _shown(last.with_name("best.ckpt")))
         t_test = time.perf_counter()
         metrics, evaluation, prob, label = score(module, path, dm.meta, (skill.x, skill.y) if skill else None)
         test_s = time.perf_counter() - t_test
         np.savez_compressed(out / "test_predictions.npz", prob=prob.astype(np.float32), label=label)
-        per_dev = dm.per_device_batch
-        # counted per epoch by the module; a checkpoint from before those counts: a whole epoch per epoch
-        samples = sum(h.get("samples", dm.samples_per_epoch) for h in module.history)
+        known = _progress(cfg, t_start, *fitting)
         result.update({
-            "status": "ok", "prepared": str(path),
-            "times": {"total_s": time.perf_counter() - t_start + restored_s, "wall_s": wall_s, "epoch_s": clock.epoch_s,
-                      "data_wait_s": dm.data_wait_s, "compute_s": max(0.0, wall_s - dm.data_wait_s),
-                      "test_s": test_s, "epoch_scoring_s": eval_s},
-            "samples_per_s": samples / wall_s if wall_s > 0 else None,
-            "batch": {"global": cfg.batch_size, "per_device": per_dev, "devices": devices,
-                      "effective_global": per_dev * devices},
-            "devices": {"accelerator": accelerator, "count": devices, "names": _device_names(accelerator, devices)},
-            "fast": {**fast, "resident": dm.is_resident},
+            "status": "ok", "prepared": str(path), **known,
+            "times": {**known["times"], "test_s": test_s},
             "metrics": metrics,
             "evaluation": evaluation,
-            "history": _history(module, clock, skill),
-            "data": {**{k: dm.meta[k] for k in ("n_train", "n_train_originals", "n_val", "n_test")},
-                     "samples_per_epoch": dm.samples_per_epoch},
-            "resumed_after_epochs": clock.restored,
             "early_stop": None if skill is None or skill.patience is None else {
-                "patience": skill.patience, "stopped": skill.stopped, "epochs_trained": len(module.history),
+                "patience": skill.patience, "stopped": skill.stopped, "epochs_trained": trained,
                 "best_epoch": skill.best_epoch(), "scored_epoch": best},
         })
+        per_dev = known["batch"]["per_device"]
         if per_dev * devices != cfg.batch_size:
-            log.warning("batch_size=%d does not divide over %d devices: %d per device, %d in all",
-                        cfg.batch_size, devices, per_dev, per_dev * devices)
+            log.warning("batch_size=%d does not divide over %s: %d per device, %d in all",
+                        cfg.batch_size, counted(devices, "device"), per_dev, per_dev * devices)
     except BaseException as e:  # recorded, then re-raised: a sweep sees the failure in result.json
         result["status"] = "failed"
         result["error"] = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+        if fitting is not None:  # it trained, or tried: what it kept (no test scores)
+            result.update({"prepared": str(path), **_progress(cfg, t_start, *fitting)})
         if saver is not None and saver.interrupted:  # Lightning turns these into SystemExit: say what happened
-            then = (f"{saver.epochs_saved} epoch(s) saved in {_shown(last)}: {_resume_hint(out)}"
+            then = (f"{counted(saver.epochs_saved, 'epoch')} saved in {_shown(last)}: {_resume_hint(out)}"
                     if saver.epochs_saved else "no epoch finished: run the same command again to start over")
             result["error"] = f"interrupted ({saver.interrupted})"
             raise TornadoError(f"interrupted by {saver.interrupted}; {then}",
                                code=143 if saver.interrupted == "SIGTERM" else 130) from None
         raise
     finally:
-        if rank == 0:
+        if rank == 0 and not keep_record:
             result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             records.write_json(out / "result.json", _clean(result))
             sweep = os.environ.get("TORNADO_SWEEP_DIR")
@@ -620,7 +675,7 @@ def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm:
     """The Trainer `train` uses (loggers, checkpoints, epoch clock) and its `_Clock`."""
     from pytorch_lightning.plugins.environments import SLURMEnvironment
 
-    clock = _Clock()
+    clock = _Clock(dm, next((c for c in extra_callbacks or [] if isinstance(c, _EpochSkill)), None))
     callbacks: list[pl.Callback] = [clock, *(extra_callbacks or [])]
     interactive = sys.stdout.isatty()  # where Lightning draws its bar
     if interactive:
@@ -713,9 +768,60 @@ def _headline(result: dict) -> str:
             f"its report (scores, curves, diagrams): python -m tornado.report {where}")
 
 
+_NEW_RUN_DIRS: set[str] = set()  # new_run_dirs of this process's command line, taken before Hydra runs
+
+
+def new_run_dirs(argv: list[str]) -> set[str]:
+    """The folders `hydra.run.dir=` names in `argv` that do not exist yet (Hydra makes them for this run)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    found = set()
+    for arg in argv:
+        if arg.startswith("hydra.run.dir="):
+            try:
+                value = OverridesParser.create().parse_override(arg).value()
+            except HydraException:  # Hydra refuses it itself
+                continue
+            if isinstance(value, str) and not os.path.exists(value):
+                found.add(os.path.realpath(value))
+    return found
+
+
+def drop_refused_run(out: Path) -> bool:
+    """Removes the folder of a single run refused before training where it was made for this run (the default
+    folder, or one the command named that did not exist) and holds only Hydra's files and the failed record:
+    a refused run leaves nothing. A sweep's job keeps its record (the launcher reads it). Returns whether it did."""
+    from hydra.types import RunMode
+
+    hc = HydraConfig.get()
+    if os.environ.get("TORNADO_SWEEP_DIR") or hc.mode != RunMode.RUN:
+        return False
+    if any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra) and str(out) not in _NEW_RUN_DIRS:
+        return False
+    files = [out / f"{hc.job.name}.log", out / "result.json"]
+    saved = out / hc.output_subdir if hc.output_subdir else None  # .hydra: the config Hydra wrote
+    if saved is not None:
+        files += [saved / f"{name}.yaml" for name in ("config", "hydra", "overrides")]
+    present = {p for p in out.rglob("*") if p != saved}
+    if not present <= set(files) or (records.read_result(out) or {}).get("status") != "failed":
+        return False
+    for f in present:
+        f.unlink()
+    if saved is not None and saved.exists():
+        saved.rmdir()
+    out.rmdir()
+    return True
+
+
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
-    result = run_cli(lambda: train(cfg))
+    try:
+        result = run_cli(lambda: train(cfg))
+    except SystemExit as e:
+        if e.code == 2:  # refused: a setting, the data, a checkpoint it cannot continue
+            drop_refused_run(Path(HydraConfig.get().runtime.output_dir).resolve())
+        raise
     if result.get("status") != "ok":
         return None
     print(_headline(result))
@@ -729,4 +835,5 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
+    _NEW_RUN_DIRS.update(new_run_dirs(sys.argv[1:]))
     run_hydra_app(main, CONF_DIR, "train")
