@@ -214,8 +214,8 @@ class TornadoLocalLauncher(TornadoLauncherBase):
         for job in todo:
             move_aside(job)
         skipped = len(jobs) - len(todo)
-        log.info(f"Launching {counted(len(todo), 'job')} locally ({skipped} already ok): {p.schedule} schedule, {slots} at once, "
-                 f"{per_job} threads per job, GPUs {devices or 'none'}")
+        log.info(f"Launching {counted(len(todo), 'job')} locally ({skipped} already ok): {p.schedule} schedule, "
+                 f"{slots} at once, {per_job} threads per job, GPUs {devices or 'none'}")
 
         plan: Dict[str, Any] = {"launcher": "local", "schedule": p.schedule, "slots": slots, "cores": cores,
                                 "threads_per_job": per_job, "devices": devices, "skipped": skipped}
@@ -265,8 +265,8 @@ class TornadoLocalLauncher(TornadoLauncherBase):
             again = "run the same command again to resume"
         else:  # the default sweep folder is new on every run: name this one
             again = f"run the same command with {_sweep_dir_override(sweep_dir)} to resume"
-        print(f"error: sweep interrupted ({self._stop.name}): {c['ok'] + c['skipped']} of {counted(len(jobs), 'job')} done; "
-              f"{again}", file=sys.stderr, flush=True)
+        print(f"error: sweep interrupted ({self._stop.name}): {c['ok'] + c['skipped']} of "
+              f"{counted(len(jobs), 'job')} done; {again}", file=sys.stderr, flush=True)
         raise SystemExit(128 + self._stop.signals[0])
 
     # -- running --------------------------------------------------------------------------------------

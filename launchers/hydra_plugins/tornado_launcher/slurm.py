@@ -120,8 +120,8 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                  f"{len(jobs) - len(todo)} already ok")
         if not p.wait:
             ids = sorted({j.slurm_id.split("_")[0] for j in todo})
-            print(f"submitted to SLURM: job ids {', '.join(ids) or 'none'} ({counted(len(todo), 'job')}). Each job refreshes "
-                  f"{sweep_dir / 'results.csv'} as it ends; collect any time with: python -m tornado.collect "
+            print(f"submitted to SLURM: job ids {', '.join(ids) or 'none'} ({counted(len(todo), 'job')}). Each job "
+                  f"refreshes {sweep_dir / 'results.csv'} as it ends; collect any time with: python -m tornado.collect "
                   f"{sweep_dir}; run the same command again to wait for them and resubmit failed ones.", flush=True)
             return [job_return(j) for j in jobs]
         t0 = time.time()
@@ -129,8 +129,8 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             self._wait(todo, folder)
         except KeyboardInterrupt:
             running = [j.slurm_id for j in todo if j.status == "running"]
-            print(f"\nstopped waiting; {counted(len(running), 'job')} stay in SLURM (scancel {' '.join(running)} to stop them); "
-                  f"collect later with: python -m tornado.collect {sweep_dir}", flush=True)
+            print(f"\nstopped waiting; {counted(len(running), 'job')} stay in SLURM (scancel {' '.join(running)} to "
+                  f"stop them); collect later with: python -m tornado.collect {sweep_dir}", flush=True)
             raise
         plan.update(state="finished", started=t0, finished=time.time(), wall_s=time.time() - t0,
                     jobs=[job_record(j) for j in jobs])
@@ -175,8 +175,9 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                                                    self._env(j, sweep_dir))) for j in group]
             except Exception as e:
                 lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
-                raise TornadoError(f"sbatch refused {counted(len(group), 'job')} with gpus={gpus}, {counted(tasks, 'task')} of "
-                                   f"{p.cpus_per_task} CPUs: {lines[-1] if lines else type(e).__name__}") from None
+                why = lines[-1] if lines else type(e).__name__
+                raise TornadoError(f"sbatch refused {counted(len(group), 'job')} with gpus={gpus}, "
+                                   f"{counted(tasks, 'task')} of {p.cpus_per_task} CPUs: {why}") from None
             for j, h in zip(group, handles):
                 j.slurm_id = str(h.job_id)
             log.info(f"SLURM job {handles[0].job_id.split('_')[0]}: {counted(len(group), 'job')}, gpus={gpus}, "
