@@ -203,7 +203,7 @@ def test_nonfinite_dropped_and_counted(tmp_path, caplog):
 
 def test_nonfinite_fail(tmp_path):
     bad = write_minimal(tmp_path / name(), nan_patches=(2,))
-    with pytest.raises(TornadoError, match=f"{bad}: 1 of 6 patches hold NaN or inf"):
+    with pytest.raises(TornadoError, match=f"{bad}: 1 of 6 patches holds NaN or inf"):
         read_storms(tmp_path, nonfinite="fail")
     with pytest.raises(TornadoError, match="nonfinite"):
         read_storms(tmp_path, nonfinite="keep")

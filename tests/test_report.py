@@ -410,8 +410,9 @@ def test_a_run_report_shows_its_scores_epochs_and_what_it_was(tmp_path, capsys):
     assert re.search(r"\nROC AUC +0\.85 ± 0\.014 +0\.87 ± 0\.028\n", out)
     assert re.search(r"\nCSI · POD · FAR at 0\.184 \(chosen on validation\) +0\.318 · 0\.473 · 0\.508 +"
                      r"0\.353 · 0\.441 · 0\.362\n", out)
-    assert "trained 3 epochs in 10 s" in out
+    assert "trained 3 epochs in 10 s" in out and "\nstopped early (patience 1): epoch 2's weights scored\n" in out
     page = (run / "report.html").read_text()
+    assert 'alt="roc"' in page and "the sweep's report" not in page  # a run of its own: no sweep to go back to
     assert "<td>accuracy</td><td>0.95</td><td>–</td>" in page  # no validation accuracy recorded: a dash
     assert "never forecasting a tornado scores 0.945 on test</td>" in page  # 273 of 5,000 test cases: not 1 - 0.05
     assert "<td>settings given</td><td>patience=1</td>" in page
@@ -590,7 +591,8 @@ def test_the_best_jobs_get_their_own_pages_linked_from_the_jobs_table(tmp_path, 
     report.main([str(sweep)])
     summary = json.loads((sweep / "report" / "summary.json").read_text())
     assert list(summary["job_pages"]) == ["3", "2", "1"]  # the best three by roc_auc
-    assert "<h1>Run report: 3</h1>" in (sweep / "3" / "report.html").read_text()
+    own = (sweep / "3" / "report.html").read_text()
+    assert "<h1>Run report: 3</h1>" in own and '<a href="../report.html">the sweep\'s report</a>' in own
     assert (sweep / "3" / "report" / "roc.png").is_file() and not (sweep / "0" / "report.html").exists()
     page = (sweep / "report.html").read_text()
     assert '<td><a href="3/report.html">3</a></td>' in page and "<td>0</td>" in page and "(3 of 4;" in page

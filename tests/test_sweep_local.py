@@ -382,6 +382,7 @@ def test_collect_cli_and_sweep_efficiency(sweep_cli, tmp_path):
     p = sweep_cli([tmp_path, "--efficiency"], module="tornado.collect")
     assert p.returncode == 0, p.stderr
     assert "4 jobs (4 ok)" in p.stdout and '"efficiency": 0.75' in p.stdout
+    assert "\nthe last launch (4 jobs that ran then, of the sweep's 4 jobs):\n" in p.stdout
     assert len(pd.read_csv(tmp_path / "results.csv")) == 4
 
 

@@ -207,11 +207,12 @@ def test_cli_refuses_a_folder_with_other_storm_files(tmp_path):
     r = run_cli(f"out_dir={out}", "days=1", "patches_per_day=12", "seed=4")  # other dates beside those two
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr
-    assert lines[0].startswith(f"error: synth.out_dir: {out} already holds 2 other NCARSTORM files (e.g. NCARSTORM_")
+    assert lines[0].startswith(f"error: out_dir: {out} already holds 2 other NCARSTORM files (e.g. NCARSTORM_")
     assert sorted(out.iterdir()) == sorted(before)
 
 
-@pytest.mark.parametrize("arg, match", [("bogus=1", "bogus"), ("days=many", "synth.days"), ("seed", "seed")])
+@pytest.mark.parametrize("arg, match", [("bogus=1", "bogus"), ("dayz=2", "unknown argument (did you mean days? "),
+                                         ("days=many", "synth.days"), ("seed", "seed")])
 def test_cli_bad_argument(tmp_path, arg, match):
     r = run_cli(f"out_dir={tmp_path}", arg)
     assert r.returncode == 2

@@ -307,16 +307,20 @@ def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     ("data.source=/nowhere", r"^data.source: /nowhere: no such folder$"),
     ("augment.rotation=abc", r"^augment.rotation: must be a number in"),
 ])
-def test_bad_config_fails_before_training(override, message, data_dir, tmp_path):
+def test_bad_config_fails_before_training(override, message, data_dir, tmp_path, monkeypatch):
     from tornado.train import train
 
     if override == "gpus=2" and torch.cuda.device_count() >= 2:
         pytest.skip("this machine has 2 GPUs")
+    with pytest.raises(TornadoError, match=message):  # a single run: no record of a run that never was
+        train(cfg_for(*small(data_dir), override), output_dir=tmp_path / "run")
+    assert not (tmp_path / "run" / "result.json").exists() and not (tmp_path / "run" / "checkpoints").exists()
+    monkeypatch.setenv("TORNADO_SWEEP_DIR", str(tmp_path))  # a sweep's job: its launcher reads the failure
     with pytest.raises(TornadoError, match=message):
-        train(cfg_for(*small(data_dir), override), output_dir=tmp_path)
-    result = json.loads((tmp_path / "result.json").read_text())
+        train(cfg_for(*small(data_dir), override), output_dir=tmp_path / "job")
+    result = json.loads((tmp_path / "job" / "result.json").read_text())
     assert result["status"] == "failed" and message.split(":")[0].lstrip("^") in result["error"]
-    assert not (tmp_path / "checkpoints").exists()
+    assert not (tmp_path / "job" / "checkpoints").exists()
 
 
 def test_a_job_of_a_sweep_refreshes_the_sweep_s_results_csv(data_dir, tmp_path, monkeypatch):
@@ -386,6 +390,25 @@ def test_a_run_failing_midway_records_the_epochs_it_saved(data_dir, tmp_path, mo
     assert r["batch"] == {"global": 64, "per_device": 64, "devices": 1, "effective_global": 64}
     assert r["devices"]["count"] == 1 and r["data"]["n_test"] > 0 and r["resumed_after_epochs"] == 0
     assert "metrics" not in r and not (tmp_path / "test_predictions.npz").exists()
+
+
+def test_the_clock_keeps_the_whole_jobs_time_to_each_checkpoint():
+    import time
+
+    from tornado.train import _Clock
+
+    first = _Clock()
+    first.run_start = time.perf_counter() - 10  # a session that started 10 s ago, start-up and all
+    first.epoch_s, first._end = [4.0], (5.0, 0.5)
+    saved = first.state_dict()
+    assert saved["times"]["wall_s"] == 5.0 and saved["times"]["data_wait_s"] == 0.5
+    assert 10 <= saved["times"]["run_s"] < 11
+    resumed = _Clock()
+    resumed.load_state_dict(saved)
+    assert resumed.before == saved["times"] and resumed.restored == 1
+    older = _Clock()  # a checkpoint from before these totals: its epochs' time stands for the rest
+    older.load_state_dict({"epoch_s": [4.0, 3.0]})
+    assert older.before == {"wall_s": 7.0, "data_wait_s": 0.0, "epoch_scoring_s": 0.0, "run_s": 7.0}
 
 
 def test_resume_continues_with_history_and_times(data_dir, tmp_path):
@@ -498,10 +521,12 @@ def test_a_refused_single_run_leaves_no_folder_of_its_own(data_dir, tmp_path):
     p = _cli([*small(data_dir), "data.source=/nowhere"], cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: data.source: /nowhere: no such folder"
     assert list((tmp_path / "outputs" / "runs").iterdir()) == []
-    # a folder that was there before stays, with the failed record
+    # a folder that was there before stays, and a run's record in it is left as it was
     (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "result.json").write_text('{"status": "ok", "metrics": {"roc_auc": 0.8}}')
     p = _cli([*small(data_dir), "epochs=0", f"hydra.run.dir={tmp_path / 'mine'}"], cwd=ROOT)
-    assert p.returncode == 2 and json.loads((tmp_path / "mine" / "result.json").read_text())["status"] == "failed"
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: epochs=0: must be a positive integer"
+    assert (tmp_path / "mine" / "result.json").read_text() == '{"status": "ok", "metrics": {"roc_auc": 0.8}}'
     # a sweep's job keeps its failed record: the launcher reads it
     p = _cli([*small(data_dir), "epochs=0", f"hydra.run.dir={tmp_path / 'sweep' / '0'}"], cwd=ROOT,
              sweep=tmp_path / "sweep")

@@ -153,7 +153,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"wrote {Path(args.sweep_dir) / 'results.csv'}: {counted(len(df), 'job')} "
               f"({', '.join(f'{n} {s}' for s, n in sorted(c.items()))})")
         if args.efficiency:
-            print(json.dumps(sweep_efficiency(args.sweep_dir), indent=2))
+            eff = sweep_efficiency(args.sweep_dir)
+            print(f"the last launch ({counted(eff['jobs'], 'job')} that ran then, of the sweep's "
+                  f"{counted(len(df), 'job')}):")
+            print(json.dumps(eff, indent=2))
 
     run_cli(work)
 

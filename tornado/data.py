@@ -220,7 +220,8 @@ def read_file(path: str | Path, label: LabelRule = LabelRule(), nonfinite: str =
     if n_bad:
         if nonfinite == "fail":
             raise TornadoError(
-                f"NCARSTORM file: {path}: {n_bad} of {p} patches hold NaN or inf (data.nonfinite=drop skips them)"
+                f"NCARSTORM file: {path}: {n_bad} of {p} patches {'holds' if n_bad == 1 else 'hold'} NaN or inf "
+                "(data.nonfinite=drop skips them)"
             )
         log.warning("%s: dropped %d of %d patches holding NaN or inf", path, n_bad, p)
         x, future, track = x[finite], future[finite], track[finite]

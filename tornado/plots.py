@@ -279,7 +279,7 @@ def performance_points(prob: np.ndarray, label: np.ndarray) -> tuple[np.ndarray,
     return hits / (hits + false_alarms), hits / max(np.sum(label), 1), cut
 
 
-def _performance_diagram(prob: np.ndarray, label: np.ndarray, job: str, threshold: float | None):
+def _performance_diagram(prob: np.ndarray, label: np.ndarray, who: str, threshold: float | None):
     """Roebber (2009): POD against success ratio, with lines of equal CSI (shaded) and of equal bias (dashed)."""
     fig, (ax,) = _fig(1)
     fig.set_size_inches(6.0, 5.4)
@@ -300,20 +300,21 @@ def _performance_diagram(prob: np.ndarray, label: np.ndarray, job: str, threshol
             ax.plot(1 - at["far"], at["pod"], "o", color="black",
                     label=f"threshold {threshold:.3g} (chosen on validation)")
     ax.set(xlim=(0, 1), ylim=(0, 1), xlabel="success ratio (1 - false alarm ratio)",
-           ylabel="probability of detection", title=f"Performance diagram: job {job}")
+           ylabel="probability of detection", title=f"Performance diagram: {who}")
     ax.legend(loc="lower left", fontsize=8)
     return _render(fig)
 
 
-def plot_verification(prob: np.ndarray, label: np.ndarray, job: str,
+def plot_verification(prob: np.ndarray, label: np.ndarray, who: str,
                       threshold: float | None = None) -> dict[str, dict[str, bytes]]:
-    """ROC curve, reliability diagram and performance diagram of one job's test forecasts."""
+    """ROC curve, reliability diagram and performance diagram of one job's test forecasts; `who`: whose, as the
+    titles name it ("job 3", "run <name>")."""
     out = {}
     fpr, tpr, auc = roc_points(prob, label)
     fig, (ax,) = _fig(1)
     ax.plot(fpr, tpr, lw=1.6, color="#2563eb", label=f"AUC = {auc:.3f}")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1)
-    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC curve: job {job}")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC curve: {who}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     out["roc"] = _render(fig)
@@ -325,12 +326,12 @@ def plot_verification(prob: np.ndarray, label: np.ndarray, job: str,
     ax.axhline(label.mean(), ls=":", color="#b45309", lw=1, label=f"test-set base rate {label.mean():.3f}")
     ax.errorbar(mean_p, frac, yerr=[frac - low, high - frac], marker="o", color="#2563eb", lw=1.6, capsize=3,
                 label="forecast (95% interval)")
-    ax.set(ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title=f"Reliability diagram: job {job}")
+    ax.set(ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title=f"Reliability diagram: {who}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
     hist.hist(prob, bins=20, range=(0, 1), color="#94a3b8", log=True)
     hist.set(xlabel="forecast probability", ylabel="forecasts")
     hist.grid(alpha=0.3)
     out["reliability"] = _render(fig)
-    out["performance"] = _performance_diagram(prob, label, job, threshold)
+    out["performance"] = _performance_diagram(prob, label, who, threshold)
     return out

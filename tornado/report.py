@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tornado.cli import closest, parse_kv
+from tornado.cli import closest, counted, parse_kv
 from tornado.collect import result_row, section
 from tornado.errors import TornadoError, run_cli
 from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
@@ -591,7 +591,7 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     body += [f"<p class=\"note\">{e(n)}</p>" for n in summary["notes"]]
     body.append('<h2 id="jobs">Jobs</h2>')
     if ok.empty:
-        body.append('<p class="note">None finished.</p>')
+        body.append('<p class="note">No job finished successfully.</p>')
     else:
         paired = summary.get("paired_roc_auc")
         jobs = jobs_table(ok, metric, paired["p"] if paired else None)
@@ -617,7 +617,7 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
         body.append('<table class="list"><thead><tr><th>job</th><th>status</th><th>error</th></tr></thead>'
                     f"<tbody>{rows}</tbody></table>")
     else:
-        body.append('<p class="note">None.</p>')
+        body.append('<p class="note">No job failed.</p>')
     if sweep.running:
         body.append(f'<p class="note">Still running: {e(", ".join(sweep.running))}</p>')
     if sweep.waiting:
@@ -696,10 +696,11 @@ def _check_column(df: pd.DataFrame, key: str, col: str, known: bool = False) -> 
 def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: str = "data_multiplier",
                  group: str | None = "epochs", value: str = "wall_s", agg: str = "mean", metric: str = "auto",
                  target: float = 0.93, skill: float | str = "auto", paper: str = "auto", pages: str | int = 3,
-                 out: str | Path | None = None) -> dict[str, Path]:
+                 out: str | Path | None = None, up: str | Path | None = None) -> dict[str, Path]:
     """Write tables, plots, summary.json and report.html; return {file name: path} of what was written.
     `sweep_dir`: a sweep's (or run's) folder, or a list of them read as one (`load_sweeps`; needs `out`).
-    `pages`: how many jobs, best first, get their own page written too (`job_pages`; all, none or a number)."""
+    `pages`: how many jobs, best first, get their own page written too (`job_pages`; all, none or a number).
+    `up`: the sweep's page a run's page links back to."""
     dirs = list(sweep_dir) if isinstance(sweep_dir, (list, tuple)) else [sweep_dir]
     for d in dirs:
         _check_folder(Path(d))
@@ -829,7 +830,8 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         job, prob, label = best_pred
         row = ok.loc[ok["job"].astype(str) == str(job)]
         cut = numeric_column(row, "threshold").iloc[0] if "threshold" in row.columns else None
-        for name, data in plot_verification(prob, label, job, cut).items():
+        for name, data in plot_verification(prob, label, f"run {sweep.name}" if run is not None else f"job {job}",
+                                            cut).items():
             plots[name] = data
             of = "" if run is not None else f" of the best job by {metric} ({job})"
             cap = {"roc": f"ROC curve{of} on the test set",
@@ -849,7 +851,7 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
             else:
                 (report_dir / f"{name}.{fmt}").unlink(missing_ok=True)  # stale from an earlier report
 
-    pages_of = {} if run is not None else job_pages(sweep, order, pages, out, notes)
+    pages_of = {} if run is not None else job_pages(sweep, order, pages, out, notes, html_path)
     summary = {
         "sweep_dir": str(sweep.dir.resolve()), "sweep_dirs": [str(p.resolve()) for p in sweep.parts or [sweep.dir]],
         "single": sweep.single, "partial": sweep.partial, "running": sweep.running, "waiting": sweep.waiting,
@@ -872,7 +874,8 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
             (report_dir / name).unlink(missing_ok=True)  # stale from an earlier report
     write_json(report_dir / "summary.json", summary)
     written["summary.json"] = report_dir / "summary.json"
-    page = (runpage.render(run, sweep.dir, images, notes, CSS) if run is not None else
+    page = (runpage.render(run, sweep.dir, images, notes, CSS, os.path.relpath(up, html_path.parent) if up else None)
+            if run is not None else
             render_html(sweep, ts, summary, images, metric, float(target),
                         {j: os.path.relpath(p, html_path.parent) for j, p in pages_of.items()}))
     write_atomic(html_path, page)
@@ -880,11 +883,12 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
     return written
 
 
-def job_pages(sweep: Sweep, order: list[str], pages: str | int, out: str | Path | None,
-              notes: list[str]) -> dict[str, Path]:
-    """{job: its own report.html} (`tornado.report` on the job's folder): written for the first `pages` jobs of
-    `order` (all, none or a number), into the job's folder or, with `out`, OUT/<job>/; any other job's page found
-    there is kept where it is newer than the job's result.json (a job run again makes its page stale)."""
+def job_pages(sweep: Sweep, order: list[str], pages: str | int, out: str | Path | None, notes: list[str],
+              up: Path) -> dict[str, Path]:
+    """{job: its own report.html} (`tornado.report` on the job's folder, linked back to `up`, the sweep's page):
+    written for the first `pages` jobs of `order` (all, none or a number), into the job's folder or, with `out`,
+    OUT/<job>/; any other job's page found there is kept where it is newer than the job's result.json (a job run
+    again makes its page stale)."""
     count = len(order) if str(pages) == "all" else 0 if str(pages) == "none" else int(pages)
     found: dict[str, Path] = {}
     for i, job in enumerate(order):
@@ -892,7 +896,7 @@ def job_pages(sweep: Sweep, order: list[str], pages: str | int, out: str | Path 
         page = where / "report.html"
         if i < count:
             try:
-                found[job] = build_report(sweep.job_dir(job), out=where if out else None)["report.html"]
+                found[job] = build_report(sweep.job_dir(job), out=where if out else None, up=up)["report.html"]
             except TornadoError as e:
                 notes.append(f"Job {job}: no page of its own ({e}).")
             continue
@@ -908,8 +912,9 @@ def _auc_text(forecast: tuple[np.ndarray, np.ndarray]) -> str:
 
 def _paired_text(paired: dict) -> str:
     n, k = len(paired["p"]), len(paired["within_noise"])
-    return (f"test ROC AUC against job {paired['reference']} (the best by {paired['metric']}): {k} of {n} other "
-            f"jobs within noise (DeLong's paired test, p ≥ {paired['alpha']}; roc_auc_p in the Jobs table)")
+    return (f"test ROC AUC against job {paired['reference']} (the best by {paired['metric']}): {k} of "
+            f"{counted(n, 'other job')} within noise (DeLong's paired test, p ≥ {paired['alpha']}; roc_auc_p in the "
+            "Jobs table)")
 
 
 def _reached_line(t: dict) -> str:

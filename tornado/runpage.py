@@ -226,9 +226,10 @@ def _epoch_number(h: dict, i: int) -> int:
     return int(h["epoch"]) if is_number(h.get("epoch")) and math.isfinite(h["epoch"]) else i
 
 
-def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: list[str], css: str) -> str:
+def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: list[str], css: str,
+           up: str | None = None) -> str:
     """The run's page: status, scores (test and validation), facts, epochs, figures; a section with nothing to
-    show is left out."""
+    show is left out. `up`: the address of the sweep's page it belongs to, linked at the top."""
     e = html.escape
     title = f"Run report: {run_dir.name}"
     status = str(r.get("status") or "unknown")
@@ -237,7 +238,8 @@ def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: 
     sections = {"scores": m or status in ("ok", "running"), "run": True, "epochs": bool(history),
                 "plots": bool(images) or status == "ok"}
     names = {"scores": "Scores", "run": "The run", "epochs": "Epochs", "plots": "Plots"}
-    body = [f"<h1>{e(title)}</h1>", f'<p class="sub">{e(str(run_dir.resolve()))}</p>',
+    body = [f"<h1>{e(title)}</h1>", f'<p class="sub">{e(str(run_dir.resolve()))}'
+            + (f' · <a href="{e(up)}">the sweep\'s report</a>' if up else "") + "</p>",
             f'<div class="chips"><span class="{chip}">{e(status)}</span></div>',
             "<nav>" + "".join(f'<a href="#{k}">{v}</a>' for k, v in names.items() if sections[k]) + "</nav>"]
     if r.get("error"):
@@ -298,4 +300,8 @@ def text(r: dict) -> str:
         n = len(epochs_of(r))
         lines.append(f"trained {counted(n, 'epoch')} in {_num(wall)} s"
                      + (f" ({_num(sps)} samples/s)" if is_number(sps) else ""))
+    stop = section(r, "early_stop")
+    if stop.get("stopped"):
+        lines.append(f"stopped early (patience {stop.get('patience')}): epoch {stop.get('scored_epoch')}'s weights "
+                     "scored")
     return "\n".join(lines)

@@ -59,7 +59,7 @@ import netCDF4
 import numpy as np
 from tqdm import tqdm
 
-from tornado.cli import counted
+from tornado.cli import closest, counted
 from tornado.data import FILE_GLOB
 from tornado.errors import TornadoError, is_int, run_cli
 
@@ -351,7 +351,7 @@ def generate(out_dir, days: int = 40, patches_per_day: int = 500, seed: int = 0,
     dates = run_dates(days, seed, start, end)
     others = sorted(set(out.glob(FILE_GLOB)) - {out / file_name(run) for run in dates}) if out.is_dir() else []
     if others:
-        raise TornadoError(f"synth.out_dir: {out} already holds {counted(len(others), 'other NCARSTORM file')} "
+        raise TornadoError(f"out_dir: {out} already holds {counted(len(others), 'other NCARSTORM file')} "
                            f"(e.g. {others[0].name}), which would be read with these: use an empty folder")
     bar = tqdm(dates, desc="synthetic storms", unit=" files", leave=False, disable=not sys.stderr.isatty())
     for k, run in enumerate(bar):
@@ -371,7 +371,9 @@ def parse_args(argv: list[str]) -> dict:
     for item in argv:
         key, eq, value = item.partition("=")
         if not eq or key not in _KEYS:
-            raise TornadoError(f"synth: {item!r}: unknown argument ({USAGE.split(': ', 1)[1]})")
+            close = closest(key, list(_KEYS)) if eq else None
+            hint = f"did you mean {close}? " if close else ""
+            raise TornadoError(f"synth: {item!r}: unknown argument ({hint}{USAGE.split(': ', 1)[1]})")
         try:
             args[key] = _KEYS[key](value)
         except ValueError:

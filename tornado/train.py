@@ -254,7 +254,7 @@ class _EpochSkill(pl.Callback):
             trainer.should_stop = self.stopped = True
 
 
-TIMES = ("wall_s", "data_wait_s", "epoch_scoring_s")
+TIMES = ("wall_s", "data_wait_s", "epoch_scoring_s", "run_s")  # run_s: the whole job's, start-up included
 
 
 class _Clock(pl.Callback):
@@ -262,11 +262,13 @@ class _Clock(pl.Callback):
 
     Seconds per epoch, and as of each epoch saved: the training time (from the start of fit to that epoch's end,
     the validation scoring left out), the part of it spent waiting for data, and the scoring time, each summed
-    over the sessions. The record reports them as of the last epoch saved, so a restart with nothing left to
-    train reports the same times, and a run stopped midway those of the epochs it kept."""
+    over the sessions, and the whole job's time to that checkpoint. The record reports them as of the last epoch
+    saved, so a restart with nothing left to train reports the same times, and a run stopped midway those of the
+    epochs it kept."""
 
     def __init__(self, dm: StormDataModule | None = None, skill: _EpochSkill | None = None):
         self.dm, self.skill = dm, skill
+        self.run_start = time.perf_counter()  # this session's: `train` sets it to its own start
         self.epoch_s: list[float] = []
         self.restored = 0  # epochs timed before a resume
         self.before = dict.fromkeys(TIMES, 0.0)  # the earlier sessions' totals
@@ -281,14 +283,18 @@ class _Clock(pl.Callback):
         scoring = self.skill.eval_s if self.skill is not None else 0.0
         self.saved = {"epoch_s": list(self.epoch_s), "wall_s": self.before["wall_s"] + wall,
                       "data_wait_s": self.before["data_wait_s"] + wait,
-                      "epoch_scoring_s": self.before["epoch_scoring_s"] + scoring}
+                      "epoch_scoring_s": self.before["epoch_scoring_s"] + scoring,
+                      "run_s": self.before["run_s"] + time.perf_counter() - self.run_start}
         return {"epoch_s": list(self.epoch_s), "times": {k: self.saved[k] for k in TIMES}}
 
     def load_state_dict(self, state_dict: dict) -> None:
         self.epoch_s = list(state_dict.get("epoch_s", []))
         self.restored = len(self.epoch_s)
         # a checkpoint from before these totals: its epochs' times
-        self.before = {**dict.fromkeys(TIMES, 0.0), "wall_s": sum(self.epoch_s), **state_dict.get("times", {})}
+        times = state_dict.get("times", {})
+        self.before = {**dict.fromkeys(TIMES, 0.0), "wall_s": sum(self.epoch_s), **times}
+        if "run_s" not in times:  # a checkpoint from before it: its training time
+            self.before["run_s"] = self.before["wall_s"]
         self.saved = {"epoch_s": list(self.epoch_s), **self.before}
 
     def _sync(self, pl_module):
@@ -484,7 +490,7 @@ def _progress(cfg: DictConfig, t_start: float, accelerator: str, devices: int, f
     samples = sum(h.get("samples", dm.samples_per_epoch) for h in history)
     per_dev = dm.per_device_batch
     return {
-        "times": {"total_s": time.perf_counter() - t_start + clock.before["wall_s"], "wall_s": wall_s,
+        "times": {"total_s": time.perf_counter() - t_start + clock.before["run_s"], "wall_s": wall_s,
                   "epoch_s": clock.saved["epoch_s"], "data_wait_s": wait_s, "compute_s": max(0.0, wall_s - wait_s),
                   "epoch_scoring_s": clock.saved["epoch_scoring_s"]},
         "samples_per_s": samples / wall_s if wall_s > 0 else None,
@@ -517,15 +523,13 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
     }
     last = out / "checkpoints" / "last.ckpt"
     saver = fitting = None
-    keep_record = False  # a refused resume leaves the folder's earlier result.json as it was
+    # a single run that fails before it trains (refused settings, data or checkpoint) leaves the folder's
+    # result.json as it was; a sweep's job records the failure (its launcher reads it)
+    before = (out / "result.json").read_bytes() if (out / "result.json").is_file() else None
     try:
         validate(cfg)
         ident = identity(task)
-        try:
-            ckpt, done = resume_path(last, ident, cfg.epochs) if cfg.resume else (None, 0)
-        except TornadoError:
-            keep_record = (out / "result.json").exists()
-            raise
+        ckpt, done = resume_path(last, ident, cfg.epochs) if cfg.resume else (None, 0)
         if rank == 0:
             records.write_json(out / "result.json", result)
         accelerator, devices = resolve_devices(cfg)
@@ -550,7 +554,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
                  if cfg.score_epochs and dm.meta["n_val"] > 0 else None)
         trainer, clock = make_trainer(cfg, out, accelerator, devices, dm, [saver] + ([skill] if skill else []))
         fitting = (accelerator, devices, fast, dm, module, clock, skill)
-        clock.fit_start = time.perf_counter()
+        clock.run_start, clock.fit_start = t_start, time.perf_counter()
         trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         if not trainer.is_global_zero:
             return result
@@ -593,7 +597,12 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
                                code=143 if saver.interrupted == "SIGTERM" else 130) from None
         raise
     finally:
-        if rank == 0 and not keep_record:
+        if rank == 0 and fitting is None and result["status"] == "failed" and not os.environ.get("TORNADO_SWEEP_DIR"):
+            if before is None:
+                (out / "result.json").unlink(missing_ok=True)
+            else:
+                records.write_atomic(out / "result.json", before)
+        elif rank == 0:
             result["finished"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
             records.write_json(out / "result.json", _clean(result))
             sweep = os.environ.get("TORNADO_SWEEP_DIR")
@@ -790,7 +799,7 @@ def new_run_dirs(argv: list[str]) -> set[str]:
 
 def drop_refused_run(out: Path) -> bool:
     """Removes the folder of a single run refused before training where it was made for this run (the default
-    folder, or one the command named that did not exist) and holds only Hydra's files and the failed record:
+    folder, or one the command named that did not exist) and holds only Hydra's files (`train` wrote no record):
     a refused run leaves nothing. A sweep's job keeps its record (the launcher reads it). Returns whether it did."""
     from hydra.types import RunMode
 
@@ -799,12 +808,12 @@ def drop_refused_run(out: Path) -> bool:
         return False
     if any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra) and str(out) not in _NEW_RUN_DIRS:
         return False
-    files = [out / f"{hc.job.name}.log", out / "result.json"]
+    files = [out / f"{hc.job.name}.log"]
     saved = out / hc.output_subdir if hc.output_subdir else None  # .hydra: the config Hydra wrote
     if saved is not None:
         files += [saved / f"{name}.yaml" for name in ("config", "hydra", "overrides")]
     present = {p for p in out.rglob("*") if p != saved}
-    if not present <= set(files) or (records.read_result(out) or {}).get("status") != "failed":
+    if not present <= set(files):
         return False
     for f in present:
         f.unlink()

@@ -18,6 +18,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from tornado.cli import counted
 from tornado.errors import TornadoError, run_cli
 from tornado.records import config_hash, flatten, read_result, task_container, write_json
 
@@ -207,7 +208,7 @@ def place(jobs: Sequence[Job], sweep_dir: Path) -> None:
             numbers.append(j.num)
             j.dir, j.stale = sweep_dir / str(j.num), False
     if found:
-        log.info(f"{len(found)} of the jobs were found in other folders of the sweep (the grid changed)")
+        log.info(f"{counted(len(found), 'configuration')} of this grid found in other job folders of the sweep")
 
 
 def move_aside(job: Job) -> None:
