@@ -187,14 +187,14 @@ def place(jobs: Sequence[Job], sweep_dir: Path) -> None:
     folders = [d for d in sweep_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
     held = {d: r for d in sorted(folders, key=lambda d: (not d.name.isdigit(), len(d.name), d.name))
             if (r := read_result(d)) is not None}
-    taken = {j.dir for j in jobs if not j.stale and j.dir in held}
+    homeless = {id(j) for j in jobs if j.stale or read_result(j.dir) is None}  # no run of its own in its folder
+    taken = {j.dir for j in jobs if id(j) not in homeless}
     found: Dict[int, Path] = {}
-    for j in jobs:
-        if j.stale or j.dir not in held:
-            same = [d for d in held if d not in taken and _same_config(j, held[d])]
-            if same:
-                found[id(j)] = min(same, key=lambda d: held[d].get("status") != "ok")
-                taken.add(found[id(j)])
+    for j in (j for j in jobs if id(j) in homeless):
+        same = [d for d in held if d not in taken and _same_config(j, held[d])]
+        if same:
+            found[id(j)] = min(same, key=lambda d: held[d].get("status") != "ok")
+            taken.add(found[id(j)])
     numbers = [int(d.name) for d in folders if d.name.isdigit()] + [j.num for j in jobs]
     for j in jobs:
         d = found.get(id(j))
