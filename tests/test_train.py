@@ -415,8 +415,10 @@ def test_resume_continues_with_history_and_times(data_dir, tmp_path):
     from tornado.train import train
 
     one = train(cfg_for(*small(data_dir, "epochs=1")), output_dir=tmp_path)
+    record = json.loads((tmp_path / "result.json").read_text())  # as if the first session began long ago
+    (tmp_path / "result.json").write_text(json.dumps(record | {"started": "2026-01-01T00:00:00+00:00"}))
     two = train(cfg_for(*small(data_dir, "epochs=2")), output_dir=tmp_path)
-    assert two["resumed_after_epochs"] == 1
+    assert two["resumed_after_epochs"] == 1 and two["started"] == "2026-01-01T00:00:00+00:00"
     assert [h["epoch"] for h in two["history"]] == [0, 1]
     assert two["history"][0] == one["history"][0]  # epoch 0 as the first run saw it, time included
     assert two["times"]["epoch_s"][0] == one["times"]["epoch_s"][0]

@@ -530,6 +530,9 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         validate(cfg)
         ident = identity(task)
         ckpt, done = resume_path(last, ident, cfg.epochs) if cfg.resume else (None, 0)
+        earlier = records.read_result(out) if ckpt else None  # the record of the run this checkpoint is of
+        if earlier and isinstance(earlier.get("started"), str):
+            result["started"] = earlier["started"]  # a resumed run started with its first session
         if rank == 0:
             records.write_json(out / "result.json", result)
         accelerator, devices = resolve_devices(cfg)
