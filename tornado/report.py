@@ -417,7 +417,9 @@ def no_validation_split(ok: pd.DataFrame) -> bool:
     return len(scored) > 0 and not any(numeric_column(scored, c).notna().any() for c in ("val_roc_auc", "val_n"))
 
 
-SKILL_SCORES = {"roc_auc", "average_precision", "csi", "csi_050", "csi_best", "bss"}  # chance or climatology is 0
+# scores that rank skill (higher is better against chance or climatology), for whether the "fastest within 1%"
+# card speaks of skill; NO_SKILL holds the two whose no-skill level the card checks
+SKILL_SCORES = {"roc_auc", "average_precision", "csi", "csi_050", "csi_best", "bss"}
 
 
 def _constant_note(constant: float, target: float, single: bool, sts: dict | None, tts: dict | None,
