@@ -215,3 +215,30 @@ def test_bad_file_among_good_ones_is_named(storm_dir, tmp_path):
     bad = write_minimal(tmp_path / name("20990101"), skip=("U10_curr",))
     with pytest.raises(TornadoError, match=f"{bad}: missing variable 'U10_curr'"):
         read_storms(tmp_path)
+
+
+def test_patches_stored_north_to_south_or_east_to_west_are_put_in_order(storm_dir, tmp_path, caplog):
+    """Augmentation turns (U, V) with the grid only for rows running south to north and columns west to east:
+    a file stored otherwise (by its lat and lon) is read in that order, with a warning."""
+    import xarray as xr
+
+    src = find_files(storm_dir)[0]
+    plain = read_file(src)
+    with xr.open_dataset(src, decode_times=False) as ds:
+        ds = ds.load()
+    ds_flip = ds.copy(deep=True)
+    for var in ds_flip.data_vars:
+        if ds_flip[var].dims == ("p", "row", "col"):
+            turned = ds_flip[var].values.copy()
+            turned[::2] = turned[::2, ::-1, :]  # every other patch north to south
+            turned[1::3] = turned[1::3, :, ::-1]  # every third from the second east to west
+            ds_flip[var].values = turned
+    ds_flip.to_netcdf(tmp_path / src.name)
+    caplog.set_level(logging.WARNING, logger="tornado.data")
+    read = read_file(tmp_path / src.name)
+    np.testing.assert_array_equal(read.x, plain.x)
+    np.testing.assert_array_equal(read.y, plain.y)
+    n = len(plain.y)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{tmp_path / src.name}: {len(range(0, n, 2))} of {n} patches have rows running north to south; put in order",
+        f"{tmp_path / src.name}: {len(range(1, n, 3))} of {n} patches have columns running east to west; put in order"]

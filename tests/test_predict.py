@@ -127,3 +127,29 @@ def test_a_sweep_folder_stands_for_its_best_run_by_validation(tmp_path):
     with pytest.raises(TornadoError, match=r"a sweep with no successful job scored on a validation split to choose "
                                            r"by; give one job's folder$"):
         load_model(sweep)
+
+
+def test_observed_labels_follow_the_runs_label_rule(tmp_path):
+    from tornado import synth
+    from tornado.data import LabelRule, find_files, read_file
+
+    synth.generate(tmp_path / "storms", days=1, patches_per_day=200, seed=3)
+    src = find_files(tmp_path / "storms")[0]
+    paper = {"reduce": "mean", "threshold": 0.001, "inclusive": True}
+    ckpt = fake_checkpoint(tmp_path / "paper.ckpt", scaler_mean=[0.0] * 3, scaler_std=[1.0] * 3, label=paper)
+    old = fake_checkpoint(tmp_path / "old.ckpt", scaler_mean=[0.0] * 3, scaler_std=[1.0] * 3)  # says no rule
+
+    def labels(rule: LabelRule):
+        return read_file(src, label=rule).y.tolist()
+    assert labels(LabelRule.from_cfg(paper)) != labels(LabelRule())  # rules that tell these patches apart
+    assert predict(ckpt, str(src), threshold="none")["label"].tolist() == labels(LabelRule.from_cfg(paper))
+    assert predict(old, str(src), threshold="none")["label"].tolist() == labels(LabelRule())
+    # keys given replace the run's own, one by one
+    given = predict(ckpt, str(src), {"threshold": "0.002"}, threshold="none")["label"].tolist()
+    assert given == labels(LabelRule("mean", 0.002, True))
+    p = cli(f"checkpoint={ckpt}", f"input={src}", f"output={tmp_path / 'p.csv'}")
+    assert p.returncode == 0 and p.stdout.strip().endswith("; observed labels: mean >= 0.001 s^-1"), p.stdout
+    p = cli(f"checkpoint={ckpt}", f"input={src}", "label_reduce=median")
+    assert p.returncode == 2 and p.stderr.strip() == "error: label_reduce: 'median': must be one of max, mean"
+    p = cli(f"checkpoint={ckpt}", f"input={src}", "label_threshold=high")
+    assert p.returncode == 2 and p.stderr.strip() == "error: label_threshold=high: expected a float"

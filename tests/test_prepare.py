@@ -192,8 +192,10 @@ def test_source_files_change_the_hash(source, tmp_path):
     assert a != b
 
 
-def test_balance_adds_augmented_positives(source, tmp_path):
-    path = ensure_prepared(make_cfg(tmp_path, source, balance=True, balance_ratio=0.5, multipliers=[1, 2]), AUG)
+@pytest.mark.parametrize("copies", ["duplicate", "augmented"])
+def test_balance_adds_copies_of_the_positives(source, tmp_path, copies):
+    balance = True if copies == "duplicate" else copies
+    path = ensure_prepared(make_cfg(tmp_path, source, balance=balance, balance_ratio=0.5, multipliers=[1, 2]), AUG)
     train = reader(source, "train")
     pos = np.flatnonzero(train.y)
     n0, p, neg = len(train.y), len(pos), int((train.y == 0).sum())
@@ -203,7 +205,8 @@ def test_balance_adds_augmented_positives(source, tmp_path):
         date, track = f["train/date"][:], f["train/track_id"][:]
         assert f.attrs["n_train_originals"] == n0 and f.attrs["positives_train"] == p + added
         assert f.attrs["positives_train_originals"] == p
-        assert json.loads(f.attrs["balance"]) == {"enabled": True, "ratio": 0.5, "n_added": int(added)}
+        assert json.loads(f.attrs["balance"]) == {"enabled": True, "copies": copies, "ratio": 0.5,
+                                                  "n_added": int(added)}
     assert added == round(0.5 * neg) - p and n == n0 + added and x.shape[0] == 2 * n
     assert (p + added) / neg == pytest.approx(0.5, abs=1 / neg)
     np.testing.assert_array_equal(x[:n0], train.x)
@@ -211,7 +214,10 @@ def test_balance_adds_augmented_positives(source, tmp_path):
     src = pos[np.arange(added) % p]  # the positives, cycled
     np.testing.assert_array_equal(date[n0:], train.date[src])
     np.testing.assert_array_equal(track[n0:], train.track_id[src])
-    assert bool((x[n0:n] != train.x[src]).reshape(added, -1).any(axis=1).all())
+    if copies == "duplicate":  # exact: no interpolation smoothing that marks the positives' copies
+        np.testing.assert_array_equal(x[n0:n], train.x[src])
+    else:
+        assert bool((x[n0:n] != train.x[src]).reshape(added, -1).any(axis=1).all())
     np.testing.assert_array_equal(y[n:], y[:n])  # copy 1 is a copy of the whole block, balance rows included
 
 
@@ -346,6 +352,7 @@ BAD_SETTINGS = {
     "dtype": ({"dtype": "float64"}, "dtype"),
     "nonfinite": ({"nonfinite": "ignore"}, "nonfinite"),
     "balance ratio": ({"balance": True, "balance_ratio": 0}, "balance_ratio"),
+    "balance value": ({"balance": 1}, r"balance: 1: must be false, true \(duplicates of the positives\) or augmented$"),
     "label reduce": ({"label.reduce": "median"}, "label.reduce"),
 }
 

@@ -523,8 +523,8 @@ def test_the_constant_forecast_note_points_where_skill_is_shown(tmp_path):
     write_results_csv(sweep, results)
     notes = json.loads(report.build_report(sweep)["summary.json"].read_text())["notes"]
     note = next(n for n in notes if "A constant forecast" in n)
-    assert note.endswith("says nothing of skill here. Nor does any job show skill: the skill cards find none above "
-                         "chance.") and "do." not in note
+    assert note.endswith("says nothing of skill here. Nor does any job show skill: the skill cards find no job "
+                         "above the no-skill level.") and "do." not in note
     # a run's own page has no cards
     notes = json.loads(report.build_report(sweep / "0")["summary.json"].read_text())["notes"]
     assert notes[0] == ("A constant forecast (never a tornado) scores 0.95 training accuracy on this run's training "
@@ -828,6 +828,28 @@ def test_no_skill_is_said_when_no_job_beats_chance(tmp_path):
     sweep2 = skill_sweep(tmp_path / "worse", {"a": [0.40, 0.45], "b": [0.44, 0.48]})
     summary = json.loads(report.build_report(sweep2, metric="roc_auc")["summary.json"].read_text())
     assert summary["time_to_skill"]["job"] is None and summary["time_to_skill"]["no_skill"] == 0.5
+
+
+def test_average_precision_and_csi_have_no_skill_at_the_base_rate(tmp_path):
+    sweep, results = tmp_path / "ap", {}
+    for job, (val_ap, ap) in {"a": (0.06, 0.30), "b": (0.04, 0.05)}.items():  # validation base rate 0.08
+        hp = {"epochs": 1, "batch_size": 128 if job == "a" else 256, "lr": 0.001, "data_multiplier": 1, "seed": 0}
+        m = {"val_average_precision": val_ap, "val_n": 500, "val_positives": 40, "average_precision": ap,
+             "csi": ap / 2, "n": 1000, "positives": 50, "train_base_rate": 0.05}
+        results[job] = result_json(sweep / job, hp, metrics=m, history=[(0.95, 1.0)], predictions=False)
+    write_results_csv(sweep, results)
+    paths = report.build_report(sweep, metric="val_average_precision", target=0.93)
+    summary = json.loads(paths["summary.json"].read_text())
+    tts = summary["time_to_skill"]
+    assert tts["job"] is None and tts["no_skill"] == pytest.approx(0.08) and tts["no_skill_name"] == "the base rate"
+    assert "No skill: the best val_average_precision, 0.06, is not above 0.08 (the base rate)." in \
+        paths["report.html"].read_text()
+    assert not any('"fastest within 1% of the best" card does' in n for n in summary["notes"])
+    # on the test set (base rate 0.05) job a's 0.30 is skill, as is its CSI of 0.15
+    for metric in ("average_precision", "csi"):
+        summary = json.loads(report.build_report(sweep, metric=metric, target=0.93)["summary.json"].read_text())
+        assert summary["time_to_skill"]["job"] == "a", metric
+        assert any('The "fastest within 1% of the best" card does.' in n for n in summary["notes"]), metric
 
 
 def test_ranked_on_validation_and_warned_of_a_target_without_skill(tmp_path):

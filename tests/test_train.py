@@ -411,8 +411,9 @@ def test_the_clock_keeps_the_whole_jobs_time_to_each_checkpoint():
     assert older.before == {"wall_s": 7.0, "data_wait_s": 0.0, "epoch_scoring_s": 0.0, "run_s": 7.0}
 
 
-def test_resume_continues_with_history_and_times(data_dir, tmp_path):
-    from tornado.train import train
+def test_resume_continues_with_history_and_times(data_dir, tmp_path, caplog):
+    from tornado.runpage import facts
+    from tornado.train import _headline, train
 
     one = train(cfg_for(*small(data_dir, "epochs=1")), output_dir=tmp_path)
     record = json.loads((tmp_path / "result.json").read_text())  # as if the first session began long ago
@@ -428,8 +429,16 @@ def test_resume_continues_with_history_and_times(data_dir, tmp_path):
         assert two["times"][key] > one["times"][key] > 0, key
     # kept aside, not deleted by the logger; named by the epochs it holds, from 1
     assert (tmp_path / "csv" / "metrics.epochs-1-1.csv").exists()
+    assert "samples/s, resumed after epoch 1); logs" in _headline(two)
+    assert dict(facts(two))["resumed"] == "after epoch 1: the times include the earlier session's"
     logged = (tmp_path / "csv" / "metrics.csv").read_text()
+    caplog.set_level("INFO", logger="tornado.train")
     again = train(cfg_for(*small(data_dir, "epochs=2")), output_dir=tmp_path)  # finished: nothing to train
+    assert [m for m in caplog.messages if m.startswith("nothing left")] == [
+        f"nothing left to train: 2 epochs trained in an earlier session ({tmp_path / 'checkpoints' / 'last.ckpt'}); "
+        "scoring again"]
+    assert "samples/s, all in an earlier session); logs" in _headline(again)
+    assert dict(facts(again))["resumed"].startswith("with nothing left to train: all 2 epochs were trained")
     assert again["history"] == two["history"] and again["metrics"] == two["metrics"]
     assert {k: v for k, v in again["times"].items() if k not in ("total_s", "test_s")} == \
         {k: v for k, v in two["times"].items() if k not in ("total_s", "test_s")}
@@ -643,6 +652,9 @@ def test_predict_round_trip(first_run, data_dir, tmp_path):
         predict(out / "checkpoints" / "last.ckpt", str(files[0]), threshold="2")
     # a run's folder stands for its checkpoint (and its threshold)
     by_folder = predict(out, str(files[0]))
+    from tornado.predict import load_model
+
+    assert load_model(out).hparams.label == {"reduce": "max", "threshold": 0.005, "inclusive": False}  # the run's
     pd.testing.assert_frame_equal(by_folder, predict(out / "checkpoints" / "last.ckpt", str(files[0])))
     from tornado.predict import _main
 

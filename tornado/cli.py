@@ -28,7 +28,7 @@ def parse_kv(argv: list[str], defaults: dict[str, Any], positional: tuple[str, .
             close = closest(key, list(defaults))
             hint = f"did you mean {close}? " if close else ""
             raise TornadoError(f"{key}: unknown argument ({hint}keys: {', '.join(defaults)})")
-        out[key] = _convert(key, value, defaults[key])
+        out[key] = convert(key, value, defaults[key])
     return out
 
 
@@ -43,7 +43,7 @@ def counted(n: int, thing: str, things: str | None = None) -> str:
     return f"{n} {thing if n == 1 else things or thing + 's'}"
 
 
-def _convert(key: str, value: str, default: Any) -> Any:
+def convert(key: str, value: str, default: Any) -> Any:
     kind: Callable[[str], Any] | None = type(default) if default is not None else None
     try:
         if kind is bool:

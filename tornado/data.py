@@ -188,6 +188,22 @@ def _read_var(ds: netCDF4.Dataset, path: Path, name: str, shape: tuple[int, ...]
     return np.asarray(np.ma.getdata(data))
 
 
+def _reversed_axes(ds: netCDF4.Dataset, grid: tuple[int, ...]) -> dict[str, np.ndarray]:
+    """Which patches have rows running north to south, or columns east to west, by their `lat` and `lon`
+    (where the file has them): augmentation turns the wind with the grid only when rows run south to north
+    and columns west to east, as in NCAR's files."""
+    out = {}
+    for name, var, axis in (("rows running north to south", "lat", 1), ("columns running east to west", "lon", 2)):
+        coord = ds.variables.get(var)
+        if coord is None or tuple(coord.shape) != grid:
+            out[name] = np.zeros(grid[0], bool)
+            continue
+        first = np.asarray(coord[:, 0, :] if axis == 1 else coord[:, :, 0], dtype=np.float64)
+        last = np.asarray(coord[:, -1, :] if axis == 1 else coord[:, :, -1], dtype=np.float64)
+        out[name] = np.nan_to_num((last - first).mean(axis=1)) < 0
+    return out
+
+
 def _check_nonfinite(nonfinite: str) -> None:
     if nonfinite not in NONFINITE:
         raise TornadoError(f"data.nonfinite: {nonfinite!r}: must be one of {', '.join(NONFINITE)}")
@@ -213,8 +229,14 @@ def read_file(path: str | Path, label: LabelRule = LabelRule(), nonfinite: str =
             has_label = require_label or LABEL_VAR in ds.variables
             future = _read_var(ds, path, LABEL_VAR, grid) if has_label else np.zeros(grid, np.float32)
             track = _read_var(ds, path, TRACK_VAR, (p,))
+            turned = _reversed_axes(ds, grid)
         except (OSError, RuntimeError, ValueError, IndexError, KeyError) as e:
             raise TornadoError(f"NCARSTORM file: {path}: cannot be read ({_reason(e)})") from None
+    for axis, (name, flip) in enumerate(turned.items()):
+        if flip.any():  # U and V stay east and north components: only the points are put in order
+            log.warning("%s: %d of %d patches have %s; put in order", path, int(flip.sum()), p, name)
+            x[flip] = np.flip(x[flip], axis=axis - 2)
+            future[flip] = np.flip(future[flip], axis=axis - 2)
     finite = np.isfinite(x).all(axis=(1, 2, 3)) & np.isfinite(future).all(axis=(1, 2))
     n_bad = int(p - finite.sum())
     if n_bad:

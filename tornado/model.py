@@ -57,8 +57,8 @@ class StormModule(pl.LightningModule):
                  scaler_mean: list[float] | None = None, scaler_std: list[float] | None = None,
                  channels_last: bool = False, bf16: bool = False, compile: bool = False,
                  cuda_graph: bool = False, trained_rate: float | None = None, climatology: float | None = None,
-                 pos_weight: float = 1.0):
-        super().__init__()
+                 pos_weight: float = 1.0, label: dict | None = None):
+        super().__init__()  # label: the rule the targets were made by (data.label), for predict's labels
         self.save_hyperparameters()
         self.automatic_optimization = False
         self.net = StormCNN(pool3=pool3, dropout=dropout)

@@ -12,7 +12,8 @@ base rate, as in training's own scores. Each patch's storm centre (`centroid_lon
 along where the file has it. A yes/no forecast (`tornado`, 0 or 1) is made at `threshold`: `auto` takes the
 one the run chose on its validation split (`metrics.threshold` in RUN/result.json, beside the checkpoint's
 folder), a number sets one, `none` leaves the column out.
-Files that hold RVORT1_MAX_future also get the observed label under the label rule given.
+Files that hold RVORT1_MAX_future also get the observed label, under the label rule the run trained on
+(stored in the checkpoint; `label_reduce=`, `label_threshold=`, `label_inclusive=` change it).
 """
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tornado.cli import counted, parse_kv
+from tornado.cli import convert, counted, parse_kv
 from tornado.data import LabelRule, find_files, read_file
 from tornado.datamodule import standardise
 from tornado.errors import TornadoError, is_int, run_cli
@@ -36,7 +37,7 @@ from tornado.model import StormModule
 from tornado.records import read_result, write_atomic
 
 DEFAULTS = {"checkpoint": "", "input": "", "output": "predictions.csv", "batch": 8192, "threshold": "auto",
-            "label_reduce": "max", "label_threshold": 0.005, "label_inclusive": False}
+            "label_reduce": None, "label_threshold": None, "label_inclusive": None}  # None: the run's rule
 CENTRES = ("centroid_lon", "centroid_lat")  # per patch, where the file has them
 CHANNELS = 3  # input channels of every tornado model: one scaler entry each
 
@@ -139,12 +140,31 @@ def _centres(path: Path, index: np.ndarray) -> dict[str, np.ndarray]:
         return {k: np.asarray(ds.variables[k][:], dtype=np.float64)[index] for k in CENTRES if k in ds.variables}
 
 
+def label_rule(module: StormModule, given: dict | None = None) -> LabelRule:
+    """The rule the model's targets were made by (the default rule for checkpoints that do not say), with
+    `given` (reduce, threshold, inclusive; strings as typed) over it."""
+    rule = dict(module.hparams.get("label") or {})
+    kinds = {"reduce": "", "threshold": 0.0, "inclusive": False}
+    rule |= {k: convert(f"label_{k}", str(v), kinds[k]) for k, v in (given or {}).items() if v is not None}
+    try:
+        return LabelRule.from_cfg(rule)
+    except TornadoError as e:  # named as typed here: label_reduce, not label.reduce
+        raise TornadoError(str(e).replace("label.", "label_", 1)) from None
+
+
+def rule_text(rule: LabelRule) -> str:
+    return f"{rule.reduce} {'>=' if rule.inclusive else '>'} {rule.threshold:g} s^-1"
+
+
 @torch.no_grad()
-def predict(checkpoint, source, label: LabelRule = LabelRule(), batch: int = 8192,
+def predict(checkpoint, source, label: LabelRule | dict | None = None, batch: int = 8192,
             threshold: float | str | None = "auto") -> pd.DataFrame:
+    """One row per patch of `source`'s files; `label`: the rule for their observed labels (a LabelRule, or
+    None for the run's own, or a dict of the keys given over it)."""
     batch = _check_batch(batch)
     cut = run_threshold(checkpoint, threshold)
     module = load_model(checkpoint)
+    label = label if isinstance(label, LabelRule) else label_rule(module, label)
     mean = torch.tensor(module.hparams.scaler_mean, dtype=torch.float32)
     std = torch.tensor(module.hparams.scaler_std, dtype=torch.float32)
     frames = []
@@ -179,7 +199,8 @@ def _main(argv: list[str]) -> None:
         run, job, auc = best_run(args["checkpoint"])
         print(f"the sweep's best job by validation ROC AUC: {job} ({auc:.4g}), {run}")
         args["checkpoint"] = str(run)
-    rule = LabelRule(args["label_reduce"], args["label_threshold"], args["label_inclusive"])
+    given = {k: args[f"label_{k}"] for k in ("reduce", "threshold", "inclusive")}
+    rule = label_rule(load_model(args["checkpoint"]), given)
     cut = run_threshold(args["checkpoint"], args["threshold"])
     df = predict(args["checkpoint"], args["input"], rule, args["batch"], "none" if cut is None else cut)
     buf = io.StringIO()
@@ -189,6 +210,8 @@ def _main(argv: list[str]) -> None:
     except OSError as e:
         raise TornadoError(f"output={args['output']}: cannot write it ({e.strerror or e})") from None
     yes = f"; yes/no (tornado) at threshold {cut:.4g}" if cut is not None else ""
+    if df["label"].notna().any():
+        yes += f"; observed labels: {rule_text(rule)}"
     patches = counted(len(df), "patch", "patches")
     print(f"{patches} from {counted(df['file'].nunique(), 'file')} -> {args['output']}{yes}")
 

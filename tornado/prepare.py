@@ -57,7 +57,7 @@ class Settings:
     test_start: dt.date
     val_fraction: float
     multipliers: tuple[int, ...]
-    balance: bool
+    balance: bool | str  # False, or how positives are copied: "duplicate" (balance=true) or "augmented"
     balance_ratio: float
     dtype: str
     nonfinite: str
@@ -120,8 +120,9 @@ def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
     if not isinstance(mult, list) or not mult or not all(is_int(m) and m >= 1 for m in mult):
         raise TornadoError(f"multipliers: {mult!r}: must be a list of positive integers, e.g. [1, 2, 4]")
     balance = cfg.get("balance", False)
-    if not isinstance(balance, bool):
-        raise TornadoError(f"balance: {balance!r}: must be true or false")
+    if not (isinstance(balance, bool) or balance == "augmented"):
+        raise TornadoError(f"balance: {balance!r}: must be false, true (duplicates of the positives) or augmented")
+    balance = "duplicate" if balance is True else balance
     ratio = cfg.get("balance_ratio", 1.0)
     if not is_number(ratio) or not 0 < ratio < math.inf:
         raise TornadoError(f"balance_ratio: {ratio!r}: must be a positive number (positives per negative)")
@@ -428,12 +429,15 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
         bar.close()
         bar = stack.enter_context(_bar(n_bal + (r - 1) * n, "augmenting"))
 
-        # balance: augmented copies of the positives, cycling through them, right after the originals
+        # balance: copies of the positives, cycling through them, right after the originals. Duplicates by default:
+        # an augmented copy is smoothed by the interpolation of its turn or shift, which the originals are not, and
+        # as only positives get such copies, smoothness itself would be learnt as a sign of a tornado
         at = n_orig
         while at < n:
             a = (at - n_orig) % positives.n
             k = min(CHUNK, n - at, positives.n - a)
-            train.x[at:at + k] = _augmented(positives.x[a:a + k], s, gen)
+            rows = positives.x[a:a + k]
+            train.x[at:at + k] = _augmented(rows, s, gen) if s.balance == "augmented" else rows.astype(s.dtype)
             train.y[at:at + k] = 1
             train.date[at:at + k] = positives.date[a:a + k]
             train.track[at:at + k] = positives.track[a:a + k]
@@ -460,7 +464,8 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
             "val_fraction": s.val_fraction, "val_start": "" if val_start is None else val_start.isoformat(),
             "positives_val": pos_val, "source": source, "source_files": json.dumps(source_listing(files)),
             "synth": json.dumps(s.synth), "augment": json.dumps(s.augment.to_dict()),
-            "balance": json.dumps({"enabled": s.balance, "ratio": s.balance_ratio, "n_added": n_bal}),
+            "balance": json.dumps({"enabled": bool(s.balance), "copies": s.balance or None, "ratio": s.balance_ratio,
+                                   "n_added": n_bal}),
             "seed": s.seed, "dtype": s.dtype, "tornado_version": tornado.__version__, "content_hash": chash,
             "n_dropped_nonfinite": dropped, "positives_train": int(y_block.sum()),
             "positives_test": int(test.y[:].sum()),

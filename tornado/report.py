@@ -193,7 +193,24 @@ def load_history(sweep: Sweep, job: str) -> pd.DataFrame | None:
 
 
 # ------------------------------------------------------------------------------------------------- analysis
-NO_SKILL = {"roc_auc": 0.5, "bss": 0.0}  # chance, climatology: a best score at or below is no skill
+# the skill scores' no-skill levels: at or below it, a score shows no skill. ROC AUC: chance; Brier skill score:
+# climatology; average precision and CSI: the base rate of the cases scored (what a ranking at random scores in
+# average precision, and the highest CSI any forecast without skill reaches, that of always saying yes)
+NO_SKILL = {"roc_auc": 0.5, "bss": 0.0}
+BASE_RATE_SKILL = {"average_precision", "csi", "csi_050", "csi_best"}
+SKILL_SCORES = set(NO_SKILL) | BASE_RATE_SKILL
+
+
+def no_skill(ok: pd.DataFrame, metric: str) -> tuple[pd.Series, str] | None:
+    """Each job's no-skill level of `metric` (a skill score, on the test set or `val_` the validation split)
+    and its name; None for other metrics."""
+    name = metric.removeprefix("val_")
+    if name in NO_SKILL:
+        return pd.Series(NO_SKILL[name], index=ok.index), "chance" if name == "roc_auc" else "climatology"
+    if name in BASE_RATE_SKILL:
+        scored = metric[:-len(name)]  # "val_" or ""
+        return numeric_column(ok, f"{scored}positives") / numeric_column(ok, f"{scored}n"), "the base rate"
+    return None
 
 
 def _direction(metric: str) -> int:
@@ -417,11 +434,6 @@ def no_validation_split(ok: pd.DataFrame) -> bool:
     return len(scored) > 0 and not any(numeric_column(scored, c).notna().any() for c in ("val_roc_auc", "val_n"))
 
 
-# scores that rank skill (higher is better against chance or climatology), for whether the "fastest within 1%"
-# card speaks of skill; NO_SKILL holds the two whose no-skill level the card checks
-SKILL_SCORES = {"roc_auc", "average_precision", "csi", "csi_050", "csi_best", "bss"}
-
-
 def _constant_note(constant: float, target: float, single: bool, sts: dict | None, tts: dict | None,
                    metric: str) -> str:
     """The note that a constant "no" forecast already reaches the training-accuracy target; on a sweep, it names
@@ -435,32 +447,34 @@ def _constant_note(constant: float, target: float, single: bool, sts: dict | Non
     skill_card = metric.removeprefix("val_") in SKILL_SCORES
     cards = ([] if not sts or not sts["jobs"] else ['"soonest to skill"']) + (
         ['"fastest within 1% of the best"'] if skill_card and tts and tts["job"] is not None else [])
-    no_skill = (sts and sts["target"] <= sts["chance"]) or (tts and tts["job"] is None)
+    none = (sts and sts["target"] <= sts["chance"]) or (tts and tts["job"] is None)
     if len(cards) == 2:
         return f"{head} The skill cards ({', '.join(cards)}) do."
     if cards:
         return f"{head} The {cards[0]} card does."
-    return f"{head} Nor does any job show skill: the skill cards find none above chance." if no_skill else head
+    return f"{head} Nor does any job show skill: the skill cards find no job above the no-skill level." if none else head
 
 
 def time_to_skill(ok: pd.DataFrame, metric: str, tolerance: float = 0.01) -> dict | None:
     """The fastest job (wall_s) whose `metric` is within `tolerance` (relative) of the best. Where the jobs
     repeat configurations (seeds), the fastest configuration by its repeats' means: `n` and `jobs` say which."""
     m, wall = numeric_column(ok, metric), numeric_column(ok, "wall_s")
-    good = ok.assign(_m=m, _w=wall).dropna(subset=["_m", "_w"])
+    level, level_name = no_skill(ok, metric) or (pd.Series(-math.inf, index=ok.index), None)
+    good = ok.assign(_m=m, _w=wall, _ns=level.fillna(-math.inf)).dropna(subset=["_m", "_w"])
     if good.empty:
         return None
     keys, groups = configurations(ok, good)
     if groups is not None:  # one row per configuration: its fastest repeat's, with the repeats' means
         rows = []
         for g in (g.sort_values(["_w", "job"]) for g in groups):
-            rows.append(g.iloc[0].to_dict() | {"_m": g["_m"].mean(), "_w": g["_w"].mean(), "n": len(g),
-                                               "jobs": [str(j) for j in g["job"]]})
+            rows.append(g.iloc[0].to_dict() | {"_m": g["_m"].mean(), "_w": g["_w"].mean(), "_ns": g["_ns"].mean(),
+                                               "n": len(g), "jobs": [str(j) for j in g["job"]]})
         good = pd.DataFrame(rows)
-    best = good["_m"].max() if _direction(metric) > 0 else good["_m"].min()
-    if best <= NO_SKILL.get(metric.removeprefix("val_"), -math.inf):  # no job beats chance or climatology
+    top = good.loc[good["_m"].idxmax() if _direction(metric) > 0 else good["_m"].idxmin()]
+    best = top["_m"]
+    if best <= top["_ns"]:  # the best job has no skill
         return {"job": None, metric: None, "best": _plain(best), "wall_s": None, "tolerance": tolerance,
-                "config": {}, "no_skill": NO_SKILL[metric.removeprefix("val_")]}
+                "config": {}, "no_skill": _plain(top["_ns"]), "no_skill_name": level_name}
     near = good["_m"] >= best - tolerance * abs(best) if _direction(metric) > 0 else \
         good["_m"] <= best + tolerance * abs(best)
     r = good.loc[near].sort_values(["_w", "job"]).iloc[0]
@@ -571,7 +585,7 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     card = f"<h3>Fastest within 1% of the best {e(metric)}</h3>"
     if tts and tts["job"] is None:
         card += (f'<p class="warn">No skill: the best {e(metric)}, {e(number_text(tts["best"]))}, is not above '
-                 f'{e(number_text(tts["no_skill"]))} (no better than chance or climatology).</p>')
+                 f'{e(number_text(tts["no_skill"]))} ({e(tts.get("no_skill_name") or "no skill")}).</p>')
     elif tts:
         card += ('<p class="note">wall time of the whole training run</p>'
                  f"<p><b>{e(number_text(tts['wall_s']))} s</b>{e(_repeats_text(tts, spread=False))} · "

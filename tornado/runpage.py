@@ -206,8 +206,12 @@ def facts(r: dict) -> list[tuple[str, str]]:
         ("device", _device_fact(section(r, "devices"))),
         *_times_facts(r),
     ]
-    if is_number(r.get("resumed_after_epochs")) and r["resumed_after_epochs"]:
-        rows.append(("resumed", f"after epoch {r['resumed_after_epochs']}: the times include the earlier session's"))
+    before = r.get("resumed_after_epochs")
+    if is_number(before) and before and before == len(epochs_of(r)):
+        rows.append(("resumed", f"with nothing left to train: all {before} epochs were trained in an earlier "
+                                "session, this one scored them again"))
+    elif is_number(before) and before:
+        rows.append(("resumed", f"after epoch {before}: the times include the earlier session's"))
     when = " to ".join(str(r[k]) for k in ("started", "finished") if _known(r.get(k)))
     versions = ", ".join(f"{k} {v}" for k, v in section(r, "versions").items() if _known(v))
     rows.append(("run", _join([_join([str(r["host"]) if _known(r.get("host")) else "", when]), versions], "; ")))

@@ -565,6 +565,9 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             os.replace(csv_aside, csv_aside.with_name("metrics.csv"))  # nothing trained: the log stays as it was
         best = keep_best(module, skill, last.with_name("best.ckpt"))
         trained = len(module.history)
+        if ckpt and trained == done:
+            log.info("nothing left to train: %s trained in an earlier session (%s); scoring again",
+                     counted(done, "epoch"), _shown(last))
         if skill is not None and skill.stopped and best is not None:
             log.info("stopped early after epoch %d of %d: validation ROC AUC has not improved for %s; scoring "
                      "epoch %d's weights (%s)", trained, cfg.epochs, counted(trained - best, "epoch"), best,
@@ -649,7 +652,8 @@ def make_module(cfg: DictConfig, fast: dict, dm: StormDataModule) -> StormModule
                        scaler_mean=dm.meta["mean"].tolist(), scaler_std=dm.meta["std"].tolist(),
                        channels_last=fast["channels_last"], bf16=fast["bf16"], compile=fast["compile"],
                        cuda_graph=fast["cuda_graph"], trained_rate=trained if shifted else None,
-                       climatology=climatology if shifted else None, pos_weight=weight)
+                       climatology=climatology if shifted else None, pos_weight=weight,
+                       label=OmegaConf.to_container(cfg.data.label) if "label" in cfg.data else None)
 
 
 class _StepBar(TQDMProgressBar):
@@ -775,9 +779,16 @@ def _headline(result: dict) -> str:
     se = f" ± {se:.3f}" if isinstance(se, float) and math.isfinite(se) else ""  # one standard error
     return (f"accuracy {f(m['accuracy'])}  ROC AUC {f(m['roc_auc'])}{se}  AP {f(m['average_precision'])}  "
             f"{csi}  BSS {f(m['bss'])}\n"
-            f"trained in {t['wall_s']:.1f} s ({result['samples_per_s']:.0f} samples/s); "
+            f"trained in {t['wall_s']:.1f} s ({result['samples_per_s']:.0f} samples/s{_sessions(result)}); "
             f"logs and result.json in {where}\n"
             f"its report (scores, curves, diagrams): python -m tornado.report {where}")
+
+
+def _sessions(result: dict) -> str:
+    before, epochs = result.get("resumed_after_epochs") or 0, len(result.get("history") or [])
+    if not before:
+        return ""
+    return ", all in an earlier session" if before == epochs else f", resumed after epoch {before}"
 
 
 _NEW_RUN_DIRS: set[str] = set()  # new_run_dirs of this process's command line, taken before Hydra runs
