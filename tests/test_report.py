@@ -420,6 +420,13 @@ def test_a_run_report_shows_its_scores_epochs_and_what_it_was(tmp_path, capsys):
     assert '<tr class="best"><td>2</td><td>0.5</td><td>0.95</td><td>0.87</td><td>1.5</td><td>2.5</td></tr>' in page
     assert "validation: the last 10% of the earlier run dates" in page
     assert (run / "report" / "learning_curves.png").stat().st_size > 0 and "Best configurations" not in page
+    r["evaluation"] = {"threshold_from": "validation"}
+    (run / "result.json").write_text(json.dumps(r))
+    page = report.build_report(run)["report.html"].read_text()
+    assert "never seen in training or in choosing the yes/no threshold, and on the validation split, where" in page
+    (run / "result.json").write_text(json.dumps(r | {"evaluation": {"threshold_from": None}}))
+    page = report.build_report(run)["report.html"].read_text()  # no validation split: nothing chosen on one
+    assert "There is no validation split to choose a yes/no threshold on: the CSI at the test set&#x27;s own" in page
     # a run that failed: its error, no scores
     (run / "result.json").write_text(json.dumps(r | {"status": "failed", "error": "RuntimeError: CUDA out of memory",
                                                      "metrics": {}, "history": []}))
@@ -830,6 +837,19 @@ def test_no_skill_is_said_when_no_job_beats_chance(tmp_path):
     assert summary["time_to_skill"]["job"] is None and summary["time_to_skill"]["no_skill"] == 0.5
 
 
+def test_a_best_roc_auc_within_one_standard_error_of_chance_is_no_skill(tmp_path):
+    from tornado.metrics import roc_auc_se
+
+    se = roc_auc_se(0.55, 20, 480)
+    assert se > 0.05  # 20 positives: 0.55 is within noise of chance
+    tts = json.loads(report.build_report(skill_sweep(tmp_path / "few", {"a": [0.55], "b": [0.53]}, val_n=500,
+                                                     val_positives=20))["summary.json"].read_text())["time_to_skill"]
+    assert tts["job"] is None and tts["no_skill_name"] == f"chance, within one standard error ({se:.2g})"
+    tts = json.loads(report.build_report(skill_sweep(tmp_path / "many", {"a": [0.55], "b": [0.53]}, val_n=50000,
+                                                     val_positives=5000))["summary.json"].read_text())["time_to_skill"]
+    assert tts["job"] == "a"  # 5,000 positives: 0.55 is skill
+
+
 def test_average_precision_and_csi_have_no_skill_at_the_base_rate(tmp_path):
     sweep, results = tmp_path / "ap", {}
     for job, (val_ap, ap) in {"a": (0.06, 0.30), "b": (0.04, 0.05)}.items():  # validation base rate 0.08
@@ -916,6 +936,19 @@ def test_roc_and_reliability_points_by_hand():
     half = z * np.sqrt(0.25 / 2 + z**2 / 16) / (1 + z**2 / 2)
     assert low[1] == pytest.approx(0.5 - half, rel=1e-5) and high[1] == pytest.approx(0.5 + half, rel=1e-5)
     assert low[2] == pytest.approx(2 / (2 + z**2), rel=1e-5) and high[2] == pytest.approx(1, abs=1e-9)
+
+
+def test_the_reliability_diagram_shows_climatology_and_no_skill():
+    """An attributes diagram: the climatology the Brier skill score is measured against, the no-skill line halfway
+    to it and the area where bins add skill; the test set's own base rate beside it."""
+    rng = np.random.default_rng(0)
+    prob = rng.random(400) * 0.5
+    label = (rng.random(400) < prob).astype(np.uint8)
+    svg = plots.plot_verification(prob, label, "job 1", 0.3, climatology=0.046)["reliability"]["svg"].decode()
+    for text in ("no skill", "adds skill", "climatology 0.046", f"test-set base rate {label.mean():.3f}"):
+        assert text in svg, text
+    svg = plots.plot_verification(prob, label, "job 1")["reliability"]["svg"].decode()  # no climatology known
+    assert f"climatology {label.mean():.3f} (test set)" in svg and "test-set base rate" not in svg
 
 
 # ---------------------------------------------------------------------------------------------------- CLI

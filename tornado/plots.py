@@ -305,10 +305,11 @@ def _performance_diagram(prob: np.ndarray, label: np.ndarray, who: str, threshol
     return _render(fig)
 
 
-def plot_verification(prob: np.ndarray, label: np.ndarray, who: str,
-                      threshold: float | None = None) -> dict[str, dict[str, bytes]]:
+def plot_verification(prob: np.ndarray, label: np.ndarray, who: str, threshold: float | None = None,
+                      climatology: float | None = None) -> dict[str, dict[str, bytes]]:
     """ROC curve, reliability diagram and performance diagram of one job's test forecasts; `who`: whose, as the
-    titles name it ("job 3", "run <name>")."""
+    titles name it ("job 3", "run <name>"); `climatology`: the base rate the Brier skill score is measured
+    against (the training originals'; else the test set's)."""
     out = {}
     fpr, tpr, auc = roc_points(prob, label)
     fig, (ax,) = _fig(1)
@@ -322,8 +323,19 @@ def plot_verification(prob: np.ndarray, label: np.ndarray, who: str,
     from matplotlib.figure import Figure
     fig = Figure(figsize=(6.4, 5.4), layout="constrained")
     ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    # an attributes diagram (Hsu and Murphy, 1986): a bin inside the shaded area, nearer the diagonal than the
+    # no-skill line halfway to climatology, adds to the Brier skill score
+    c = float(climatology) if climatology is not None and math.isfinite(climatology) else float(label.mean())
+    grid = np.linspace(0, 1, 101)
+    ax.fill_between(grid, (grid + c) / 2, np.where(grid >= c, 1.0, 0.0), color="#dbeafe", alpha=0.6, lw=0,
+                    label="adds skill")
+    ax.plot(grid, (grid + c) / 2, ls="-.", color="#64748b", lw=1, label="no skill")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect")
-    ax.axhline(label.mean(), ls=":", color="#b45309", lw=1, label=f"test-set base rate {label.mean():.3f}")
+    ax.axhline(c, ls=":", color="#b45309", lw=1, label=f"climatology {c:.3f}" + (
+        "" if climatology is not None else " (test set)"))
+    ax.axvline(c, ls=":", color="#b45309", lw=1)
+    if climatology is not None:
+        ax.axhline(label.mean(), ls=(0, (1, 3)), color="#7c2d12", lw=1, label=f"test-set base rate {label.mean():.3f}")
     ax.errorbar(mean_p, frac, yerr=[frac - low, high - frac], marker="o", color="#2563eb", lw=1.6, capsize=3,
                 label="forecast (95% interval)")
     ax.set(ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title=f"Reliability diagram: {who}")

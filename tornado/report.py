@@ -455,6 +455,17 @@ def _constant_note(constant: float, target: float, single: bool, sts: dict | Non
     return f"{head} Nor does any job show skill: the skill cards find no job above the no-skill level." if none else head
 
 
+def _auc_se(row: pd.Series, metric: str, auc: float) -> float:
+    """Hanley and McNeil's standard error of `auc` from the row's cases (validation's for a `val_` metric); 0
+    where they are unknown."""
+    scored = metric[:-len("roc_auc")]
+    pos, n = (pd.to_numeric(pd.Series([row.get(f"{scored}{k}")]), errors="coerce").iloc[0] for k in ("positives", "n"))
+    if not (np.isfinite(pos) and np.isfinite(n)):
+        return 0.0
+    se = roc_auc_se(float(auc), int(pos), int(n - pos))
+    return se if math.isfinite(se) else 0.0
+
+
 def time_to_skill(ok: pd.DataFrame, metric: str, tolerance: float = 0.01) -> dict | None:
     """The fastest job (wall_s) whose `metric` is within `tolerance` (relative) of the best. Where the jobs
     repeat configurations (seeds), the fastest configuration by its repeats' means: `n` and `jobs` say which."""
@@ -472,9 +483,12 @@ def time_to_skill(ok: pd.DataFrame, metric: str, tolerance: float = 0.01) -> dic
         good = pd.DataFrame(rows)
     top = good.loc[good["_m"].idxmax() if _direction(metric) > 0 else good["_m"].idxmin()]
     best = top["_m"]
-    if best <= top["_ns"]:  # the best job has no skill
+    # a ROC AUC within one standard error of chance is no skill, as for the soonest-to-skill card
+    se = _auc_se(top, metric, best) if metric.removeprefix("val_") == "roc_auc" else 0.0
+    if best - se <= top["_ns"]:  # the best job has no skill
         return {"job": None, metric: None, "best": _plain(best), "wall_s": None, "tolerance": tolerance,
-                "config": {}, "no_skill": _plain(top["_ns"]), "no_skill_name": level_name}
+                "config": {}, "no_skill": _plain(top["_ns"]),
+                "no_skill_name": level_name + (f", within one standard error ({se:.2g})" if se else "")}
     near = good["_m"] >= best - tolerance * abs(best) if _direction(metric) > 0 else \
         good["_m"] <= best + tolerance * abs(best)
     r = good.loc[near].sort_values(["_w", "job"]).iloc[0]
@@ -846,13 +860,16 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         job, prob, label = best_pred
         row = ok.loc[ok["job"].astype(str) == str(job)]
         cut = numeric_column(row, "threshold").iloc[0] if "threshold" in row.columns else None
-        for name, data in plot_verification(prob, label, f"run {sweep.name}" if run is not None else f"job {job}",
-                                            cut).items():
+        clim = numeric_column(row, "climatology").iloc[0] if "climatology" in row.columns else None
+        who = f"run {sweep.name}" if run is not None else f"job {job}"
+        for name, data in plot_verification(prob, label, who, cut, None if pd.isna(clim) else clim).items():
             plots[name] = data
             of = "" if run is not None else f" of the best job by {metric} ({job})"
             cap = {"roc": f"ROC curve{of} on the test set",
                    "reliability": f"Reliability diagram{of} on the test set; error bars: 95% Wilson intervals of "
-                                  "each bin's frequency; below: how many forecasts fall in each bin",
+                                  "each bin's frequency; shaded: bins that add to the Brier skill score against "
+                                  "climatology (the training base rate); below: how many forecasts fall in each "
+                                  "bin",
                    "performance": f"Performance diagram{of} on the test set: probability of detection against "
                                   "success ratio at every threshold; shading: CSI; dashed: frequency bias"}
             images[name] = (cap[name], data["png"])

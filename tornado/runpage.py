@@ -253,8 +253,12 @@ def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: 
     if sections["scores"]:
         body.append('<h2 id="scores">Scores</h2>')
     if m:
-        body.append('<p class="note">On the test cases, never seen in training or in choosing anything, and on the '
-                    "validation split (where the threshold was chosen).</p>")
+        chosen = section(r, "evaluation").get("threshold_from") == "validation"
+        body.append('<p class="note">' + e(
+            "On the test cases, never seen in training or in choosing the yes/no threshold, and on the validation "
+            "split, where the threshold was chosen." if chosen else
+            "On the test cases, never seen in training. There is no validation split to choose a yes/no threshold "
+            "on: the CSI at the test set's own best threshold is optimistic.") + "</p>")
         body.append(_table(["score", "test", "validation", "how to read it"], [list(row) for row in score_rows(m)],
                            cls="list scores"))
     elif sections["scores"]:
