@@ -29,3 +29,37 @@ def test_counted_says_one_thing_or_many():
     assert [counted(n, "epoch") for n in (1, 3)] == ["1 epoch", "3 epochs"]
     assert [counted(n, "CPU process", "CPU processes") for n in (1, 3)] == ["1 CPU process", "3 CPU processes"]
     assert counted(1, "NCARSTORM file") == "1 NCARSTORM file"
+
+
+def test_a_process_that_dies_with_its_parent_gets_sigterm(tmp_path):
+    """A sweep's job ends with its launcher, even one killed outright (SIGKILL gives it no chance to stop it)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    child = ("import time; from tornado.errors import die_with_parent; die_with_parent(); "
+             f"open({str(tmp_path / 'ready')!r}, 'w').close(); time.sleep(120)")
+    parent = subprocess.Popen([sys.executable, "-c", "import subprocess, sys; "
+                               f"p = subprocess.Popen([sys.executable, '-c', {child!r}]); print(p.pid, flush=True); "
+                               "p.wait()"], stdout=subprocess.PIPE, text=True)
+    pid = int(parent.stdout.readline())
+    deadline = time.time() + 60
+    while not (tmp_path / "ready").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    parent.send_signal(signal.SIGKILL)
+    parent.wait()
+
+    def alive() -> bool:
+        try:
+            state = open(f"/proc/{pid}/status").read().split("State:")[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != "Z"
+    deadline = time.time() + 10
+    while alive() and time.time() < deadline:
+        time.sleep(0.05)
+    if alive():
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the child outlived its parent")

@@ -619,6 +619,24 @@ def test_the_best_jobs_get_their_own_pages_linked_from_the_jobs_table(tmp_path, 
         report.build_report(sweep, pages="best")
 
 
+def test_a_copied_sweep_is_reported_from_its_own_folders(tmp_path):
+    """A sweep copied (rsync from the cluster) while the original stays: results.csv and every result.json name
+    the original's folders; the copy's report, pages, collect and predict use the copy's."""
+    import shutil
+
+    from tornado.collect import collect
+
+    sweep = gpu_batch_sweep(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(sweep, copy)
+    before = sorted(p.relative_to(sweep) for p in sweep.rglob("*"))
+    report.build_report(copy)
+    assert sorted(p.relative_to(sweep) for p in sweep.rglob("*")) == before  # nothing written to the original
+    assert (copy / "3" / "report.html").is_file() and '<a href="3/report.html">' in (copy / "report.html").read_text()
+    jobs = sorted(p.parent for p in copy.glob("*/result.json"))
+    assert len(jobs) > 1 and set(collect(copy)["output_dir"]) == {str(j.resolve()) for j in jobs}
+
+
 def test_speedup_and_scaling_efficiency_against_the_fewest_devices_and_the_paper(tmp_path):
     sweep, results = tmp_path / "scaling", {}
     runs = [(1, 0, 20.0), (1, 1, 22.0), (2, 0, 12.0), (4, 0, 7.0), (4, 1, 7.0)]  # (GPUs, seed, wall seconds)

@@ -520,3 +520,29 @@ def test_ctrl_c_on_a_sweep_of_the_real_train(sweep_cli, sweep_train_overrides, t
     assert again.returncode == 0, again.stdout[-3000:] + again.stderr[-3000:]
     assert {r["status"] for r in results(sweep).values()} == {"ok"} and len(results(sweep)) == 2
     assert list(pd.read_csv(sweep / "results.csv")["status"]) == ["ok", "ok"]
+
+
+def test_a_job_refused_for_a_folder_in_use_leaves_that_folders_record(tmp_path):
+    """Another process trains in the job's folder (an orphan of a killed launcher): the job fails, and the
+    result.json that process keeps is not overwritten with the failure."""
+    from hydra_plugins.tornado_launcher.jobs import Job, settle
+    from tornado.errors import IN_USE
+
+    (tmp_path / "result.json").write_text('{"status": "running", "hparams": {"epochs": 1}}')
+    (tmp_path / "stdout.log").write_text(f"error: {tmp_path}: in use by another training process (pid 7); wait\n")
+    job = Job(num=0, overrides=[], cfg=None, dir=tmp_path)
+    settle(job, IN_USE)
+    assert job.status == "failed" and job.error.endswith("in use by another training process (pid 7); wait")
+    assert (tmp_path / "result.json").read_text() == '{"status": "running", "hparams": {"epochs": 1}}'
+    settle(job, 1)  # any other failure is recorded
+    assert '"status": "failed"' in (tmp_path / "result.json").read_text()
+
+
+def test_a_killed_jobs_error_names_its_last_error_line_not_a_progress_line(tmp_path):
+    from hydra_plugins.tornado_launcher.jobs import describe_exit
+
+    log = tmp_path / "stdout.log"
+    log.write_text("[2026-11-27 10:00:00,000][tornado.prepare][INFO] - prepared data: x.h5 (up to date)\n")
+    assert describe_exit(-9, log) == "exit code -9 (killed by SIGKILL, e.g. out of memory)"
+    log.write_text("Traceback (most recent call last):\nRuntimeError: CUDA error: out of memory\n")
+    assert describe_exit(1, log) == "exit code 1: RuntimeError: CUDA error: out of memory"

@@ -206,3 +206,28 @@ def test_slurm_rerun_waits_for_jobs_still_queued_without_resubmitting(sweep_cli,
     assert "0 jobs submitted, 2 still in SLURM from before" in out + err
     assert "2 ok, 0 failed, 0 skipped" in out
     assert [j["slurm_id"] for j in json.loads((sweep / "launcher.json").read_text())["jobs"]] == first
+
+
+@slurm_only
+def test_slurm_job_that_can_never_start_is_named_with_its_reason(sweep_popen, tmp_path):
+    """More CPUs than the partition has: sbatch takes it, and it would wait forever; the launcher says so."""
+    import select
+    import signal
+
+    sweep = tmp_path / "sweep"
+    args = ["-m", "batch_size=32", *FAKE_SLURM, "hydra.launcher.cpus_per_task=512", f"hydra.sweep.dir={sweep}"]
+    proc = sweep_popen(args)
+    seen, t0 = "", time.time()
+    try:
+        while "will not start" not in seen:  # the launcher's log lines go to stdout
+            assert time.time() - t0 < 120 and proc.poll() is None, seen[-2000:]
+            if select.select([proc.stdout], [], [], 1.0)[0]:
+                seen += proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        ids = re.findall(r"SLURM job (\d+) waits for", seen)
+        subprocess.run(["scancel", *ids], check=False)
+    assert re.search(r"job 0 \[.*\]: SLURM job \d+ waits for PartitionConfig: it asks for more than the partition "
+                     r"offers \(CPUs, GPUs, memory, nodes\); it will not start: scancel it", seen), seen[-2000:]
+    assert re.search(r"stopped waiting; 1 job stays in SLURM \(scancel \d+ to stop it\)", out), out[-2000:]

@@ -198,6 +198,11 @@ def test_cli_writes_files(tmp_path):
     assert len(read_storms(out).y) == 24
 
 
+def test_cli_help_prints_usage():
+    r = run_cli("--help")
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m tornado.synth [out_dir=DIR]") and not r.stderr
+
+
 def test_cli_refuses_a_folder_with_other_storm_files(tmp_path):
     out = tmp_path / "syn"
     assert run_cli(f"out_dir={out}", "days=2", "patches_per_day=12", "seed=3").returncode == 0

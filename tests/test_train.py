@@ -170,8 +170,13 @@ def test_patience_stops_when_validation_skill_stalls_and_a_rerun_stops_again(dat
     assert [m for m in caplog.messages if m.startswith("stopped early")] == [line, line]  # stopped again at once
     more = train(cfg_for(*small(data_dir, "epochs=25", "patience=4")), output_dir=tmp_path)  # more patience: on
     assert len(more["history"]) > len(aucs) and more["history"][:len(aucs)] == r["history"]
+    logs = sorted(p.relative_to(tmp_path) for p in (tmp_path / "csv").rglob("*")) + ["tb"]
     plain = train(cfg_for(*small(data_dir, "epochs=2", "resume=false")), output_dir=tmp_path)  # no patience
     assert plain["early_stop"] is None and not (tmp_path / "checkpoints" / "best.ckpt").exists()
+    # started over: the earlier run's logs are set aside, not mixed with the new one's
+    aside = next((tmp_path / ".replaced").iterdir())
+    assert sorted(p.relative_to(aside) for p in (aside / "csv").rglob("*")) + ["tb"] == logs and (aside / "tb").is_dir()
+    assert sorted(p.name for p in (tmp_path / "csv").iterdir()) == ["hparams.yaml", "metrics.csv"]
     with pytest.raises(TornadoError, match=r"patience=2: needs score_epochs=true"):
         train(cfg_for(*small(data_dir, "patience=2", "score_epochs=false")), output_dir=tmp_path / "off")
     with pytest.raises(TornadoError, match=r"patience=2: needs a validation split"):
@@ -301,6 +306,7 @@ def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     ("+fast.bf=true", r"fast.bf: unknown key \(did you mean fast.bf16\?\)"),
     ("patience=0", "patience=0: must be a positive number of epochs, or null"),
     ("patience=abc", "patience=abc: must be a positive number of epochs, or null"),
+    ("trainer.accelerator=tpu", "trainer.accelerator=tpu: use one of auto, cpu, gpu, cuda"),
     # the data settings are named as this command takes them (data.), augment's as they are
     ("data.split.val_fraction=1.5", r"^data.split.val_fraction: 1.5: must be a number in \[0, 1\)$"),
     ("data.label.reduce=median", r"^data.label.reduce: 'median': must be one of"),
@@ -577,6 +583,60 @@ def test_hydra_s_own_refusals_are_one_line_exit_2(args, line, tmp_path):
     p = _cli([*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT)
     assert p.returncode == 2 and p.stderr == line + "\n", p.stderr[-2000:]
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_a_folder_that_cannot_be_written_is_one_line_exit_2(key, tmp_path):
+    (tmp_path / "a_file").write_text("not a folder")
+    where = tmp_path / "a_file" / "run"
+    p = _cli([*(["-m", "batch_size=64,128"] if key == "hydra.sweep.dir" else []), f"{key}={where}"], cwd=ROOT)
+    assert p.returncode == 2 and p.stderr == (f"error: {where}: cannot write there (Not a directory); hydra.run.dir= "
+                                              "(hydra.sweep.dir= for a sweep) sets another folder\n"), p.stderr[-2000:]
+
+
+def test_a_run_folder_in_use_is_refused_and_left_alone(data_dir, tmp_path, monkeypatch):
+    """Another process training in the folder (a sweep's job its killed launcher left running): refused at once,
+    its result.json untouched, with the exit status that tells a launcher not to record a failure there."""
+    import fcntl
+
+    from tornado.errors import IN_USE
+    from tornado.train import train
+
+    tmp_path.joinpath("result.json").write_text('{"status": "running"}')
+    with open(tmp_path / ".lock", "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        held.write("4242\n")
+        held.flush()
+        for sweep in (None, str(tmp_path)):  # a single run, and a sweep's job (which records its failures)
+            monkeypatch.delenv("TORNADO_SWEEP_DIR", raising=False)
+            if sweep:
+                monkeypatch.setenv("TORNADO_SWEEP_DIR", sweep)
+            with pytest.raises(TornadoError, match=r": in use by another training process \(pid 4242\); wait") as e:
+                train(cfg_for(*small(data_dir, "epochs=1")), output_dir=tmp_path)
+            assert e.value.code == IN_USE and (tmp_path / "result.json").read_text() == '{"status": "running"}'
+    monkeypatch.delenv("TORNADO_SWEEP_DIR")
+    r = train(cfg_for(*small(data_dir, "epochs=1")), output_dir=tmp_path)  # let go: it runs
+    assert r["status"] == "ok" and (tmp_path / ".lock").read_text() == f"{os.getpid()}\n"
+
+
+def test_sigterm_while_data_is_prepared_is_one_line_and_leaves_no_temp_file(tmp_path):
+    """`kill` (or SLURM's scancel) before training: the prepared file's temp file is removed, one line, 143."""
+    import signal
+    import time
+
+    data = tmp_path / "data"
+    proc = subprocess.Popen([sys.executable, "-m", "tornado.train", f"data.out_dir={data}", "data.synth.days=30",
+                             "data.synth.patches_per_day=400", f"hydra.run.dir={tmp_path / 'run'}", "gpus=0"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list(data.glob(".storms-*.tmp")) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    assert list(data.glob(".storms-*.tmp")), "no temp file seen"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143 and err.strip().splitlines()[-1] == "error: interrupted (SIGTERM)", err[-2000:]
+    assert not list(data.glob(".storms-*")) and not list(data.glob("storms-*.h5"))
+    assert not (tmp_path / "run").exists()  # a single run refused before training leaves nothing
 
 
 def test_resume_hint_names_the_run_folder_when_the_command_did_not(monkeypatch):

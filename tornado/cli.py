@@ -66,6 +66,14 @@ def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str) -
     except (ConfigCompositionException, MissingConfigException, OverrideParseException) as e:
         print(f"error: {hydra_error_line(e, lambda: setting_names(config_dir, config_name))}", file=sys.stderr)
         raise SystemExit(2) from None
+    except (OSError, ValueError) as e:  # the run's folder or log file, which Hydra makes, cannot be written
+        cause = e if isinstance(e, OSError) else e.__cause__ or e.__context__
+        if not isinstance(cause, OSError):
+            raise
+        where = f"{cause.filename}: " if cause.filename else ""
+        print(f"error: {where}cannot write there ({cause.strerror or cause}); hydra.run.dir= (hydra.sweep.dir= for a "
+              "sweep) sets another folder", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def hydra_error_line(e: Exception, names: Callable[[], list[str]]) -> str:

@@ -82,7 +82,9 @@ def collect(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     with open(sweep / ".collect.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         # Read under the lock, so the last writer always saw every finished job.
-        rows = [result_row(p.parent.name, _read(p)) for p in files]
+        # output_dir: where the job's folder is now (a sweep copied or moved keeps the folder it ran in in its
+        # result.json files)
+        rows = [result_row(p.parent.name, _read(p)) | {"output_dir": str(p.parent.resolve())} for p in files]
         df = pd.DataFrame(rows, columns=_ordered_columns(rows))
         write_atomic(sweep / "results.csv", df.to_csv(index=False))
     return df

@@ -1,10 +1,13 @@
 """One-line errors for bad input, and the exit convention of every command."""
 from __future__ import annotations
 
+import contextlib
 import numbers
 import os
+import signal
 import sys
-from typing import Any, Callable, TypeVar
+import threading
+from typing import Any, Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 
@@ -27,10 +30,47 @@ def is_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
-def run_cli(fn: Callable[[], T]) -> T:
-    """Run a command's body: its errors, a file it cannot write and Ctrl-C end as one `error:` line."""
+IN_USE = 75  # exit status of a run refused because another process trains in its folder
+
+
+def die_with_parent() -> None:
+    """SIGTERM for this process when the one that started it dies (a sweep's launcher killed, its login lost),
+    so that no job trains on unseen and unstoppable; Linux only, elsewhere nothing."""
     try:
-        return fn()
+        import ctypes
+        ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class Terminated(BaseException):
+    """SIGTERM (a `kill`, SLURM's scancel), raised where the command is, so that its clean-ups run (a temp file
+    is removed) as for Ctrl-C."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
+@contextlib.contextmanager
+def on_sigterm(handler: Callable | int = _terminate) -> Iterator[None]:
+    """`handler` for SIGTERM inside the block, by default raising `Terminated` (main thread only; elsewhere
+    nothing changes)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_cli(fn: Callable[[], T]) -> T:
+    """Run a command's body: its errors, a file it cannot write, Ctrl-C and SIGTERM end as one `error:` line."""
+    try:
+        with on_sigterm():
+            return fn()
     except TornadoError as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(e.code) from None
@@ -44,3 +84,6 @@ def run_cli(fn: Callable[[], T]) -> T:
     except KeyboardInterrupt:
         print("error: interrupted (Ctrl-C)", file=sys.stderr)
         raise SystemExit(130) from None
+    except Terminated:
+        print("error: interrupted (SIGTERM)", file=sys.stderr)
+        raise SystemExit(143) from None

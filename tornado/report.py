@@ -67,7 +67,9 @@ class Sweep:
         return ok_rows(self.df)
 
     def job_dir(self, job: str) -> Path:
-        # results.csv may lack an output_dir column (hand-made, or older): the job's folder under the sweep then.
+        """The job's folder under the sweep's, else where results.csv says it ran (several sweeps read as one)."""
+        if (self.dir / str(job) / "result.json").is_file():  # a sweep copied or moved: not the folder it ran in
+            return self.dir / str(job)
         row = self.df.loc[self.df["job"].astype(str) == str(job)]
         out = row["output_dir"].iloc[0] if len(row) and "output_dir" in row.columns else None
         if isinstance(out, str) and Path(out).is_dir():
@@ -452,7 +454,9 @@ def _constant_note(constant: float, target: float, single: bool, sts: dict | Non
         return f"{head} The skill cards ({', '.join(cards)}) do."
     if cards:
         return f"{head} The {cards[0]} card does."
-    return f"{head} Nor does any job show skill: the skill cards find no job above the no-skill level." if none else head
+    if none:
+        return f"{head} Nor does any job show skill: the skill cards find no job above the no-skill level."
+    return head
 
 
 def _auc_se(row: pd.Series, metric: str, auc: float) -> float:

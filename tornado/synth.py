@@ -382,7 +382,11 @@ def parse_args(argv: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> list[Path]:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] in (["-h"], ["--help"]):
+        print(USAGE)
+        return []
+    args = parse_args(argv)
     out_dir = args.pop("out_dir", "outputs/data/synthetic")
     paths = generate(out_dir, **args)
     print(f"wrote {counted(len(paths), 'NCARSTORM file')} to {Path(out_dir).resolve()}")

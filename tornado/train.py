@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import ctypes
 import datetime as dt
+import fcntl
 import io
 import logging
 import math
 import os
 import platform
+import signal
 import socket
 import sys
 import time
@@ -32,7 +34,8 @@ import tornado
 from tornado import records
 from tornado.cli import closest, counted, run_hydra_app
 from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_split
-from tornado.errors import TornadoError, is_int, is_number, run_cli
+from tornado.errors import (IN_USE, Terminated, TornadoError, die_with_parent, is_int, is_number, on_sigterm,
+                            run_cli)
 from tornado.metrics import SCORES, VAL_SCORES, best_csi_threshold, forecast_scores, roc_auc
 from tornado.model import StormModule
 from tornado.prepare import ensure_prepared
@@ -54,9 +57,14 @@ for _msg in (".*srun.*", ".*LeafSpec.*", ".*does not have many workers.*", ".*sm
 sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
 
 
+ACCELERATORS = ("auto", "cpu", "gpu", "cuda")  # what `gpus` chooses between
+
+
 def resolve_devices(cfg: DictConfig) -> tuple[str, int]:
     """(accelerator, devices) from `gpus` and `trainer.accelerator`; refuses GPUs that are not there."""
     gpus, accel = cfg.gpus, str(cfg.trainer.accelerator)
+    if accel not in ACCELERATORS:
+        raise TornadoError(f"trainer.accelerator={accel}: use one of {', '.join(ACCELERATORS)}")
     visible = torch.cuda.device_count()
     if gpus == "auto":
         gpus = visible if accel != "cpu" else 1
@@ -414,6 +422,20 @@ def log_aside(csv_log: Path, done: int) -> Path | None:
     return aside
 
 
+def logs_aside(out: Path) -> Path | None:
+    """`resume=false` in a folder that holds a run: its CSV and TensorBoard logs (which the new run's would join)
+    go to out/.replaced/<time>/; returns where."""
+    old = [out / name for name in ("csv", "tb") if (out / name).exists()]
+    if not old:
+        return None
+    aside = out / ".replaced" / dt.datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    aside.mkdir(parents=True)
+    for path in old:
+        os.replace(path, aside / path.name)
+    log.info("resume=false: the earlier run's logs moved to %s", _shown(aside))
+    return aside
+
+
 def _logged_epochs(csv_log: Path, done: int) -> str:
     """'first-last' of the epochs (from 1) a CSV log holds (a log moved aside at an earlier resume holds the ones
     before)."""
@@ -523,6 +545,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
     }
     last = out / "checkpoints" / "last.ckpt"
     saver = fitting = None
+    lock = _hold(out) if rank == 0 else None  # refused before anything is written
     # a single run that fails before it trains (refused settings, data or checkpoint) leaves the folder's
     # result.json as it was; a sweep's job records the failure (its launcher reads it)
     before = (out / "result.json").read_bytes() if (out / "result.json").is_file() else None
@@ -551,6 +574,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             raise TornadoError(f"patience={cfg.patience}: needs a validation split to watch "
                                "(data.split.val_fraction > 0)")
         csv_aside = log_aside(out / "csv" / "metrics.csv", done) if ckpt and rank == 0 else None
+        if not cfg.resume and rank == 0:
+            logs_aside(out)
         last.parent.mkdir(parents=True, exist_ok=True)
         saver = _LastCheckpoint(last, ident)
         skill = (_EpochSkill(*load_split(path, "val"), patience=cfg.get("patience"))
@@ -558,7 +583,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         trainer, clock = make_trainer(cfg, out, accelerator, devices, dm, [saver] + ([skill] if skill else []))
         fitting = (accelerator, devices, fast, dm, module, clock, skill)
         clock.run_start, clock.fit_start = t_start, time.perf_counter()
-        trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
+        with on_sigterm(signal.SIG_DFL):  # Lightning's own stops at the next step (it would call ours too)
+            trainer.fit(module, datamodule=dm, ckpt_path=ckpt)
         if not trainer.is_global_zero:
             return result
         if csv_aside and csv_aside.exists() and not csv_aside.with_name("metrics.csv").exists():
@@ -593,6 +619,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
     except BaseException as e:  # recorded, then re-raised: a sweep sees the failure in result.json
         result["status"] = "failed"
         result["error"] = f"{type(e).__name__}: {e}".splitlines()[0] if str(e) else type(e).__name__
+        if isinstance(e, (KeyboardInterrupt, Terminated)):  # before training (data being prepared)
+            result["error"] = f"interrupted ({'SIGTERM' if isinstance(e, Terminated) else 'Ctrl-C'})"
         if fitting is not None:  # it trained, or tried: what it kept (no test scores)
             result.update({"prepared": str(path), **_progress(cfg, t_start, *fitting)})
         if saver is not None and saver.interrupted:  # Lightning turns these into SystemExit: say what happened
@@ -614,7 +642,30 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             sweep = os.environ.get("TORNADO_SWEEP_DIR")
             if sweep and result["status"] != "running":
                 _refresh_sweep(sweep)
+        if lock is not None:
+            lock.close()
     return result
+
+
+def _hold(out: Path):
+    """An exclusive lock on the run's folder while this process trains in it: two processes in one folder (a
+    sweep's job left running by a killed launcher, and the sweep run again) would mix checkpoints, logs and
+    times. Open until the run ends; the folder's .lock names the holder's pid."""
+    out.mkdir(parents=True, exist_ok=True)
+    f = open(out / ".lock", "a+")
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        pid = f.read().strip()
+        f.close()
+        who = f" (pid {pid})" if pid.isdigit() else ""
+        raise TornadoError(f"{_shown(out)}: in use by another training process{who}; wait for it to end, or stop "
+                           "it, and run again", code=IN_USE) from None
+    f.truncate(0)
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
 
 
 def _refresh_sweep(sweep_dir: str) -> None:
@@ -812,8 +863,8 @@ def new_run_dirs(argv: list[str]) -> set[str]:
 
 
 def drop_refused_run(out: Path) -> bool:
-    """Removes the folder of a single run refused before training where it was made for this run (the default
-    folder, or one the command named that did not exist) and holds only Hydra's files (`train` wrote no record):
+    """Removes the folder of a single run refused or stopped before training where it was made for this run (the
+    default folder, or one the command named that did not exist) and holds only Hydra's files (no record):
     a refused run leaves nothing. A sweep's job keeps its record (the launcher reads it). Returns whether it did."""
     from hydra.types import RunMode
 
@@ -822,7 +873,7 @@ def drop_refused_run(out: Path) -> bool:
         return False
     if any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra) and str(out) not in _NEW_RUN_DIRS:
         return False
-    files = [out / f"{hc.job.name}.log"]
+    files = [out / f"{hc.job.name}.log", out / ".lock"]
     saved = out / hc.output_subdir if hc.output_subdir else None  # .hydra: the config Hydra wrote
     if saved is not None:
         files += [saved / f"{name}.yaml" for name in ("config", "hydra", "overrides")]
@@ -839,10 +890,12 @@ def drop_refused_run(out: Path) -> bool:
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
 def main(cfg: DictConfig) -> float | None:
+    if os.environ.get("TORNADO_SWEEP_DIR"):  # a sweep's job: it ends with its launcher
+        die_with_parent()
     try:
         result = run_cli(lambda: train(cfg))
     except SystemExit as e:
-        if e.code == 2:  # refused: a setting, the data, a checkpoint it cannot continue
+        if e.code in (2, 130, 143):  # refused (a setting, the data, a checkpoint it cannot continue), or stopped
             drop_refused_run(Path(HydraConfig.get().runtime.output_dir).resolve())
         raise
     if result.get("status") != "ok":

@@ -3,6 +3,7 @@
 import datetime as _dt
 import logging
 import os
+import re
 import signal
 import socket
 import sys
@@ -19,7 +20,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tornado.cli import counted
-from tornado.errors import TornadoError, run_cli
+from tornado.errors import IN_USE, TornadoError, run_cli
 from tornado.records import config_hash, flatten, read_result, task_container, write_json
 
 log = logging.getLogger(__name__)
@@ -276,6 +277,8 @@ def describe_exit(rc: Optional[int], log_path: Optional[Path] = None) -> str:
     else:
         text = f"exit code {rc}"
     tail = _tail(log_path) if log_path else ""
+    if re.match(r"\[[^]]*\]\[[^]]*\]\[(DEBUG|INFO)\]", tail):  # a progress line of the job's log: no cause
+        tail = ""
     return f"{text}: {tail}" if tail else text
 
 
@@ -300,6 +303,8 @@ def settle(job: Job, rc: Optional[int], reason: Optional[str] = None) -> None:
         job.error = f"exit code 0 but result.json {'says ' + repr(res.get('status')) if res else 'is missing'}"
     else:
         job.error = describe_exit(rc, job.dir / "stdout.log")
+    if rc == IN_USE:  # another process trains in its folder (and keeps its result.json)
+        return
     rec = dict(res or {})
     rec.update(status="failed", error=job.error, config_hash=job.config_hash, overrides=list(job.overrides),
                output_dir=str(job.dir), finished=_iso(job.end or time.time()),

@@ -27,13 +27,20 @@ _ALIVE = {"PENDING", "CONFIGURING", "RUNNING", "COMPLETING", "REQUEUED", "REQUEU
           "SUSPENDED", "PREEMPTED", "STAGE_OUT", "SIGNALING", "STOPPED", "RESV_DEL_HOLD"}
 
 
-def queue_states(slurm_ids: Sequence[str]) -> Optional[Dict[str, str]]:
-    """SLURM state of each job or array task still known to slurmctld; None if squeue did not answer."""
+# why a pending job waits, where waiting will not help: what it asks for is more than the partition has
+_NEVER = {"PartitionConfig": "it asks for more than the partition offers (CPUs, GPUs, memory, nodes)",
+          "BadConstraints": "its constraints cannot be met", "PartitionTimeLimit": "its time exceeds the partition's",
+          "PartitionNodeLimit": "it asks for more nodes than the partition's limit"}
+
+
+def queue_states(slurm_ids: Sequence[str], reasons: Optional[Dict[str, str]] = None) -> Optional[Dict[str, str]]:
+    """SLURM state of each job or array task still known to slurmctld; None if squeue did not answer.
+    `reasons`, if given, gets why each pending one waits (squeue's reason: Resources, Priority, ...)."""
     bases = sorted({i.split("_")[0] for i in slurm_ids})
     if not bases:
         return {}
     try:
-        r = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T", "-j", ",".join(bases)],
+        r = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(bases)],
                            capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -41,8 +48,11 @@ def queue_states(slurm_ids: Sequence[str]) -> Optional[Dict[str, str]]:
         return {} if "Invalid job id" in r.stderr else None
     states = {}
     for line in r.stdout.splitlines():
-        jid, _, state = line.strip().partition("|")
+        jid, _, rest = line.strip().partition("|")
+        state, _, reason = rest.partition("|")
         states[jid] = state.split()[0] if state else ""
+        if reasons is not None and states[jid] == "PENDING" and reason.strip() not in ("", "None", "(null)"):
+            reasons[jid] = reason.strip()
     return states
 
 
@@ -129,8 +139,10 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             self._wait(todo, folder)
         except KeyboardInterrupt:
             running = [j.slurm_id for j in todo if j.status == "running"]
-            print(f"\nstopped waiting; {counted(len(running), 'job')} stay in SLURM (scancel {' '.join(running)} to "
-                  f"stop them); collect later with: python -m tornado.collect {sweep_dir}", flush=True)
+            one = len(running) == 1
+            print(f"\nstopped waiting; {counted(len(running), 'job')} {'stays' if one else 'stay'} in SLURM (scancel "
+                  f"{' '.join(running)} to stop {'it' if one else 'them'}); collect later with: python -m tornado.collect "
+                  f"{sweep_dir}", flush=True)
             raise
         plan.update(state="finished", started=t0, finished=time.time(), wall_s=time.time() - t0,
                     jobs=[job_record(j) for j in jobs])
@@ -197,9 +209,11 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
         gone: Dict[int, float] = {}
         t0 = time.time()
         waiting = {j.num: j for j in todo}
+        stuck: set = set()  # jobs warned of as never to start
         try:
             while waiting:
-                states = queue_states([j.slurm_id for j in waiting.values()])
+                reasons: Dict[str, str] = {}
+                states = queue_states([j.slurm_id for j in waiting.values()], reasons)
                 queued = running = 0
                 for num, j in list(waiting.items()):
                     pickles = _result_pickles(folder / j.slurm_id, j.slurm_id, j.procs)
@@ -218,6 +232,12 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                             j.start = j.start or time.time()  # first seen running: its time, without the queue's
                         else:
                             queued += 1
+                            why = reasons.get(j.slurm_id, "")
+                            if why in _NEVER and num not in stuck:
+                                stuck.add(num)
+                                progress.note(logging.WARNING, f"{j.label}: SLURM job {j.slurm_id} waits for "
+                                              f"{why}: {_NEVER[why]}; it will not start: scancel it and ask for "
+                                              "less (hydra.launcher.*)")
                         continue
                     elif time.time() - gone.setdefault(num, time.time()) < grace:
                         continue
@@ -229,8 +249,10 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                         progress.note(logging.WARNING, f"{j.label} failed: {j.error}")
                     del waiting[num]
                 c, now = counts(todo), time.time()
+                why = ", ".join(sorted(set(reasons.values())))
                 progress.show(f"slurm: {c['ok'] + c['failed']}/{len(todo)} done ({c['ok']} ok, {c['failed']} failed), "
-                              f"{running} running, {queued} queued, {duration_text(now - t0)}{eta_text(todo, now)}")
+                              f"{running} running, {queued} queued{f' ({why})' if why else ''}, "
+                              f"{duration_text(now - t0)}{eta_text(todo, now)}")
                 if waiting:
                     time.sleep(self.p.poll_s)
         finally:

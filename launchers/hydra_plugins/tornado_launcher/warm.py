@@ -46,6 +46,9 @@ def _child(module: str, job: dict) -> None:
 
 
 def serve(module: str, preload: list) -> None:
+    from tornado.errors import die_with_parent
+
+    die_with_parent()  # and its job with it (the job sets the same on itself)
     for name in preload:
         try:
             importlib.import_module(name)
