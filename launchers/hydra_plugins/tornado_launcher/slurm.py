@@ -141,8 +141,8 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             running = [j.slurm_id for j in todo if j.status == "running"]
             one = len(running) == 1
             print(f"\nstopped waiting; {counted(len(running), 'job')} {'stays' if one else 'stay'} in SLURM (scancel "
-                  f"{' '.join(running)} to stop {'it' if one else 'them'}); collect later with: python -m tornado.collect "
-                  f"{sweep_dir}", flush=True)
+                  f"{' '.join(running)} to stop {'it' if one else 'them'}); collect later with: "
+                  f"python -m tornado.collect {sweep_dir}", flush=True)
             raise
         plan.update(state="finished", started=t0, finished=time.time(), wall_s=time.time() - t0,
                     jobs=[job_record(j) for j in jobs])
