@@ -1118,8 +1118,8 @@ def test_best_configurations_are_ranked_by_their_mean_over_seeds(tmp_path):
     results = {}
     for job, (b, seed, auc) in enumerate([(128, 0, 0.80), (128, 1, 0.84), (256, 0, 0.86), (256, 1, 0.70)]):
         hp = {"epochs": 1, "batch_size": b, "lr": 0.001, "data_multiplier": 1, "gpus": 0, "seed": seed}
-        results[str(job)] = result_json(sweep / str(job), hp, metrics={"val_roc_auc": auc}, wall_s=10.0 + job,
-                                        predictions=False)
+        m = {"val_roc_auc": auc, "val_n": 1500, "val_positives": 70}  # cases enough: skill beyond one SE
+        results[str(job)] = result_json(sweep / str(job), hp, metrics=m, wall_s=10.0 + job, predictions=False)
     write_results_csv(sweep, results)
     paths = report.build_report(sweep)
     best = json.loads(paths["summary.json"].read_text())["best_by_metric"]

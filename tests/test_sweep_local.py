@@ -292,6 +292,16 @@ def test_gpu_request_without_gpus_is_refused_up_front(sweep_cli, tmp_path):
         assert (f / "multirun.yaml").exists() and not job_dirs(f)  # nothing was launched
 
 
+@pytest.mark.parametrize("setting, line", [
+    ("hydra.launcher.max_parallel=0", "error: hydra.launcher.max_parallel=0: must be at least 1, or null to choose"),
+    ("hydra.launcher.stop_grace_s=-1", "error: hydra.launcher.stop_grace_s=-1: must be 0 or more seconds"),
+])
+def test_launcher_settings_that_cannot_work_are_refused_up_front(sweep_cli, tmp_path, setting, line):
+    p = sweep_cli(["-m", "batch_size=64,128", f"hydra.sweep.dir={tmp_path / 'sweep'}", setting])
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == line, p.stderr[-2000:]
+    assert not job_dirs(tmp_path / "sweep")
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("warm", ["false", "true"])
 def test_cpu_ddp_sweep_of_the_real_train(sweep_cli, sweep_train_overrides, tmp_path, warm):

@@ -123,7 +123,9 @@ def test_slurm_progress_line_on_a_terminal_estimates_the_time_left(on_terminal, 
     assert any(ln.startswith("slurm: 0/3 done (0 ok, 0 failed), ") and "left" not in ln for ln in progress), progress
     # one at a time: after the first job, the two still queued are estimated from its time
     after_one = [ln for ln in progress if ln.startswith("slurm: 1/3 done (1 ok, 0 failed), ")]
-    assert after_one and all(re.search(r" queued, .*, about \d+ s left$", ln) for ln in after_one), after_one
+    left = r" queued( \([A-Za-z]+\))?, .*, about \d+ s left$"  # with why they wait, as squeue says
+    assert after_one and all(re.search(left, ln) for ln in after_one), after_one
+    assert any(re.search(r" queued \([A-Za-z]+\), ", ln) for ln in after_one), after_one  # e.g. JobArrayTaskLimit
 
 
 @slurm_only

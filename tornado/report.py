@@ -459,15 +459,13 @@ def _constant_note(constant: float, target: float, single: bool, sts: dict | Non
     return head
 
 
-def _auc_se(row: pd.Series, metric: str, auc: float) -> float:
-    """Hanley and McNeil's standard error of `auc` from the row's cases (validation's for a `val_` metric); 0
-    where they are unknown."""
+def _auc_se(ok: pd.DataFrame, metric: str) -> pd.Series:
+    """Each job's Hanley and McNeil standard error of its ROC AUC `metric`, from the cases it was scored on
+    (validation's for `val_roc_auc`); 0 where they are unknown."""
     scored = metric[:-len("roc_auc")]
-    pos, n = (pd.to_numeric(pd.Series([row.get(f"{scored}{k}")]), errors="coerce").iloc[0] for k in ("positives", "n"))
-    if not (np.isfinite(pos) and np.isfinite(n)):
-        return 0.0
-    se = roc_auc_se(float(auc), int(pos), int(n - pos))
-    return se if math.isfinite(se) else 0.0
+    auc, pos, n = (numeric_column(ok, c) for c in (metric, f"{scored}positives", f"{scored}n"))
+    se = [roc_auc_se(a, int(p), int(k - p)) if np.isfinite([a, p, k]).all() else 0.0 for a, p, k in zip(auc, pos, n)]
+    return pd.Series(se, index=ok.index).fillna(0.0)
 
 
 def time_to_skill(ok: pd.DataFrame, metric: str, tolerance: float = 0.01) -> dict | None:
@@ -475,7 +473,9 @@ def time_to_skill(ok: pd.DataFrame, metric: str, tolerance: float = 0.01) -> dic
     repeat configurations (seeds), the fastest configuration by its repeats' means: `n` and `jobs` say which."""
     m, wall = numeric_column(ok, metric), numeric_column(ok, "wall_s")
     level, level_name = no_skill(ok, metric) or (pd.Series(-math.inf, index=ok.index), None)
-    good = ok.assign(_m=m, _w=wall, _ns=level.fillna(-math.inf)).dropna(subset=["_m", "_w"])
+    # a ROC AUC within one standard error of chance is no skill, as for the soonest-to-skill card
+    se = _auc_se(ok, metric) if metric.removeprefix("val_") == "roc_auc" else pd.Series(0.0, index=ok.index)
+    good = ok.assign(_m=m, _w=wall, _ns=level.fillna(-math.inf), _se=se).dropna(subset=["_m", "_w"])
     if good.empty:
         return None
     keys, groups = configurations(ok, good)
@@ -483,12 +483,12 @@ def time_to_skill(ok: pd.DataFrame, metric: str, tolerance: float = 0.01) -> dic
         rows = []
         for g in (g.sort_values(["_w", "job"]) for g in groups):
             rows.append(g.iloc[0].to_dict() | {"_m": g["_m"].mean(), "_w": g["_w"].mean(), "_ns": g["_ns"].mean(),
-                                               "n": len(g), "jobs": [str(j) for j in g["job"]]})
+                                               "_se": g["_se"].mean(), "n": len(g),
+                                               "jobs": [str(j) for j in g["job"]]})
         good = pd.DataFrame(rows)
     top = good.loc[good["_m"].idxmax() if _direction(metric) > 0 else good["_m"].idxmin()]
     best = top["_m"]
-    # a ROC AUC within one standard error of chance is no skill, as for the soonest-to-skill card
-    se = _auc_se(top, metric, best) if metric.removeprefix("val_") == "roc_auc" else 0.0
+    se = top["_se"]
     if best - se <= top["_ns"]:  # the best job has no skill
         return {"job": None, metric: None, "best": _plain(best), "wall_s": None, "tolerance": tolerance,
                 "config": {}, "no_skill": _plain(top["_ns"]),

@@ -175,6 +175,11 @@ class TornadoLocalLauncher(TornadoLauncherBase):
         p = self.p
         if p.schedule not in ("dynamic", "static"):
             raise TornadoError(f"hydra.launcher.schedule={p.schedule!r}: use dynamic or static")
+        for key in ("max_parallel", "workers", "threads_per_job"):  # 0 is not "choose for me": null is
+            if getattr(p, key) is not None and getattr(p, key) < 1:
+                raise TornadoError(f"hydra.launcher.{key}={getattr(p, key)}: must be at least 1, or null to choose")
+        if p.stop_grace_s < 0:
+            raise TornadoError(f"hydra.launcher.stop_grace_s={p.stop_grace_s:g}: must be 0 or more seconds")
         module = job_module(p.module)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
