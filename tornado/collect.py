@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import fcntl
 import json
 import os
 from pathlib import Path
@@ -12,7 +11,7 @@ import pandas as pd
 
 from tornado.cli import counted
 from tornado.errors import TornadoError, run_cli
-from tornado.records import best_epoch, flatten, write_atomic
+from tornado.records import best_epoch, flatten, locked, write_atomic
 
 _EXTRA = ("config_hash", "started", "finished", "host")
 
@@ -79,8 +78,7 @@ def collect(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     """Gather the sweep's result.json files into SWEEP_DIR/results.csv (atomic, under a lock) and return them."""
     sweep = Path(sweep_dir)
     files = result_files(sweep)
-    with open(sweep / ".collect.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with locked(sweep / ".collect.lock"):
         # Read under the lock, so the last writer always saw every finished job.
         # output_dir: where the job's folder is now (a sweep copied or moved keeps the folder it ran in in its
         # result.json files)

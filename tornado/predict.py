@@ -180,7 +180,9 @@ def predict(checkpoint, source, label: LabelRule | dict | None = None, batch: in
             **({"tornado": (p >= cut).astype(np.uint8)} if cut is not None else {}),
             "label": storms.y if storms.y is not None else pd.array([pd.NA] * len(x), dtype="Int64"),
         }))
-    return pd.concat(frames, ignore_index=True)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["label_rule"] = label  # the rule the label column follows
+    return out
 
 
 USAGE = ("usage: python -m tornado.predict checkpoint=FILE|RUN_DIR input=DIR_OR_GLOB [output=predictions.csv] "
@@ -200,9 +202,8 @@ def _main(argv: list[str]) -> None:
         print(f"the sweep's best job by validation ROC AUC: {job} ({auc:.4g}), {run}")
         args["checkpoint"] = str(run)
     given = {k: args[f"label_{k}"] for k in ("reduce", "threshold", "inclusive")}
-    rule = label_rule(load_model(args["checkpoint"]), given)
     cut = run_threshold(args["checkpoint"], args["threshold"])
-    df = predict(args["checkpoint"], args["input"], rule, args["batch"], "none" if cut is None else cut)
+    df = predict(args["checkpoint"], args["input"], given, args["batch"], "none" if cut is None else cut)
     buf = io.StringIO()
     df.to_csv(buf, index=False, float_format="%.6f")
     try:
@@ -211,7 +212,7 @@ def _main(argv: list[str]) -> None:
         raise TornadoError(f"output={args['output']}: cannot write it ({e.strerror or e})") from None
     yes = f"; yes/no (tornado) at threshold {cut:.4g}" if cut is not None else ""
     if df["label"].notna().any():
-        yes += f"; observed labels: {rule_text(rule)}"
+        yes += f"; observed labels: {rule_text(df.attrs['label_rule'])}"
     patches = counted(len(df), "patch", "patches")
     print(f"{patches} from {counted(df['file'].nunique(), 'file')} -> {args['output']}{yes}")
 

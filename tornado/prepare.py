@@ -33,7 +33,7 @@ from tornado import data, synth
 from tornado.cli import run_hydra_app
 from tornado.augment import AugmentConfig, augment
 from tornado.errors import TornadoError, is_int, is_number, run_cli
-from tornado.records import write_json
+from tornado.records import locked, write_json
 
 log = logging.getLogger(__name__)
 
@@ -145,17 +145,6 @@ def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
 
 
 # ---------------------------------------------------------------------------------------------- locking
-@contextlib.contextmanager
-def _locked(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[int]:
-    """Hold an flock on ``path`` (created if missing; never deleted, so every process locks one inode)."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, mode)
-        yield fd
-    finally:
-        os.close(fd)
-
-
 # ---------------------------------------------------------------------------------------------- synthetic
 def _synthetic_listing(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.glob(data.FILE_GLOB))
@@ -249,7 +238,7 @@ def prepare(data_cfg: Mapping, augment_cfg: Mapping | None) -> tuple[Path, bool]
             source = str(Path(s.source).absolute())
         chash = content_hash(s, files)
         path = s.out_dir / f"storms-{chash[:12]}.h5"
-        with _locked(path.with_name(path.name + ".lock")):
+        with locked(path.with_name(path.name + ".lock")):
             if _is_current(path, chash):
                 log.info("prepared data: %s (up to date)", path)
                 return path, False

@@ -2,13 +2,15 @@
 per-epoch history says."""
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -39,6 +41,18 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v
     return out
+
+
+@contextlib.contextmanager
+def locked(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[int]:
+    """Hold an flock on ``path`` (created if missing; never deleted, so every process locks one inode); with
+    LOCK_NB in `mode`, BlockingIOError where another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, mode)
+        yield fd
+    finally:
+        os.close(fd)
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:

@@ -5,6 +5,7 @@ returns the metric named by `optimize_metric` to sweepers.
 """
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import datetime as dt
 import fcntl
@@ -647,25 +648,22 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
     return result
 
 
-def _hold(out: Path):
+def _hold(out: Path) -> contextlib.ExitStack:
     """An exclusive lock on the run's folder while this process trains in it: two processes in one folder (a
     sweep's job left running by a killed launcher, and the sweep run again) would mix checkpoints, logs and
-    times. Open until the run ends; the folder's .lock names the holder's pid."""
+    times. Held until the returned stack is closed; the folder's .lock names the holder's pid."""
     out.mkdir(parents=True, exist_ok=True)
-    f = open(out / ".lock", "a+")
+    held = contextlib.ExitStack()
     try:
-        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        fd = held.enter_context(records.locked(out / ".lock", fcntl.LOCK_EX | fcntl.LOCK_NB))
     except BlockingIOError:
-        f.seek(0)
-        pid = f.read().strip()
-        f.close()
+        pid = (out / ".lock").read_text().strip()
         who = f" (pid {pid})" if pid.isdigit() else ""
         raise TornadoError(f"{_shown(out)}: in use by another training process{who}; wait for it to end, or stop "
                            "it, and run again", code=IN_USE) from None
-    f.truncate(0)
-    f.write(f"{os.getpid()}\n")
-    f.flush()
-    return f
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return held
 
 
 def _refresh_sweep(sweep_dir: str) -> None:
