@@ -188,19 +188,19 @@ def _read_var(ds: netCDF4.Dataset, path: Path, name: str, shape: tuple[int, ...]
     return np.asarray(np.ma.getdata(data))
 
 
-def _reversed_axes(ds: netCDF4.Dataset, grid: tuple[int, ...]) -> dict[str, np.ndarray]:
-    """Which patches have rows running north to south, or columns east to west, by their `lat` and `lon`
-    (where the file has them): augmentation turns the wind with the grid only when rows run south to north
-    and columns west to east, as in NCAR's files."""
-    out = {}
-    for name, var, axis in (("rows running north to south", "lat", 1), ("columns running east to west", "lon", 2)):
+def _reversed_axes(ds: netCDF4.Dataset, grid: tuple[int, ...]) -> list[tuple[str, np.ndarray, int]]:
+    """(what, which patches, the axis to turn) for patches whose rows run north to south or columns east to
+    west, by their `lat` and `lon` (where the file has them): augmentation turns the wind with the grid only
+    when rows run south to north and columns west to east, as in NCAR's files."""
+    out = []
+    for what, var, axis in (("rows running north to south", "lat", -2), ("columns running east to west", "lon", -1)):
         coord = ds.variables.get(var)
         if coord is None or tuple(coord.shape) != grid:
-            out[name] = np.zeros(grid[0], bool)
             continue
-        first = np.asarray(coord[:, 0, :] if axis == 1 else coord[:, :, 0], dtype=np.float64)
-        last = np.asarray(coord[:, -1, :] if axis == 1 else coord[:, :, -1], dtype=np.float64)
-        out[name] = np.nan_to_num((last - first).mean(axis=1)) < 0
+        first, last = (np.asarray(coord[:, k, :] if axis == -2 else coord[:, :, k], dtype=np.float64) for k in (0, -1))
+        flip = np.nan_to_num((last - first).mean(axis=1)) < 0  # the edges only: no more read than needed
+        if flip.any():
+            out.append((what, flip, axis))
     return out
 
 
@@ -232,11 +232,10 @@ def read_file(path: str | Path, label: LabelRule = LabelRule(), nonfinite: str =
             turned = _reversed_axes(ds, grid)
         except (OSError, RuntimeError, ValueError, IndexError, KeyError) as e:
             raise TornadoError(f"NCARSTORM file: {path}: cannot be read ({_reason(e)})") from None
-    for axis, (name, flip) in enumerate(turned.items()):
-        if flip.any():  # U and V stay east and north components: only the points are put in order
-            log.warning("%s: %d of %d patches have %s; put in order", path, int(flip.sum()), p, name)
-            x[flip] = np.flip(x[flip], axis=axis - 2)
-            future[flip] = np.flip(future[flip], axis=axis - 2)
+    for what, flip, axis in turned:  # U and V stay east and north components: only the points are put in order
+        log.warning("%s: %d of %d patches have %s; put in order", path, int(flip.sum()), p, what)
+        x[flip] = np.flip(x[flip], axis=axis)
+        future[flip] = np.flip(future[flip], axis=axis)
     finite = np.isfinite(x).all(axis=(1, 2, 3)) & np.isfinite(future).all(axis=(1, 2))
     n_bad = int(p - finite.sum())
     if n_bad:
