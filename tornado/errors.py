@@ -48,8 +48,19 @@ class Terminated(BaseException):
     is removed) as for Ctrl-C."""
 
 
+_TERMINATED: list[bool] = []  # SIGTERM came in (its exception may have been swallowed: see stop_if_terminated)
+
+
 def _terminate(signum, frame):
+    _TERMINATED.append(True)
     raise Terminated()
+
+
+def stop_if_terminated() -> None:
+    """Raise `Terminated` if SIGTERM came in: Python ignores an exception raised inside a destructor or a weakref
+    callback (h5py runs some while it writes), so long work checks here between its steps."""
+    if _TERMINATED:
+        raise Terminated()
 
 
 @contextlib.contextmanager
@@ -60,6 +71,8 @@ def on_sigterm(handler: Callable | int = _terminate) -> Iterator[None]:
         yield
         return
     previous = signal.signal(signal.SIGTERM, handler)
+    if handler is _terminate:
+        _TERMINATED.clear()
     try:
         yield
     finally:
