@@ -325,16 +325,16 @@ def plot_verification(prob: np.ndarray, label: np.ndarray, who: str, threshold: 
     ax, hist = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     # an attributes diagram (Hsu and Murphy, 1986): a bin inside the shaded area, nearer the diagonal than the
     # no-skill line halfway to climatology, adds to the Brier skill score
-    c = float(climatology) if climatology is not None and math.isfinite(climatology) else float(label.mean())
+    known = climatology is not None and math.isfinite(climatology)
+    c = float(climatology) if known else float(label.mean())
     grid = np.linspace(0, 1, 101)
     ax.fill_between(grid, (grid + c) / 2, np.where(grid >= c, 1.0, 0.0), color="#dbeafe", alpha=0.6, lw=0,
                     label="adds skill")
     ax.plot(grid, (grid + c) / 2, ls="-.", color="#64748b", lw=1, label="no skill")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect")
-    ax.axhline(c, ls=":", color="#b45309", lw=1, label=f"climatology {c:.3f}" + (
-        "" if climatology is not None else " (test set)"))
+    ax.axhline(c, ls=":", color="#b45309", lw=1, label=f"climatology {c:.3f}" + ("" if known else " (test set)"))
     ax.axvline(c, ls=":", color="#b45309", lw=1)
-    if climatology is not None:
+    if known:
         ax.axhline(label.mean(), ls=(0, (1, 3)), color="#7c2d12", lw=1, label=f"test-set base rate {label.mean():.3f}")
     ax.errorbar(mean_p, frac, yerr=[frac - low, high - frac], marker="o", color="#2563eb", lw=1.6, capsize=3,
                 label="forecast (95% interval)")

@@ -173,10 +173,9 @@ def synthetic_source(out_dir: Path, settings: dict) -> Iterator[Path]:
     """
     folder = out_dir / "synthetic"
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    with locked(folder / ".lock") as fd:
         while True:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+            fcntl.flock(fd, fcntl.LOCK_EX)  # again after a shared lock that found the set changed
             if not _synthetic_current(folder, settings):
                 (folder / "synth.json").unlink(missing_ok=True)
                 for old in folder.glob(data.FILE_GLOB):
@@ -189,8 +188,6 @@ def synthetic_source(out_dir: Path, settings: dict) -> Iterator[Path]:
             if _synthetic_current(folder, settings):
                 break
         yield folder
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------------------------------- hashing
