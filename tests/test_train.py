@@ -466,20 +466,24 @@ def test_resume_continues_with_history_and_times(data_dir, tmp_path, caplog):
     ("other settings", "a checkpoint of other settings \\(batch_size 64 there, 128 here\\)"),
     ("fewer epochs", "2 epochs done, more than epochs=1"),
     ("unreadable", "not a readable checkpoint"),
+    ("missing data", "^data.source: /nowhere: no such folder$"),  # said as such, not as other settings
 ])
 def test_resume_refuses_a_checkpoint_it_cannot_continue(case, message, data_dir, tmp_path):
     from tornado.train import train
 
     train(cfg_for(*small(data_dir, "epochs=2")), output_dir=tmp_path)
     last = tmp_path / "checkpoints" / "last.ckpt"
-    over = {"other settings": ["batch_size=128"], "fewer epochs": ["epochs=1"], "unreadable": []}[case]
+    over = {"other settings": ["batch_size=128"], "fewer epochs": ["epochs=1"], "unreadable": [],
+            "missing data": ["data.source=/nowhere"]}[case]
     if case == "unreadable":
         last.write_bytes(last.read_bytes()[:1000])
     record = (tmp_path / "result.json").read_bytes()
     with pytest.raises(TornadoError, match=message):
         train(cfg_for(*small(data_dir, "epochs=2"), *over), output_dir=tmp_path)
     assert (tmp_path / "result.json").read_bytes() == record  # the earlier run's record, as it was
-    assert train(cfg_for(*small(data_dir, "epochs=2"), *over, "resume=false"), output_dir=tmp_path)["status"] == "ok"
+    if case != "missing data":
+        assert train(cfg_for(*small(data_dir, "epochs=2"), *over, "resume=false"),
+                     output_dir=tmp_path)["status"] == "ok"
 
 
 def test_sigterm_stops_with_one_line_and_the_rerun_resumes(data_dir, tmp_path):
@@ -514,6 +518,9 @@ def test_sigterm_stops_with_one_line_and_the_rerun_resumes(data_dir, tmp_path):
     assert p.returncode == 0, p.stderr[-2000:]
     result = json.loads((run / "result.json").read_text())
     assert result["resumed_after_epochs"] == done and len(result["history"]) == done + 1
+    saved = OmegaConf.load(run / ".hydra" / "config.yaml")  # the record of the command that trained last
+    assert saved.epochs == done + 1 and f"epochs={done + 1}" in OmegaConf.load(run / ".hydra" / "overrides.yaml")
+    assert OmegaConf.load(run / ".hydra" / "hydra.yaml").hydra.run.dir == str(run)
 
 
 def _cli(args: list[str], cwd: Path, timeout: int = 300, sweep: Path | None = None) -> subprocess.CompletedProcess:
@@ -539,11 +546,14 @@ def test_a_refused_single_run_leaves_no_folder_of_its_own(data_dir, tmp_path):
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: data.source: /nowhere: no such folder"
     assert list((tmp_path / "outputs" / "runs").iterdir()) == []
     # a folder that was there before stays, and a run's record in it is left as it was
-    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / ".hydra").mkdir(parents=True)
     (tmp_path / "mine" / "result.json").write_text('{"status": "ok", "metrics": {"roc_auc": 0.8}}')
+    (tmp_path / "mine" / ".hydra" / "overrides.yaml").write_text("- epochs=3\n")
     p = _cli([*small(data_dir), "epochs=0", f"hydra.run.dir={tmp_path / 'mine'}"], cwd=ROOT)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: epochs=0: must be a positive integer"
     assert (tmp_path / "mine" / "result.json").read_text() == '{"status": "ok", "metrics": {"roc_auc": 0.8}}'
+    assert (tmp_path / "mine" / ".hydra" / "overrides.yaml").read_text() == "- epochs=3\n"  # Hydra's record too
+    assert sorted(p.name for p in (tmp_path / "mine" / ".hydra").iterdir()) == ["overrides.yaml"]
     # a sweep's job keeps its failed record: the launcher reads it
     p = _cli([*small(data_dir), "epochs=0", f"hydra.run.dir={tmp_path / 'sweep' / '0'}"], cwd=ROOT,
              sweep=tmp_path / "sweep")

@@ -34,6 +34,7 @@ from pytorch_lightning.callbacks import Checkpoint, TQDMProgressBar
 import tornado
 from tornado import records
 from tornado.cli import closest, counted, run_hydra_app
+from tornado.data import find_files
 from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_split
 from tornado.errors import (IN_USE, Terminated, TornadoError, die_with_parent, is_int, is_number, on_sigterm,
                             run_cli, stop_if_terminated)
@@ -552,6 +553,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
     before = (out / "result.json").read_bytes() if (out / "result.json").is_file() else None
     try:
         validate(cfg)
+        if cfg.data.get("source") is not None:  # missing data said as such, before a checkpoint is compared with it
+            find_files(cfg.data.source, key="data.source")
         ident = identity(task)
         ckpt, done = resume_path(last, ident, cfg.epochs) if cfg.resume else (None, 0)
         earlier = records.read_result(out) if ckpt else None  # the record of the run this checkpoint is of
@@ -583,6 +586,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         skill = (_EpochSkill(*load_split(path, "val"), patience=cfg.get("patience"))
                  if cfg.score_epochs and dm.meta["n_val"] > 0 else None)
         trainer, clock = make_trainer(cfg, out, accelerator, devices, dm, [saver] + ([skill] if skill else []))
+        if rank == 0:
+            save_config(cfg, out)
         fitting = (accelerator, devices, fast, dm, module, clock, skill)
         clock.run_start, clock.fit_start = t_start, time.perf_counter()
         with on_sigterm(signal.SIG_DFL):  # Lightning's own stops at the next step (it would call ours too)
@@ -647,6 +652,18 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         if lock is not None:
             lock.close()
     return result
+
+
+def save_config(cfg: DictConfig, out: Path) -> None:
+    """Hydra's record of the run in <out>/.hydra (config, hydra and overrides .yaml), written here once the run is
+    taken rather than by Hydra before it starts (conf/train.yaml sets hydra.output_subdir to null): a run refused
+    in an existing folder leaves that folder's record as it was. A hydra.output_subdir the command sets is Hydra's."""
+    if not HydraConfig.initialized() or HydraConfig.get().output_subdir is not None:
+        return
+    task = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
+    hc = HydraConfig.instance().cfg
+    for name, node in (("config", task), ("hydra", hc), ("overrides", hc.hydra.overrides.task)):
+        records.write_atomic(out / ".hydra" / f"{name}.yaml", OmegaConf.to_yaml(node))
 
 
 def _hold(out: Path) -> contextlib.ExitStack:
