@@ -1,8 +1,11 @@
-"""The small commands' key=value arguments, and counted nouns in their messages."""
+"""The small commands' key=value arguments, counted nouns in their messages, and how a command stops."""
+import os
+import signal
+
 import pytest
 
 from tornado.cli import counted, parse_kv
-from tornado.errors import TornadoError
+from tornado.errors import TornadoError, run_cli, stop_if_signalled
 
 DEFAULTS = {"rows": "batch_size", "cols": "data_multiplier", "target": 0.93, "partial": False, "out": None}
 
@@ -33,8 +36,6 @@ def test_counted_says_one_thing_or_many():
 
 def test_a_process_that_dies_with_its_parent_gets_sigterm(tmp_path):
     """A sweep's job ends with its launcher, even one killed outright (SIGKILL gives it no chance to stop it)."""
-    import os
-    import signal
     import subprocess
     import sys
     import time
@@ -63,3 +64,34 @@ def test_a_process_that_dies_with_its_parent_gets_sigterm(tmp_path):
     if alive():
         os.kill(pid, signal.SIGKILL)
         pytest.fail("the child outlived its parent")
+
+
+@pytest.mark.parametrize("signum, code, line", [(signal.SIGINT, 130, "error: interrupted (Ctrl-C)"),
+                                                (signal.SIGTERM, 143, "error: interrupted (SIGTERM)")])
+def test_a_signal_whose_exception_a_destructor_swallowed_still_stops_the_command(signum, code, line, capsys):
+    class Writer:  # as h5py's teardown callbacks, where Python prints an exception and goes on
+        def __del__(self):
+            os.kill(os.getpid(), signum)
+            sum(range(1000))  # the handler runs here, inside __del__
+
+    def body():
+        Writer()
+        stop_if_signalled()  # between two steps of long work
+        return "went on"
+
+    with pytest.raises(SystemExit) as stopped:
+        run_cli(body)
+    assert stopped.value.code == code and capsys.readouterr().err.strip().splitlines()[-1] == line
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # handlers as they were
+    assert run_cli(lambda: "ok") == "ok"  # and the next command starts afresh
+
+
+def test_ctrl_c_while_a_command_imports_is_one_line():
+    import subprocess
+    import sys
+
+    # as `python -m tornado.train` is while it imports torch, before its own handling starts
+    code = ("import os, signal, sys; sys.argv[:1] = ['-m']; import tornado; os.kill(os.getpid(), signal.SIGINT); "
+            "import time; time.sleep(30)")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert p.stderr == "error: interrupted (Ctrl-C)\n" and p.returncode == -signal.SIGINT  # 130 in a shell

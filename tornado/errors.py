@@ -48,41 +48,53 @@ class Terminated(BaseException):
     is removed) as for Ctrl-C."""
 
 
-_TERMINATED: list[bool] = []  # SIGTERM came in (its exception may have been swallowed: see stop_if_terminated)
+_SIGNALLED: list[type[BaseException]] = []  # what a SIGTERM or Ctrl-C raised (see stop_if_signalled)
 
 
 def _terminate(signum, frame):
-    _TERMINATED.append(True)
+    _SIGNALLED.append(Terminated)
     raise Terminated()
 
 
-def stop_if_terminated() -> None:
-    """Raise `Terminated` if SIGTERM came in: Python ignores an exception raised inside a destructor or a weakref
-    callback (h5py runs some while it writes), so long work checks here between its steps."""
-    if _TERMINATED:
-        raise Terminated()
+def _interrupt(signum, frame):
+    _SIGNALLED.append(KeyboardInterrupt)
+    raise KeyboardInterrupt()
+
+
+def stop_if_signalled() -> None:
+    """Raise again what a SIGTERM (`Terminated`) or Ctrl-C (`KeyboardInterrupt`) raised: Python ignores an
+    exception raised inside a destructor or a weakref callback (h5py runs some while it writes), so long work
+    checks here between its steps."""
+    if _SIGNALLED:
+        raise _SIGNALLED[0]()
 
 
 @contextlib.contextmanager
-def on_sigterm(handler: Callable | int = _terminate) -> Iterator[None]:
-    """`handler` for SIGTERM inside the block, by default raising `Terminated` (main thread only; elsewhere
-    nothing changes)."""
-    if threading.current_thread() is not threading.main_thread():
+def _handling(signum: int, handler: Callable | int) -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():  # only the main thread may set handlers
         yield
         return
-    previous = signal.signal(signal.SIGTERM, handler)
-    if handler is _terminate:
-        _TERMINATED.clear()
+    previous = signal.signal(signum, handler)
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signum, previous)
+
+
+def on_sigterm(handler: Callable | int = _terminate) -> contextlib.AbstractContextManager:
+    """`handler` for SIGTERM inside the block, by default raising `Terminated` (main thread only; elsewhere
+    nothing changes)."""
+    return _handling(signal.SIGTERM, handler)
 
 
 def run_cli(fn: Callable[[], T]) -> T:
     """Run a command's body: its errors, a file it cannot write, Ctrl-C and SIGTERM end as one `error:` line."""
+    _SIGNALLED.clear()
+    sigint = signal.getsignal(signal.SIGINT)  # Ctrl-C raises as ever, and is recorded; unless ignored (nohup, &)
+    if sigint is signal.default_int_handler:
+        sigint = _interrupt
     try:
-        with on_sigterm():
+        with on_sigterm(), _handling(signal.SIGINT, sigint):
             return fn()
     except TornadoError as e:
         print(f"error: {e}", file=sys.stderr)

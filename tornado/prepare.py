@@ -32,7 +32,7 @@ import tornado
 from tornado import data, synth
 from tornado.cli import run_hydra_app
 from tornado.augment import AugmentConfig, augment
-from tornado.errors import TornadoError, is_int, is_number, run_cli, stop_if_terminated
+from tornado.errors import TornadoError, is_int, is_number, run_cli, stop_if_signalled
 from tornado.records import locked, write_json
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,7 @@ def _read_split(files: list[Path], s: Settings, out: _Split, bar: tqdm, on_file=
         out.append(sf.x, sf.y, date, sf.track_id)
         dropped += sf.n_dropped
         bar.update(len(sf.y) + sf.n_dropped)
-        stop_if_terminated()
+        stop_if_signalled()
         if on_file is not None:
             on_file(sf.x, sf.y, date, sf.track_id)
     return dropped
@@ -430,7 +430,7 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
             train.track[at:at + k] = positives.track[a:a + k]
             at += k
             bar.update(k)
-            stop_if_terminated()
+            stop_if_signalled()
 
         # copies 1..R-1 of the whole block [0, N), chunk by chunk
         y_block = train.y[:n]
@@ -440,7 +440,7 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
             for k in range(1, r):
                 train.x[k * n + a:k * n + b] = _augmented(x, s, gen)
             bar.update((r - 1) * (b - a))
-            stop_if_terminated()
+            stop_if_signalled()
         for k in range(1, r):
             train.y[k * n:(k + 1) * n] = y_block
 
@@ -463,7 +463,7 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
         f.create_dataset("scaler/mean", data=moments.mean)
         f.create_dataset("scaler/std", data=moments.std())
         f.close()
-        stop_if_terminated()
+        stop_if_signalled()
         os.replace(tmp, path)
     log.info("prepared data: %s: train %d originals + %d balance copies, x%d; validation %d; test %d; positives "
              "train %d (%d originals), validation %d, test %d; dropped %d (NaN or inf)", path, n_orig, n_bal, r,

@@ -37,7 +37,7 @@ from tornado.cli import closest, counted, run_hydra_app
 from tornado.data import find_files
 from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_split
 from tornado.errors import (IN_USE, Terminated, TornadoError, die_with_parent, is_int, is_number, on_sigterm,
-                            run_cli, stop_if_terminated)
+                            run_cli, stop_if_signalled)
 from tornado.metrics import SCORES, VAL_SCORES, best_csi_threshold, forecast_scores, roc_auc
 from tornado.model import StormModule
 from tornado.prepare import ensure_prepared
@@ -572,7 +572,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             torch.backends.cudnn.benchmark = fast["cudnn_benchmark"]
         pl.seed_everything(cfg.seed, workers=True, verbose=False)
         path = prepared(cfg)
-        stop_if_terminated()
+        stop_if_signalled()
         dm = make_datamodule(cfg, fast, path)
         module = make_module(cfg, fast, dm)
         if cfg.get("patience") is not None and dm.meta["n_val"] == 0:
