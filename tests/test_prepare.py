@@ -83,6 +83,8 @@ def test_layout_and_attributes(prepared, source):
     assert (a["label_reduce"], a["label_threshold"], bool(a["label_inclusive"])) == ("max", 0.005, False)
     assert a["test_start"] == "2015-01-01" and a["dtype"] == "float32" and a["seed"] == 0
     assert prepared.name == f"storms-{a['content_hash'][:12]}.h5" and len(a["content_hash"]) == 64
+    shown = [p.name for p in prepared.parent.iterdir() if not p.name.startswith(".")]
+    assert (prepared.parent / f".{prepared.name}.lock").is_file() and shown == [prepared.name]  # the lock hidden
     files = json.loads(a["source_files"])
     assert [x["name"] for x in files] == [p.name for p in data.find_files(source)]
     assert all(x["size"] == (source / x["name"]).stat().st_size for x in files)

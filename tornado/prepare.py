@@ -235,7 +235,7 @@ def prepare(data_cfg: Mapping, augment_cfg: Mapping | None) -> tuple[Path, bool]
             source = str(Path(s.source).absolute())
         chash = content_hash(s, files)
         path = s.out_dir / f"storms-{chash[:12]}.h5"
-        with locked(path.with_name(path.name + ".lock")):
+        with locked(path.with_name(f".{path.name}.lock")):  # hidden: it stays, one per settings prepared
             if _is_current(path, chash):
                 log.info("prepared data: %s (up to date)", path)
                 return path, False
