@@ -203,7 +203,7 @@ def test_nonfinite_dropped_and_counted(tmp_path, caplog):
 
 def test_nonfinite_fail(tmp_path):
     bad = write_minimal(tmp_path / name(), nan_patches=(2,))
-    with pytest.raises(TornadoError, match=f"{bad}: 1 of 6 patches holds NaN or inf"):
+    with pytest.raises(TornadoError, match=f"{bad}: 1 of 6 patches is missing values \\(NaN, inf or a fill value; "):
         read_storms(tmp_path, nonfinite="fail")
     with pytest.raises(TornadoError, match="nonfinite"):
         read_storms(tmp_path, nonfinite="keep")
@@ -242,3 +242,36 @@ def test_patches_stored_north_to_south_or_east_to_west_are_put_in_order(storm_di
     assert [r.getMessage() for r in caplog.records] == [
         f"{tmp_path / src.name}: {len(range(0, n, 2))} of {n} patches have rows running north to south; put in order",
         f"{tmp_path / src.name}: {len(range(1, n, 3))} of {n} patches have columns running east to west; put in order"]
+
+
+@pytest.mark.parametrize("dims", [("p", "col", "row"), ("row", "col", "p"), ("col", "p", "row")])
+def test_variables_stored_in_another_order_of_p_row_col_are_read_by_name(dims, storm_dir, tmp_path, caplog):
+    """A transposed patch is a mirrored storm (its vortex turns the other way): the names decide, and the
+    orientation check reads lat and lon by name too (no patch is turned for it)."""
+    import xarray as xr
+
+    src = find_files(storm_dir)[0]
+    plain = read_file(src)
+    with xr.open_dataset(src, decode_times=False) as ds:
+        ds.transpose(*dims, ...).to_netcdf(tmp_path / src.name)
+    with netCDF4.Dataset(tmp_path / src.name) as ds:
+        assert ds["U10_curr"].dimensions == dims and ds["lat"].dimensions == dims
+    caplog.set_level(logging.WARNING, logger="tornado.data")
+    read = read_file(tmp_path / src.name)
+    np.testing.assert_array_equal(read.x, plain.x)
+    np.testing.assert_array_equal(read.y, plain.y)
+    assert caplog.records == []
+
+
+def test_track_ids_are_metadata_missing_ones_are_minus_one_and_whole_floats_are_taken(tmp_path):
+    def with_track(values, dtype, fill=None):
+        path = write_minimal(tmp_path / name(), skip=("track_id",))
+        with netCDF4.Dataset(path, "a") as ds:
+            ds.createVariable("track_id", dtype, ("p",), fill_value=fill)[:] = values
+        return read_file(path)
+
+    assert with_track([3.0, 4.0, np.nan, 6.0, 7.0, 8.0], "f8").track_id.tolist() == [3, 4, -1, 6, 7, 8]
+    got = with_track(np.ma.masked_values([3, 4, -999, 6, 7, 8], -999), "i4", fill=-999)
+    assert got.track_id.tolist() == [3, 4, -1, 6, 7, 8] and len(got.y) == 6  # no patch dropped for it
+    with pytest.raises(TornadoError, match=r"variable 'track_id' is float64, expected whole numbers$"):
+        with_track([3.5, 4, 5, 6, 7, 8], "f8")

@@ -153,3 +153,36 @@ def test_observed_labels_follow_the_runs_label_rule(tmp_path):
     assert p.returncode == 2 and p.stderr.strip() == "error: label_reduce: 'median': must be one of max, mean"
     p = cli(f"checkpoint={ckpt}", f"input={src}", "label_threshold=high")
     assert p.returncode == 2 and p.stderr.strip() == "error: label_threshold=high: expected a float"
+
+
+def test_every_patch_gets_a_row_and_what_is_missing_stays_empty(tmp_path):
+    """A patch missing an input value has no probability (nor yes/no); one whose label field misses a value
+    has no label: the verification field does not decide which storms get a forecast."""
+    import netCDF4
+    import numpy as np
+
+    from tornado import synth
+    from tornado.data import find_files
+
+    synth.generate(tmp_path / "storms", days=1, patches_per_day=20, seed=3)
+    src = find_files(tmp_path / "storms")[0]
+    with netCDF4.Dataset(src, "a") as ds:
+        ds["U10_curr"][1, 3, 4] = np.nan
+        ds["REFL_COM_curr"][4, 0, 0] = np.inf
+        ds["RVORT1_MAX_future"][2, 5, 5] = np.nan
+    empty = tmp_path / "storms" / "NCARSTORM_20990101-0000_d01_model_patches.nc"
+    with netCDF4.Dataset(empty, "w") as ds:  # a run without storms
+        for dim, size in (("p", 0), ("row", 32), ("col", 32)):
+            ds.createDimension(dim, size)
+        for name in ("REFL_COM_curr", "U10_curr", "V10_curr", "RVORT1_MAX_future"):
+            ds.createVariable(name, "f4", ("p", "row", "col"))
+        ds.createVariable("track_id", "i4", ("p",))
+    ckpt = fake_checkpoint(tmp_path / "m.ckpt", scaler_mean=[0.0] * 3, scaler_std=[1.0] * 3)
+    df = predict(ckpt, str(tmp_path / "storms"), threshold=0.5)
+    assert df["patch"].tolist() == list(range(20)) and df.attrs["files"] == 2
+    assert df.index[df["probability"].isna()].tolist() == [1, 4] == df.index[df["tornado"].isna()].tolist()
+    assert df.index[df["label"].isna()].tolist() == [2]
+    p = cli(f"checkpoint={ckpt}", f"input={tmp_path / 'storms'}", f"output={tmp_path / 'p.csv'}", "threshold=0.5")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("20 patches (2 without a probability: inputs missing) from 2 files -> ")
+    assert f"{src}: no probability for 2 of 20 patches: input values missing (NaN, inf or a fill value)" in p.stderr

@@ -2,6 +2,7 @@
 import datetime as dt
 import json
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ from omegaconf import OmegaConf
 
 from tornado import data, synth
 from tornado.errors import TornadoError
+from tornado.datamodule import read_meta
 from tornado.prepare import ensure_prepared, prepare
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -192,6 +194,22 @@ def test_source_files_change_the_hash(source, tmp_path):
     a = ensure_prepared(make_cfg(tmp_path / "out", source, multipliers=[1]), AUG)
     b = ensure_prepared(make_cfg(tmp_path / "out", sub, multipliers=[1], **{"split.val_fraction": 0}), AUG)
     assert a != b
+
+
+def test_source_files_rewritten_in_place_are_prepared_anew_and_copies_keeping_times_reuse(source, tmp_path):
+    kept = tmp_path / "kept"
+    shutil.copytree(source, kept)  # copies with their times, as cp -p
+    path = ensure_prepared(make_cfg(tmp_path / "out", source, multipliers=[1]), AUG)
+    assert ensure_prepared(make_cfg(tmp_path / "out", kept, multipliers=[1]), AUG) == path
+    first = data.find_files(kept)[0]
+    size = first.stat().st_size
+    with netCDF4.Dataset(first, "a") as ds:  # every patch a tornado: the same size, other labels
+        ds["RVORT1_MAX_future"][:] = 0.02
+    assert first.stat().st_size == size
+    changed = ensure_prepared(make_cfg(tmp_path / "out", kept, multipliers=[1]), AUG)
+    assert changed != path
+    with h5py.File(changed, "r") as f, h5py.File(path, "r") as g:
+        assert f.attrs["positives_train"] > g.attrs["positives_train"]
 
 
 @pytest.mark.parametrize("copies", ["duplicate", "augmented"])
@@ -405,9 +423,48 @@ def test_nonfinite_patches(source, tmp_path):
         assert f.attrs["n_dropped_nonfinite"] == 2
         assert f.attrs["n_train"] == len(reader(source, "train").y) - 2
         assert np.isfinite(f["train/x"][:]).all()
-    with pytest.raises(TornadoError, match="NaN or inf"):
+    assert read_meta(dropped)["n_dropped"] == 2  # what a run's result.json and page say
+    with pytest.raises(TornadoError, match="2 of 60 patches are missing values"):
         ensure_prepared(make_cfg(tmp_path / "out", src, multipliers=[1], nonfinite="fail"), AUG)
     assert leftovers(tmp_path / "out") == [dropped.name]
+
+
+@pytest.mark.parametrize("case", ["no patches", "every patch missing a value"])
+def test_a_test_split_with_nothing_to_score_is_named_as_such(case, source, tmp_path):
+    src = copy_files(source, tmp_path / "src")
+    test = [f for f in data.find_files(src) if split_of(src)[f.name] == "test"]
+    for path in test:
+        if case == "no patches":
+            path.unlink()
+            with netCDF4.Dataset(path, "w") as ds:  # the same run date, without storms
+                for dim, size in (("p", 0), ("row", 32), ("col", 32)):
+                    ds.createDimension(dim, size)
+                for name in (*data.CHANNELS, data.LABEL_VAR):
+                    ds.createVariable(name, "f4", ("p", "row", "col"))
+                ds.createVariable("track_id", "i4", ("p",))
+        else:
+            with netCDF4.Dataset(path, "a") as ds:
+                ds["RVORT1_MAX_future"][:, 0, 0] = np.nan
+    line = {"no patches": r"^source: the test files \(run dates from 2015-01-01\) in .* hold no patch$",
+            "every patch missing a value": r"^nonfinite: every test patch \(run dates from 2015-01-01\) in .* is "
+                                           r"missing values \(NaN, inf or a fill value\)$"}[case]
+    with pytest.raises(TornadoError, match=line):
+        ensure_prepared(make_cfg(tmp_path / "out", src, multipliers=[1]), AUG)
+    assert leftovers(tmp_path / "out") == []
+
+
+def test_a_file_that_looks_like_a_copy_of_another_is_named(source, tmp_path, caplog):
+    import logging
+
+    src = copy_files(source, tmp_path / "src")
+    first = data.find_files(src)[0]
+    copy = first.with_name(first.stem + " (1).nc")
+    shutil.copy(first, copy)
+    caplog.set_level(logging.WARNING, logger="tornado.prepare")
+    ensure_prepared(make_cfg(tmp_path / "out", src, multipliers=[1]), AUG)
+    first, second = sorted([first, copy])
+    assert [r.getMessage() for r in caplog.records] == [
+        f"{first} and {second.name}: the same run date and size, one a copy of the other? Both are read"]
 
 
 def run_cli(*args, cwd=ROOT):

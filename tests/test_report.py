@@ -1137,3 +1137,13 @@ def test_best_configurations_are_ranked_by_their_mean_over_seeds(tmp_path):
     assert tts["val_roc_auc"] == pytest.approx(0.82) and tts["best"] == pytest.approx(0.82)
     assert "<b>10.5 s</b> (mean of 2 repeats) · val_roc_auc 0.82 (best 0.82) · jobs 0, 1" in \
         paths["report.html"].read_text()
+
+
+def test_the_run_page_counts_the_patches_left_out_for_missing_values():
+    from tornado.runpage import facts
+
+    data = {"n_train": 13500, "n_val": 1500, "n_test": 5000, "samples_per_epoch": 13500}
+    cases = dict(facts({"data": {**data, "n_dropped": 12}}))["cases"]
+    assert cases == ("train 13,500, val 1,500, test 5,000; 13,500 samples per epoch; 12 left out for missing "
+                     "values (NaN, inf or a fill value)")
+    assert dict(facts({"data": {**data, "n_dropped": 0}}))["cases"].endswith("13,500 samples per epoch")

@@ -110,7 +110,7 @@ def test_run_writes_full_records_and_learns(first_run):
     assert m["threshold"] == m["val_best_threshold"] and 0 < m["csi"] <= m["csi_best"]
     assert m["val_n"] > 0 and m["climatology"] == m["train_base_rate"] > 0
     assert on_disk["data"]["n_val"] == m["val_n"] and on_disk["data"]["n_test"] == m["n"]
-    assert on_disk["data"]["n_train"] == on_disk["data"]["n_train_originals"] > 0
+    assert on_disk["data"]["n_train"] == on_disk["data"]["n_train_originals"] > 0 == on_disk["data"]["n_dropped"]
     hist = on_disk["history"]
     assert [h["epoch"] for h in hist] == [0, 1, 2, 3]
     assert hist[-1]["train_loss"] < 0.9 * hist[0]["train_loss"]

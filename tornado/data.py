@@ -1,9 +1,11 @@
 """Read NCARSTORM storm-patch files (netCDF4, one per model run date) into inputs and labels.
 
 Inputs are ``(p, 3, 32, 32)`` float32 in physical units, channels ``CHANNELS`` (dBZ, m/s, m/s); axis -2 runs
-south to north, axis -1 west to east. Labels come from ``RVORT1_MAX_future`` through a ``LabelRule``.
-Patches holding NaN or inf (in an input channel or in the label field) are dropped by default
-(``nonfinite="drop"``, a warning per file gives the count) or refused (``nonfinite="fail"``).
+south to north, axis -1 west to east. Variables stored with the dimensions ``p, row, col`` in another order are
+read by name. Labels come from ``RVORT1_MAX_future`` through a ``LabelRule``.
+Patches missing a value (NaN, inf, or masked by netCDF: a fill value, or outside valid_min/valid_max) in an input
+channel or in the label field are dropped by default (``nonfinite="drop"``, a warning per file gives the count)
+or refused (``nonfinite="fail"``).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ FILE_GLOB = "NCARSTORM_*.nc"
 REDUCES = ("max", "mean")
 NONFINITE = ("drop", "fail")
 _NAME = re.compile(r"NCARSTORM_(\d{8})-\d{4}_")
+GRID_DIMS = ("p", "row", "col")
 
 
 @dataclass(frozen=True)
@@ -129,12 +132,14 @@ class StormFile:
     track_id: np.ndarray
     n_dropped: int
     index: np.ndarray | None = None  # position of each kept patch in the file's `p` dimension
+    inputs_ok: np.ndarray | None = None  # keep_all: (p,) bool, no input value missing (the others hold NaN)
+    y_known: np.ndarray | None = None  # keep_all: (p,) bool, a label field with no value missing
 
 
 @dataclass
 class Storms:
     """Patches of many files: ``x`` (N, 3, 32, 32) float32, ``y`` (N,) uint8, ``date`` (N,) int32 yyyymmdd of
-    each patch's run date, ``track_id`` (N,) int64, ``n_dropped`` patches skipped for NaN/inf."""
+    each patch's run date, ``track_id`` (N,) int64, ``n_dropped`` patches skipped for missing values."""
 
     x: np.ndarray
     y: np.ndarray
@@ -172,20 +177,48 @@ def count_patches(files: Iterable[str | Path]) -> int:
     return total
 
 
-def _read_var(ds: netCDF4.Dataset, path: Path, name: str, shape: tuple[int, ...]) -> np.ndarray:
+def _order(var: netCDF4.Variable) -> tuple[int, ...]:
+    """Where p, row and col are in `var`'s dimensions: (0, 1, 2), or for a variable stored with them named in
+    another order ((p, col, row), say) their places, so that it is read by name (a transposed patch would be a
+    mirrored storm, turning the other way)."""
+    dims = tuple(var.dimensions)
+    return tuple(dims.index(d) for d in GRID_DIMS) if sorted(dims) == sorted(GRID_DIMS) else (0, 1, 2)
+
+
+def _checked(ds: netCDF4.Dataset, path: Path, name: str, shape: tuple[int, ...]) -> tuple:
+    """The variable `name` and where its p, row and col are stored (None for one that is not a grid), with its
+    shape checked."""
     if name not in ds.variables:
         raise TornadoError(f"NCARSTORM file: {path}: missing variable {name!r}")
     var = ds.variables[name]
-    if tuple(var.shape) != shape:
+    order = _order(var) if len(shape) == 3 else None
+    stored = tuple(var.shape[i] for i in order) if order else tuple(var.shape)
+    if stored != shape:
         want = "x".join(map(str, shape))
-        got = "x".join(map(str, var.shape))
+        got = "x".join(map(str, stored))
         raise TornadoError(f"NCARSTORM file: {path}: variable {name!r} has shape {got}, expected {want}")
+    return var, order
+
+
+def _read_var(ds: netCDF4.Dataset, path: Path, name: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float field as NaN where a value is missing (a fill value, or outside valid_min/valid_max)."""
+    var, order = _checked(ds, path, name, shape)
     data = var[:]
-    if np.ma.is_masked(data):  # fill values in a float field become NaN, dropped or refused like inf
-        if data.dtype.kind != "f":
-            raise TornadoError(f"NCARSTORM file: {path}: variable {name!r} has missing values")
-        data = np.ma.filled(data, np.nan)
-    return np.asarray(np.ma.getdata(data))
+    if np.ma.is_masked(data):
+        data = np.ma.filled(data.astype(np.result_type(data.dtype, np.float32)), np.nan)
+    data = np.asarray(np.ma.getdata(data))
+    return np.transpose(data, order) if order and order != (0, 1, 2) else data
+
+
+def _track_ids(ds: netCDF4.Dataset, path: Path, p: int) -> np.ndarray:
+    """track_id as int64. Metadata only: a missing id is -1, and whole numbers stored as floats (a pandas or
+    xarray round trip) are taken."""
+    var, _ = _checked(ds, path, TRACK_VAR, (p,))
+    data = np.ma.masked_invalid(var[:]) if var.dtype.kind == "f" else np.ma.asarray(var[:])
+    kept = np.ma.compressed(data)
+    if data.dtype.kind not in "iuf" or (data.dtype.kind == "f" and (kept != np.round(kept)).any()):
+        raise TornadoError(f"NCARSTORM file: {path}: variable {TRACK_VAR!r} is {var.dtype}, expected whole numbers")
+    return np.ma.filled(data, -1).astype(np.int64)
 
 
 def _reversed_axes(ds: netCDF4.Dataset, grid: tuple[int, ...]) -> list[tuple[str, np.ndarray, int]]:
@@ -195,10 +228,15 @@ def _reversed_axes(ds: netCDF4.Dataset, grid: tuple[int, ...]) -> list[tuple[str
     out = []
     for what, var, axis in (("rows running north to south", "lat", -2), ("columns running east to west", "lon", -1)):
         coord = ds.variables.get(var)
-        if coord is None or tuple(coord.shape) != grid:
+        if coord is None or coord.ndim != 3:
             continue
-        first, last = (np.asarray(coord[:, k, :] if axis == -2 else coord[:, :, k], dtype=np.float64) for k in (0, -1))
-        flip = np.nan_to_num((last - first).mean(axis=1)) < 0  # the edges only: no more read than needed
+        at = _order(coord)  # where p, row and col are stored
+        if tuple(coord.shape[i] for i in at) != grid:
+            continue
+        turn, p_at = at[axis], at[0] - (at[0] > at[axis])  # p's place once the turned axis is taken at an edge
+        first, last = (np.moveaxis(np.asarray(coord[(slice(None),) * turn + (k,)], dtype=np.float64), p_at, 0)
+                       for k in (0, -1))  # the edges only: no more read than needed
+        flip = np.nan_to_num((last - first).mean(axis=1)) < 0
         if flip.any():
             out.append((what, flip, axis))
     return out
@@ -210,11 +248,13 @@ def _check_nonfinite(nonfinite: str) -> None:
 
 
 def read_file(path: str | Path, label: LabelRule = LabelRule(), nonfinite: str = "drop",
-              require_label: bool = True) -> StormFile:
+              require_label: bool = True, keep_all: bool = False) -> StormFile:
     """One NCARSTORM file -> ``StormFile``; every fault is a ``TornadoError`` naming the file.
 
-    With ``require_label=False`` a file without the future vorticity (new model output, for prediction)
-    is read too, and its ``y`` is None.
+    A value is missing where it is NaN or inf, or masked (a fill value, or outside valid_min/valid_max); a patch
+    missing one is dropped or refused (`nonfinite`). With ``require_label=False`` a file without the future
+    vorticity (new model output, for prediction) is read too, and its ``y`` is None. With ``keep_all`` (for
+    prediction) every patch is kept, and ``inputs_ok`` and ``y_known`` say which can be scored and labelled.
     """
     _check_nonfinite(nonfinite)
     path = Path(path)
@@ -228,7 +268,7 @@ def read_file(path: str | Path, label: LabelRule = LabelRule(), nonfinite: str =
                 x[:, c] = _read_var(ds, path, name, grid)
             has_label = require_label or LABEL_VAR in ds.variables
             future = _read_var(ds, path, LABEL_VAR, grid) if has_label else np.zeros(grid, np.float32)
-            track = _read_var(ds, path, TRACK_VAR, (p,))
+            track = _track_ids(ds, path, p)
             turned = _reversed_axes(ds, grid)
         except (OSError, RuntimeError, ValueError, IndexError, KeyError) as e:
             raise TornadoError(f"NCARSTORM file: {path}: cannot be read ({_reason(e)})") from None
@@ -236,21 +276,23 @@ def read_file(path: str | Path, label: LabelRule = LabelRule(), nonfinite: str =
         log.warning("%s: %d of %d patches have %s; put in order", path, int(flip.sum()), p, what)
         x[flip] = np.flip(x[flip], axis=axis)
         future[flip] = np.flip(future[flip], axis=axis)
-    finite = np.isfinite(x).all(axis=(1, 2, 3)) & np.isfinite(future).all(axis=(1, 2))
+    inputs_ok, y_known = np.isfinite(x).all(axis=(1, 2, 3)), np.isfinite(future).all(axis=(1, 2))
+    y = label.apply(future) if has_label else None
+    if keep_all:
+        return StormFile(path=path, date=date, x=x, y=y, track_id=track, n_dropped=0, index=np.arange(p),
+                         inputs_ok=inputs_ok, y_known=y_known if has_label else None)
+    finite = inputs_ok & y_known
     n_bad = int(p - finite.sum())
     if n_bad:
         if nonfinite == "fail":
             raise TornadoError(
-                f"NCARSTORM file: {path}: {n_bad} of {p} patches {'holds' if n_bad == 1 else 'hold'} NaN or inf "
-                "(data.nonfinite=drop skips them)"
-            )
-        log.warning("%s: dropped %d of %d patches holding NaN or inf", path, n_bad, p)
-        x, future, track = x[finite], future[finite], track[finite]
+                f"NCARSTORM file: {path}: {n_bad} of {p} patches {'is' if n_bad == 1 else 'are'} missing values "
+                "(NaN, inf or a fill value; nonfinite=drop skips them: data.nonfinite=drop in train)")
+        log.warning("%s: dropped %d of %d patches with missing values (NaN, inf or a fill value)", path, n_bad, p)
+        x, track = x[finite], track[finite]
+        y = y[finite] if y is not None else None
     index = np.flatnonzero(finite) if n_bad else np.arange(p)
-    if not np.issubdtype(track.dtype, np.integer):
-        raise TornadoError(f"NCARSTORM file: {path}: variable {TRACK_VAR!r} is {track.dtype}, expected integers")
-    return StormFile(path=path, date=date, x=x, y=label.apply(future) if has_label else None,
-                     track_id=track.astype(np.int64), n_dropped=n_bad, index=index)
+    return StormFile(path=path, date=date, x=x, y=y, track_id=track, n_dropped=n_bad, index=index)
 
 
 def iter_storm_files(files: Iterable[str | Path], label: LabelRule = LabelRule(),

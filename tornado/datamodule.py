@@ -46,6 +46,7 @@ def read_meta(path) -> dict:
                 "positives_train_originals": int(f.attrs.get("positives_train_originals",
                                                              f.attrs.get("positives_train", -1))),
                 "n_val": int(f.attrs.get("n_val", 0)),
+                "n_dropped": int(f.attrs.get("n_dropped_nonfinite", 0)),  # patches missing values, not read
             }
     except (OSError, KeyError) as e:
         raise TornadoError(f"{path}: not a prepared storm file ({e})") from None

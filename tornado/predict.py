@@ -14,11 +14,14 @@ one the run chose on its validation split (`metrics.threshold` in RUN/result.jso
 folder), a number sets one, `none` leaves the column out.
 Files that hold RVORT1_MAX_future also get the observed label, under the label rule the run trained on
 (stored in the checkpoint; `label_reduce=`, `label_threshold=`, `label_inclusive=` change it).
+Every patch gets its row: one missing an input value (NaN, inf or a fill value) has no probability or yes/no,
+one whose label field misses a value no label.
 """
 from __future__ import annotations
 
 import io
 import json
+import logging
 import math
 import pickle
 import sys
@@ -35,6 +38,8 @@ from tornado.datamodule import standardise
 from tornado.errors import TornadoError, is_int, run_cli
 from tornado.model import StormModule
 from tornado.records import read_result, write_atomic
+
+log = logging.getLogger(__name__)
 
 DEFAULTS = {"checkpoint": "", "input": "", "output": "predictions.csv", "batch": 8192, "threshold": "auto",
             "label_reduce": None, "label_threshold": None, "label_inclusive": None}  # None: the run's rule
@@ -152,6 +157,13 @@ def label_rule(module: StormModule, given: dict | None = None) -> LabelRule:
         raise TornadoError(str(e).replace("label.", "label_", 1)) from None
 
 
+def _known(values: np.ndarray, known: np.ndarray | None) -> pd.arrays.IntegerArray:
+    """0/1 values as a nullable integer column: empty where not `known` (everywhere for None)."""
+    out = pd.array(np.asarray(values, dtype=np.int64), dtype="Int64")
+    out[~known if known is not None else slice(None)] = pd.NA
+    return out
+
+
 def rule_text(rule: LabelRule) -> str:
     return f"{rule.reduce} {'>=' if rule.inclusive else '>'} {rule.threshold:g} s^-1"
 
@@ -168,20 +180,27 @@ def predict(checkpoint, source, label: LabelRule | dict | None = None, batch: in
     mean = torch.tensor(module.hparams.scaler_mean, dtype=torch.float32)
     std = torch.tensor(module.hparams.scaler_std, dtype=torch.float32)
     frames = []
-    for path in find_files(source, key="input"):
-        storms = read_file(path, label=label, require_label=False)
-        x = standardise(torch.from_numpy(storms.x), mean, std)
+    files = find_files(source, key="input")
+    for path in files:
+        storms = read_file(path, label=label, require_label=False, keep_all=True)
+        ok = storms.inputs_ok
+        if not ok.all():
+            log.warning("%s: no probability for %d of %d patches: input values missing (NaN, inf or a fill value)",
+                        path, int((~ok).sum()), len(ok))
+        x = standardise(torch.from_numpy(storms.x[ok]), mean, std)
         prob = torch.cat([module.net.predict_proba(x[i:i + batch]) for i in range(0, len(x), batch)]) \
             if len(x) else torch.zeros(0)
-        p = module.calibrated(prob.numpy())
+        p = np.full(len(ok), np.nan)
+        p[ok] = module.calibrated(prob.numpy())
         frames.append(pd.DataFrame({
             "file": path.name, "run_date": storms.date.isoformat(), "patch": storms.index,
             "track_id": storms.track_id, **_centres(path, storms.index), "probability": p,
-            **({"tornado": (p >= cut).astype(np.uint8)} if cut is not None else {}),
-            "label": storms.y if storms.y is not None else pd.array([pd.NA] * len(x), dtype="Int64"),
+            **({"tornado": _known(p >= cut, ok)} if cut is not None else {}),
+            "label": _known(storms.y, storms.y_known) if storms.y is not None else _known(np.zeros(len(ok)), None),
         }))
     out = pd.concat(frames, ignore_index=True)
     out.attrs["label_rule"] = label  # the rule the label column follows
+    out.attrs["files"] = len(files)  # those without patches too
     return out
 
 
@@ -214,7 +233,9 @@ def _main(argv: list[str]) -> None:
     if df["label"].notna().any():
         yes += f"; observed labels: {rule_text(df.attrs['label_rule'])}"
     patches = counted(len(df), "patch", "patches")
-    print(f"{patches} from {counted(df['file'].nunique(), 'file')} -> {args['output']}{yes}")
+    unscored = int(df["probability"].isna().sum())
+    patches += f" ({unscored} without a probability: inputs missing)" if unscored else ""
+    print(f"{patches} from {counted(df.attrs['files'], 'file')} -> {args['output']}{yes}")
 
 
 if __name__ == "__main__":

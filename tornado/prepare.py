@@ -192,12 +192,24 @@ def synthetic_source(out_dir: Path, settings: dict) -> Iterator[Path]:
 
 # ---------------------------------------------------------------------------------------------- hashing
 def source_listing(files: list[Path]) -> list[dict]:
-    return [{"name": f.name, "size": f.stat().st_size} for f in files]
+    """Each file's name, size and modification time: files rewritten in place (fixed-size netCDF keeps its size
+    when its values change) or another folder's files of the same names give another hash."""
+    return [{"name": f.name, "size": st.st_size, "mtime_ns": st.st_mtime_ns} for f in files for st in [f.stat()]]
 
 
 def content_hash(settings: Settings, files: list[Path]) -> str:
     blob = json.dumps({**settings.hashed(), "source_files": source_listing(files)}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _warn_copies(files: list[Path]) -> None:
+    """A file of the same run date and size as another is most likely a copy (`... (1).nc`, downloaded twice):
+    said, as its storms would count twice in training and in the scaler; both are read."""
+    seen: dict[tuple, Path] = {}
+    for f in files:
+        first = seen.setdefault((data.run_date(f), f.stat().st_size), f)
+        if first != f:
+            log.warning("%s and %s: the same run date and size, one a copy of the other? Both are read", first, f.name)
 
 
 def _is_current(path: Path, chash: str) -> bool:
@@ -233,6 +245,7 @@ def prepare(data_cfg: Mapping, augment_cfg: Mapping | None) -> tuple[Path, bool]
         else:
             files = data.find_files(s.source, key="source")
             source = str(Path(s.source).absolute())
+        _warn_copies(files)
         chash = content_hash(s, files)
         path = s.out_dir / f"storms-{chash[:12]}.h5"
         with locked(path.with_name(f".{path.name}.lock")):  # hidden: it stays, one per settings prepared
@@ -315,7 +328,7 @@ def _bar(total: int, what: str) -> tqdm:
 
 
 def _read_split(files: list[Path], s: Settings, out: _Split, bar: tqdm, on_file=None) -> int:
-    """Stream ``files`` into ``out``; returns the number of patches dropped for NaN or inf."""
+    """Stream ``files`` into ``out``; returns the number of patches dropped for missing values."""
     dropped = 0
     for sf in data.iter_storm_files(files, s.label, s.nonfinite):
         date = _yyyymmdd(sf.date)
@@ -354,6 +367,13 @@ def _rule(label: data.LabelRule) -> str:
     return f"{label.reduce} {'>=' if label.inclusive else '>'} {label.threshold:g}"
 
 
+def _none_left(split: str, dates: str, where: str, dropped: int) -> TornadoError:
+    if dropped:
+        return TornadoError(f"nonfinite: every {split} patch ({dates}) in {where} is missing values (NaN, inf or a "
+                            "fill value)")
+    return TornadoError(f"source: the {split} files ({dates}) in {where} hold no patch")
+
+
 def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -> dict:
     """Write the prepared file to a temp name in its folder, then rename it to ``path``; returns its attrs."""
     where = s.source if s.source is not None else str(path.parent / "synthetic")
@@ -390,16 +410,17 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
         dropped = _read_split(train_files, s, train, bar, on_train)
         n_orig = train.n
         if n_orig == 0:
-            raise TornadoError(f"nonfinite: every training patch in {where} holds NaN or inf")
+            raise _none_left("training", f"run dates before {val_start or s.test_start}", where, dropped)
         pos_orig = int(train.y[:n_orig].sum())
         if pos_orig == 0:
             raise TornadoError(f"label: the rule {_rule(s.label)} leaves no positive among the {n_orig} training "
                                f"patches (run dates before {val_start or s.test_start}) in {where}")
 
         test = _Split(f, "test", n_test_max, s.dtype)
-        dropped += _read_split(test_files, s, test, bar)
+        dropped_test = _read_split(test_files, s, test, bar)
         if test.n == 0:
-            raise TornadoError(f"nonfinite: every test patch in {where} holds NaN or inf")
+            raise _none_left("test", f"run dates from {s.test_start}", where, dropped_test)
+        dropped += dropped_test
         test.resize(test.n, test.n)
         val = _Split(f, "val", n_val_max, s.dtype)
         dropped += _read_split(val_files, s, val, bar)
@@ -466,7 +487,7 @@ def build(path: Path, s: Settings, files: list[Path], source: str, chash: str) -
         stop_if_signalled()
         os.replace(tmp, path)
     log.info("prepared data: %s: train %d originals + %d balance copies, x%d; validation %d; test %d; positives "
-             "train %d (%d originals), validation %d, test %d; dropped %d (NaN or inf)", path, n_orig, n_bal, r,
+             "train %d (%d originals), validation %d, test %d; dropped %d (missing values)", path, n_orig, n_bal, r,
              val.n, test.n, attrs["positives_train"], pos_orig, pos_val, attrs["positives_test"], dropped)
     return attrs
 

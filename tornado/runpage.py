@@ -194,6 +194,8 @@ def facts(r: dict) -> list[tuple[str, str]]:
                       if _thousands(data.get(k)))
     if sizes and _thousands(data.get("samples_per_epoch")):
         sizes += f"; {_thousands(data['samples_per_epoch'])} samples per epoch"
+    if sizes and data.get("n_dropped"):
+        sizes += f"; {_thousands(data['n_dropped'])} left out for missing values (NaN, inf or a fill value)"
     rows = [
         ("settings given", " ".join(str(o) for o in r.get("overrides") or []) or "(the defaults)"),
         ("model", _model_fact(hp)),

@@ -523,7 +523,7 @@ def _progress(cfg: DictConfig, t_start: float, accelerator: str, devices: int, f
         "devices": {"accelerator": accelerator, "count": devices, "names": _device_names(accelerator, devices)},
         "fast": {**fast, "resident": dm.is_resident},
         "history": history,
-        "data": {**{k: dm.meta[k] for k in ("n_train", "n_train_originals", "n_val", "n_test")},
+        "data": {**{k: dm.meta[k] for k in ("n_train", "n_train_originals", "n_val", "n_test", "n_dropped")},
                  "samples_per_epoch": dm.samples_per_epoch},
         "resumed_after_epochs": clock.restored,
     }
