@@ -217,23 +217,27 @@ def test_bad_file_among_good_ones_is_named(storm_dir, tmp_path):
         read_storms(tmp_path)
 
 
-def test_patches_stored_north_to_south_or_east_to_west_are_put_in_order(storm_dir, tmp_path, caplog):
+@pytest.mark.parametrize("dims", [("p", "row", "col"), ("p", "col", "row"), ("row", "col", "p"), ("col", "p", "row")])
+def test_patches_stored_north_to_south_east_to_west_or_transposed_are_put_in_order(dims, storm_dir, tmp_path, caplog):
     """Augmentation turns (U, V) with the grid only for rows running south to north and columns west to east:
-    a file stored otherwise (by its lat and lon) is read in that order, with a warning."""
+    a file stored otherwise (by its lat and lon) is read in that order, with a warning. Variables stored with
+    p, row and col in another order are read by name (a transposed patch is a mirrored storm, turning the
+    other way), lat and lon too."""
     import xarray as xr
 
     src = find_files(storm_dir)[0]
     plain = read_file(src)
     with xr.open_dataset(src, decode_times=False) as ds:
         ds = ds.load()
-    ds_flip = ds.copy(deep=True)
-    for var in ds_flip.data_vars:
-        if ds_flip[var].dims == ("p", "row", "col"):
-            turned = ds_flip[var].values.copy()
+    for var in ds.data_vars:
+        if ds[var].dims == ("p", "row", "col"):
+            turned = ds[var].values.copy()
             turned[::2] = turned[::2, ::-1, :]  # every other patch north to south
             turned[1::3] = turned[1::3, :, ::-1]  # every third from the second east to west
-            ds_flip[var].values = turned
-    ds_flip.to_netcdf(tmp_path / src.name)
+            ds[var].values = turned
+    ds.transpose(*dims, ...).to_netcdf(tmp_path / src.name)
+    with netCDF4.Dataset(tmp_path / src.name) as nc:
+        assert nc["U10_curr"].dimensions == dims and nc["lat"].dimensions == dims
     caplog.set_level(logging.WARNING, logger="tornado.data")
     read = read_file(tmp_path / src.name)
     np.testing.assert_array_equal(read.x, plain.x)
@@ -242,25 +246,6 @@ def test_patches_stored_north_to_south_or_east_to_west_are_put_in_order(storm_di
     assert [r.getMessage() for r in caplog.records] == [
         f"{tmp_path / src.name}: {len(range(0, n, 2))} of {n} patches have rows running north to south; put in order",
         f"{tmp_path / src.name}: {len(range(1, n, 3))} of {n} patches have columns running east to west; put in order"]
-
-
-@pytest.mark.parametrize("dims", [("p", "col", "row"), ("row", "col", "p"), ("col", "p", "row")])
-def test_variables_stored_in_another_order_of_p_row_col_are_read_by_name(dims, storm_dir, tmp_path, caplog):
-    """A transposed patch is a mirrored storm (its vortex turns the other way): the names decide, and the
-    orientation check reads lat and lon by name too (no patch is turned for it)."""
-    import xarray as xr
-
-    src = find_files(storm_dir)[0]
-    plain = read_file(src)
-    with xr.open_dataset(src, decode_times=False) as ds:
-        ds.transpose(*dims, ...).to_netcdf(tmp_path / src.name)
-    with netCDF4.Dataset(tmp_path / src.name) as ds:
-        assert ds["U10_curr"].dimensions == dims and ds["lat"].dimensions == dims
-    caplog.set_level(logging.WARNING, logger="tornado.data")
-    read = read_file(tmp_path / src.name)
-    np.testing.assert_array_equal(read.x, plain.x)
-    np.testing.assert_array_equal(read.y, plain.y)
-    assert caplog.records == []
 
 
 def test_track_ids_are_metadata_missing_ones_are_minus_one_and_whole_floats_are_taken(tmp_path):

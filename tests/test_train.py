@@ -645,7 +645,7 @@ def test_sigterm_while_data_is_prepared_is_one_line_and_leaves_no_temp_file(tmp_
     proc.send_signal(signal.SIGTERM)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and err.strip().splitlines()[-1] == "error: interrupted (SIGTERM)", err[-2000:]
-    assert not list(data.glob(".storms-*")) and not list(data.glob("storms-*.h5"))
+    assert not list(data.glob(".storms-*.tmp")) and not list(data.glob("storms-*.h5"))  # the .lock stays
     assert not (tmp_path / "run").exists()  # a single run refused before training leaves nothing
 
 
