@@ -533,18 +533,22 @@ def _cli(args: list[str], cwd: Path, timeout: int = 300, sweep: Path | None = No
 
 
 def test_cli_bad_value_one_line_exit_2(data_dir, tmp_path):
-    p = _cli([*small(data_dir), "batch_size=-5", f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT)
+    p = _cli([*small(data_dir), "batch_size=-5", f"hydra.run.dir={tmp_path / 'new' / 'run'}"], cwd=ROOT)
     assert p.returncode == 2
     assert p.stderr.strip().splitlines()[-1] == "error: batch_size=-5: must be a positive integer"
     assert "Traceback" not in p.stderr
-    assert not (tmp_path / "run").exists()  # made for this run, which left nothing in it
+    assert list(tmp_path.iterdir()) == []  # made for this run (new/ too), which left nothing in it
 
 
 def test_a_refused_single_run_leaves_no_folder_of_its_own(data_dir, tmp_path):
     # the default folder (outputs/runs/<time>-<pid> under the working directory)
     p = _cli([*small(data_dir), "data.source=/nowhere"], cwd=tmp_path)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: data.source: /nowhere: no such folder"
-    assert list((tmp_path / "outputs" / "runs").iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # outputs/runs too, made for it
+    (tmp_path / "outputs").mkdir()
+    p = _cli([*small(data_dir), "data.source=/nowhere"], cwd=tmp_path)
+    assert p.returncode == 2 and list(tmp_path.iterdir()) == [tmp_path / "outputs"]  # there before: it stays
+    assert list((tmp_path / "outputs").iterdir()) == []
     # a folder that was there before stays, and a run's record in it is left as it was
     (tmp_path / "mine" / ".hydra").mkdir(parents=True)
     (tmp_path / "mine" / "result.json").write_text('{"status": "ok", "metrics": {"roc_auc": 0.8}}')

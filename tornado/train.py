@@ -10,6 +10,7 @@ import ctypes
 import datetime as dt
 import fcntl
 import io
+import itertools
 import logging
 import math
 import os
@@ -862,19 +863,26 @@ _NEW_RUN_DIRS: set[str] = set()  # new_run_dirs of this process's command line, 
 
 
 def new_run_dirs(argv: list[str]) -> set[str]:
-    """The folders `hydra.run.dir=` names in `argv` that do not exist yet (Hydra makes them for this run)."""
+    """The folders Hydra makes for this run's folder (from `hydra.run.dir=` in `argv`, else the default's parent,
+    outputs/runs) that do not exist yet: they and the folders above them that are missing."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
 
-    found = set()
+    named = []
     for arg in argv:
         if arg.startswith("hydra.run.dir="):
             try:
-                value = OverridesParser.create().parse_override(arg).value()
+                named.append(OverridesParser.create().parse_override(arg).value())
             except HydraException:  # Hydra refuses it itself
                 continue
-            if isinstance(value, str) and not os.path.exists(value):
-                found.add(os.path.realpath(value))
+    if not named:
+        default = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml").hydra.run)["dir"]  # unresolved
+        named = [str(Path(default).parent)]
+    found = set()
+    for value in named:
+        if isinstance(value, str):
+            path = Path(os.path.realpath(value))
+            found.update(str(p) for p in itertools.takewhile(lambda p: not p.exists(), (path, *path.parents)))
     return found
 
 
@@ -901,6 +909,10 @@ def drop_refused_run(out: Path) -> bool:
     if saved is not None and saved.exists():
         saved.rmdir()
     out.rmdir()
+    for parent in out.parents:  # made for it (outputs/runs on a first run), and left empty
+        if str(parent) not in _NEW_RUN_DIRS or any(parent.iterdir()):
+            break
+        parent.rmdir()
     return True
 
 
