@@ -243,6 +243,7 @@ job,status,error,output_dir,epochs,batch_size,data_multiplier,gpus,paper,acceler
     md = report.build_report(sweep, rows="epochs", cols="batch_size", group="none",
                              value="accuracy")["table.md"].read_text()
     assert "0.9 · paper 87.96% · 1.02×" in md     # Table 8: 87.96 %; 90 / 87.96 = 1.0232
+    assert "wall-time ratio" not in md and "Our jobs ran on" not in md  # GPUs both, and no time compared
     tidy = next(csv.DictReader((sweep / "report" / "table.csv").open()))
     assert float(tidy["ratio"]) == pytest.approx(1.0232, abs=1e-4)
     md = report.build_report(sweep, rows="epochs", cols="batch_size", group="none")["table.md"].read_text()
@@ -296,8 +297,9 @@ def test_html_is_self_contained_with_tables_and_errors(tmp_path):
     assert "RuntimeError: CUDA out of memory &lt;oom&gt;" in page   # the failed job's error, escaped
     assert "Partial report" not in page
     summary = json.loads(paths["summary.json"].read_text())
-    assert summary["failed_jobs"] == [
-        {"job": "4", "status": "failed", "error": "RuntimeError: CUDA out of memory <oom>"}]
+    assert summary["failed_jobs"] == [{"job": "4", "status": "failed", "error": "RuntimeError: CUDA out of memory <oom>",
+                                       "config": {"batch_size": 512, "gpus": 4}}]  # the settings that vary
+    assert "Not in these tables: job 4 (batch_size=512, gpus=4, epochs=3) failed." in paths["table.md"].read_text()
     assert summary["partial"] is False
 
 
@@ -359,6 +361,8 @@ def test_all_failed_sweep_still_reports(tmp_path):
     page = paths["report.html"].read_text()
     assert "No job finished successfully" in page
     assert "TornadoError: data.path: missing 0" in page and "TornadoError: data.path: missing 1" in page
+    assert "<code>batch_size=256</code>" in page  # each failed job's settings
+    assert 'id="best"' not in page and 'id="tables"' not in page and "Best by" not in page  # nothing to rank
     assert "nothing to tabulate" in paths["table.md"].read_text()
     # no scores because every job failed, not for want of a validation split: no note of one
     notes = json.loads(paths["summary.json"].read_text())["notes"]
@@ -584,7 +588,7 @@ def test_jobs_are_compared_with_the_best_on_the_same_test_cases(tmp_path):
     text = report.summary_text(json.loads(paths["summary.json"].read_text()))
     assert "test ROC AUC against job a (the best by val_roc_auc): 1 of 2 other jobs within noise" in text
     jobs = report.jobs_table(report.load_sweep(sweep).ok, "val_roc_auc", paired["p"])
-    assert jobs.columns.tolist()[-4:] == ["roc_auc_se", "roc_auc_p", "wall_s", "samples_per_s"]
+    assert jobs.columns.tolist()[-4:] == ["roc_auc_se", "roc_auc_p", "wall_s", "samples_per_s"]  # none empty
     assert jobs["roc_auc_p"].isna().tolist() == [True, False, False, True]  # a itself, and d's other test set
     page = paths["report.html"].read_text()
     assert "<th>roc_auc_p</th>" in page and "roc_auc_p: DeLong's p-value" in page
@@ -686,7 +690,8 @@ def test_several_sweeps_are_reported_as_one(tmp_path, capsys):
     assert len(cells) == 8 and set(cells["sweep"]) == {"preaugmented", "live"} and cells["n"].eq(1).all()
     page = (out / "report.html").read_text()
     assert "<h1>Sweeps report: preaugmented + live</h1>" in page and "live/4" in page  # the failed job
-    assert "failed: job live/4: RuntimeError: CUDA out of memory" in capsys.readouterr().out
+    assert "failed: job live/4 (sweep=live, batch_size=512, gpus=4): RuntimeError: CUDA out of memory" in \
+        capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     assert summary["sweep_dirs"] == [str(fast), str(slow)] and summary["jobs"] == 9 and summary["failed"] == 1
     assert (out / "train_acc_by_gpus.png").is_file()  # the jobs' histories were found in both
@@ -1147,3 +1152,107 @@ def test_the_run_page_counts_the_patches_left_out_for_missing_values():
     assert cases == ("train 13,500, val 1,500, test 5,000; 13,500 samples per epoch; 12 left out for missing "
                      "values (NaN, inf or a fill value)")
     assert dict(facts({"data": {**data, "n_dropped": 0}}))["cases"].endswith("13,500 samples per epoch")
+
+
+def test_the_paper_comparison_says_what_differs_and_what_no_skill_scores(tmp_path):
+    """Accuracy beside a constant "no" forecast's on the same cases; CPU jobs against the paper's GPU table; the
+    per-sample ratio where the training sets differ; every note in the LaTeX caption; the table in the CSV."""
+    text = """\
+job,status,error,output_dir,epochs,batch_size,data_multiplier,gpus,paper,accelerator,accuracy,n,positives,wall_s,n_train
+0,ok,,,5,128,1,2,6.2,cpu,0.95,1000,50,15.5,13500
+1,ok,,,5,256,1,2,6.2,cpu,0.96,1000,50,9.5,13500
+2,failed,RuntimeError: boom,,5,512,1,2,6.2,cpu,,,,,
+"""
+    sweep = write_csv_sweep(tmp_path, text)
+    paths = report.build_report(sweep, rows="epochs", cols="batch_size", group="none", value="accuracy")
+    md = paths["table.md"].read_text()
+    assert "0.95 · paper 87.96% · 1.08×" in md
+    assert ('A constant "no" forecast (never a tornado) scores 0.95 accuracy on these cases (1 − their base rate): '
+            "a cell no higher shows no skill.") in md
+    assert "Our jobs ran on CPUs; the paper's figures are from GPUs." in md
+    assert "wall-time ratio" not in md
+    assert "Not in these tables: job 2 (epochs=5, batch_size=512) failed." in md
+    tex = paths["table.tex"].read_text()
+    assert "Table 8 (test accuracy \\%, 2 V100s)" in tex and "Our jobs ran on CPUs" in tex
+    assert "A constant \"no\" forecast" in tex and "1 - their base rate" in tex
+    assert {r["paper_table"] for r in csv.DictReader(paths["table.csv"].open())} == {"table8"}
+    md = report.build_report(sweep, rows="epochs", cols="batch_size", group="none")["table.md"].read_text()
+    assert "15.5 · paper 31 · 0.5×" in md and "A constant" not in md
+    assert ("Our training set: 13,500 samples; the paper's: 138,963. A wall-time ratio compares unequal work "
+            "unless they match. Per training sample, ours/paper is 10.3 times the ratio shown.") in md
+    page = paths["report.html"].read_text()
+    assert "Cell shading grows with wall_s within each table (darker: larger: slower)." in page
+
+
+def test_a_sweep_s_counts_are_worded_for_one_job_and_a_run_without_validation_has_no_such_column(tmp_path, capsys):
+    sweep = tmp_path / "one"
+    hp = {"epochs": 2, "batch_size": 128, "lr": 0.001, "data_multiplier": 1, "gpus": 0, "seed": 0}
+    result_json(sweep / "0", hp, metrics={"roc_auc": 0.8, "accuracy": 0.95, "n": 1000, "positives": 50},
+                history=[(0.9, 1.0), (0.95, 1.0)])
+    page = report.build_report(sweep)["report.html"].read_text()
+    assert "<span>1 job</span>" in page
+    from tornado.runpage import text
+    out = text(json.loads((sweep / "0" / "result.json").read_text()))
+    assert "validation" not in out and out.splitlines()[1].strip() == "test"
+    assert any(line.startswith("ROC AUC") and line.split()[-1] == "0.8" for line in out.splitlines())
+
+
+def _figures(monkeypatch) -> list:
+    """The matplotlib figures plots renders from now on, in order."""
+    figures, render = [], plots._render
+    monkeypatch.setattr(plots, "_render", lambda fig: (figures.append(fig), render(fig))[1])
+    return figures
+
+
+def test_reliability_lines_look_different_and_the_histogram_has_the_points_bins(monkeypatch):
+    from matplotlib.colors import rgb_to_hsv, to_rgb
+
+    figures = _figures(monkeypatch)
+    rng = np.random.default_rng(1)
+    prob = rng.beta(0.6, 6, 3000)
+    label = (rng.random(3000) < prob).astype(np.uint8)
+    plots.plot_verification(prob, label, "job 1", 0.3, climatology=label.mean() + 0.004)
+    ax, hist = figures[1].axes[:2]  # ROC, reliability, performance: in that order
+    line = {ln.get_label().split(" 0.")[0]: ln for ln in ax.get_lines()}
+    clim, rate = line["climatology"], line["test-set base rate"]
+    assert clim.get_linestyle() != rate.get_linestyle()
+    hue = [rgb_to_hsv(to_rgb(ln.get_color()))[0] for ln in (clim, rate)]
+    assert min(abs(hue[0] - hue[1]), 1 - abs(hue[0] - hue[1])) > 0.2  # not two shades of one colour
+    # the histogram's bars are the bins of the points: 10 of width 0.1, each with its bin's forecasts
+    bars = hist.patches
+    assert [round(b.get_x(), 6) for b in bars] == [i / 10 for i in range(10)]
+    assert {round(b.get_width(), 6) for b in bars} == {0.1}
+    assert [b.get_height() for b in bars] == np.bincount(np.minimum((prob * 10).astype(int), 9), minlength=10).tolist()
+    assert sum(b.get_height() > 0 for b in bars) == len(plots.reliability_points(prob, label)[0])
+
+
+def test_training_curves_say_how_many_jobs_each_averages():
+    flat = pd.DataFrame({"train_acc": [0.90, 0.95]})
+    histories = {"0": flat, "2": flat, "3": flat}
+    # batch 64's multiplier-2 job failed: its curve is one job, batch 128's the mean of two
+    ok = pd.DataFrame({"job": [0, 2, 3], "batch_size": [64, 128, 128], "data_multiplier": [1, 1, 2], "gpus": 0})
+    fig = plots.curve_figures(ok, histories, "batch_size")["train_acc_by_batch"]
+    assert [label for label, _, _ in fig[1][0][1]] == ["batch 64 (1 job)", "batch 128 (mean of 2 jobs)"]
+    assert fig[2].endswith("differ only in: data_multiplier (the legend says how many).")
+    # only the longest runs are averaged: job 3 stopped an epoch early
+    short = {**histories, "3": flat.iloc[:1]}
+    fig = plots.curve_figures(ok, short, "batch_size")["train_acc_by_batch"]
+    assert [label for label, _, _ in fig[1][0][1]] == ["batch 64 (1 job)", "batch 128 (1 job)"]
+    # one job a curve, nothing else varying: no count to give
+    fig = plots.curve_figures(ok.iloc[:2], histories, "batch_size")["train_acc_by_batch"]
+    assert [label for label, _, _ in fig[1][0][1]] == ["batch 64", "batch 128"]
+
+
+def test_wall_time_tick_labels_are_one_size_and_slant_only_when_crowded(monkeypatch):
+    figures = _figures(monkeypatch)
+    few = [32, 64, 128, 256]
+    many = [2 ** k for k in range(4, 15)]
+    for sizes in (few, many):
+        ok = pd.DataFrame({"job": range(2 * len(sizes)), "batch_size": sizes * 2, "epochs": [1] * len(sizes) +
+                           [2] * len(sizes), "wall_s": np.linspace(10, 1, 2 * len(sizes))})
+        plots.plot_wall_vs_batch(ok, None)
+    for fig, slanted in zip(figures, (False, True)):
+        for ax in fig.axes:
+            x, y = ax.get_xticklabels(), ax.get_yticklabels()
+            assert {t.get_fontsize() for t in x} == {t.get_fontsize() for t in y} == {y[0].get_fontsize()}
+            assert {t.get_rotation() for t in x} == {45.0 if slanted else 0.0}

@@ -556,3 +556,16 @@ def test_a_killed_jobs_error_names_its_last_error_line_not_a_progress_line(tmp_p
     assert describe_exit(-9, log) == "exit code -9 (killed by SIGKILL, e.g. out of memory)"
     log.write_text("Traceback (most recent call last):\nRuntimeError: CUDA error: out of memory\n")
     assert describe_exit(1, log) == "exit code 1: RuntimeError: CUDA error: out of memory"
+
+
+def test_the_launch_line_names_the_threads_the_jobs_set_themselves(sweep_cli, tmp_path):
+    base = ["-m", "hydra.launcher.threads_per_job=2"]
+    p = sweep_cli([*base, "threads=1", f"hydra.sweep.dir={tmp_path / 'own'}"])
+    assert p.returncode == 0 and ", 1 thread per process (threads=1), GPUs" in p.stdout, p.stdout + p.stderr
+    assert [r["hparams"]["threads"] for r in results(tmp_path / "own").values()] == [1]
+    p = sweep_cli([*base, "threads=1,null", f"hydra.sweep.dir={tmp_path / 'mixed'}"])
+    assert p.returncode == 0
+    assert ", 2 threads per job where threads is unset, else 1 thread per process (threads=1), GPUs" in p.stdout
+    assert [r["hparams"]["threads"] for r in results(tmp_path / "mixed").values()] == [1, 2]
+    p = sweep_cli([*base, f"hydra.sweep.dir={tmp_path / 'share'}"])
+    assert p.returncode == 0 and ", 2 threads per job, GPUs" in p.stdout

@@ -10,7 +10,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 
-from tornado.metrics import contingency, counts_at_thresholds
+from tornado.metrics import RELIABILITY_BINS, contingency, counts_at_thresholds
 from tornado.tables import label_text, matches, numeric_column, sort_key, sorted_unique, varying_hparams
 
 MAX_PANELS = 12
@@ -46,13 +46,21 @@ def _colors(n: int):
     return [cmap(0.85 * i / max(1, n - 1)) for i in range(n)]
 
 
-def _mean_curve(jobs: list[str], histories: dict[str, pd.DataFrame]) -> tuple[np.ndarray, np.ndarray]:
-    """Average of the longest histories among `jobs` (repeats of one configuration)."""
+def _mean_curve(jobs: list[str], histories: dict[str, pd.DataFrame]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Average of the longest histories among `jobs` (repeats of one configuration), and how many it averages."""
     hs = [histories[j] for j in jobs if j in histories]
     longest = max(len(h) for h in hs)
     hs = [h for h in hs if len(h) == longest]
     acc = np.mean([h["train_acc"].to_numpy(float) for h in hs], axis=0)
-    return np.arange(1, longest + 1), acc
+    return np.arange(1, longest + 1), acc, len(hs)
+
+
+def _label_counts(panels: list[tuple], always: bool) -> list[tuple]:
+    """Panels of (label, x, y, jobs averaged) curves as (label, x, y): where any curve of the figure averages
+    several jobs, or `always`, each label says how many its curve averages (a failed job leaves a curve fewer)."""
+    many = always or any(n > 1 for _, curves in panels for *_, n in curves)
+    return [(title, [(f"{label} ({f'mean of {n} jobs' if n > 1 else '1 job'})" if many else label, x, y)
+                     for label, x, y, n in curves]) for title, curves in panels]
 
 
 def _gpus(g: float) -> str:
@@ -128,13 +136,14 @@ def curve_figures(ok: pd.DataFrame, histories: dict[str, pd.DataFrame], rows: st
     if not figs:
         by = ok.assign(_o=ok[rows].map(sort_key) if rows in ok.columns else 0).sort_values(["_o", "job"])
         curves = [(f"{rows} = {label_text(row[rows] if rows in ok.columns else None)}",
-                   *_mean_curve([str(row["job"])], histories)) for _, row in by.iterrows()]
+                   *_mean_curve([str(row["job"])], histories)[:2]) for _, row in by.iterrows()]
         figs["train_acc"] = (f"Training accuracy per job, coloured by {rows}", [("", curves)])
         return figs
     mixed = [c for c in varying_hparams(ok) if c not in ("batch_size", "gpus", "epochs")]
+    figs = {k: (title, _label_counts(p, bool(mixed))) for k, (title, p) in figs.items()}
     if mixed:  # say what the curves average over; the longest runs of each curve are the ones drawn
         figs = {k: (title, p, f"{title}. Each curve averages the longest runs that differ only in: "
-                              f"{', '.join(mixed)}.") for k, (title, p) in figs.items()}
+                              f"{', '.join(mixed)} (the legend says how many).") for k, (title, p) in figs.items()}
     return figs
 
 
@@ -226,14 +235,28 @@ def plot_wall_vs_batch(ok: pd.DataFrame, group: str | None) -> dict[str, bytes] 
                         color=color, label=f"{line} = {label_text(lv)}" if line else "all jobs")
         ax.set_xscale("log", base=2)
         ax.minorticks_off()
-        ax.set_xticks(sorted(sub["_b"].unique()), [label_text(b) for b in sorted(sub["_b"].unique())], fontsize=7)
+        ax.set_xticks(sorted(sub["_b"].unique()), [label_text(b) for b in sorted(sub["_b"].unique())])
         ax.set_title(f"{panel} = {label_text(pv)}" if panel else "", fontsize=10)
         ax.set_xlabel("batch size")
         ax.set_ylabel("wall time (s)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle("Wall time against batch size", fontsize=11)
+    _rotate_crowded_xticks(fig, axes)
     return _render(fig)
+
+
+def _rotate_crowded_xticks(fig, axes) -> None:
+    """Slant an axis's x tick labels where, laid out level, two of them would touch."""
+    fig.draw_without_rendering()
+    for ax in axes:
+        boxes = sorted((t.get_window_extent() for t in ax.get_xticklabels() if t.get_visible() and t.get_text()),
+                       key=lambda b: b.x0)
+        if any(a.x1 + 4 > b.x0 for a, b in zip(boxes, boxes[1:])):
+            ax.tick_params(axis="x", labelrotation=45)
+            for t in ax.get_xticklabels():
+                t.set_horizontalalignment("right")
+                t.set_rotation_mode("anchor")
 
 
 def roc_points(prob: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray, float]:
@@ -257,13 +280,19 @@ def plot_roc_comparison(curves: list[tuple[str, np.ndarray, np.ndarray]]) -> dic
     return _render(fig)
 
 
-def reliability_points(prob: np.ndarray, label: np.ndarray, bins: int = 10) -> tuple[np.ndarray, ...]:
+def _bin_counts(prob: np.ndarray, bins: int) -> tuple[np.ndarray, np.ndarray]:
+    """Each forecast's bin of equal width on [0, 1] (1.0 in the last), and how many forecasts each bin holds."""
+    idx = np.clip((prob * bins).astype(int), 0, bins - 1)
+    return idx, np.bincount(idx, minlength=bins)
+
+
+def reliability_points(prob: np.ndarray, label: np.ndarray,
+                       bins: int = RELIABILITY_BINS) -> tuple[np.ndarray, ...]:
     """Mean forecast, observed frequency and its 95% Wilson interval in each non-empty bin of equal width on
     [0, 1]. With ~5% positives the upper bins hold few forecasts: the interval shows how little they say."""
     from scipy.stats import binomtest
 
-    idx = np.clip((prob * bins).astype(int), 0, bins - 1)
-    count = np.bincount(idx, minlength=bins)
+    idx, count = _bin_counts(prob, bins)
     keep = count > 0
     hits = np.bincount(idx, weights=label.astype(float), minlength=bins)[keep].round().astype(int)
     n = count[keep]
@@ -332,16 +361,19 @@ def plot_verification(prob: np.ndarray, label: np.ndarray, who: str, threshold: 
                     label="adds skill")
     ax.plot(grid, (grid + c) / 2, ls="-.", color="#64748b", lw=1, label="no skill")
     ax.plot([0, 1], [0, 1], ls="--", color="grey", lw=1, label="perfect")
-    ax.axhline(c, ls=":", color="#b45309", lw=1, label=f"climatology {c:.3f}" + ("" if known else " (test set)"))
-    ax.axvline(c, ls=":", color="#b45309", lw=1)
+    ax.axhline(c, ls=":", color="#b45309", lw=1.4, label=f"climatology {c:.3f}" + ("" if known else " (test set)"))
+    ax.axvline(c, ls=":", color="#b45309", lw=1.4)
     if known:
-        ax.axhline(label.mean(), ls=(0, (1, 3)), color="#7c2d12", lw=1, label=f"test-set base rate {label.mean():.3f}")
+        ax.axhline(label.mean(), ls="-", color="#7c3aed", lw=1, alpha=0.8,
+                   label=f"test-set base rate {label.mean():.3f}")
     ax.errorbar(mean_p, frac, yerr=[frac - low, high - frac], marker="o", color="#2563eb", lw=1.6, capsize=3,
                 label="forecast (95% interval)")
     ax.set(ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title=f"Reliability diagram: {who}")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right", fontsize=8)
-    hist.hist(prob, bins=20, range=(0, 1), color="#94a3b8", log=True)
+    _, count = _bin_counts(prob, RELIABILITY_BINS)  # the bins of the points above
+    hist.bar(np.arange(RELIABILITY_BINS) / RELIABILITY_BINS, count, width=1 / RELIABILITY_BINS, align="edge",
+             color="#94a3b8", edgecolor="white", log=True)
     hist.set(xlabel="forecast probability", ylabel="forecasts")
     hist.grid(alpha=0.3)
     out["reliability"] = _render(fig)

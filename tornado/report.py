@@ -264,8 +264,8 @@ def best_by_metric(ok: pd.DataFrame, metric: str, top: int = 5) -> list[dict]:
 
 
 PAIRED_ALPHA = 0.05  # paired_p_values: a difference with p below it is told apart from noise
-JOB_SCORES = ("roc_auc", "roc_auc_se", "average_precision", "csi", "bss", "reliability", "val_roc_auc",
-              "val_best_epoch", "wall_s", "samples_per_s")
+JOB_SCORES = ("roc_auc", "roc_auc_se", "wall_s", "samples_per_s", "average_precision", "csi", "bss", "reliability",
+              "val_roc_auc", "val_best_epoch")
 
 
 def jobs_table(ok: pd.DataFrame, metric: str, p_values: dict[str, float] | None = None) -> pd.DataFrame:
@@ -278,7 +278,7 @@ def jobs_table(ok: pd.DataFrame, metric: str, p_values: dict[str, float] | None 
     if p_values:
         at = table.columns.get_loc("roc_auc_se") + 1 if "roc_auc_se" in table.columns else len(table.columns)
         table.insert(at, "roc_auc_p", [p_values.get(str(j), math.nan) for j in table["job"]])
-    return table
+    return table.loc[:, [c == "job" or table[c].notna().any() for c in table.columns]]  # none empty throughout
 
 
 def test_forecasts(sweep: Sweep, jobs: list[str]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -546,27 +546,11 @@ def _reached_html(t: dict) -> str:
     return f"<p><b>{seconds}</b>{spread} ({detail}) · {who}<br><code>{html.escape(_cfg_text(t['config']))}</code></p>"
 
 
-def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tuple[str, bytes]],
-                metric: str, target: float, links: dict[str, str] | None = None) -> str:
-    """The sweep's page; `links`: {job: the address of its own page, relative to this one}."""
+def _best_cards(summary: dict, metric: str, target: float) -> list[str]:
+    """The cards of the sweep's best configurations: by `metric`, fastest to `target` training accuracy, soonest
+    to skill, fastest within 1% of the best."""
     e = html.escape
-    df, ok = sweep.df, sweep.ok
-    failed = _problems(df)
-    counts = (f'<div class="chips"><span>{len(df)} jobs</span><span class="okc">{len(ok)} ok</span>'
-              f'<span class="bad">{len(failed)} failed</span><span class="run">{len(sweep.running)} running</span>'
-              + (f'<span class="run">{len(sweep.waiting)} not started</span>' if sweep.waiting else "") + "</div>")
-    title = f"{'Sweeps' if sweep.parts else 'Sweep'} report: {sweep.name}"  # a single run: runpage.render
-    where = ", ".join(str(p.resolve()) for p in sweep.parts or [sweep.dir])
-    body = [f"<h1>{e(title)}</h1>", f'<p class="sub">{e(where)}</p>', counts]
-    if sweep.partial:
-        body.append(f'<div class="partial" id="partial">Partial report: the sweep is still running '
-                    f"({_unfinished_text(sweep)}). Tables and plots cover the finished jobs only.</div>")
-    if ok.empty:
-        body.append('<p class="empty">No job finished successfully: there are no tables or plots. '
-                    "The failed jobs and their errors are listed below.</p>")
-    body.append('<nav><a href="#best">Best configurations</a><a href="#tables">Tables</a>'
-                '<a href="#plots">Plots</a><a href="#jobs">Jobs</a><a href="#failed">Failed jobs</a></nav>')
-    body += ['<h2 id="best">Best configurations</h2>', '<div class="cards">']
+    body = ['<h2 id="best">Best configurations</h2>', '<div class="cards">']
     best = summary["best_by_metric"]
     card = f"<h3>Best by {e(metric)}</h3>"
     if best:
@@ -613,15 +597,37 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     else:
         card += "<p>No successful job has both a wall time and this metric.</p>"
     body += [f'<div class="card">{card}</div>', "</div>"]
-    body += ['<h2 id="tables">Tables</h2>', to_html_tables(ts)]
-    body.append('<h2 id="plots">Plots</h2>')
-    if images:
-        for name, (caption, png) in images.items():
-            b64 = base64.b64encode(png).decode()
-            body.append(f'<figure><img alt="{e(name)}" src="data:image/png;base64,{b64}">'
-                        f"<figcaption>{e(caption)}</figcaption></figure>")
-    else:
-        body.append('<p class="note">No plots: no successful job with the data they need.</p>')
+    return body
+
+
+def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tuple[str, bytes]],
+                metric: str, target: float, links: dict[str, str] | None = None) -> str:
+    """The sweep's page; `links`: {job: the address of its own page, relative to this one}."""
+    e = html.escape
+    df, ok = sweep.df, sweep.ok
+    failed = _problems(df)
+    counts = (f'<div class="chips"><span>{counted(len(df), "job")}</span><span class="okc">{len(ok)} ok</span>'
+              f'<span class="bad">{len(failed)} failed</span><span class="run">{len(sweep.running)} running</span>'
+              + (f'<span class="run">{len(sweep.waiting)} not started</span>' if sweep.waiting else "") + "</div>")
+    title = f"{'Sweeps' if sweep.parts else 'Sweep'} report: {sweep.name}"  # a single run: runpage.render
+    where = ", ".join(str(p.resolve()) for p in sweep.parts or [sweep.dir])
+    body = [f"<h1>{e(title)}</h1>", f'<p class="sub">{e(where)}</p>', counts]
+    if sweep.partial:
+        body.append(f'<div class="partial" id="partial">Partial report: the sweep is still running '
+                    f"({_unfinished_text(sweep)}). Tables and plots cover the finished jobs only.</div>")
+    if ok.empty:
+        body.append('<p class="empty">No job finished successfully: there are no tables or plots. '
+                    "The failed jobs and their errors are listed below.</p>")
+    body.append("<nav>" + ("" if ok.empty else '<a href="#best">Best configurations</a><a href="#tables">Tables</a>'
+                                                '<a href="#plots">Plots</a>')
+                + '<a href="#jobs">Jobs</a><a href="#failed">Failed jobs</a></nav>')
+    if not ok.empty:  # else the banner says there is nothing to rank, tabulate or plot
+        body += _best_cards(summary, metric, target)
+        body += ['<h2 id="tables">Tables</h2>', to_html_tables(ts), '<h2 id="plots">Plots</h2>']
+        body += [f'<figure><img alt="{e(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
+                 f"<figcaption>{e(caption)}</figcaption></figure>" for name, (caption, png) in images.items()]
+        if not images:
+            body.append('<p class="note">No plots: no successful job with the data they need.</p>')
     body += [f"<p class=\"note\">{e(n)}</p>" for n in summary["notes"]]
     body.append('<h2 id="jobs">Jobs</h2>')
     if ok.empty:
@@ -646,10 +652,11 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
                     "</table></div>")
     body.append('<h2 id="failed">Failed jobs</h2>')
     if len(failed):
-        rows = "".join(f"<tr><td>{e(str(r['job']))}</td><td>{e(str(r['status']))}</td>"
-                       f"<td class=\"err\">{e(_text(r.get('error')))}</td></tr>" for _, r in failed.iterrows())
-        body.append('<table class="list"><thead><tr><th>job</th><th>status</th><th>error</th></tr></thead>'
-                    f"<tbody>{rows}</tbody></table>")
+        rows = "".join(f"<tr><td>{e(f['job'])}</td><td><code>{e(_cfg_text(f['config']))}</code></td>"
+                       f"<td>{e(f['status'])}</td><td class=\"err\">{e(_text(f['error']))}</td></tr>"
+                       for f in summary["failed_jobs"])
+        body.append('<table class="list"><thead><tr><th>job</th><th>settings</th><th>status</th><th>error</th></tr>'
+                    f"</thead><tbody>{rows}</tbody></table>")
     else:
         body.append('<p class="note">No job failed.</p>')
     if sweep.running:
@@ -893,8 +900,8 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         "sweep_dir": str(sweep.dir.resolve()), "sweep_dirs": [str(p.resolve()) for p in sweep.parts or [sweep.dir]],
         "single": sweep.single, "partial": sweep.partial, "running": sweep.running, "waiting": sweep.waiting,
         "jobs": len(df), "ok": len(ok), "failed": len(_problems(df)),
-        "failed_jobs": [{"job": str(r["job"]), "status": str(r["status"]), "error": _text(r.get("error")) or None}
-                        for _, r in _problems(df).iterrows()],
+        "failed_jobs": [{"job": str(r["job"]), "status": str(r["status"]), "error": _text(r.get("error")) or None,
+                         "config": _config(r, varying_hparams(df))} for _, r in _problems(df).iterrows()],
         "table": {"rows": rows, "cols": cols, "group": group, "value": value, "agg": agg,
                   "repeats": ts.repeats, "averaged": ts.averaged, "paper_tables": ts.paper_tables,
                   "sections": [{k: _plain(v) for k, v in s.fixed.items()} for s in ts.sections]} if ts else None,
@@ -962,7 +969,8 @@ def _reached_line(t: dict) -> str:
 def summary_text(summary: dict) -> str:
     lines = []
     if summary["partial"]:
-        lines.append(f"PARTIAL: {len(summary['running'])} job(s) running, {len(summary['waiting'])} not started")
+        lines.append(f"PARTIAL: {counted(len(summary['running']), 'job')} running, {len(summary['waiting'])} not "
+                     "started")
     lines.append(f"jobs: {summary['jobs']} ({summary['ok']} ok, {summary['failed']} failed)")
     m = summary["metric"]
     if summary["best_by_metric"]:
@@ -983,7 +991,7 @@ def summary_text(summary: dict) -> str:
                         "no job reached it"))
     lines += [f"note: {n}" for n in summary["notes"]]
     for f in summary["failed_jobs"]:
-        lines.append(f"{f['status']}: job {f['job']}: {f['error']}")
+        lines.append(f"{f['status']}: job {f['job']} ({_cfg_text(f['config'])}): {f['error']}")
     return "\n".join(lines)
 
 

@@ -90,6 +90,11 @@ def score_rows(m: dict) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def _has_validation(rows: list[tuple]) -> bool:
+    """Whether any score row has a validation figure (a run without a validation split has none)."""
+    return any(row[2] not in ("–", "– · – · –", "") for row in rows)
+
+
 def epochs_of(r: dict) -> list[dict]:
     """A result's per-epoch history (what of it is well formed)."""
     history = r.get("history")
@@ -261,8 +266,10 @@ def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: 
             "split, where the threshold was chosen." if chosen else
             "On the test cases, never seen in training. There is no validation split to choose a yes/no threshold "
             "on: the CSI at the test set's own best threshold is optimistic.") + "</p>")
-        body.append(_table(["score", "test", "validation", "how to read it"], [list(row) for row in score_rows(m)],
-                           cls="list scores"))
+        rows = score_rows(m)
+        keep = [0, 1, 2, 3] if _has_validation(rows) else [0, 1, 3]
+        body.append(_table([["score", "test", "validation", "how to read it"][k] for k in keep],
+                           [[row[k] for k in keep] for row in rows], cls="list scores"))
     elif sections["scores"]:
         body.append('<p class="note">' + ("No scores yet: the run is still going." if status == "running" else
                                           "No scores in its result.json.") + "</p>")
@@ -277,8 +284,13 @@ def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: 
         body += ['<h2 id="epochs">Epochs</h2>',
                  _table(["epoch", "training loss", "training accuracy", "validation ROC AUC", "seconds",
                          "seconds so far"], rows, None if best is None else best - 1)]
+        wall = section(r, "times").get("wall_s")
+        note = (f"seconds: the epoch's training; the run's wall time, {_num(wall)} s, also holds what training "
+                "does around its epochs (starting, saving checkpoints)." if is_number(wall) else "")
         if best is not None:
-            body.append(f'<p class="note">In bold: epoch {best}, the highest validation ROC AUC.</p>')
+            note = f"In bold: epoch {best}, the highest validation ROC AUC. {note}"
+        if note:
+            body.append(f'<p class="note">{e(note.strip())}</p>')
     if sections["plots"]:
         body.append('<h2 id="plots">Plots</h2>')
     for name, (caption, png) in images.items():
@@ -301,10 +313,11 @@ def text(r: dict) -> str:
         lines.append(f"it {progress(r)}")
     m = section(r, "metrics")
     if m:
-        rows = [(name, test, val) for name, test, val, _ in score_rows(m)]
-        w = [max(len(x[i]) for x in rows + [("", "test", "validation")]) for i in range(3)]
-        lines.append(f"{'':<{w[0]}}  {'test':<{w[1]}}  validation")
-        lines += [f"{a:<{w[0]}}  {b:<{w[1]}}  {c}" for a, b, c in rows]
+        rows = [row[:3] for row in score_rows(m)]
+        cols = 3 if _has_validation(rows) else 2  # without a validation split, its column goes
+        head, rows = ("", "test", "validation")[:cols], [row[:cols] for row in rows]
+        w = [max(len(x[i]) for x in [head, *rows]) for i in range(cols)]
+        lines += ["  ".join(f"{x[i]:<{w[i]}}" for i in range(cols)).rstrip() for x in [head, *rows]]
     wall, sps = section(r, "times").get("wall_s"), r.get("samples_per_s")
     if is_number(wall):
         n = len(epochs_of(r))

@@ -27,6 +27,7 @@ AGGS = ("mean", "median", "min", "max")
 MAX_SECTIONS = 8   # beyond this many combinations of other varying settings, average them instead
 
 # The paper's tables: the measure they hold, the columns a job is matched on, and how our value scales to theirs.
+PAPER_CPU = {"table2", "table4"}  # the paper's tables from CPUs; the others are from GPUs
 PAPER_TABLES = {
     "table2": ("wall_s", ("epochs", "batch_size", "data_multiplier"), 1.0, "Table 2 (2018 CPU, preaugmented)"),
     "table3": ("wall_s", ("epochs", "batch_size", "data_multiplier"), 1.0, "Table 3 (2018 GPU node, preaugmented)"),
@@ -245,6 +246,7 @@ class SubTable:
     n: pd.DataFrame
     paper: pd.DataFrame          # the paper's figure, as printed (NaN where none)
     ratio: pd.DataFrame          # ours / paper (ours scaled to the paper's unit)
+    paper_table: pd.DataFrame | None = None  # the number of the paper's table that figure is from (NaN where none)
 
 
 @dataclass
@@ -266,6 +268,9 @@ class TableSet:
     paper_tables: list[str]      # the paper's tables that gave figures to compare with
     paper_unmatched: list[str] = field(default_factory=list)   # chosen, but no job has the paper's settings
     n_train: list[int] = field(default_factory=list)           # the jobs' training-set sizes (multiplier 1)
+    accelerators: list[str] = field(default_factory=list)      # what the jobs ran on (cpu, gpu)
+    constant: list[float] = field(default_factory=list)        # accuracy of a constant "no" on the jobs' cases
+    left_out: list[str] = field(default_factory=list)          # jobs not in the tables: failed, running
 
 
 def _mixing(ok: pd.DataFrame, keys: list[str], candidates: list[str]) -> list[str]:
@@ -293,6 +298,7 @@ def build_tables(df: pd.DataFrame, rows: str, cols: str, group: str | None, valu
     scale = {k: v[2] for k, v in PAPER_TABLES.items()}
     ok["_paper"] = figs["paper"]
     ok["_scale"] = figs["paper_table"].map(lambda t: scale.get(t, np.nan))
+    ok["_table"] = figs["paper_table"].where(figs["paper"].notna()).map(lambda t: float(t[5:]), na_action="ignore")
     sections = []
     combos = ok[extra].drop_duplicates() if extra else pd.DataFrame(index=[0])
     combos = sorted((tuple(r) for r in combos.itertuples(index=False)), key=lambda t: [sort_key(v) for v in t])
@@ -305,21 +311,32 @@ def build_tables(df: pd.DataFrame, rows: str, cols: str, group: str | None, valu
         papers = pivot(part.assign(_p=part["_paper"]), rows, cols, group, "_p", "mean")
         paper_std = {g: t.attrs["std"] for g, t in papers.items()}
         scales = pivot(part.assign(_s=part["_scale"]), rows, cols, group, "_s", "mean")
+        numbers = pivot(part.assign(_t=part["_table"]), rows, cols, group, "_t", "mean")
         subs = []
         for g, t in ours.items():
             p = papers.get(g, t * np.nan).reindex_like(t)
             # A cell whose jobs match different paper figures has no single figure to compare with.
             p = p.where(paper_std.get(g, p * np.nan).reindex_like(t).fillna(0) == 0)
             s = scales.get(g, t * np.nan).reindex_like(t)
-            subs.append(SubTable(g, t, t.attrs["std"], t.attrs["n"], p, t * s / p))
+            which = numbers.get(g, t * np.nan).reindex_like(t).where(p.notna())
+            subs.append(SubTable(g, t, t.attrs["std"], t.attrs["n"], p, t * s / p, which))
         sections.append(Section(dict(zip(extra, combo)), subs))
     def names(f: pd.DataFrame) -> list[str]:
         return sorted(set(f["paper_table"].dropna()), key=lambda s: int(s[5:]))
 
     used = names(figs.dropna(subset=["paper"]))
     sizes = sorted({int(n) for n in numeric_column(ok, "n_train").dropna()})
+    accelerators = sorted({str(a) for a in ok.get("accelerator", pd.Series(dtype=object)).dropna()})
+    constant = []
+    if value.removeprefix("val_") == "accuracy":
+        scored = value[:-len("accuracy")]
+        rate = numeric_column(ok, f"{scored}positives") / numeric_column(ok, f"{scored}n")
+        constant = sorted({round(float(1 - r), 4) for r in rate.dropna()})
+    left = df.loc[df.index.difference(ok_rows(df).index)] if "status" in df.columns else df.iloc[:0]
+    left_out = [f"job {r.get('job', i)} ({', '.join(f'{k}={label_text(r.get(k))}' for k in keys)}) {r['status']}"
+                for i, r in left.iterrows()]
     return TableSet(rows, cols, group, value, agg, sections, repeats, averaged, used,
-                    [t for t in names(figs) if t not in used], sizes)
+                    [t for t in names(figs) if t not in used], sizes, accelerators, constant, left_out)
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -376,15 +393,37 @@ def _notes(ts: TableSet) -> list[str]:
         notes.append(f"Repeats averaged: {', '.join(ts.repeats)} (cells show {ts.agg} ± sample std, n jobs).")
     if ts.averaged:
         notes.append(f"Also averaged over (too many combinations for separate tables): {', '.join(ts.averaged)}.")
+    if ts.constant:
+        lo, hi = ts.constant[0], ts.constant[-1]
+        at = number_text(lo) if lo == hi else f"{number_text(lo)} to {number_text(hi)}"
+        notes.append(f"A constant \"no\" forecast (never a tornado) scores {at} accuracy on these cases (1 − their "
+                     "base rate): a cell no higher shows no skill. ROC AUC and CSI tell skill apart.")
+    notes += paper_notes(ts)
+    if ts.left_out:
+        notes.append(f"Not in these tables: {'; '.join(ts.left_out)}.")
+    return notes
+
+
+def paper_notes(ts: TableSet) -> list[str]:
+    """What the comparison with the paper's tables compares: which tables, and where the work or the hardware
+    differs."""
+    notes = []
     if ts.paper_tables:
         names = "; ".join(PAPER_TABLES[t][3] for t in ts.paper_tables)
         figure = (f"{ts.value.replace('_', ' ')} (worked out from its wall times by GPU count)"
                   if ts.value in SCALING else "figure")
         notes.append(f"Compared with the paper's {names}: each cell shows the paper's {figure} and ours/paper.")
-        if ts.n_train and ts.n_train != [PAPER_N_TRAIN]:
+        if ts.n_train and ts.n_train != [PAPER_N_TRAIN] and ts.value.endswith("_s"):
             sizes = ", ".join(f"{n:,}" for n in ts.n_train)
+            per = (f" Per training sample, ours/paper is {PAPER_N_TRAIN / ts.n_train[0]:.3g} times the ratio shown."
+                   if len(ts.n_train) == 1 else "")
             notes.append(f"Our training set: {sizes} samples; the paper's: {PAPER_N_TRAIN:,}. A wall-time ratio "
-                         "compares unequal work unless they match.")
+                         f"compares unequal work unless they match.{per}")
+        hardware = {"cpu" if t in PAPER_CPU else "gpu" for t in ts.paper_tables}
+        if ts.accelerators and set(ts.accelerators) != hardware:
+            theirs = " and ".join(sorted("CPUs" if h == "cpu" else "GPUs" for h in hardware))
+            notes.append(f"Our jobs ran on {' and '.join(a.upper() + 's' for a in ts.accelerators)}; the paper's "
+                         f"figures are from {theirs}.")
     for t in ts.paper_unmatched:
         keys = ", ".join(PAPER_TABLES[t][1])
         notes.append(f"The paper's {PAPER_TABLES[t][3]} has no figure for these jobs' settings ({keys}).")
@@ -412,6 +451,11 @@ def to_markdown(ts: TableSet) -> str:
     return "\n".join(lines)
 
 
+def _table_name(st: SubTable, r: Any, c: Any) -> str | None:
+    number = st.paper_table.loc[r, c] if st.paper_table is not None else np.nan
+    return f"table{int(number)}" if np.isfinite(number) else None
+
+
 def to_long_csv(ts: TableSet) -> str:
     """Tidy CSV: one line per cell."""
     recs = []
@@ -426,15 +470,17 @@ def to_long_csv(ts: TableSet) -> str:
                         rec[ts.group] = st.group_value
                     rec.update({ts.rows: r, ts.cols: c, f"{ts.value}_{ts.agg}": st.value.loc[r, c],
                                 f"{ts.value}_std": st.std.loc[r, c], "n": int(st.n.loc[r, c]),
+                                "paper_table": _table_name(st, r, c),
                                 "paper": st.paper.loc[r, c], "ratio": st.ratio.loc[r, c]})
                     recs.append(rec)
     cols = list(next((s.fixed for s in ts.sections), {})) + ([ts.group] if ts.group else []) + [
-        ts.rows, ts.cols, f"{ts.value}_{ts.agg}", f"{ts.value}_std", "n", "paper", "ratio"]
+        ts.rows, ts.cols, f"{ts.value}_{ts.agg}", f"{ts.value}_std", "n", "paper_table", "paper", "ratio"]
     return pd.DataFrame(recs, columns=cols).to_csv(index=False)
 
 
 _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+        "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "−": "-", "×": r"$\times$",
+        "±": r"$\pm$", "≥": r"$\geq$", "≤": r"$\leq$"}
 
 
 def _tex(s: Any) -> str:
@@ -457,6 +503,7 @@ def to_latex(ts: TableSet) -> str:
             cap += f"; mean $\\pm$ std over {_tex(', '.join(ts.repeats))}"
         if has_paper:
             cap += "; in brackets the paper's figure and ours/paper"
+        cap += "".join(f". {_tex(n.rstrip('.'))}" for n in _notes(ts) if not n.startswith("Repeats averaged"))
         out += ["\\begin{table}[htbp]", "\\centering", f"\\caption{{{cap}.}}",
                 f"\\begin{{tabular}}{{l{'r' * ncol}}}", "\\toprule"]
         for i, st in enumerate(sec.subtables):
@@ -489,7 +536,9 @@ def to_html_tables(ts: TableSet) -> str:
     if not ts.sections or all(st.value.empty for s in ts.sections for st in s.subtables):
         return "\n".join(parts + [f'<p class="empty">No successful job reports {e(ts.value)}: '
                                   "nothing to tabulate.</p>"])
-    parts.append('<div class="tables">')
+    slower = ": slower" if ts.value.endswith("_s") else ""
+    parts.append(f'<p class="note">Cell shading grows with {e(ts.value)} within each table (darker: larger{slower}).'
+                 '</p><div class="tables">')
     for sec in ts.sections:
         for st in sec.subtables:
             vals = st.value.to_numpy(float)

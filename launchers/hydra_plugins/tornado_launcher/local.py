@@ -56,6 +56,18 @@ def _visible_note(configured: Optional[Sequence[str]]) -> str:
     return "CUDA_VISIBLE_DEVICES unset" if env is None else f"CUDA_VISIBLE_DEVICES={env!r}"
 
 
+def _threads_text(jobs: Sequence[Job], per_job: int) -> str:
+    """The threads the jobs use: the launcher's share per job, and the counts jobs set themselves (threads=N)."""
+    mine = [j for j in jobs if not j.threads_assigned and "threads" in j.cfg and j.cfg.threads is not None]
+    share = f"{counted(per_job, 'thread')} per job"
+    if not mine:
+        return share
+    own = sorted({int(j.cfg.threads) for j in mine})
+    n = f"{' or '.join(map(str, own))} thread{'' if own == [1] else 's'} per process"
+    n += f" (threads={','.join(map(str, own))})"
+    return n if len(mine) == len(jobs) else f"{share} where threads is unset, else {n}"
+
+
 class _Stop:
     """The sweep's stop flag: set by the launcher, or by SIGINT/SIGTERM. The signal handler only appends to
     `signals` (no lock is taken in a handler, so it can never deadlock the thread it interrupts)."""
@@ -220,7 +232,7 @@ class TornadoLocalLauncher(TornadoLauncherBase):
             move_aside(job)
         skipped = len(jobs) - len(todo)
         log.info(f"Launching {counted(len(todo), 'job')} locally ({skipped} already ok): {p.schedule} schedule, "
-                 f"{slots} at once, {per_job} threads per job, GPUs {devices or 'none'}")
+                 f"{slots} at once, {_threads_text(todo, per_job)}, GPUs {devices or 'none'}")
 
         plan: Dict[str, Any] = {"launcher": "local", "schedule": p.schedule, "slots": slots, "cores": cores,
                                 "threads_per_job": per_job, "devices": devices, "skipped": skipped}
