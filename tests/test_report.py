@@ -297,7 +297,8 @@ def test_html_is_self_contained_with_tables_and_errors(tmp_path):
     assert "RuntimeError: CUDA out of memory &lt;oom&gt;" in page   # the failed job's error, escaped
     assert "Partial report" not in page
     summary = json.loads(paths["summary.json"].read_text())
-    assert summary["failed_jobs"] == [{"job": "4", "status": "failed", "error": "RuntimeError: CUDA out of memory <oom>",
+    oom = "RuntimeError: CUDA out of memory <oom>"
+    assert summary["failed_jobs"] == [{"job": "4", "status": "failed", "error": oom,
                                        "config": {"batch_size": 512, "gpus": 4}}]  # the settings that vary
     assert "Not in these tables: job 4 (batch_size=512, gpus=4, epochs=3) failed." in paths["table.md"].read_text()
     assert summary["partial"] is False
