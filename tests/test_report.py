@@ -1182,7 +1182,7 @@ job,status,error,output_dir,epochs,batch_size,data_multiplier,gpus,paper,acceler
     assert ("Our training set: 13,500 samples; the paper's: 138,963. A wall-time ratio compares unequal work "
             "unless they match. Per training sample, ours/paper is 10.3 times the ratio shown.") in md
     page = paths["report.html"].read_text()
-    assert "Cell shading grows with wall_s within each table (darker: larger: slower)." in page
+    assert "Cell shading grows with wall_s within each table (darker: larger, so slower)." in page
 
 
 def test_a_sweep_s_counts_are_worded_for_one_job_and_a_run_without_validation_has_no_such_column(tmp_path, capsys):

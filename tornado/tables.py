@@ -536,7 +536,7 @@ def to_html_tables(ts: TableSet) -> str:
     if not ts.sections or all(st.value.empty for s in ts.sections for st in s.subtables):
         return "\n".join(parts + [f'<p class="empty">No successful job reports {e(ts.value)}: '
                                   "nothing to tabulate.</p>"])
-    slower = ": slower" if ts.value.endswith("_s") else ""
+    slower = ", so slower" if ts.value.endswith("_s") else ""
     parts.append(f'<p class="note">Cell shading grows with {e(ts.value)} within each table (darker: larger{slower}).'
                  '</p><div class="tables">')
     for sec in ts.sections:
