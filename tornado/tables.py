@@ -398,13 +398,14 @@ def _notes(ts: TableSet) -> list[str]:
         at = number_text(lo) if lo == hi else f"{number_text(lo)} to {number_text(hi)}"
         notes.append(f"A constant \"no\" forecast (never a tornado) scores {at} accuracy on these cases (1 − their "
                      "base rate): a cell no higher shows no skill. ROC AUC and CSI tell skill apart.")
-    notes += paper_notes(ts)
+    notes += _paper_notes(ts)
     if ts.left_out:
-        notes.append(f"Not in these tables: {'; '.join(ts.left_out)}.")
+        more = f"; and {len(ts.left_out) - 10} more" if len(ts.left_out) > 10 else ""
+        notes.append(f"Not in these tables: {'; '.join(ts.left_out[:10])}{more}.")
     return notes
 
 
-def paper_notes(ts: TableSet) -> list[str]:
+def _paper_notes(ts: TableSet) -> list[str]:
     """What the comparison with the paper's tables compares: which tables, and where the work or the hardware
     differs."""
     notes = []
