@@ -5,6 +5,7 @@ Without a cluster these skip; with TORNADO_REQUIRE_SLURM=1 (CI) a missing cluste
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -233,3 +234,68 @@ def test_slurm_job_that_can_never_start_is_named_with_its_reason(sweep_popen, tm
     assert re.search(r"job 0 \[.*\]: SLURM job \d+ waits for PartitionConfig: it asks for more than the partition "
                      r"offers \(CPUs, GPUs, memory, nodes\); it will not start: scancel it", seen), seen[-2000:]
     assert re.search(r"stopped waiting; 1 job stays in SLURM \(scancel \d+ to stop it\)", out), out[-2000:]
+
+
+def test_a_task_that_submitit_ends_stops_its_run_as_scancel_would(tmp_path):
+    """At the time limit (or a requeue) submitit's handler raises in the task: the run is told to stop (SIGTERM)
+    and gets time to record the epochs it saved, instead of being killed outright."""
+    import signal
+    import threading
+
+    from hydra_plugins.tornado_launcher.slurm_task import TrainTask
+
+    child = ("import signal, sys, time, pathlib\n"
+             "def stop(*_):\n"
+             f"    pathlib.Path({str(tmp_path / 'recorded')!r}).write_text('history')\n"
+             "    sys.exit(143)\n"
+             "signal.signal(signal.SIGTERM, stop)\n"
+             f"pathlib.Path({str(tmp_path / 'started')!r}).touch()\n"
+             "time.sleep(60)\n")
+
+    class Ended(Exception):
+        pass
+
+    def handler(*_):
+        raise Ended()
+
+    previous = signal.signal(signal.SIGUSR1, handler)
+    try:
+        def warn():
+            wait_for(tmp_path / "started", timeout=60)
+            os.kill(os.getpid(), signal.SIGUSR1)
+        threading.Thread(target=warn, daemon=True).start()
+        with pytest.raises(Ended):
+            TrainTask(["-c", child], str(tmp_path / "job"), {})()
+    finally:
+        signal.signal(signal.SIGUSR1, previous)
+    assert (tmp_path / "recorded").read_text() == "history"
+
+
+def test_a_time_limit_no_longer_than_its_warning_is_refused(sweep_cli, tmp_path):
+    """submitit would take every start for a timeout and requeue the job over and over."""
+    args = [o for o in FAKE_SLURM if not o.startswith("hydra.launcher.time_min=")]
+    p = sweep_cli(["-m", "batch_size=32", *args, "hydra.launcher.time_min=1", f"hydra.sweep.dir={tmp_path / 's'}"])
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
+        "error: hydra.launcher.time_min=1: no longer than signal_delay_s=90, the warning before the time limit; "
+        "give more minutes, or a smaller hydra.launcher.signal_delay_s")
+
+
+@slurm_only
+def test_a_job_queued_with_settings_changed_since_is_submitted_again_with_the_new_ones(sweep_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    args = ["-m", "batch_size=32", *FAKE_SLURM, f"hydra.sweep.dir={sweep}"]
+    first = sweep_cli([*args, "hydra.launcher.cpus_per_task=512", "hydra.launcher.wait=false"])  # can never start
+    assert first.returncode == 0, first.stderr
+    stuck = json.loads((sweep / "launcher.json").read_text())["jobs"][0]["slurm_id"]
+    try:
+        again = sweep_cli(args)  # the request mended
+        state = slurm_state(stuck)
+    finally:
+        subprocess.run(["scancel", stuck], check=False)  # were it left
+    out = again.stdout + again.stderr
+    assert state == "CANCELLED", state
+    assert again.returncode == 0, out[-3000:]
+    assert re.search(rf"SLURM job {stuck} was queued with other settings \(cpus_per_task\): cancelled, submitted "
+                     "again with these", out), out[-3000:]
+    assert "1 job submitted, 0 still in SLURM from before" in out and "1 ok, 0 failed, 0 skipped" in out
+    assert json.loads((sweep / "launcher.json").read_text())["jobs"][0]["request"]["cpus_per_task"] == 1

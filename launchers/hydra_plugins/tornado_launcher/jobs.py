@@ -4,6 +4,7 @@ import datetime as _dt
 import logging
 import os
 import re
+import shlex
 import signal
 import socket
 import sys
@@ -237,6 +238,17 @@ def job_cost(cfg: DictConfig, batch_overhead: float) -> float:
 def _quote(value: str) -> str:
     """A Hydra override value that keeps spaces, commas and '=' (job folders named by override_dirname)."""
     return "'" + value.replace("'", "\\'") + "'"
+
+
+def same_command(config: DictConfig, sweep_dir: Path) -> str:
+    """"run the same command again", naming the sweep's folder where the command did not (the default folder is
+    new on every run), quoted for Hydra and for the shell where needed."""
+    if any(str(o).lstrip("+~").split("=", 1)[0] == "hydra.sweep.dir" for o in config.hydra.overrides.hydra):
+        return "run the same command again"
+    value = str(sweep_dir)
+    if re.search(r"[\s,=\[\]{}()'\"\\]", value):
+        value = _quote(value)
+    return f"run the same command with {shlex.quote(f'hydra.sweep.dir={value}')}"
 
 
 def passthrough_overrides(config: DictConfig) -> List[str]:

@@ -4,8 +4,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
-import shlex
 import signal
 import subprocess
 import sys
@@ -23,9 +21,9 @@ from tornado.errors import TornadoError
 from tornado.records import read_result, write_json
 
 from .config import LocalLauncherConf
-from .jobs import (Job, TornadoLauncherBase, Progress, _quote, as_count, assign_threads, check_resume, compose_jobs,
+from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, compose_jobs,
                    counts, duration_text, eta_text, finish, gpu_request, job_args, job_cost, job_module, job_record,
-                   move_aside, passthrough_overrides, place, settle)
+                   move_aside, passthrough_overrides, place, same_command, settle)
 from .schedule import imbalance, partition
 
 log = logging.getLogger(__name__)
@@ -97,14 +95,6 @@ def _signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
-
-
-def _sweep_dir_override(sweep_dir: Path) -> str:
-    """`hydra.sweep.dir=DIR` to type in a shell, quoted for Hydra and for the shell where needed."""
-    value = str(sweep_dir)
-    if re.search(r"[\s,=\[\]{}()'\"\\]", value):
-        value = _quote(value)
-    return shlex.quote(f"hydra.sweep.dir={value}")
 
 
 class _DevicePool:
@@ -276,14 +266,9 @@ class TornadoLocalLauncher(TornadoLauncherBase):
             where = f"no results.csv ({e})"
         print(f"sweep {sweep_dir}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped (already ok), "
               f"{c['pending']} not started; {where}", flush=True)
-        given = any(str(o).lstrip("+~").split("=", 1)[0] == "hydra.sweep.dir"
-                    for o in self.config.hydra.overrides.hydra)
-        if given:
-            again = "run the same command again to resume"
-        else:  # the default sweep folder is new on every run: name this one
-            again = f"run the same command with {_sweep_dir_override(sweep_dir)} to resume"
         print(f"error: sweep interrupted ({self._stop.name}): {c['ok'] + c['skipped']} of "
-              f"{counted(len(jobs), 'job')} done; {again}", file=sys.stderr, flush=True)
+              f"{counted(len(jobs), 'job')} done; {same_command(self.config, sweep_dir)} to resume", file=sys.stderr,
+              flush=True)
         raise SystemExit(128 + self._stop.signals[0])
 
     # -- running --------------------------------------------------------------------------------------

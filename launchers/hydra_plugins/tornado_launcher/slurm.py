@@ -12,13 +12,13 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 
 from tornado.cli import counted
-from tornado.errors import TornadoError
+from tornado.errors import Terminated, TornadoError
 from tornado.records import write_json
 
 from .config import SlurmLauncherConf
 from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, compose_jobs, counts,
                    describe_exit, duration_text, eta_text, finish, gpu_request, job_args, job_cost, job_module,
-                   job_record, job_return, move_aside, passthrough_overrides, place, settle)
+                   job_record, job_return, move_aside, passthrough_overrides, place, same_command, settle)
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +95,10 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
 
     def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
         p = self.p
+        if p.time_min * 60 <= p.signal_delay_s:  # submitit would take every start for a timeout and requeue it
+            raise TornadoError(f"hydra.launcher.time_min={p.time_min}: no longer than signal_delay_s="
+                               f"{p.signal_delay_s}, the warning before the time limit; give more minutes, or a "
+                               "smaller hydra.launcher.signal_delay_s")
         module = job_module(p.module)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -124,7 +128,7 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
         for j in todo:
             j.status = "running"  # submitted: queued or running
         plan = {"launcher": "slurm", "slots": None, "state": "running", "submitted": time.time(),
-                "jobs": [job_record(j) for j in jobs]}
+                "jobs": [self._record(j) for j in jobs]}
         write_json(record_path, plan)
         log.info(f"{counted(len(submit), 'job')} submitted, {len(adopted)} still in SLURM from before, "
                  f"{len(jobs) - len(todo)} already ok")
@@ -132,36 +136,60 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             ids = sorted({j.slurm_id.split("_")[0] for j in todo})
             print(f"submitted to SLURM: job ids {', '.join(ids) or 'none'} ({counted(len(todo), 'job')}). Each job "
                   f"refreshes {sweep_dir / 'results.csv'} as it ends; collect any time with: python -m tornado.collect "
-                  f"{sweep_dir}; run the same command again to wait for them and resubmit failed ones.", flush=True)
+                  f"{sweep_dir}; {same_command(self.config, sweep_dir)} to wait for them and resubmit failed ones.",
+                  flush=True)
             return [job_return(j) for j in jobs]
         t0 = time.time()
         try:
             self._wait(todo, folder)
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Terminated):  # the jobs are SLURM's: they run on without the launcher
             running = [j.slurm_id for j in todo if j.status == "running"]
             one = len(running) == 1
             print(f"\nstopped waiting; {counted(len(running), 'job')} {'stays' if one else 'stay'} in SLURM (scancel "
-                  f"{' '.join(running)} to stop {'it' if one else 'them'}); collect later with: "
-                  f"python -m tornado.collect {sweep_dir}", flush=True)
+                  f"{' '.join(running)} to stop {'it' if one else 'them'}); {same_command(self.config, sweep_dir)} to "
+                  f"wait for {'it' if one else 'them'}, or collect later with: python -m tornado.collect {sweep_dir}",
+                  flush=True)
             raise
         plan.update(state="finished", started=t0, finished=time.time(), wall_s=time.time() - t0,
-                    jobs=[job_record(j) for j in jobs])
+                    jobs=[self._record(j) for j in jobs])
         write_json(record_path, plan)
         return finish(self.config, jobs, sweep_dir)
 
+    def _request(self, job: Job) -> Dict[str, Any]:
+        """What the job asks SLURM for (sbatch's settings), as launcher.json records it."""
+        params = sbatch_parameters(self.p, job.gpus, job.procs)
+        return json.loads(json.dumps({k: v for k, v in params.items() if k != "array_parallelism"}, default=str))
+
+    def _record(self, job: Job) -> Dict[str, Any]:
+        return {**job_record(job), "request": self._request(job)}
+
     def _adopt(self, todo: List[Job], record_path: Path) -> List[Job]:
-        """Jobs of the same config that an earlier launch submitted and SLURM still holds: watch, don't resubmit."""
+        """Jobs of the same config that an earlier launch submitted and SLURM still holds: watch, don't resubmit.
+        One still queued with other settings (hydra.launcher.*, changed since) is cancelled, to be submitted again
+        with these; one running with them runs on."""
         try:
             before = {r["dir"]: r for r in json.loads(record_path.read_text())["jobs"]}
         except (OSError, ValueError, KeyError, TypeError):
             return []
-        candidates = {j.num: before[j.dir.name]["slurm_id"] for j in todo if before.get(j.dir.name, {}).get("slurm_id")
-                      and before[j.dir.name].get("config_hash") == j.config_hash}
-        states = queue_states(list(candidates.values())) if candidates else {}
+        ids = {j.num: before[j.dir.name]["slurm_id"] for j in todo if before.get(j.dir.name, {}).get("slurm_id")}
+        states = (queue_states(list(ids.values())) if ids else {}) or {}
         adopted = []
         for j in todo:
-            sid = candidates.get(j.num)
-            if sid and (states or {}).get(sid) in _ALIVE:
+            sid, then = ids.get(j.num), before.get(j.dir.name, {})
+            if sid is None or states.get(sid) not in _ALIVE:
+                continue
+            now = self._request(j)
+            asked = then.get("request") or now  # launches before requests were recorded: as now
+            changed = sorted(k for k in set(asked) | set(now) if asked.get(k) != now.get(k))
+            same = then.get("config_hash") == j.config_hash
+            if (changed or not same) and states[sid] == "PENDING":
+                subprocess.run(["scancel", sid], capture_output=True, timeout=120)
+                log.info(f"{j.label}: SLURM job {sid} was queued with other settings "
+                         f"({', '.join(changed) or 'the config'}): cancelled, submitted again with these")
+            elif same:
+                if changed:
+                    log.warning(f"{j.label}: SLURM job {sid} runs with the settings it was submitted with "
+                                f"({', '.join(changed)} differ); it goes on")
                 j.slurm_id = sid
                 adopted.append(j)
         return adopted
@@ -225,6 +253,11 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                             continue
                         if rc and state and state not in _ALIVE and state != "COMPLETED":
                             reason = f"SLURM job {j.slurm_id} {state}: {describe_exit(rc)}"
+                        if reason and "timed-out too many times" in reason:  # submitit's words
+                            reason = (f"SLURM job {j.slurm_id} reached its time limit (hydra.launcher.time_min="
+                                      f"{self.p.time_min}) once more than max_num_timeout={self.p.max_num_timeout} "
+                                      "requeues allow; give it more minutes, and run the same command again to "
+                                      "resume from its checkpoint")
                     elif states is None or state in _ALIVE:
                         gone.pop(num, None)
                         if state in ("RUNNING", "COMPLETING"):

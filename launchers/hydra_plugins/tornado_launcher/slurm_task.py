@@ -8,6 +8,8 @@ from typing import Dict, List
 
 import submitit
 
+STOP_GRACE_S = 60.0  # a child told to stop (SIGTERM) gets this long to record what it saved, within SLURM's warning
+
 
 def _preempt_signal() -> signal.Signals:
     return signal.Signals["SIG" + os.environ.get("SUBMITIT_PREEMPT_SIGNAL", "USR2")]
@@ -35,6 +37,16 @@ class TrainTask(submitit.helpers.Checkpointable):
         log = Path(self.job_dir) / ("stdout.log" if rank == 0 else f"stdout_rank{rank}.log")
         log.parent.mkdir(parents=True, exist_ok=True)
         with open(log, "ab") as out:
-            return subprocess.call([sys.executable, *self.args], env={**os.environ, **self.env}, stdout=out,
-                                   stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   preexec_fn=_ignore_preempt_signal)
+            child = subprocess.Popen([sys.executable, *self.args], env={**os.environ, **self.env}, stdout=out,
+                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     preexec_fn=_ignore_preempt_signal)
+            try:
+                return child.wait()
+            except BaseException:  # submitit's handler ends the task (requeued, or timed out for good)
+                child.terminate()  # the run stops as on scancel: its result.json keeps the epochs it saved
+                try:
+                    child.wait(timeout=STOP_GRACE_S)
+                except subprocess.TimeoutExpired:
+                    child.kill()
+                    child.wait()
+                raise
