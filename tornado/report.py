@@ -33,8 +33,8 @@ from tornado.plots import (curve_figures, plot_curves, plot_learning_curves, plo
                            plot_skill_vs_time, plot_verification, plot_wall_vs_batch, roc_points)
 from tornado.records import read_result, write_atomic, write_json
 from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SCALING, SKILL_S, TIMES, TableSet, build_tables,
-                            is_repeat, label_text, number_text, numeric_column, ok_rows, to_html_tables, to_latex,
-                            to_long_csv, to_markdown, varying_hparams)
+                            is_repeat, number_text, numeric_column, ok_rows, to_html_tables, to_latex,
+                            settings_text, to_long_csv, to_markdown, varying_hparams)
 
 LOWER_IS_BETTER = METRICS_LOWER | {"total_s", "wall_s", "data_wait_s", "compute_s", "test_s"}
 TEXT_COLUMNS = ["job", "status", "error", "output_dir", "paper", "accelerator"]
@@ -538,7 +538,7 @@ def _epochs(n: int) -> str:
 
 
 def _cfg_text(cfg: dict) -> str:
-    return ", ".join(f"{k}={label_text(v)}" for k, v in cfg.items()) or "(no varying settings)"
+    return settings_text(cfg) or "(no varying settings)"
 
 
 def _reached_html(t: dict) -> str:
@@ -901,7 +901,8 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         "single": sweep.single, "partial": sweep.partial, "running": sweep.running, "waiting": sweep.waiting,
         "jobs": len(df), "ok": len(ok), "failed": len(_problems(df)),
         "failed_jobs": [{"job": str(r["job"]), "status": str(r["status"]), "error": _text(r.get("error")) or None,
-                         "config": _config(r, varying_hparams(df))} for _, r in _problems(df).iterrows()],
+                         "config": _config(r, varying)} for varying in [varying_hparams(df)]
+                        for _, r in _problems(df).iterrows()],
         "table": {"rows": rows, "cols": cols, "group": group, "value": value, "agg": agg,
                   "repeats": ts.repeats, "averaged": ts.averaged, "paper_tables": ts.paper_tables,
                   "sections": [{k: _plain(v) for k, v in s.fixed.items()} for s in ts.sections]} if ts else None,

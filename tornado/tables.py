@@ -333,7 +333,7 @@ def build_tables(df: pd.DataFrame, rows: str, cols: str, group: str | None, valu
         rate = numeric_column(ok, f"{scored}positives") / numeric_column(ok, f"{scored}n")
         constant = sorted({round(float(1 - r), 4) for r in rate.dropna()})
     left = df.loc[df.index.difference(ok_rows(df).index)] if "status" in df.columns else df.iloc[:0]
-    left_out = [f"job {r.get('job', i)} ({', '.join(f'{k}={label_text(r.get(k))}' for k in keys)}) {r['status']}"
+    left_out = [f"job {r.get('job', i)} ({settings_text({k: r.get(k) for k in keys})}) {r['status']}"
                 for i, r in left.iterrows()]
     return TableSet(rows, cols, group, value, agg, sections, repeats, averaged, used,
                     [t for t in names(figs) if t not in used], sizes, accelerators, constant, left_out)
@@ -356,6 +356,11 @@ def label_text(v: Any) -> str:
     if isinstance(v, (float, np.floating)) and float(v).is_integer():
         return str(int(v))
     return str(v)
+
+
+def settings_text(cfg: dict) -> str:
+    """Settings as `key=value, ...`."""
+    return ", ".join(f"{k}={label_text(v)}" for k, v in cfg.items())
 
 
 def _fixed_title(fixed: dict, group: str | None, g: Any) -> str:
