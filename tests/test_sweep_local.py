@@ -292,6 +292,14 @@ def test_gpu_request_without_gpus_is_refused_up_front(sweep_cli, tmp_path):
         assert (f / "multirun.yaml").exists() and not job_dirs(f)  # nothing was launched
 
 
+def test_a_bad_value_in_one_job_of_the_grid_is_refused_before_any_job_runs(sweep_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "lr=0.001,-1", "epochs=1", f"hydra.sweep.dir={sweep}"], module="tornado.train")
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
+        "error: job 1 [lr=-1 epochs=1]: lr=-1: must be a positive number"), p.stderr[-2000:]
+    assert not job_dirs(sweep) and "Launching" not in p.stdout + p.stderr
+
+
 @pytest.mark.parametrize("setting, line", [
     ("hydra.launcher.max_parallel=0", "error: hydra.launcher.max_parallel=0: must be at least 1, or null to choose"),
     ("hydra.launcher.stop_grace_s=-1", "error: hydra.launcher.stop_grace_s=-1: must be 0 or more seconds"),

@@ -280,6 +280,29 @@ def test_a_time_limit_no_longer_than_its_warning_is_refused(sweep_cli, tmp_path)
         "give more minutes, or a smaller hydra.launcher.signal_delay_s")
 
 
+def test_a_bad_value_in_one_job_of_the_grid_is_refused_before_anything_is_queued(sweep_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "batch_size=64,0", *SLURM, f"hydra.sweep.dir={sweep}"], module="tornado.train")
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
+        "error: job 1 [batch_size=0 launcher=slurm]: batch_size=0: must be a positive integer"), p.stderr[-2000:]
+    assert sorted(f.name for f in sweep.iterdir()) == ["multirun.yaml"]  # no .submitit, launcher.json, job folder
+
+
+@slurm_only
+def test_gpus_on_a_cluster_without_them_are_refused_with_a_hint_and_nothing_left_queued(sweep_cli, tmp_path):
+    """The gpus=0 group is queued first, then sbatch refuses the gpus=1 one: the first is cancelled again."""
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "gpus=0,1", *FAKE_SLURM, f"hydra.sweep.dir={sweep}"])
+    line = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and line.startswith("error: sbatch refused 1 job with gpus=1, 1 task of 1 CPUs: ") and \
+        line.endswith('does the partition have GPUs (sinfo -o "%P %G"; hydra.launcher.partition=...)? '
+                      "trainer.accelerator=cpu gpus=1 runs 1 CPU rank instead; nothing was left queued"), p.stderr
+    assert sum(ln.startswith("sbatch: error") for ln in p.stderr.splitlines()) == 0  # said once, in that line
+    first = re.search(r"SLURM job (\d+): 1 job, gpus=0", p.stdout + p.stderr).group(1)
+    assert slurm_state(first) in ("", "CANCELLED")
+    assert sorted(f.name for f in sweep.iterdir()) == ["multirun.yaml"]
+
+
 @slurm_only
 def test_a_job_queued_with_settings_changed_since_is_submitted_again_with_the_new_ones(sweep_cli, tmp_path):
     sweep = tmp_path / "sweep"

@@ -116,6 +116,25 @@ def compose_jobs(hydra_context: Any, config: DictConfig, job_overrides: Sequence
     return jobs
 
 
+def check_settings(config: DictConfig, jobs: Sequence[Job], module: str) -> None:
+    """Run the job module's `validate(cfg)`, where it has one, on every job's settings: a bad value in one job of
+    a grid is refused before any job starts or is queued, not on a node after the wait."""
+    main = sys.modules.get("__main__")
+    owner = main if getattr(getattr(main, "__spec__", None), "name", None) == module else sys.modules.get(module)
+    validate = getattr(owner, "validate", None)
+    if validate is None:
+        return
+    try:
+        for job in jobs:
+            HydraConfig.instance().set_config(job.cfg)
+            try:
+                validate(OmegaConf.masked_copy(job.cfg, [k for k in job.cfg if k != "hydra"]))
+            except TornadoError as e:
+                raise TornadoError(f"{job.label}: {e}", e.code) from None
+    finally:
+        HydraConfig.instance().set_config(config)
+
+
 def gpu_request(cfg: DictConfig) -> tuple[Any, bool]:
     """(the job's `gpus` value, whether trainer.accelerator=cpu forces CPU processes)."""
     gpus = cfg.get("gpus", 0)

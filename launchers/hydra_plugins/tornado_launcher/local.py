@@ -21,9 +21,9 @@ from tornado.errors import TornadoError
 from tornado.records import read_result, write_json
 
 from .config import LocalLauncherConf
-from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, compose_jobs,
-                   counts, duration_text, eta_text, finish, gpu_request, job_args, job_cost, job_module, job_record,
-                   move_aside, passthrough_overrides, place, same_command, settle)
+from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, check_settings,
+                   compose_jobs, counts, duration_text, eta_text, finish, gpu_request, job_args, job_cost, job_module,
+                   job_record, move_aside, passthrough_overrides, place, same_command, settle)
 from .schedule import imbalance, partition
 
 log = logging.getLogger(__name__)
@@ -184,8 +184,9 @@ class TornadoLocalLauncher(TornadoLauncherBase):
             raise TornadoError(f"hydra.launcher.stop_grace_s={p.stop_grace_s:g}: must be 0 or more seconds")
         module = job_module(p.module)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         jobs = compose_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)
+        check_settings(self.config, jobs, module)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
 
         requests = [gpu_request(j.cfg) for j in jobs]
         may_use_gpus = any(not cpu and str(g) != "0" for g, cpu in requests)

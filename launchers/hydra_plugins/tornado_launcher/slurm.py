@@ -1,4 +1,6 @@
 """SLURM launcher: jobs grouped by resource need, each group one submitit job array; one task per rank."""
+import contextlib
+import io
 import json
 import logging
 import shutil
@@ -16,9 +18,10 @@ from tornado.errors import Terminated, TornadoError
 from tornado.records import write_json
 
 from .config import SlurmLauncherConf
-from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, compose_jobs, counts,
-                   describe_exit, duration_text, eta_text, finish, gpu_request, job_args, job_cost, job_module,
-                   job_record, job_return, move_aside, passthrough_overrides, place, same_command, settle)
+from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, check_settings,
+                   compose_jobs, counts, describe_exit, duration_text, eta_text, finish, gpu_request, job_args,
+                   job_cost, job_module, job_record, job_return, move_aside, passthrough_overrides, place,
+                   same_command, settle)
 
 log = logging.getLogger(__name__)
 
@@ -101,8 +104,9 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                                "smaller hydra.launcher.signal_delay_s")
         module = job_module(p.module)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         jobs = compose_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)
+        check_settings(self.config, jobs, module)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         for job in jobs:
             gpus, cpu = gpu_request(job.cfg)
             # On SLURM, gpus=auto asks for none: say how many GPUs a job needs.
@@ -204,24 +208,49 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
         groups: Dict[tuple, List[Job]] = defaultdict(list)
         for j in jobs:
             groups[(j.gpus, j.procs)].append(j)
+        made = [j.dir for j in jobs if not j.dir.exists()]
+        before = set(folder.iterdir()) if folder.is_dir() else set()
         for (gpus, tasks), group in sorted(groups.items()):
             ex = submitit.SlurmExecutor(folder=folder / "%j", max_num_timeout=p.max_num_timeout, python=p.python)
             ex.update_parameters(**sbatch_parameters(p, gpus, tasks))
             for j in group:
                 j.dir.mkdir(parents=True, exist_ok=True)
-            try:
-                with ex.batch():
+            try:  # sbatch's refusal is said once, in our line (submitit prints it to stderr too)
+                with contextlib.redirect_stderr(io.StringIO()), ex.batch():
                     handles = [ex.submit(TrainTask(job_args(module, j, passthrough), str(j.dir),
                                                    self._env(j, sweep_dir))) for j in group]
             except Exception as e:
+                self._undo_submit(jobs, made, folder, before)
                 lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
                 why = lines[-1] if lines else type(e).__name__
+                hint = ""
+                if gpus and "gres" in why.lower():
+                    hint = (f"; does the partition have GPUs (sinfo -o \"%P %G\"; hydra.launcher.partition=...)? "
+                            f"trainer.accelerator=cpu gpus={gpus} runs {counted(gpus, 'CPU rank')} instead")
                 raise TornadoError(f"sbatch refused {counted(len(group), 'job')} with gpus={gpus}, "
-                                   f"{counted(tasks, 'task')} of {p.cpus_per_task} CPUs: {why}") from None
+                                   f"{counted(tasks, 'task')} of {p.cpus_per_task} CPUs: {why}{hint}; "
+                                   "nothing was left queued") from None
             for j, h in zip(group, handles):
                 j.slurm_id = str(h.job_id)
             log.info(f"SLURM job {handles[0].job_id.split('_')[0]}: {counted(len(group), 'job')}, gpus={gpus}, "
                      f"{counted(tasks, 'task')} each")
+
+    @staticmethod
+    def _undo_submit(jobs: List[Job], made: List[Path], folder: Path, before: set) -> None:
+        """After sbatch refused a group: cancel the groups it took, remove the folders and files made for them."""
+        taken = [j.slurm_id for j in jobs if j.slurm_id is not None]
+        if taken:
+            subprocess.run(["scancel", *taken], capture_output=True, check=False)
+        for j in jobs:
+            j.slurm_id = None
+        for d in made:
+            shutil.rmtree(d, ignore_errors=True)
+        if folder.is_dir():
+            for f in set(folder.iterdir()) - before:
+                shutil.rmtree(f) if f.is_dir() else f.unlink(missing_ok=True)
+            if not before:
+                with contextlib.suppress(OSError):
+                    folder.rmdir()
 
     @staticmethod
     def _env(job: Job, sweep_dir: Path) -> Dict[str, str]:
