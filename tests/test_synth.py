@@ -172,6 +172,29 @@ def test_writes_are_atomic(tmp_path):
     assert not target.exists() and sorted(tmp_path.iterdir()) == sorted(paths)
 
 
+def test_a_folder_synth_was_stopped_writing_is_refused_as_a_source_until_completed(tmp_path, monkeypatch):
+    write = synth.write_file
+    written = []
+
+    def stop_after_two(path, run, fields):
+        if len(written) == 2:
+            raise KeyboardInterrupt
+        write(path, run, fields)
+        written.append(path)
+
+    monkeypatch.setattr(synth, "write_file", stop_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        synth.generate(tmp_path, days=4, patches_per_day=5, seed=0)
+    assert len(list(tmp_path.glob("NCARSTORM_*.nc"))) == 2
+    with pytest.raises(TornadoError, match=r"^source: .*: tornado.synth was stopped while writing this folder; "
+                                           r"run it again to complete it$"):
+        find_files(tmp_path)
+    monkeypatch.setattr(synth, "write_file", write)
+    paths = synth.generate(tmp_path, days=4, patches_per_day=5, seed=0)
+    assert find_files(tmp_path) == paths and len(paths) == 4
+    assert sorted(tmp_path.iterdir()) == sorted(paths)  # the mark is gone
+
+
 @pytest.mark.parametrize("kwargs, match", [
     ({"days": 0}, "synth.days"),
     ({"patches_per_day": -1}, "synth.patches_per_day"),

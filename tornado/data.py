@@ -31,6 +31,7 @@ LABEL_VAR = "RVORT1_MAX_future"
 TRACK_VAR = "track_id"
 PATCH_SIZE = 32
 FILE_GLOB = "NCARSTORM_*.nc"
+UNFINISHED = ".synth-unfinished"  # in a folder tornado.synth is writing, or was stopped writing
 REDUCES = ("max", "mean")
 NONFINITE = ("drop", "fail")
 _NAME = re.compile(r"NCARSTORM_(\d{8})-\d{4}_")
@@ -101,6 +102,9 @@ def find_files(source: str | Path, key: str = "source") -> list[Path]:
         return [folder]
     if not folder.is_dir():
         raise TornadoError(f"{key}: {text}: no such folder")
+    if (folder / UNFINISHED).exists():
+        raise TornadoError(f"{key}: {text}: tornado.synth was stopped while writing this folder; run it again to "
+                           "complete it")
     files = sorted(p for p in folder.glob(FILE_GLOB) if p.is_file())
     if not files:
         raise TornadoError(f"{key}: {text}: no {FILE_GLOB} files in this folder")

@@ -60,7 +60,7 @@ import numpy as np
 from tqdm import tqdm
 
 from tornado.cli import closest, counted
-from tornado.data import FILE_GLOB
+from tornado.data import FILE_GLOB, UNFINISHED
 from tornado.errors import TornadoError, is_int, run_cli
 
 TEST_START = dt.date(2015, 1, 1)
@@ -353,12 +353,15 @@ def generate(out_dir, days: int = 40, patches_per_day: int = 500, seed: int = 0,
     if others:
         raise TornadoError(f"out_dir: {out} already holds {counted(len(others), 'other NCARSTORM file')} "
                            f"(e.g. {others[0].name}), which would be read with these: use an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    (out / UNFINISHED).touch()  # a folder left part-written is refused as a source
     bar = tqdm(dates, desc="synthetic storms", unit=" files", leave=False, disable=not sys.stderr.isatty())
     for k, run in enumerate(bar):
         rng = np.random.default_rng([seed, 1, k])
         path = out / file_name(run)
         write_file(path, run, storm_fields(rng, patches_per_day, run))
         paths.append(path)
+    (out / UNFINISHED).unlink()
     return paths
 
 
