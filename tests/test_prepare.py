@@ -1,6 +1,7 @@
 """The prepared HDF5 file: layout, contents, split, scaler, reuse, balance, and refusal of bad input."""
 import datetime as dt
 import json
+import logging
 import re
 import shutil
 import subprocess
@@ -161,15 +162,21 @@ def test_scaler_is_fitted_on_training_originals(prepared, source):
         assert not np.allclose(mean, both.mean(axis=(0, 2, 3)), rtol=1e-4)
 
 
-def test_reuse_and_rebuild(source, tmp_path):
+def test_reuse_and_rebuild(source, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="tornado.prepare")
     cfg = make_cfg(tmp_path, source, multipliers=[1, 2])
     path, built = prepare(cfg, AUG)
     st = path.stat()
     again, built2 = prepare(cfg, AUG)
     assert built and not built2 and again == path
     assert (path.stat().st_ino, path.stat().st_mtime_ns) == (st.st_ino, st.st_mtime_ns)
+    assert not [r for r in caplog.records if "also holds" in r.getMessage()]
     other = ensure_prepared(make_cfg(tmp_path, source, multipliers=[1, 2], **{"label.threshold": 0.004}), AUG)
     rotated = ensure_prepared(cfg, {**AUG, "rotation": 10.0})
+    size = (path.stat().st_size + other.stat().st_size) / 1e9
+    assert caplog.records[-1].getMessage() == (
+        f"{path.parent} also holds 2 prepared files of other settings or source files ({size:.1f} GB): delete those "
+        "no longer needed (each file's settings: its HDF5 attributes)")
     assert len({path, other, rotated}) == 3
     with h5py.File(other, "r") as f:
         assert f.attrs["label_threshold"] == 0.004
@@ -454,7 +461,6 @@ def test_a_test_split_with_nothing_to_score_is_named_as_such(case, source, tmp_p
 
 
 def test_a_file_that_looks_like_a_copy_of_another_is_named(source, tmp_path, caplog):
-    import logging
 
     src = copy_files(source, tmp_path / "src")
     first = data.find_files(src)[0]

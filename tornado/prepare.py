@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 import tornado
 from tornado import data, synth
-from tornado.cli import run_hydra_app
+from tornado.cli import counted, run_hydra_app
 from tornado.augment import AugmentConfig, augment
 from tornado.errors import TornadoError, is_int, is_number, run_cli, stop_if_signalled
 from tornado.records import locked, write_json
@@ -212,6 +212,17 @@ def _warn_copies(files: list[Path]) -> None:
             log.warning("%s and %s: the same run date and size, one a copy of the other? Both are read", first, f.name)
 
 
+def _note_others(path: Path) -> None:
+    """Prepared files are kept (another sweep may use them) and never pruned: say what they take, once, as a new
+    one is built beside them."""
+    others = sorted(p for p in path.parent.glob("storms-*.h5") if p != path)
+    if others:
+        size = sum(p.stat().st_size for p in others) / 1e9
+        log.info("%s also holds %s of other settings or source files (%.1f GB): delete those no longer needed "
+                 "(each file's settings: its HDF5 attributes)", path.parent, counted(len(others), "prepared file"),
+                 size)
+
+
 def _is_current(path: Path, chash: str) -> bool:
     try:
         with h5py.File(path, "r") as f:
@@ -255,6 +266,7 @@ def prepare(data_cfg: Mapping, augment_cfg: Mapping | None) -> tuple[Path, bool]
             for stale in path.parent.glob(f".{path.name}.*.tmp"):  # a killed build's; its builder held this lock
                 stale.unlink(missing_ok=True)
             build(path, s, files, source, chash)
+        _note_others(path)
         return path, True
 
 
