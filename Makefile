@@ -6,10 +6,15 @@ BIN    := $(VENV)/bin
 # libraries); another version or build, e.g. on a GPU machine: `make TORCH='torch>=2.4' train`.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
+# the TORCH last asked for: another one installs again
+WANTED := $(VENV)/.torch
 
-.PHONY: install train test bench clean-outputs
+.PHONY: install train test bench clean-outputs FORCE
 
-$(STAMP): pyproject.toml Makefile
+$(WANTED): FORCE
+	@mkdir -p $(VENV) && (echo '$(TORCH)' | cmp -s - $@ || echo '$(TORCH)' > $@)
+
+$(STAMP): pyproject.toml Makefile $(WANTED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q "$(TORCH)"

@@ -223,7 +223,8 @@ def test_cli_writes_files(tmp_path):
 
 def test_cli_help_prints_usage():
     r = run_cli("--help")
-    assert r.returncode == 0 and r.stdout.startswith("usage: python -m tornado.synth [out_dir=DIR]") and not r.stderr
+    assert r.returncode == 0 and r.stdout.startswith("usage: python -m tornado.synth [out_dir=data/synthetic]") \
+        and not r.stderr
 
 
 def test_cli_refuses_a_folder_with_other_storm_files(tmp_path):
@@ -237,6 +238,18 @@ def test_cli_refuses_a_folder_with_other_storm_files(tmp_path):
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith(f"error: out_dir: {out} already holds 2 other NCARSTORM files (e.g. NCARSTORM_")
     assert sorted(out.iterdir()) == sorted(before)
+
+
+def test_cli_refuses_the_set_training_manages(tmp_path):
+    from tornado.prepare import synthetic_source
+
+    with synthetic_source(tmp_path, {"days": 2, "patches_per_day": 10, "seed": 1}) as managed:
+        before = {p: p.stat().st_mtime_ns for p in managed.iterdir()}
+    r = run_cli(f"out_dir={managed}", "days=2", "patches_per_day=5", "seed=1")  # same names, other contents
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: out_dir: {managed} is the synthetic set that training generates and manages (synth.json): "
+        "choose another folder, and train on it with data.source="]
+    assert {p: p.stat().st_mtime_ns for p in managed.iterdir()} == before
 
 
 @pytest.mark.parametrize("arg, match", [("bogus=1", "bogus"), ("dayz=2", "unknown argument (did you mean days? "),

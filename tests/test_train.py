@@ -591,6 +591,9 @@ def test_counts_are_worded_in_the_singular_and_plural(gpus, visible, message, mo
                          "'[1,')"),
     (["hydra.launcher.max_parallel=abc"], "error: Error merging override hydra.launcher.max_parallel=abc: Value "
                                           "'abc' of type 'str' could not be converted to Integer"),
+    (["-m", "--cfg", "job"], "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be "
+                             "specified"),
+    (["--resolve"], "error: The --resolve flag can only be used in conjunction with --cfg or --help"),
 ])
 def test_hydra_s_own_refusals_are_one_line_exit_2(args, line, tmp_path):
     """What Hydra refuses before tornado.train runs (a misspelt setting, a missing option) reads like ours."""

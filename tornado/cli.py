@@ -67,6 +67,9 @@ def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str) -
         print(f"error: {hydra_error_line(e, lambda: setting_names(config_dir, config_name))}", file=sys.stderr)
         raise SystemExit(2) from None
     except (OSError, ValueError) as e:  # the run's folder or log file, which Hydra makes, cannot be written
+        if _raised_in(e, "_run_hydra"):  # Hydra's command line misused: `-m --cfg job`, `--resolve` alone
+            print(f"error: {_first_line(str(e))}", file=sys.stderr)
+            raise SystemExit(2) from None
         cause = e if isinstance(e, OSError) else e.__cause__ or e.__context__
         if not isinstance(cause, OSError):
             raise
@@ -74,6 +77,13 @@ def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str) -
         print(f"error: {where}cannot write there ({cause.strerror or cause}); hydra.run.dir= (hydra.sweep.dir= for a "
               "sweep) sets another folder", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def _raised_in(e: BaseException, function: str) -> bool:
+    tb = e.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_name == function
 
 
 def hydra_error_line(e: Exception, names: Callable[[], list[str]]) -> str:

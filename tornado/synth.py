@@ -366,7 +366,8 @@ def generate(out_dir, days: int = 40, patches_per_day: int = 500, seed: int = 0,
 
 
 _KEYS = {"out_dir": str, "days": int, "patches_per_day": int, "seed": int, "start": str, "end": str}
-USAGE = "usage: python -m tornado.synth [out_dir=DIR] [days=40] [patches_per_day=500] [seed=0] [start=] [end=]"
+USAGE = ("usage: python -m tornado.synth [out_dir=data/synthetic] [days=40] [patches_per_day=500] [seed=0] "
+         "[start=] [end=]")
 
 
 def parse_args(argv: list[str]) -> dict:
@@ -390,7 +391,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         print(USAGE)
         return []
     args = parse_args(argv)
-    out_dir = args.pop("out_dir", "outputs/data/synthetic")
+    out_dir = args.pop("out_dir", "data/synthetic")
+    if (Path(out_dir) / "synth.json").exists():  # written by tornado.prepare, whose files would change under it
+        raise TornadoError(f"out_dir: {out_dir} is the synthetic set that training generates and manages "
+                           "(synth.json): choose another folder, and train on it with data.source=")
     paths = generate(out_dir, **args)
     print(f"wrote {counted(len(paths), 'NCARSTORM file')} to {Path(out_dir).resolve()}")
     return paths
