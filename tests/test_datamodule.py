@@ -88,15 +88,17 @@ def test_live_epoch_is_m_fresh_augmented_copies_of_every_original(prepared):
     assert abs(float(x.mean())) < 0.2 and 0.8 < float(x.std()) < 1.2  # standardised after augmenting
 
 
-@pytest.mark.parametrize("world, batch", [(2, 32), (7, 5)])
-def test_ddp_ranks_take_disjoint_shards_of_equal_length(prepared, world, batch):
+@pytest.mark.parametrize("resident", [True, False], ids=["resident", "streamed"])
+@pytest.mark.parametrize("world, batch", [(2, 32), (7, 5), (7, 100)])
+def test_ddp_ranks_take_disjoint_shards_of_equal_length(prepared, world, batch, resident):
     """Under DDP each rank gets its own rows of the epoch's permutation and as many steps as every other rank
-    (a rank with a step more would wait forever for the others in backward)."""
+    (a rank with a step more would wait forever for the others in backward); streamed too, also where there are
+    fewer chunks than ranks (7 ranks of 100: one chunk)."""
     n = StormDataModule(prepared, batch).meta["n_train"]
     assert n % world or world == 2  # 7 ranks: rows left over, which no rank may take
     seen, steps = [], []
     for rank in range(world):
-        dm = StormDataModule(prepared, batch * world, 1, resident=True, chunk_batches=2)
+        dm = StormDataModule(prepared, batch * world, 1, resident=resident, chunk_batches=2)
         dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, current_epoch=0, limit_train_batches=1.0,
                                      max_steps=-1, strategy=SimpleNamespace(root_device=torch.device("cpu")))
         assert dm.per_device_batch == batch

@@ -19,6 +19,7 @@ from submitit.slurm.slurm import _make_sbatch_string
 
 from hydra_plugins.tornado_launcher.config import SlurmLauncherConf
 from hydra_plugins.tornado_launcher.slurm import sbatch_parameters
+from tornado.errors import TornadoError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -301,6 +302,46 @@ def test_gpus_on_a_cluster_without_them_are_refused_with_a_hint_and_nothing_left
     first = re.search(r"SLURM job (\d+): 1 job, gpus=0", p.stdout + p.stderr).group(1)
     assert slurm_state(first) in ("", "CANCELLED")
     assert sorted(f.name for f in sweep.iterdir()) == ["multirun.yaml"]
+
+
+@slurm_only
+def test_a_job_of_another_config_still_running_in_the_folder_is_refused(sweep_cli, tmp_path):
+    """A grid changed while the last launch's job still trains: moving its folder aside would leave it writing
+    into the new job's folder."""
+    sweep, go = tmp_path / "sweep", tmp_path / "go"
+    args = ["-m", "batch_size=32", *FAKE_SLURM, f"hydra.sweep.dir={sweep}", f"hold={go}"]
+    first = sweep_cli([*args, "hydra.launcher.wait=false"])
+    assert first.returncode == 0, first.stderr
+    sid = json.loads((sweep / "launcher.json").read_text())["jobs"][0]["slurm_id"]
+    try:
+        t0 = time.time()
+        while slurm_state(sid) != "RUNNING":
+            assert time.time() - t0 < 120, slurm_state(sid)
+            time.sleep(0.5)
+        again = sweep_cli([*args, "sleep_s=0.01"])  # another config for the same folder
+        assert slurm_state(sid) == "RUNNING"  # left alone
+    finally:
+        go.touch()
+        subprocess.run(["scancel", sid], check=False)
+    assert again.returncode == 2, again.stderr[-3000:]
+    assert re.fullmatch(rf"error: job 0 \[.*sleep_s=0.01.*\]: SLURM job {sid} of another config is RUNNING in "
+                        rf"{re.escape(str(sweep / '0'))}; scancel {sid} or wait for it to end, then run the same "
+                        r"command again", again.stderr.strip().splitlines()[-1]), again.stderr[-2000:]
+    assert (sweep / "0").is_dir() and not (sweep / ".replaced").exists()
+
+
+def test_a_rerun_is_refused_while_squeue_does_not_answer(tmp_path, monkeypatch):
+    """Unknown is not gone: submitting again could put a second job into a folder one still trains in."""
+    from hydra_plugins.tornado_launcher import slurm
+    from hydra_plugins.tornado_launcher.jobs import Job
+
+    record = tmp_path / "launcher.json"
+    record.write_text(json.dumps({"jobs": [{"dir": "0", "slurm_id": "4242", "config_hash": "x"}]}))
+    monkeypatch.setattr(slurm, "queue_states", lambda ids, reasons=None: None)
+    job = Job(num=0, overrides=["batch_size=32"], cfg=None, dir=tmp_path / "0", config_hash="x")
+    with pytest.raises(TornadoError, match=r"^squeue did not answer: cannot tell whether the 1 job the last launch "
+                                           r"submitted still run; run the same command again in a moment$"):
+        slurm.TornadoSlurmLauncher()._adopt([job], record)
 
 
 @slurm_only

@@ -417,6 +417,39 @@ def test_the_clock_keeps_the_whole_jobs_time_to_each_checkpoint():
     assert older.before == {"wall_s": 7.0, "data_wait_s": 0.0, "epoch_scoring_s": 0.0, "run_s": 7.0}
 
 
+def test_a_resumed_run_with_dropout_matches_one_never_stopped(data_dir, tmp_path):
+    """Dropout draws from torch's global generator, which Lightning's checkpoints do not hold: it is seeded
+    per epoch, so a session resumed after epoch 1 draws epoch 2's masks as an unbroken run does."""
+    from tornado.train import train
+
+    args = small(data_dir, "model.dropout=0.3")
+    train(cfg_for(*args, "epochs=1"), output_dir=tmp_path / "resumed")
+    resumed = train(cfg_for(*args, "epochs=2"), output_dir=tmp_path / "resumed")
+    straight = train(cfg_for(*args, "epochs=2"), output_dir=tmp_path / "straight")
+    assert resumed["resumed_after_epochs"] == 1
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+    assert resumed["metrics"] == straight["metrics"]
+
+
+def test_a_resumed_session_stopped_before_an_epoch_ends_names_the_epochs_saved_before(data_dir, tmp_path,
+                                                                                      monkeypatch):
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    from tornado.model import StormModule
+    from tornado.train import train
+
+    train(cfg_for(*small(data_dir, "epochs=1")), output_dir=tmp_path)
+
+    def stopped(*args, **kwargs):
+        raise SIGTERMException()
+
+    monkeypatch.setattr(StormModule, "training_step", stopped)
+    with pytest.raises(TornadoError) as e:
+        train(cfg_for(*small(data_dir, "epochs=3")), output_dir=tmp_path)
+    assert str(e.value).startswith("interrupted by SIGTERM; 1 epoch saved in "), str(e.value)
+    assert e.value.code == 143
+
+
 def test_resume_continues_with_history_and_times(data_dir, tmp_path, caplog):
     from tornado.runpage import facts
     from tornado.train import _headline, train
@@ -694,6 +727,17 @@ def test_cpu_ddp_two_processes_keep_global_batch(data_dir, tmp_path):
     aucs = [h["val_roc_auc"] for h in result["history"]]
     assert result["early_stop"]["stopped"] and len(aucs) < 10 and aucs[-1] <= max(aucs[:-1])
     assert result["metrics"]["val_roc_auc"] == pytest.approx(max(aucs), abs=1e-6)  # the best epoch's weights
+
+
+def test_cpu_ddp_on_streamed_data_with_fewer_chunks_than_ranks(data_dir, tmp_path):
+    """Data read from the file chunk by chunk (not held in memory), one chunk for two ranks: a rank without a
+    chunk of its own used to spin for ever while the other waited for it."""
+    run = tmp_path / "ddp"
+    p = _cli([*small(data_dir, "epochs=1", "batch_size=512", "trainer.accelerator=cpu", "gpus=2",
+                     "fast.resident=false", "score_epochs=false"), f"hydra.run.dir={run}"], cwd=ROOT, timeout=240)
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads((run / "result.json").read_text())
+    assert result["status"] == "ok" and result["batch"]["per_device"] == 256 and result["devices"]["count"] == 2
 
 
 def test_predict_round_trip(first_run, data_dir, tmp_path):

@@ -259,40 +259,43 @@ class _StreamedBatches:
         return self.dm.steps_per_epoch()
 
     def _chunks(self, gen: torch.Generator):
+        """(start, end, this rank's rows of it from `start`, shuffled): contiguous chunks in a shuffled order.
+        Under DDP every rank reads every chunk and takes its share of the rows (the same shuffle on every rank,
+        so the shares never overlap): an epoch covers the data once whatever the number of chunks, and every
+        rank has the same number of steps. A chunk is as many rows as one rank's chunk would be alone."""
         dm = self.dm
         rank, world = dm.world
-        size = dm.per_device_batch * dm.chunk_batches
+        size = dm.per_device_batch * max(1, dm.chunk_batches // world) * world
         starts = list(range(0, dm.stored_rows, size))
         while True:  # live: multiplier passes over the originals; cycles until the step count is reached
-            for k in torch.randperm(len(starts), generator=gen)[rank::world].tolist():
-                yield starts[k], min(starts[k] + size, dm.stored_rows)
+            for k in torch.randperm(len(starts), generator=gen).tolist():
+                s, e = starts[k], min(starts[k] + size, dm.stored_rows)
+                perm = torch.randperm(e - s, generator=gen)
+                yield s, e, perm[: (e - s) // world * world][rank::world].numpy()
 
     def __iter__(self):
         dm = self.dm
         _, aug, epoch = dm._generators()
         b, steps = dm.per_device_batch, len(self)
         base = dm.seed * 1_000_003 + epoch
-        local = torch.Generator().manual_seed(base * 64 + 1 + dm.world[0])
         with h5py.File(dm.path, "r") as f:
             fx, fy = f["train/x"], f["train/y"]
             done = 0
             chunks = self._chunks(torch.Generator().manual_seed(base))  # same order on every rank
             while done < steps:
                 t0 = time.perf_counter()
-                s, e = next(chunks)
-                x = torch.from_numpy(fx[s:e].astype(np.float32, copy=False)).to(dm.device)
-                y = torch.from_numpy(fy[s:e].astype(np.float32)).to(dm.device)
+                s, e, mine = next(chunks)
+                x = torch.from_numpy(fx[s:e][mine].astype(np.float32, copy=False)).to(dm.device)
+                y = torch.from_numpy(fy[s:e][mine].astype(np.float32)).to(dm.device)
                 if dm.augmentation == "preaugmented":
                     x = standardise(x, dm.mean, dm.std)
-                perm = torch.randperm(e - s, generator=local).to(dm.device)
                 dm.data_wait_s += time.perf_counter() - t0
-                for i in range(0, e - s, b):
+                for i in range(0, len(mine), b):
                     if done >= steps:
                         break
                     t0 = time.perf_counter()
-                    idx = perm[i:i + b]
-                    xb = dm.prepare_batch(x.index_select(0, idx), aug)
-                    yb = y.index_select(0, idx)
+                    xb = dm.prepare_batch(x[i:i + b], aug)
+                    yb = y[i:i + b]
                     dm.data_wait_s += time.perf_counter() - t0
                     done += 1
                     yield xb, yb

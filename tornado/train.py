@@ -324,6 +324,20 @@ class _Clock(pl.Callback):
         self._end = (now - self.fit_start - scoring, self.dm.data_wait_s if self.dm is not None else 0.0)
 
 
+class _EpochSeed(pl.Callback):
+    """Seeds torch's global generator (dropout) at the start of every epoch from the run's seed, the epoch and
+    the rank: Lightning's checkpoints do not hold that generator's state, so without this a resumed run would
+    draw its later epochs' dropout masks from `seed_everything`'s fresh state and part from an uninterrupted
+    run of the same seed. (Data order and live augmentation have their own per-epoch generators.)"""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def on_train_epoch_start(self, trainer, pl_module):
+        torch.manual_seed(((self.seed * 1_000_003 + trainer.current_epoch) * 64 + 33 + trainer.global_rank)
+                          % 2 ** 63)
+
+
 # the settings that make a run what it is: a checkpoint resumes only a run that has the same ones
 IDENTITY = ("data", "augment", "model", "batch_size", "lr", "data_multiplier", "augmentation", "seed")
 
@@ -584,6 +598,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             logs_aside(out)
         last.parent.mkdir(parents=True, exist_ok=True)
         saver = _LastCheckpoint(last, ident)
+        saver.epochs_saved = done  # a resumed run's checkpoint holds the earlier sessions' epochs already
         skill = (_EpochSkill(*load_split(path, "val"), patience=cfg.get("patience"))
                  if cfg.score_epochs and dm.meta["n_val"] > 0 else None)
         trainer, clock = make_trainer(cfg, out, accelerator, devices, dm, [saver] + ([skill] if skill else []))
@@ -761,6 +776,8 @@ def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm:
 
     clock = _Clock(dm, next((c for c in extra_callbacks or [] if isinstance(c, _EpochSkill)), None))
     callbacks: list[pl.Callback] = [clock, *(extra_callbacks or [])]
+    if cfg.model.get("dropout", 0.0) > 0:  # the one draw from torch's global generator
+        callbacks.append(_EpochSeed(cfg.seed))
     interactive = sys.stdout.isatty()  # where Lightning draws its bar
     if interactive:
         callbacks.append(_StepBar(dm))

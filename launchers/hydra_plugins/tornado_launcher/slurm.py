@@ -170,18 +170,24 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
     def _adopt(self, todo: List[Job], record_path: Path) -> List[Job]:
         """Jobs of the same config that an earlier launch submitted and SLURM still holds: watch, don't resubmit.
         One still queued with other settings (hydra.launcher.*, changed since) is cancelled, to be submitted again
-        with these; one running with them runs on."""
+        with these; one running with them runs on. One of another config running in a job's folder, or squeue not
+        answering, is refused: a job submitted there would share the folder with it."""
         try:
             before = {r["dir"]: r for r in json.loads(record_path.read_text())["jobs"]}
         except (OSError, ValueError, KeyError, TypeError):
             return []
         ids = {j.num: before[j.dir.name]["slurm_id"] for j in todo if before.get(j.dir.name, {}).get("slurm_id")}
-        states = (queue_states(list(ids.values())) if ids else {}) or {}
+        states = queue_states(list(ids.values())) if ids else {}
+        if states is None:  # unknown: submitting again could put a second job in a folder one still trains in
+            raise TornadoError(f"squeue did not answer: cannot tell whether the {counted(len(ids), 'job')} the last "
+                               "launch submitted still run; run the same command again in a moment")
+        alive = [(j, ids[j.num], before[j.dir.name]) for j in todo if states.get(ids.get(j.num)) in _ALIVE]
+        for j, sid, then in alive:  # moving its folder aside would leave it writing into the new job's folder
+            if then.get("config_hash") != j.config_hash and states[sid] != "PENDING":
+                raise TornadoError(f"{j.label}: SLURM job {sid} of another config is {states[sid]} in {j.dir}; "
+                                   f"scancel {sid} or wait for it to end, then run the same command again")
         adopted = []
-        for j in todo:
-            sid, then = ids.get(j.num), before.get(j.dir.name, {})
-            if sid is None or states.get(sid) not in _ALIVE:
-                continue
+        for j, sid, then in alive:
             now = self._request(j)
             asked = then.get("request") or now  # launches before requests were recorded: as now
             changed = sorted(k for k in set(asked) | set(now) if asked.get(k) != now.get(k))
@@ -190,7 +196,7 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                 subprocess.run(["scancel", sid], capture_output=True, timeout=120)
                 log.info(f"{j.label}: SLURM job {sid} was queued with other settings "
                          f"({', '.join(changed) or 'the config'}): cancelled, submitted again with these")
-            elif same:
+            else:
                 if changed:
                     log.warning(f"{j.label}: SLURM job {sid} runs with the settings it was submitted with "
                                 f"({', '.join(changed)} differ); it goes on")
