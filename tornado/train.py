@@ -624,7 +624,9 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         t_test = time.perf_counter()
         metrics, evaluation, prob, label = score(module, path, dm.meta, (skill.x, skill.y) if skill else None)
         test_s = time.perf_counter() - t_test
-        np.savez_compressed(out / "test_predictions.npz", prob=prob.astype(np.float32), label=label)
+        npz = io.BytesIO()
+        np.savez_compressed(npz, prob=prob.astype(np.float32), label=label)
+        records.write_atomic(out / "test_predictions.npz", npz.getvalue())
         known = _progress(cfg, t_start, *fitting)
         result.update({
             "status": "ok", "prepared": str(path), **known,
