@@ -242,10 +242,13 @@ job,status,error,output_dir,epochs,batch_size,data_multiplier,gpus,paper,acceler
     sweep = write_csv_sweep(tmp_path, text)
     md = report.build_report(sweep, rows="epochs", cols="batch_size", group="none",
                              value="accuracy")["table.md"].read_text()
-    assert "0.9 · paper 87.96% · 1.02×" in md     # Table 8: 87.96 %; 90 / 87.96 = 1.0232
+    assert "| 0.9 · paper 0.8796 |" in md     # Table 8: 87.96 %, as a fraction; no ratio for accuracy
     assert "wall-time ratio" not in md and "Our jobs ran on" not in md  # GPUs both, and no time compared
     tidy = next(csv.DictReader((sweep / "report" / "table.csv").open()))
-    assert float(tidy["ratio"]) == pytest.approx(1.0232, abs=1e-4)
+    assert float(tidy["paper"]) == pytest.approx(0.8796) and tidy["ratio"] == ""
+    assert ("each cell shows the paper's accuracy as a fraction, and no ratio. The paper counts about 4.9% of its "
+            "storms tornadic, so a constant \"no\" would score about 0.951 there, above every accuracy in that table "
+            "(at most 0.9396): neither side's accuracy shows skill by itself.") in md
     md = report.build_report(sweep, rows="epochs", cols="batch_size", group="none")["table.md"].read_text()
     assert "15.5 · paper 31 · 0.5×" in md         # Table 9: 00:31
 
@@ -587,7 +590,8 @@ def test_jobs_are_compared_with_the_best_on_the_same_test_cases(tmp_path):
     assert paired["p"]["b"] == pytest.approx(delong(forecasts["a"], forecasts["b"], label)[2])
     assert paired["p"]["b"] > 0.05 > 1e-6 > paired["p"]["c"] and paired["within_noise"] == ["b"]
     text = report.summary_text(json.loads(paths["summary.json"].read_text()))
-    assert "test ROC AUC against job a (the best by val_roc_auc): 1 of 2 other jobs within noise" in text
+    assert ("test ROC AUC against job a (the best by val_roc_auc): 1 of 2 other jobs within the test cases' "
+            "sampling noise (DeLong's paired test, p ≥ 0.05; roc_auc_p in the Jobs table)\n") in text
     jobs = report.jobs_table(report.load_sweep(sweep).ok, "val_roc_auc", paired["p"])
     assert jobs.columns.tolist()[-4:] == ["roc_auc_se", "roc_auc_p", "wall_s", "samples_per_s"]  # none empty
     assert jobs["roc_auc_p"].isna().tolist() == [True, False, False, True]  # a itself, and d's other test set
@@ -771,7 +775,10 @@ def test_soonest_to_skill_from_validation_roc_auc_per_epoch(tmp_path):
     page = paths["report.html"].read_text()
     assert "Soonest to skill: validation ROC AUC ≥ 0.891" in page
     text = report.summary_text(json.loads(paths["summary.json"].read_text()))
-    assert "soonest to skill (val_roc_auc 0.891): job b (2 s, 2 epochs)" in text
+    assert "soonest to skill (val_roc_auc 0.891): job b (2 s, 2 epochs): " in text
+    assert "; 2 of 3 jobs reached it within their epochs\n" in text
+    assert sts["reached"] == {"n": 2, "of": 3, "what": "job"}
+    assert '<p class="note">2 of 3 jobs reached it within their epochs</p>' in page
     # the same seconds as a table value; c never reached the target: "never", not a missing cell
     report.build_report(sweep, rows="batch_size", cols="epochs", group="none", value="skill_s")
     cells = pd.read_csv(sweep / "report" / "table.csv")
@@ -833,7 +840,7 @@ def test_soonest_to_skill_ranks_configurations_over_their_seeds(tmp_path):
     assert second["std"] == pytest.approx(2.1213, abs=1e-4) and (second["epochs_min"], second["epochs"]) == (1, 4)
     text = report.summary_text(summary)
     assert "soonest to skill (val_roc_auc 0.8): jobs 2, 3 (2 s ± 0, mean of 2 repeats, 2 epochs): " \
-           "batch_size=256" in text
+           "batch_size=256; 3 of 3 configurations reached it within their epochs" in text
     page = paths["report.html"].read_text()
     assert "<b>2.5 s</b> ± 2.1 (mean of 2 repeats, 1–4 epochs) · jobs 0, 1" in page
     assert "<b>1 s</b> (1 of 2 repeats reached it, their mean, 1 epoch) · jobs 4, 5" in page
@@ -1145,6 +1152,21 @@ def test_best_configurations_are_ranked_by_their_mean_over_seeds(tmp_path):
         paths["report.html"].read_text()
 
 
+def test_the_paper_comparison_names_other_gpu_counts_and_batches_holding_the_whole_epoch(tmp_path):
+    text = """\
+job,status,error,output_dir,epochs,batch_size,data_multiplier,gpus,paper,accelerator,devices,wall_s,samples_per_epoch
+0,ok,,,5,128,1,1,6.2,gpu,1,15.5,13500
+1,ok,,,5,32768,1,1,6.2,gpu,1,2.5,13500
+"""
+    sweep = write_csv_sweep(tmp_path, text)
+    md = report.build_report(sweep, rows="epochs", cols="batch_size", group="none")["table.md"].read_text()
+    assert "Our GPU jobs used 1 GPU each; the paper's 2 V100s per network." in md  # Table 9: 2 V100s
+    assert "batch_size 32768: the whole training set in one batch, one step per epoch" in md
+    two = write_csv_sweep(tmp_path, text.replace("gpu,1,", "gpu,2,").replace(",32768,", ",4096,"), "two")
+    md = report.build_report(two, rows="epochs", cols="batch_size", group="none")["table.md"].read_text()
+    assert "Our GPU jobs" not in md and "one step per epoch" not in md
+
+
 def test_the_run_page_counts_the_patches_left_out_for_missing_values():
     from tornado.runpage import facts
 
@@ -1167,7 +1189,7 @@ job,status,error,output_dir,epochs,batch_size,data_multiplier,gpus,paper,acceler
     sweep = write_csv_sweep(tmp_path, text)
     paths = report.build_report(sweep, rows="epochs", cols="batch_size", group="none", value="accuracy")
     md = paths["table.md"].read_text()
-    assert "0.95 · paper 87.96% · 1.08×" in md
+    assert "0.95 · paper 0.8796 |" in md
     assert ('A constant "no" forecast (never a tornado) scores 0.95 accuracy on these cases (1 − their base rate): '
             "a cell no higher shows no skill.") in md
     assert "Our jobs ran on CPUs; the paper's figures are from GPUs." in md

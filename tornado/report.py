@@ -577,6 +577,8 @@ def _best_cards(summary: dict, metric: str, target: float) -> list[str]:
         card = (f"<h3>Soonest to skill: validation ROC AUC ≥ {e(number_text(sts['target']))}</h3>"
                 f"<p class=\"note\">{e(_skill_target_text(sts))}; summed epoch times up to that epoch</p>")
         card += "".join(_reached_html(t) for t in sts["jobs"][:3])
+        if sts["jobs"] and sts.get("reached"):
+            card += f'<p class="note">{e(_reached_count_text(sts))}</p>'
         if sts["target"] <= sts["chance"]:
             card += (f"<p class=\"warn\">No skill: the target is not above chance ({sts['chance']}); no job is "
                      "listed.</p>")
@@ -647,7 +649,8 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
                     f"figure. {own}"
                     + (f" roc_auc_p: DeLong's p-value for the difference between the job's test ROC AUC "
                                   f"and job {e(paired['reference'])}'s (the first), scored on the same cases: below "
-                                  f"{paired['alpha']}, told apart; above, within noise." if paired else "")
+                                  f"{paired['alpha']}, told apart beyond the test cases' sampling noise (not beyond "
+                                  "the spread between seeds); above, within that noise." if paired else "")
                     + f'</p><div class="wide"><table class="list"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
                     "</table></div>")
     body.append('<h2 id="failed">Failed jobs</h2>')
@@ -692,6 +695,11 @@ def _reached_text(t: dict) -> tuple[str, str, str, str]:
     how = (f"mean of {t['n']} repeats" if t["reached"] == t["n"] else
            f"{t['reached']} of {t['n']} repeats reached it, their mean")
     return f"{number_text(t['seconds'])} s", spread, f"{how}, {epochs}", _jobs_text(t)
+
+
+def _reached_count_text(sts: dict) -> str:
+    r = sts.get("reached")
+    return f"{r['n']} of {counted(r['of'], r['what'])} reached it within their epochs" if r else ""
 
 
 def _skill_target_text(sts: dict) -> str:
@@ -794,7 +802,11 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
     if sts:  # a column for the tables (value=skill_s): inf ("never") where a job with scores never reached it
         seconds = {t["job"]: t["seconds"] for t in sts["jobs"]}
         df[SKILL_S] = [seconds.get(str(j), math.inf if str(j) in curves else math.nan) for j in df["job"]]
-        sts["jobs"] = by_configuration(sweep.ok, sts["jobs"])[:5]
+        ranked = by_configuration(sweep.ok, sts["jobs"])
+        _, groups = configurations(sweep.ok, sweep.ok.loc[sweep.ok["job"].astype(str).isin(curves)])
+        sts["reached"] = {"n": len(ranked), "of": len(groups) if groups is not None else len(curves),
+                          "what": "configuration" if groups is not None else "job"}
+        sts["jobs"] = ranked[:5]
     for name, column in scaling(sweep.ok).items():  # columns for the tables (value=speedup)
         df[name] = column
     ok = sweep.ok
@@ -857,7 +869,8 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
     forecasts = test_forecasts(sweep, order)
     p_values = paired_p_values(forecasts, order)
     paired = {"reference": order[0], "metric": metric, "alpha": PAIRED_ALPHA, "p": p_values,
-              "within_noise": [j for j in order if p_values.get(j, 0.0) >= PAIRED_ALPHA]} if p_values else None
+              "within_noise": [j for j in order if p_values.get(j, 0.0) >= PAIRED_ALPHA],
+              "repeats": configurations(ok, ok)[1] is not None} if p_values else None
     if paired:  # the best jobs' ROC curves together: the first and up to four it is compared with
         shown = [order[0]] + [j for j in order if j in p_values][:4]
         plots["roc_best"] = plot_roc_comparison(
@@ -957,9 +970,11 @@ def _auc_text(forecast: tuple[np.ndarray, np.ndarray]) -> str:
 
 def _paired_text(paired: dict) -> str:
     n, k = len(paired["p"]), len(paired["within_noise"])
+    seeds = ("; seeds of one configuration can differ by more than that noise: compare configurations by their "
+             "means over seeds" if paired.get("repeats") else "")
     return (f"test ROC AUC against job {paired['reference']} (the best by {paired['metric']}): {k} of "
-            f"{counted(n, 'other job')} within noise (DeLong's paired test, p ≥ {paired['alpha']}; roc_auc_p in the "
-            "Jobs table)")
+            f"{counted(n, 'other job')} within the test cases' sampling noise (DeLong's paired test, "
+            f"p ≥ {paired['alpha']}; roc_auc_p in the Jobs table){seeds}")
 
 
 def _reached_line(t: dict) -> str:
@@ -985,7 +1000,9 @@ def summary_text(summary: dict) -> str:
                      + _reached_line(summary["time_to_accuracy"][0]))
     sts = summary.get("soonest_to_skill")
     if sts and sts["jobs"]:
-        lines.append(f"soonest to skill (val_roc_auc {number_text(sts['target'])}): " + _reached_line(sts["jobs"][0]))
+        count = f"; {_reached_count_text(sts)}" if sts.get("reached") else ""
+        lines.append(f"soonest to skill (val_roc_auc {number_text(sts['target'])}): " + _reached_line(sts["jobs"][0])
+                     + count)
     elif sts:
         lines.append(f"soonest to skill (val_roc_auc {number_text(sts['target'])}): "
                      + ("no skill, the target is not above chance" if sts["target"] <= sts["chance"] else

@@ -28,6 +28,8 @@ MAX_SECTIONS = 8   # beyond this many combinations of other varying settings, av
 
 # The paper's tables: the measure they hold, the columns a job is matched on, and how our value scales to theirs.
 PAPER_CPU = {"table2", "table4"}  # the paper's tables from CPUs; the others are from GPUs
+PAPER_GPUS = {"table3": 4, "table5": 4, "table8": 2, "table9": 2}  # V100s per network (6, 7: by row)
+PAPER_POSITIVES = 9_000 / 183_723  # "only around 9,000" of its storms are tornadic (the paper's introduction)
 PAPER_TABLES = {
     "table2": ("wall_s", ("epochs", "batch_size", "data_multiplier"), 1.0, "Table 2 (2018 CPU, preaugmented)"),
     "table3": ("wall_s", ("epochs", "batch_size", "data_multiplier"), 1.0, "Table 3 (2018 GPU node, preaugmented)"),
@@ -244,8 +246,8 @@ class SubTable:
     value: pd.DataFrame
     std: pd.DataFrame
     n: pd.DataFrame
-    paper: pd.DataFrame          # the paper's figure, as printed (NaN where none)
-    ratio: pd.DataFrame          # ours / paper (ours scaled to the paper's unit)
+    paper: pd.DataFrame          # the paper's figure on our scale (its accuracy % as a fraction; NaN where none)
+    ratio: pd.DataFrame          # ours / paper (NaN for accuracy, where a ratio would mislead)
     paper_table: pd.DataFrame | None = None  # the number of the paper's table that figure is from (NaN where none)
 
 
@@ -271,6 +273,8 @@ class TableSet:
     accelerators: list[str] = field(default_factory=list)      # what the jobs ran on (cpu, gpu)
     constant: list[float] = field(default_factory=list)        # accuracy of a constant "no" on the jobs' cases
     left_out: list[str] = field(default_factory=list)          # jobs not in the tables: failed, running
+    gpus: list[int] = field(default_factory=list)              # GPUs per job, of the jobs that ran on GPUs
+    one_step: list[int] = field(default_factory=list)          # batch sizes that hold a job's whole epoch
 
 
 def _mixing(ok: pd.DataFrame, keys: list[str], candidates: list[str]) -> list[str]:
@@ -319,7 +323,10 @@ def build_tables(df: pd.DataFrame, rows: str, cols: str, group: str | None, valu
             p = p.where(paper_std.get(g, p * np.nan).reindex_like(t).fillna(0) == 0)
             s = scales.get(g, t * np.nan).reindex_like(t)
             which = numbers.get(g, t * np.nan).reindex_like(t).where(p.notna())
-            subs.append(SubTable(g, t, t.attrs["std"], t.attrs["n"], p, t * s / p, which))
+            p = p / s  # on our scale (accuracy: a fraction)
+            # no ratio for accuracy: on a 5%-positive problem it is mostly the base rate (see _paper_notes)
+            subs.append(SubTable(g, t, t.attrs["std"], t.attrs["n"], p,
+                                 t * np.nan if value == "accuracy" else t / p, which))
         sections.append(Section(dict(zip(extra, combo)), subs))
     def names(f: pd.DataFrame) -> list[str]:
         return sorted(set(f["paper_table"].dropna()), key=lambda s: int(s[5:]))
@@ -327,6 +334,10 @@ def build_tables(df: pd.DataFrame, rows: str, cols: str, group: str | None, valu
     used = names(figs.dropna(subset=["paper"]))
     sizes = sorted({int(n) for n in numeric_column(ok, "n_train").dropna()})
     accelerators = sorted({str(a) for a in ok.get("accelerator", pd.Series(dtype=object)).dropna()})
+    on_gpus = ok.loc[ok.get("accelerator", pd.Series("", index=ok.index)).astype(str).str.lower() == "gpu"]
+    gpus = sorted({int(d) for d in numeric_column(on_gpus, "devices").dropna()})
+    whole = ok.loc[numeric_column(ok, "batch_size") >= numeric_column(ok, "samples_per_epoch")]
+    one_step = sorted({int(b) for b in numeric_column(whole, "batch_size").dropna()})
     constant = []
     if value.removeprefix("val_") == "accuracy":
         scored = value[:-len("accuracy")]
@@ -336,7 +347,8 @@ def build_tables(df: pd.DataFrame, rows: str, cols: str, group: str | None, valu
     left_out = [f"job {r.get('job', i)} ({settings_text({k: r.get(k) for k in keys})}) {r['status']}"
                 for i, r in left.iterrows()]
     return TableSet(rows, cols, group, value, agg, sections, repeats, averaged, used,
-                    [t for t in names(figs) if t not in used], sizes, accelerators, constant, left_out)
+                    [t for t in names(figs) if t not in used], sizes, accelerators, constant, left_out, gpus,
+                    one_step)
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -370,8 +382,8 @@ def _fixed_title(fixed: dict, group: str | None, g: Any) -> str:
     return ", ".join(parts)
 
 
-def _cell_parts(st: SubTable, r: Any, c: Any, unit: str = "") -> tuple[str, str, str]:
-    """(our value, spread, paper comparison) as text; `unit` follows the paper's figure (% for accuracy)."""
+def _cell_parts(st: SubTable, r: Any, c: Any) -> tuple[str, str, str]:
+    """(our value, spread, paper comparison) as text: the paper's figure on our scale, and ours/paper."""
     v, sd, n = st.value.loc[r, c], st.std.loc[r, c], int(st.n.loc[r, c])
     if np.isposinf(v):  # skill_s: the target never reached (by the cell's jobs: median; by any of them: mean)
         return "never", f"(n={n})" if n > 1 else "", ""
@@ -379,12 +391,9 @@ def _cell_parts(st: SubTable, r: Any, c: Any, unit: str = "") -> tuple[str, str,
         return "–", "", ""
     spread = f"± {number_text(sd, 2)} (n={n})" if n > 1 else ""
     p, ratio = st.paper.loc[r, c], st.ratio.loc[r, c]
-    comp = f"paper {number_text(p)}{unit} · {number_text(ratio, 3)}×" if np.isfinite(p) else ""
+    comp = f"paper {number_text(p)}" + (f" · {number_text(ratio, 3)}×" if np.isfinite(ratio) else "") \
+        if np.isfinite(p) else ""
     return number_text(v), spread, comp
-
-
-def _unit(ts: TableSet) -> str:
-    return "%" if ts.value == "accuracy" else ""
 
 
 def _headline(ts: TableSet) -> str:
@@ -404,6 +413,9 @@ def _notes(ts: TableSet) -> list[str]:
         notes.append(f"A constant \"no\" forecast (never a tornado) scores {at} accuracy on these cases (1 − their "
                      "base rate): a cell no higher shows no skill. ROC AUC and CSI tell skill apart.")
     notes += _paper_notes(ts)
+    if ts.one_step:
+        notes.append(f"batch_size {', '.join(map(str, ts.one_step))}: the whole training set in one batch, one step "
+                     "per epoch (a larger batch changes nothing more).")
     if ts.left_out:
         more = f"; and {len(ts.left_out) - 10} more" if len(ts.left_out) > 10 else ""
         notes.append(f"Not in these tables: {'; '.join(ts.left_out[:10])}{more}.")
@@ -418,7 +430,14 @@ def _paper_notes(ts: TableSet) -> list[str]:
         names = "; ".join(PAPER_TABLES[t][3] for t in ts.paper_tables)
         figure = (f"{ts.value.replace('_', ' ')} (worked out from its wall times by GPU count)"
                   if ts.value in SCALING else "figure")
-        notes.append(f"Compared with the paper's {names}: each cell shows the paper's {figure} and ours/paper.")
+        if ts.value == "accuracy":
+            best = max(float(paper_tables()[t]["figure"].max()) / PAPER_TABLES[t][2] for t in ts.paper_tables)
+            notes.append(f"Compared with the paper's {names}: each cell shows the paper's accuracy as a fraction, "
+                         f"and no ratio. The paper counts about {PAPER_POSITIVES:.1%} of its storms tornadic, so a "
+                         f"constant \"no\" would score about {1 - PAPER_POSITIVES:.3f} there, above every accuracy "
+                         f"in that table (at most {best:.4f}): neither side's accuracy shows skill by itself.")
+        else:
+            notes.append(f"Compared with the paper's {names}: each cell shows the paper's {figure} and ours/paper.")
         if ts.n_train and ts.n_train != [PAPER_N_TRAIN] and ts.value.endswith("_s"):
             sizes = ", ".join(f"{n:,}" for n in ts.n_train)
             per = (f" Per training sample, ours/paper is {PAPER_N_TRAIN / ts.n_train[0]:.3g} times the ratio shown."
@@ -430,6 +449,11 @@ def _paper_notes(ts: TableSet) -> list[str]:
             theirs = " and ".join(sorted("CPUs" if h == "cpu" else "GPUs" for h in hardware))
             notes.append(f"Our jobs ran on {' and '.join(a.upper() + 's' for a in ts.accelerators)}; the paper's "
                          f"figures are from {theirs}.")
+        theirs_gpus = {PAPER_GPUS[t] for t in ts.paper_tables if t in PAPER_GPUS}
+        if ts.gpus and theirs_gpus and set(ts.gpus) != theirs_gpus:
+            ours = " or ".join(map(str, ts.gpus))
+            notes.append(f"Our GPU jobs used {ours} GPU{'' if ts.gpus == [1] else 's'} each; the paper's "
+                         f"{' and '.join(map(str, sorted(theirs_gpus)))} V100s per network.")
     for t in ts.paper_unmatched:
         keys = ", ".join(PAPER_TABLES[t][1])
         notes.append(f"The paper's {PAPER_TABLES[t][3]} has no figure for these jobs' settings ({keys}).")
@@ -451,7 +475,7 @@ def to_markdown(ts: TableSet) -> str:
             lines.append("|---:|" + "---:|" * len(cols))
             for r in st.value.index:
                 cells = [" ".join(p for p in (v, s) if p) + (f" · {cmp}" if cmp else "")
-                         for v, s, cmp in (_cell_parts(st, r, c, _unit(ts)) for c in cols)]
+                         for v, s, cmp in (_cell_parts(st, r, c) for c in cols)]
                 lines.append(f"| {label_text(r)} | " + " | ".join(cells) + " |")
             lines.append("")
     return "\n".join(lines)
@@ -508,7 +532,7 @@ def to_latex(ts: TableSet) -> str:
         if ts.repeats:
             cap += f"; mean $\\pm$ std over {_tex(', '.join(ts.repeats))}"
         if has_paper:
-            cap += "; in brackets the paper's figure and ours/paper"
+            cap += "; in brackets the paper's figure" + ("" if ts.value == "accuracy" else " and ours/paper")
         cap += "".join(f". {_tex(n.rstrip('.'))}" for n in _notes(ts) if not n.startswith("Repeats averaged"))
         out += ["\\begin{table}[htbp]", "\\centering", f"\\caption{{{cap}.}}",
                 f"\\begin{{tabular}}{{l{'r' * ncol}}}", "\\toprule"]
@@ -528,7 +552,9 @@ def to_latex(ts: TableSet) -> str:
                     if np.isfinite(v) and n > 1 and np.isfinite(sd):
                         cell += f" $\\pm$ {number_text(sd, 2)}"
                     if np.isfinite(st.paper.loc[r, c]):
-                        cell += f" ({number_text(st.paper.loc[r, c])}; {number_text(st.ratio.loc[r, c], 3)})"
+                        ratio = st.ratio.loc[r, c]
+                        cell += (f" ({number_text(st.paper.loc[r, c])}"
+                                 + (f"; {number_text(ratio, 3)})" if np.isfinite(ratio) else ")"))
                     cells.append(cell)
                 out.append(f"{_tex(label_text(r))} & " + " & ".join(cells) + " \\\\")
         out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
@@ -556,7 +582,7 @@ def to_html_tables(ts: TableSet) -> str:
             for r in st.value.index:
                 tds = []
                 for c in st.value.columns:
-                    v, sd, cmp = _cell_parts(st, r, c, _unit(ts))
+                    v, sd, cmp = _cell_parts(st, r, c)
                     x = st.value.loc[r, c]
                     shade = 0.0 if hi <= lo or not np.isfinite(x) else (x - lo) / (hi - lo)
                     style = f' style="background:rgba(37,99,235,{0.04 + 0.22 * shade:.3f})"' if np.isfinite(x) else ""
