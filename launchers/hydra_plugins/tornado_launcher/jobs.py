@@ -1,5 +1,6 @@
 """What both launchers share: each job's config, folder, resources and command; skip on resume; failure records."""
 
+import contextlib
 import datetime as _dt
 import logging
 import os
@@ -51,7 +52,16 @@ class TornadoLauncherBase(Launcher):
         setup_globals()
         assert self.config is not None and self.hydra_context is not None
         configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
-        return run_cli(lambda: self._launch(job_overrides, initial_job_idx))
+        try:
+            return run_cli(lambda: self._launch(job_overrides, initial_job_idx))
+        except SystemExit as e:
+            if e.code == 2:  # refused before any job: the folder goes, where Hydra's multirun.yaml is all it holds
+                sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+                with contextlib.suppress(OSError):
+                    if [p.name for p in sweep_dir.iterdir()] == ["multirun.yaml"]:
+                        (sweep_dir / "multirun.yaml").unlink()
+                        sweep_dir.rmdir()
+            raise
 
     def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
         raise NotImplementedError
