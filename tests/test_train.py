@@ -457,7 +457,10 @@ def test_resume_continues_with_history_and_times(data_dir, tmp_path, caplog):
     one = train(cfg_for(*small(data_dir, "epochs=1")), output_dir=tmp_path)
     record = json.loads((tmp_path / "result.json").read_text())  # as if the first session began long ago
     (tmp_path / "result.json").write_text(json.dumps(record | {"started": "2026-01-01T00:00:00+00:00"}))
+    half = tmp_path / "checkpoints" / ".last.ckpt.4242.tmp"  # a killed session's half-written checkpoint
+    half.write_bytes(b"PK\x03")
     two = train(cfg_for(*small(data_dir, "epochs=2")), output_dir=tmp_path)
+    assert not half.exists()
     assert two["resumed_after_epochs"] == 1 and two["started"] == "2026-01-01T00:00:00+00:00"
     assert [h["epoch"] for h in two["history"]] == [0, 1]
     assert two["history"][0] == one["history"][0]  # epoch 0 as the first run saw it, time included

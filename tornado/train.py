@@ -597,6 +597,9 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         if not cfg.resume and rank == 0:
             logs_aside(out)
         last.parent.mkdir(parents=True, exist_ok=True)
+        if rank == 0:  # a killed session's half-written checkpoint; this one holds the folder's lock
+            for stale in last.parent.glob(f".{last.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         saver = _LastCheckpoint(last, ident)
         saver.epochs_saved = done  # a resumed run's checkpoint holds the earlier sessions' epochs already
         skill = (_EpochSkill(*load_split(path, "val"), patience=cfg.get("patience"))
