@@ -1167,6 +1167,21 @@ job,status,error,output_dir,epochs,batch_size,data_multiplier,gpus,paper,acceler
     assert "Our GPU jobs" not in md and "one step per epoch" not in md
 
 
+def test_time_tables_name_the_jobs_a_busy_machine_slowed(tmp_path):
+    text = """\
+job,status,error,output_dir,epochs,batch_size,data_multiplier,wall_s,slowest_epoch_ratio
+0,ok,,,5,128,1,15.5,1.1
+1,ok,,,5,256,1,40.0,12.4
+2,ok,,,5,512,1,5.0,
+"""
+    sweep = write_csv_sweep(tmp_path, text)
+    md = report.build_report(sweep, rows="epochs", cols="batch_size", group="none")["table.md"].read_text()
+    assert ("Timing disturbed in 1 job: 1 (12×), an epoch took 3× or more the job's median epoch (the first left "
+            "out): something else used the machine then") in md
+    md = report.build_report(sweep, rows="epochs", cols="batch_size", group="none", value="batch_size")
+    assert "Timing disturbed" not in md["table.md"].read_text()  # not a time
+
+
 def test_the_run_page_counts_the_patches_left_out_for_missing_values():
     from tornado.runpage import facts
 

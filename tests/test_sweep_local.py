@@ -364,6 +364,14 @@ def test_collect_writes_one_row_per_job_with_the_design_columns(tmp_path):
     assert list(on_disk["batch_per_device"]) == [64, 32, 128]
 
 
+def test_slowest_epoch_ratio_leaves_the_first_epoch_out():
+    from tornado.collect import slowest_epoch_ratio
+
+    assert slowest_epoch_ratio([30.0, 1.0, 1.0, 5.0]) == 5.0  # 30 s: warm-up, not counted
+    assert slowest_epoch_ratio([2.0, 1.0, 1.5]) == pytest.approx(1.5 / 1.25)
+    assert slowest_epoch_ratio([2.0, 1.0]) is None and slowest_epoch_ratio(None) is None
+
+
 def test_best_epoch_is_the_first_with_the_highest_validation_roc_auc():
     from tornado.records import best_epoch
 

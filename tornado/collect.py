@@ -4,13 +4,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 from pathlib import Path
 from typing import Any, Iterable
 
 import pandas as pd
 
 from tornado.cli import counted
-from tornado.errors import TornadoError, run_cli
+from tornado.errors import TornadoError, is_number, run_cli
 from tornado.records import best_epoch, flatten, locked, write_atomic
 
 _EXTRA = ("config_hash", "started", "finished", "host")
@@ -51,9 +52,19 @@ def result_row(job: str, res: dict) -> dict[str, Any]:
                samples_per_epoch=data.get("samples_per_epoch"))
     history = res.get("history")
     row["epochs_trained"] = len(history) if isinstance(history, list) else None  # fewer than epochs: patience
+    row["slowest_epoch_ratio"] = slowest_epoch_ratio(section(res, "times").get("epoch_s"))
     row["val_best_epoch"] = best_epoch(history)
     row.update({k: res.get(k) for k in _EXTRA})
     return row
+
+
+def slowest_epoch_ratio(epoch_s) -> float | None:
+    """The slowest epoch's time over the median epoch's, the first epoch (warm-up, compilation) left out; None
+    with fewer than two epochs after it. Far above 1, something else took the machine for a while."""
+    times = [float(t) for t in epoch_s[1:] if is_number(t)] if isinstance(epoch_s, list) else []
+    if len(times) < 2 or statistics.median(times) <= 0:
+        return None
+    return max(times) / statistics.median(times)
 
 
 def _read(path: Path) -> dict:

@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from tornado.cli import counted
 from tornado.errors import TornadoError
 from tornado.metrics import SCORES, VAL_SCORES
 
@@ -18,7 +19,8 @@ META = ["job", "status", "error", "output_dir", "config_hash", "overrides", "sta
 METRICS = SCORES + ["train_base_rate"] + VAL_SCORES  # train_base_rate: positives in the training set as trained
 TIMES = ["total_s", "wall_s", "data_wait_s", "compute_s", "test_s", "epoch_scoring_s"]
 RUN_INFO = ["samples_per_s", "batch_global", "batch_per_device", "devices", "accelerator", "n_train",
-            "samples_per_epoch", "epochs_trained", "val_best_epoch"]
+            "samples_per_epoch", "epochs_trained", "val_best_epoch", "slowest_epoch_ratio"]
+DISTURBED = 3.0  # a job whose slowest epoch took this many times its median one was slowed by something else
 PAPER_N_TRAIN = 138_963  # the paper's training set (multiplier 1)
 SKILL_S = "skill_s"  # made by the report: training seconds to its skill target (report.soonest_to_skill)
 SCALING = ["speedup", "scaling_efficiency"]  # made by the report (report.scaling): more devices against fewer
@@ -274,6 +276,7 @@ class TableSet:
     constant: list[float] = field(default_factory=list)        # accuracy of a constant "no" on the jobs' cases
     left_out: list[str] = field(default_factory=list)          # jobs not in the tables: failed, running
     gpus: list[int] = field(default_factory=list)              # GPUs per job, of the jobs that ran on GPUs
+    disturbed: dict[str, float] = field(default_factory=dict)  # job: slowest epoch / median, where >= DISTURBED
     one_step: list[int] = field(default_factory=list)          # batch sizes that hold a job's whole epoch
 
 
@@ -346,9 +349,12 @@ def build_tables(df: pd.DataFrame, rows: str, cols: str, group: str | None, valu
     left = df.loc[df.index.difference(ok_rows(df).index)] if "status" in df.columns else df.iloc[:0]
     left_out = [f"job {r.get('job', i)} ({settings_text({k: r.get(k) for k in keys})}) {r['status']}"
                 for i, r in left.iterrows()]
+    spread = numeric_column(ok, "slowest_epoch_ratio")
+    disturbed = ({str(ok.at[i, "job"]) if "job" in ok.columns else str(i): float(spread[i])
+                  for i in spread.index[spread >= DISTURBED]} if value.endswith("_s") or value in SCALING else {})
     return TableSet(rows, cols, group, value, agg, sections, repeats, averaged, used,
                     [t for t in names(figs) if t not in used], sizes, accelerators, constant, left_out, gpus,
-                    one_step)
+                    disturbed, one_step)
 
 
 # ---------------------------------------------------------------------------------------------- formatting
@@ -413,6 +419,12 @@ def _notes(ts: TableSet) -> list[str]:
         notes.append(f"A constant \"no\" forecast (never a tornado) scores {at} accuracy on these cases (1 − their "
                      "base rate): a cell no higher shows no skill. ROC AUC and CSI tell skill apart.")
     notes += _paper_notes(ts)
+    if ts.disturbed:
+        jobs = sorted(ts.disturbed, key=lambda j: sort_key(j))
+        named = ", ".join(f"{j} ({ts.disturbed[j]:.0f}×)" for j in jobs[:10]) + (" and more" if len(jobs) > 10 else "")
+        notes.append(f"Timing disturbed in {counted(len(jobs), 'job')}: {named}, an epoch took {DISTURBED:g}× or more "
+                     "the job's median epoch (the first left out): something else used the machine then, so their "
+                     "times overstate the work (slowest_epoch_ratio in results.csv).")
     if ts.one_step:
         notes.append(f"batch_size {', '.join(map(str, ts.one_step))}: the whole training set in one batch, one step "
                      "per epoch (a larger batch changes nothing more).")
