@@ -1103,12 +1103,23 @@ def test_result_json_with_non_dict_sections_still_reports(tmp_path):
     assert "No scores in its result.json" in page and 'id="epochs"' not in page  # no history: no section
 
 
-def test_cpu_jobs_are_labelled_cpu_whatever_gpus_says():
+def test_cpu_jobs_are_labelled_cpu_whatever_gpus_says_and_cpu_sweeps_by_their_processes():
     import pandas as pd
 
     ok = pd.DataFrame({"gpus": ["auto", "auto", 2], "devices": [1, 1, 2], "accelerator": ["cpu", "cpu", "gpu"]})
-    assert plots._gpu_counts(ok).tolist() == [0.0, 0.0, 2.0]
-    assert [plots._gpus(g) for g in plots._gpu_counts(ok)] == ["CPU", "CPU", "2 GPUs"]
+    counts, unit = plots._device_counts(ok)
+    assert counts.tolist() == [0.0, 0.0, 2.0] and unit == "GPU"
+    assert [plots._devices(g, unit) for g in counts] == ["CPU", "CPU", "2 GPUs"]
+    # every job on CPUs (trainer.accelerator=cpu gpus=1,2): the DDP processes, as the paper's GPU counts
+    ok = pd.DataFrame({"gpus": [1, 2], "devices": [1, 2], "accelerator": ["cpu", "cpu"]})
+    counts, unit = plots._device_counts(ok)
+    assert counts.tolist() == [1.0, 2.0] and [plots._devices(g, unit) for g in counts] == ["1 CPU process",
+                                                                                             "2 CPU processes"]
+    ok = ok.assign(job=["0", "1"], batch_size=128)
+    histories = {j: pd.DataFrame({"train_acc": [0.9, 0.95]}) for j in ("0", "1")}
+    title, panels = plots.curve_figures(ok, histories, "batch_size")["train_acc_by_gpus"]
+    assert title == "Training accuracy by CPU process count at fixed batch size (cf. paper Fig. 6)"
+    assert [label for label, *_ in panels[0][1]] == ["1 CPU process", "2 CPU processes"]
 
 
 def test_times_are_not_settings():

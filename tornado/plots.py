@@ -63,20 +63,21 @@ def _label_counts(panels: list[tuple], always: bool) -> list[tuple]:
                      for label, x, y, n in curves]) for title, curves in panels]
 
 
-def _gpus(g: float) -> str:
-    return "CPU" if g == 0 else f"{int(g)} GPU{'' if g == 1 else 's'}"
+def _devices(g: float, unit: str = "GPU") -> str:
+    return "CPU" if g == 0 else f"{int(g)} {unit}{'' if g == 1 else 'es' if unit.endswith('s') else 's'}"
 
 
 def _device_col(ok: pd.DataFrame) -> str:
     return "gpus" if "gpus" in ok.columns and numeric_column(ok, "gpus").notna().all() else "devices"
 
 
-def _gpu_counts(ok: pd.DataFrame) -> pd.Series:
-    """GPUs per job, 0 for a job that ran on the CPU (`gpus=auto` on a machine without one, say)."""
-    g = numeric_column(ok, _device_col(ok))
-    if "accelerator" in ok.columns:
-        g = g.where(ok["accelerator"].astype(str) != "cpu", 0.0)
-    return g
+def _device_counts(ok: pd.DataFrame) -> tuple[pd.Series, str]:
+    """(devices per job, what they are): GPUs, 0 for a job that ran on the CPU among them (`gpus=auto` on a
+    machine without one, say); where every job ran on CPUs, their processes (DDP ranks)."""
+    cpu = ok["accelerator"].astype(str) == "cpu" if "accelerator" in ok.columns else pd.Series(False, index=ok.index)
+    if len(ok) and cpu.all() and "devices" in ok.columns:
+        return numeric_column(ok, "devices"), "CPU process"
+    return numeric_column(ok, _device_col(ok)).where(~cpu, 0.0), "GPU"
 
 
 def curve_figures(ok: pd.DataFrame, histories: dict[str, pd.DataFrame], rows: str) -> dict[str, tuple]:
@@ -87,7 +88,8 @@ def curve_figures(ok: pd.DataFrame, histories: dict[str, pd.DataFrame], rows: st
     ok = ok.loc[ok["job"].astype(str).isin(histories)]
     if ok.empty:
         return {}
-    ok = ok.assign(_b=numeric_column(ok, "batch_size"), _g=_gpu_counts(ok))
+    counts, unit = _device_counts(ok)
+    ok = ok.assign(_b=numeric_column(ok, "batch_size"), _g=counts)
     vary_b = ok["_b"].nunique() > 1
     vary_g = ok["_g"].nunique() > 1
     figs: dict[str, tuple] = {}
@@ -106,15 +108,15 @@ def curve_figures(ok: pd.DataFrame, histories: dict[str, pd.DataFrame], rows: st
         return out[:MAX_PANELS]
 
     if vary_g and ok["_b"].notna().any():
-        p = panels("_b", "_g", lambda g, s: _gpus(g))
+        p = panels("_b", "_g", lambda g, s: _devices(g, unit))
         if p:
-            figs["train_acc_by_gpus"] = ("Training accuracy by GPU count at fixed batch size (cf. paper Fig. 6)",
+            figs["train_acc_by_gpus"] = (f"Training accuracy by {unit} count at fixed batch size (cf. paper Fig. 6)",
                                          [(f"batch size {int(b)}", c) for b, c in p])
     if vary_b and ok["_g"].notna().any():
         p = panels("_g", "_b", lambda b, s: f"batch {int(b)}")
         if p:
-            figs["train_acc_by_batch"] = ("Training accuracy by batch size at fixed GPU count (cf. paper Fig. 7)",
-                                          [(_gpus(g), c) for g, c in p])
+            figs["train_acc_by_batch"] = (f"Training accuracy by batch size at fixed {unit} count (cf. paper Fig. 7)",
+                                          [(_devices(g, unit), c) for g, c in p])
     if vary_b and vary_g:
         r = ok.assign(_r=ok["_b"] / ok["_g"].where(ok["_g"] > 0), _k=ok["_b"] * 1000 + ok["_g"])
         ok_r = r.dropna(subset=["_r"])
@@ -127,11 +129,12 @@ def curve_figures(ok: pd.DataFrame, histories: dict[str, pd.DataFrame], rows: st
             curves = []
             for k in keys:
                 s = sub.loc[sub["_k"] == k]
-                curves.append((f"batch {int(s['_b'].iloc[0])}, {_gpus(s['_g'].iloc[0])}",
+                curves.append((f"batch {int(s['_b'].iloc[0])}, {_devices(s['_g'].iloc[0], unit)}",
                                *_mean_curve(list(s["job"].astype(str)), histories)))
-            out.append((f"batch / GPUs = {label_text(rv)}", curves))
+            out.append((f"batch / {unit}es = {label_text(rv)}" if unit.endswith("s") else
+                        f"batch / {unit}s = {label_text(rv)}", curves))
         if out:
-            figs["train_acc_by_ratio"] = ("Training accuracy with batch size / GPU count held constant "
+            figs["train_acc_by_ratio"] = (f"Training accuracy with batch size / {unit} count held constant "
                                           "(cf. paper Fig. 8)", out[:MAX_PANELS])
     if not figs:
         by = ok.assign(_o=ok[rows].map(sort_key) if rows in ok.columns else 0).sort_values(["_o", "job"])
