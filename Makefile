@@ -6,13 +6,13 @@ BIN    := $(VENV)/bin
 # libraries); another version or build, e.g. on a GPU machine: `make TORCH='torch>=2.4' train`.
 TORCH  ?= torch==2.13.0
 STAMP  := $(VENV)/.installed
-# the TORCH last asked for: another one installs again
-WANTED := $(VENV)/.torch
+# the TORCH last asked for, as a file named by its checksum: another one installs again (and `make -n` stays quiet)
+WANTED := $(VENV)/.torch-$(shell printf '%s' '$(TORCH)' | cksum | cut -d' ' -f1)
 
-.PHONY: install train test bench clean-outputs FORCE
+.PHONY: install train test bench clean-outputs
 
-$(WANTED): FORCE
-	@mkdir -p $(VENV) && (echo '$(TORCH)' | cmp -s - $@ || echo '$(TORCH)' > $@)
+$(WANTED):
+	@mkdir -p $(VENV) && rm -f $(VENV)/.torch-* && touch $@
 
 $(STAMP): pyproject.toml Makefile $(WANTED)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)

@@ -344,6 +344,40 @@ def test_a_rerun_is_refused_while_squeue_does_not_answer(tmp_path, monkeypatch):
         slurm.TornadoSlurmLauncher()._adopt([job], record)
 
 
+def test_a_running_job_whose_threads_only_the_launcher_changed_runs_on(tmp_path, monkeypatch):
+    """cpus_per_task changed since: the launcher passes another threads=N, yet the running job is of this config."""
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.tornado_launcher import slurm
+    from hydra_plugins.tornado_launcher.jobs import Job
+    from tornado.records import config_hash
+
+    then = {"batch_size": 32, "threads": 1}
+    record = tmp_path / "launcher.json"
+    record.write_text(json.dumps({"jobs": [{"dir": "0", "slurm_id": "4242", "config_hash": config_hash(then),
+                                            "threads": 1}]}))
+    monkeypatch.setattr(slurm, "queue_states", lambda ids, reasons=None: {"4242": "RUNNING"})
+    cfg = OmegaConf.create({"batch_size": 32, "threads": 2})
+    job = Job(num=0, overrides=["batch_size=32", "threads=2"], cfg=cfg, dir=tmp_path / "0", threads=2,
+              threads_assigned=True, config_hash=config_hash(cfg))
+    adopted = slurm.TornadoSlurmLauncher(cpus_per_task=2)._adopt([job], record)
+    assert adopted == [job] and job.slurm_id == "4242"
+
+
+def test_a_folder_moved_aside_comes_back_when_sbatch_refuses(tmp_path):
+    from hydra_plugins.tornado_launcher import slurm
+    from hydra_plugins.tornado_launcher.jobs import Job
+
+    old = tmp_path / "0"
+    old.mkdir()
+    (old / "result.json").write_text("{}")
+    job = Job(num=0, overrides=[], cfg=None, dir=old, stale=True)
+    aside = slurm.move_aside(job)
+    old.mkdir()  # made by _submit for the new job
+    slurm.TornadoSlurmLauncher._undo_submit([job], [old], tmp_path / ".submitit", set(), {old: aside})
+    assert (old / "result.json").read_text() == "{}" and not (tmp_path / ".replaced").exists()
+
+
 @slurm_only
 def test_a_job_queued_with_settings_changed_since_is_submitted_again_with_the_new_ones(sweep_cli, tmp_path):
     sweep = tmp_path / "sweep"

@@ -189,6 +189,9 @@ def test_a_folder_synth_was_stopped_writing_is_refused_as_a_source_until_complet
     with pytest.raises(TornadoError, match=r"^source: .*: tornado.synth was stopped while writing this folder; "
                                            r"run it again to complete it$"):
         find_files(tmp_path)
+    for source in (str(tmp_path / "NCARSTORM_*.nc"), written[0]):  # a glob, a file: the same folder
+        with pytest.raises(TornadoError, match="tornado.synth was stopped while writing this folder"):
+            find_files(source)
     monkeypatch.setattr(synth, "write_file", write)
     paths = synth.generate(tmp_path, days=4, patches_per_day=5, seed=0)
     assert find_files(tmp_path) == paths and len(paths) == 4

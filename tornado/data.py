@@ -88,6 +88,12 @@ class LabelRule:
         )
 
 
+def _refuse_unfinished(folder: Path, key: str, text: str | None = None) -> None:
+    if (folder / UNFINISHED).exists():
+        raise TornadoError(f"{key}: {text or folder}: tornado.synth was stopped while writing this folder; run it "
+                           "again to complete it")
+
+
 def find_files(source: str | Path, key: str = "source") -> list[Path]:
     """NCARSTORM files from a folder (``NCARSTORM_*.nc`` inside, sorted), a glob pattern or one file; errors
     name the setting `key` that gave `source`."""
@@ -96,15 +102,16 @@ def find_files(source: str | Path, key: str = "source") -> list[Path]:
         files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
         if not files:
             raise TornadoError(f"{key}: {text}: no files match")
+        for parent in sorted({f.parent for f in files}):
+            _refuse_unfinished(parent, key)
         return files
     folder = Path(text)
     if folder.is_file():
+        _refuse_unfinished(folder.parent, key)
         return [folder]
     if not folder.is_dir():
         raise TornadoError(f"{key}: {text}: no such folder")
-    if (folder / UNFINISHED).exists():
-        raise TornadoError(f"{key}: {text}: tornado.synth was stopped while writing this folder; run it again to "
-                           "complete it")
+    _refuse_unfinished(folder, key, text)
     files = sorted(p for p in folder.glob(FILE_GLOB) if p.is_file())
     if not files:
         raise TornadoError(f"{key}: {text}: no {FILE_GLOB} files in this folder")

@@ -182,7 +182,7 @@ def assign_threads(job: Job, per_job: Optional[int]) -> None:
             job.threads_assigned = True
 
 
-def _same_config(job: Job, old: dict) -> bool:
+def same_config(job: Job, old: dict) -> bool:
     """Whether an earlier result is of this job's config, up to the thread count the launcher chose then."""
     if old.get("config_hash") == job.config_hash:
         return True
@@ -203,7 +203,7 @@ def check_resume(job: Job) -> None:
     old = read_result(job.dir)
     if old is None:
         return
-    if not _same_config(job, old):
+    if not same_config(job, old):
         job.stale = True
     elif old.get("status") == "ok":
         job.status, job.result = "skipped", old
@@ -222,7 +222,7 @@ def place(jobs: Sequence[Job], sweep_dir: Path) -> None:
     taken = {j.dir for j in jobs if id(j) not in homeless}
     found: Dict[int, Path] = {}
     for j in (j for j in jobs if id(j) in homeless):
-        same = [d for d in held if d not in taken and _same_config(j, held[d])]
+        same = [d for d in held if d not in taken and same_config(j, held[d])]
         if same:
             found[id(j)] = min(same, key=lambda d: held[d].get("status") != "ok")
             taken.add(found[id(j)])
@@ -242,16 +242,18 @@ def place(jobs: Sequence[Job], sweep_dir: Path) -> None:
         log.info(f"{counted(len(found), 'configuration')} of this grid found in other job folders of the sweep")
 
 
-def move_aside(job: Job) -> None:
-    """Move a stale job folder to .replaced/, so the job never resumes from another config's checkpoint."""
+def move_aside(job: Job) -> Optional[Path]:
+    """Move a stale job folder to .replaced/, so the job never resumes from another config's checkpoint;
+    returns where it went (None: nothing moved)."""
     if not job.stale or not job.dir.exists():
-        return
+        return None
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     aside = job.dir.parent / ".replaced" / f"{job.dir.name}-{stamp}-{os.getpid()}"
     aside.parent.mkdir(parents=True, exist_ok=True)
     job.dir.rename(aside)
     job.stale = False
     log.warning(f"{job.label}: {job.dir} held another config's run; moved to {aside}")
+    return aside
 
 
 def job_cost(cfg: DictConfig, batch_overhead: float) -> float:

@@ -21,7 +21,7 @@ from .config import SlurmLauncherConf
 from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, check_settings,
                    compose_jobs, counts, describe_exit, duration_text, eta_text, finish, gpu_request, job_args,
                    job_cost, job_module, job_record, job_return, move_aside, passthrough_overrides, place,
-                   same_command, settle)
+                   same_command, same_config, settle)
 
 log = logging.getLogger(__name__)
 
@@ -126,9 +126,8 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             if shutil.which("sbatch") is None:
                 raise TornadoError("launcher=slurm: sbatch not found; run on a SLURM login node "
                                    "(or start a local cluster: bash launchers/slurm_local.sh start)")
-            for j in submit:
-                move_aside(j)
-            self._submit(submit, sweep_dir, folder, module)
+            moved = {j.dir: aside for j in submit if (aside := move_aside(j)) is not None}
+            self._submit(submit, sweep_dir, folder, module, moved)
         for j in todo:
             j.status = "running"  # submitted: queued or running
         plan = {"launcher": "slurm", "slots": None, "state": "running", "submitted": time.time(),
@@ -182,8 +181,12 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             raise TornadoError(f"squeue did not answer: cannot tell whether the {counted(len(ids), 'job')} the last "
                                "launch submitted still run; run the same command again in a moment")
         alive = [(j, ids[j.num], before[j.dir.name]) for j in todo if states.get(ids.get(j.num)) in _ALIVE]
+
+        def same(j: Job, then: dict) -> bool:  # up to the thread count the launcher chose (cpus_per_task)
+            return same_config(j, {"config_hash": then.get("config_hash"), "hparams": {"threads": then.get("threads")}})
+
         for j, sid, then in alive:  # moving its folder aside would leave it writing into the new job's folder
-            if then.get("config_hash") != j.config_hash and states[sid] != "PENDING":
+            if not same(j, then) and states[sid] != "PENDING":
                 raise TornadoError(f"{j.label}: SLURM job {sid} of another config is {states[sid]} in {j.dir}; "
                                    f"scancel {sid} or wait for it to end, then run the same command again")
         adopted = []
@@ -191,8 +194,7 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             now = self._request(j)
             asked = then.get("request") or now  # launches before requests were recorded: as now
             changed = sorted(k for k in set(asked) | set(now) if asked.get(k) != now.get(k))
-            same = then.get("config_hash") == j.config_hash
-            if (changed or not same) and states[sid] == "PENDING":
+            if (changed or not same(j, then)) and states[sid] == "PENDING":
                 subprocess.run(["scancel", sid], capture_output=True, timeout=120)
                 log.info(f"{j.label}: SLURM job {sid} was queued with other settings "
                          f"({', '.join(changed) or 'the config'}): cancelled, submitted again with these")
@@ -204,7 +206,8 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                 adopted.append(j)
         return adopted
 
-    def _submit(self, jobs: List[Job], sweep_dir: Path, folder: Path, module: str) -> None:
+    def _submit(self, jobs: List[Job], sweep_dir: Path, folder: Path, module: str,
+                moved: Optional[Dict[Path, Path]] = None) -> None:
         import submitit
 
         from .slurm_task import TrainTask
@@ -226,7 +229,7 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                     handles = [ex.submit(TrainTask(job_args(module, j, passthrough), str(j.dir),
                                                    self._env(j, sweep_dir))) for j in group]
             except Exception as e:
-                self._undo_submit(jobs, made, folder, before)
+                self._undo_submit(jobs, made, folder, before, moved or {})
                 lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
                 why = lines[-1] if lines else type(e).__name__
                 hint = ""
@@ -242,8 +245,10 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                      f"{counted(tasks, 'task')} each")
 
     @staticmethod
-    def _undo_submit(jobs: List[Job], made: List[Path], folder: Path, before: set) -> None:
-        """After sbatch refused a group: cancel the groups it took, remove the folders and files made for them."""
+    def _undo_submit(jobs: List[Job], made: List[Path], folder: Path, before: set,
+                     moved: Dict[Path, Path]) -> None:
+        """After sbatch refused a group: cancel the groups it took, remove the folders and files made for them,
+        and put back the runs of other configs moved aside for them (`moved`: job folder -> .replaced/...)."""
         taken = [j.slurm_id for j in jobs if j.slurm_id is not None]
         if taken:
             subprocess.run(["scancel", *taken], capture_output=True, check=False)
@@ -251,6 +256,11 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             j.slurm_id = None
         for d in made:
             shutil.rmtree(d, ignore_errors=True)
+        for d, aside in moved.items():
+            with contextlib.suppress(OSError):
+                aside.rename(d)
+                with contextlib.suppress(OSError):
+                    aside.parent.rmdir()  # .replaced/, where it held nothing else
         if folder.is_dir():
             for f in set(folder.iterdir()) - before:
                 shutil.rmtree(f) if f.is_dir() else f.unlink(missing_ok=True)
