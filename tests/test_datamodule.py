@@ -112,6 +112,27 @@ def test_ddp_ranks_take_disjoint_shards_of_equal_length(prepared, world, batch, 
     assert sum(every.values()) == n // world * world and not every - rows(want_x, want_y)
 
 
+@pytest.mark.parametrize("world", [1, 3])
+def test_streamed_live_epochs_hold_every_pass_whole(prepared, world):
+    """Live augmentation read chunk by chunk, multiplier 3: each rank trains on three whole passes over its share
+    of the originals (rows a chunk leaves short of a batch go on into the next: only the last batch is partial;
+    they used to be cut, and the last pass with them)."""
+    n = StormDataModule(prepared, 7).meta["n_train"]
+    with h5py.File(prepared, "r") as f:
+        positives = int(f["train/y"][:n].sum())
+    steps = []
+    for rank in range(world):
+        dm = StormDataModule(prepared, 7 * world, 3, "live", dict(AUG), resident=False, chunk_batches=2)
+        dm.trainer = SimpleNamespace(global_rank=rank, world_size=world, current_epoch=0, limit_train_batches=1.0,
+                                     max_steps=-1, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+        sizes, _, y = epoch(dm)
+        steps.append(len(sizes))
+        assert sum(sizes) == 3 * (n // world) and set(sizes[:-1]) == {7}
+        if world == 1:
+            assert int(y.sum()) == 3 * positives  # every original in every pass
+    assert len(set(steps)) == 1
+
+
 def test_float16_storage_holds_half_and_delivers_float32(prepared):
     """fast.storage=float16: the resident set takes half the memory; batches are the float32 ones, rounded."""
     half = StormDataModule(prepared, 32, 2, resident=True, storage="float16")

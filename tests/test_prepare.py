@@ -173,9 +173,9 @@ def test_reuse_and_rebuild(source, tmp_path, caplog):
     assert not [r for r in caplog.records if "also holds" in r.getMessage()]
     other = ensure_prepared(make_cfg(tmp_path, source, multipliers=[1, 2], **{"label.threshold": 0.004}), AUG)
     rotated = ensure_prepared(cfg, {**AUG, "rotation": 10.0})
-    size = (path.stat().st_size + other.stat().st_size) / 1e9
-    assert caplog.records[-1].getMessage() == (
-        f"{path.parent} also holds 2 prepared files of other settings or source files ({size:.1f} GB): delete those "
+    size = (path.stat().st_size + other.stat().st_size) / 1e6
+    assert size < 1000 and caplog.records[-1].getMessage() == (
+        f"{path.parent} also holds 2 prepared files of other settings or source files ({size:.0f} MB): delete those "
         "no longer needed (each file's settings: its HDF5 attributes)")
     assert len({path, other, rotated}) == 3
     with h5py.File(other, "r") as f:

@@ -261,8 +261,8 @@ class _StreamedBatches:
     def _chunks(self, gen: torch.Generator):
         """(start, end, this rank's rows of it from `start`, shuffled): contiguous chunks in a shuffled order.
         Under DDP every rank reads every chunk and takes its share of the rows (the same shuffle on every rank,
-        so the shares never overlap): an epoch covers the data once whatever the number of chunks, and every
-        rank has the same number of steps. A chunk is as many rows as one rank's chunk would be alone."""
+        so the shares never overlap): every rank has the same rows per pass, whatever the number of chunks. A
+        chunk is as many rows as one rank's chunk would be alone."""
         dm = self.dm
         rank, world = dm.world
         size = dm.per_device_batch * max(1, dm.chunk_batches // world) * world
@@ -278,19 +278,29 @@ class _StreamedBatches:
         _, aug, epoch = dm._generators()
         b, steps = dm.per_device_batch, len(self)
         base = dm.seed * 1_000_003 + epoch
+        # this rank's rows in the epoch's passes (live: one per multiplier); rows a chunk leaves short of a
+        # batch go on into the next chunk, so only the epoch's last batch is partial and every pass is whole
+        passes = dm.multiplier if dm.augmentation == "live" else 1
+        left = passes * (dm.stored_rows // dm.world[1])
         with h5py.File(dm.path, "r") as f:
             fx, fy = f["train/x"], f["train/y"]
             done = 0
+            carry_x = carry_y = None
             chunks = self._chunks(torch.Generator().manual_seed(base))  # same order on every rank
             while done < steps:
                 t0 = time.perf_counter()
                 s, e, mine = next(chunks)
+                left -= len(mine)
                 x = torch.from_numpy(fx[s:e][mine].astype(np.float32, copy=False)).to(dm.device)
                 y = torch.from_numpy(fy[s:e][mine].astype(np.float32)).to(dm.device)
                 if dm.augmentation == "preaugmented":
                     x = standardise(x, dm.mean, dm.std)
+                if carry_x is not None:
+                    x, y = torch.cat([carry_x, x]), torch.cat([carry_y, y])
+                whole = len(x) if left <= 0 else len(x) // b * b  # the epoch's rows all read: the rest too
+                carry_x, carry_y = (x[whole:], y[whole:]) if whole < len(x) else (None, None)
                 dm.data_wait_s += time.perf_counter() - t0
-                for i in range(0, len(mine), b):
+                for i in range(0, whole, b):
                     if done >= steps:
                         break
                     t0 = time.perf_counter()

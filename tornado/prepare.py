@@ -217,10 +217,11 @@ def _note_others(path: Path) -> None:
     one is built beside them."""
     others = sorted(p for p in path.parent.glob("storms-*.h5") if p != path)
     if others:
-        size = sum(p.stat().st_size for p in others) / 1e9
-        log.info("%s also holds %s of other settings or source files (%.1f GB): delete those no longer needed "
+        size = sum(p.stat().st_size for p in others)
+        size_text = f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
+        log.info("%s also holds %s of other settings or source files (%s): delete those no longer needed "
                  "(each file's settings: its HDF5 attributes)", path.parent, counted(len(others), "prepared file"),
-                 size)
+                 size_text)
 
 
 def _is_current(path: Path, chash: str) -> bool:

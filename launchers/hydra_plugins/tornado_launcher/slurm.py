@@ -238,7 +238,7 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                             f"trainer.accelerator=cpu gpus={gpus} runs {counted(gpus, 'CPU rank')} instead")
                 raise TornadoError(f"sbatch refused {counted(len(group), 'job')} with gpus={gpus}, "
                                    f"{counted(tasks, 'task')} of {p.cpus_per_task} CPUs: {why}{hint}; "
-                                   "nothing was left queued") from None
+                                   "nothing of this launch was left queued") from None
             for j, h in zip(group, handles):
                 j.slurm_id = str(h.job_id)
             log.info(f"SLURM job {handles[0].job_id.split('_')[0]}: {counted(len(group), 'job')}, gpus={gpus}, "
@@ -251,7 +251,7 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
         and put back the runs of other configs moved aside for them (`moved`: job folder -> .replaced/...)."""
         taken = [j.slurm_id for j in jobs if j.slurm_id is not None]
         if taken:
-            subprocess.run(["scancel", *taken], capture_output=True, check=False)
+            subprocess.run(["scancel", *taken], capture_output=True, check=False, timeout=120)
         for j in jobs:
             j.slurm_id = None
         for d in made:
