@@ -297,7 +297,8 @@ def test_gpus_on_a_cluster_without_them_are_refused_with_a_hint_and_nothing_left
     line = p.stderr.strip().splitlines()[-1]
     assert p.returncode == 2 and line.startswith("error: sbatch refused 1 job with gpus=1, 1 task of 1 CPUs: ") and \
         line.endswith('does the partition have GPUs (sinfo -o "%P %G"; hydra.launcher.partition=...)? '
-                      "trainer.accelerator=cpu gpus=1 runs 1 CPU rank instead; nothing of this launch was left queued"), p.stderr
+                      "trainer.accelerator=cpu gpus=1 runs 1 CPU rank instead; nothing of this launch was left "
+                      "queued"), p.stderr
     assert sum(ln.startswith("sbatch: error") for ln in p.stderr.splitlines()) == 0  # said once, in that line
     first = re.search(r"SLURM job (\d+): 1 job, gpus=0", p.stdout + p.stderr).group(1)
     assert slurm_state(first) in ("", "CANCELLED")
