@@ -10,6 +10,7 @@ import textwrap
 import numpy as np
 import pandas as pd
 
+from tornado.cli import counted
 from tornado.metrics import RELIABILITY_BINS, contingency, counts_at_thresholds
 from tornado.tables import label_text, matches, numeric_column, sort_key, sorted_unique, varying_hparams
 
@@ -63,8 +64,12 @@ def _label_counts(panels: list[tuple], always: bool) -> list[tuple]:
                      for label, x, y, n in curves]) for title, curves in panels]
 
 
+def _plural(unit: str) -> str:
+    return unit + ("es" if unit.endswith("s") else "s")
+
+
 def _devices(g: float, unit: str = "GPU") -> str:
-    return "CPU" if g == 0 else f"{int(g)} {unit}{'' if g == 1 else 'es' if unit.endswith('s') else 's'}"
+    return "CPU" if g == 0 else counted(int(g), unit, _plural(unit))
 
 
 def _device_col(ok: pd.DataFrame) -> str:
@@ -131,8 +136,7 @@ def curve_figures(ok: pd.DataFrame, histories: dict[str, pd.DataFrame], rows: st
                 s = sub.loc[sub["_k"] == k]
                 curves.append((f"batch {int(s['_b'].iloc[0])}, {_devices(s['_g'].iloc[0], unit)}",
                                *_mean_curve(list(s["job"].astype(str)), histories)))
-            out.append((f"batch / {unit}es = {label_text(rv)}" if unit.endswith("s") else
-                        f"batch / {unit}s = {label_text(rv)}", curves))
+            out.append((f"batch / {_plural(unit)} = {label_text(rv)}", curves))
         if out:
             figs["train_acc_by_ratio"] = (f"Training accuracy with batch size / {unit} count held constant "
                                           "(cf. paper Fig. 8)", out[:MAX_PANELS])

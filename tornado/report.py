@@ -698,8 +698,8 @@ def _reached_text(t: dict) -> tuple[str, str, str, str]:
 
 
 def _reached_count_text(sts: dict) -> str:
-    r = sts.get("reached")
-    return f"{r['n']} of {counted(r['of'], r['what'])} reached it within their epochs" if r else ""
+    r = sts["reached"]
+    return f"{r['n']} of {counted(r['of'], r['what'])} reached it within their epochs"
 
 
 def _skill_target_text(sts: dict) -> str:

@@ -397,8 +397,9 @@ def _cell_parts(st: SubTable, r: Any, c: Any) -> tuple[str, str, str]:
         return "–", "", ""
     spread = f"± {number_text(sd, 2)} (n={n})" if n > 1 else ""
     p, ratio = st.paper.loc[r, c], st.ratio.loc[r, c]
-    comp = f"paper {number_text(p)}" + (f" · {number_text(ratio, 3)}×" if np.isfinite(ratio) else "") \
-        if np.isfinite(p) else ""
+    comp = ""
+    if np.isfinite(p):
+        comp = f"paper {number_text(p)}" + (f" · {number_text(ratio, 3)}×" if np.isfinite(ratio) else "")
     return number_text(v), spread, comp
 
 
@@ -420,7 +421,7 @@ def _notes(ts: TableSet) -> list[str]:
                      "base rate): a cell no higher shows no skill. ROC AUC and CSI tell skill apart.")
     notes += _paper_notes(ts)
     if ts.disturbed:
-        jobs = sorted(ts.disturbed, key=lambda j: sort_key(j))
+        jobs = sorted(ts.disturbed, key=sort_key)
         named = ", ".join(f"{j} ({ts.disturbed[j]:.0f}×)" for j in jobs[:10]) + (" and more" if len(jobs) > 10 else "")
         notes.append(f"Timing disturbed in {counted(len(jobs), 'job')}: {named}, an epoch took {DISTURBED:g}× or more "
                      "the job's median epoch (the first left out): something else used the machine then, so their "
