@@ -159,6 +159,18 @@ def test_slurm_cancelled_job_is_recorded_failed_and_rerun_on_resume(sweep_cli, s
 
 
 @slurm_only
+def test_a_failing_setup_line_ends_the_job_and_is_named_in_its_error(sweep_cli, tmp_path):
+    """sbatch scripts run on past a failing line: the job would train in the wrong environment."""
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "batch_size=32", *FAKE_SLURM, f"hydra.sweep.dir={sweep}", f"counter={tmp_path / 'c.txt'}",
+                   f'hydra.launcher.setup=["true","test -d /no/such/venv # a comment","touch {tmp_path}/ran-on"]'])
+    assert p.returncode == 1, p.stderr[-2000:]
+    error = results(sweep)["0"]["error"]
+    assert "without a result; its log ends: setup line failed: test -d /no/such/venv # a comment (exit 1)" in error
+    assert not (tmp_path / "c.txt").exists() and not (tmp_path / "ran-on").exists()
+
+
+@slurm_only
 def test_slurm_no_wait_returns_at_once_and_jobs_collect_themselves(sweep_cli, tmp_path):
     sweep, hold = tmp_path / "sweep", tmp_path / "release"
     args = ["-m", "batch_size=32,64", *FAKE_SLURM, f"hydra.sweep.dir={sweep}", f"hold={hold}"]

@@ -51,7 +51,7 @@ class SlurmLauncherConf:
     max_num_timeout: int = 3  # requeues after timeout or preemption
     signal_delay_s: int = 90  # warning signal this long before the time limit
     additional_parameters: Dict[str, Any] = field(default_factory=dict)  # any other sbatch option
-    setup: List[str] = field(default_factory=list)  # shell lines run before each job (module load, venv)
+    setup: List[str] = field(default_factory=list)  # shell lines run before each job; a failing one ends it
     wait: bool = True  # false: submit, print the job ids and return
     poll_s: float = 5.0
     progress: bool = True

@@ -3,6 +3,7 @@ import contextlib
 import io
 import json
 import logging
+import shlex
 import shutil
 import subprocess
 import time
@@ -83,12 +84,37 @@ def _outcome(pickles: List[Path]) -> tuple:
     return rc, None
 
 
+def _checked(setup: Sequence[str]) -> List[str]:
+    """Each setup line followed by a check: an sbatch script runs on past a failing line (a `module load` of a
+    module the node lacks), so the job would start in the wrong environment; it ends instead, naming the line."""
+    lines = []
+    for line in setup:
+        said = shlex.quote(f"setup line failed: {line}")
+        lines += [line, f'rc=$?; [ $rc -eq 0 ] || {{ echo {said}" (exit $rc)" >&2; exit $rc; }}']
+    return lines
+
+
+def _log_end(folder: Path, slurm_id: str) -> str:
+    """The last line of a job's log (task 0's, which its sbatch script writes to as well), or ''."""
+    from submitit.core.utils import JobPaths
+
+    try:
+        with open(JobPaths(folder, job_id=slurm_id, task_id=0).stdout, "rb") as f:
+            f.seek(0, 2)
+            f.seek(max(0, f.tell() - 4096))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
+    return lines[-1][:300] if lines else ""
+
+
 def sbatch_parameters(p: SlurmLauncherConf, gpus: int, tasks: int) -> Dict[str, Any]:
     """submitit SlurmExecutor parameters for jobs of `gpus` GPUs and `tasks` ranks on one node."""
     params = dict(job_name=p.job_name, partition=p.partition, account=p.account, qos=p.qos, time=p.time_min,
                   nodes=1, ntasks_per_node=tasks, gpus_per_node=gpus or None, cpus_per_task=p.cpus_per_task,
                   mem=f"{int(p.mem_gb * 1024)}MB" if p.mem_gb else None, constraint=p.constraint, exclude=p.exclude,
-                  array_parallelism=p.array_parallelism, signal_delay_s=p.signal_delay_s, setup=list(p.setup),
+                  array_parallelism=p.array_parallelism, signal_delay_s=p.signal_delay_s, setup=_checked(p.setup),
                   additional_parameters=dict(p.additional_parameters), stderr_to_stdout=True)
     return {k: v for k, v in params.items() if v is not None}
 
@@ -320,7 +346,9 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                     elif time.time() - gone.setdefault(num, time.time()) < grace:
                         continue
                     else:
-                        rc, reason = None, f"SLURM job {j.slurm_id} {state or 'left the queue'} without a result"
+                        end = _log_end(folder / j.slurm_id, j.slurm_id)
+                        rc, reason = None, (f"SLURM job {j.slurm_id} {state or 'left the queue'} without a result"
+                                            f"{f'; its log ends: {end}' if end else ''}")
                     j.end = time.time()
                     settle(j, rc, reason)
                     if j.status == "failed":
