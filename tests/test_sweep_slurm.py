@@ -4,12 +4,15 @@ Without a cluster these skip; with TORNADO_REQUIRE_SLURM=1 (CI) a missing cluste
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
 import time
+import types
 from pathlib import Path
 
 import pandas as pd
@@ -389,6 +392,36 @@ def test_a_folder_moved_aside_comes_back_when_sbatch_refuses(tmp_path):
     old.mkdir()  # made by _submit for the new job
     slurm.TornadoSlurmLauncher._undo_submit([job], [old], tmp_path / ".submitit", set(), {old: aside})
     assert (old / "result.json").read_text() == "{}" and not (tmp_path / ".replaced").exists()
+
+
+def test_what_submitit_warns_of_on_a_submission_that_went_through_is_passed_on(tmp_path, monkeypatch, caplog):
+    """Its stderr is held back while submitting (a refusal is said once, in our line), not dropped."""
+    import submitit
+
+    from hydra_plugins.tornado_launcher import slurm
+    from hydra_plugins.tornado_launcher.jobs import Job
+
+    class Executor:
+        def __init__(self, **kwargs):
+            pass
+
+        def update_parameters(self, **kwargs):
+            pass
+
+        @contextlib.contextmanager
+        def batch(self):
+            yield
+            print("UserWarning: a parameter submitit does not know", file=sys.stderr)
+
+        def submit(self, task):
+            return types.SimpleNamespace(job_id="77_0")
+
+    monkeypatch.setattr(submitit, "SlurmExecutor", Executor)
+    monkeypatch.setattr(slurm, "passthrough_overrides", lambda config: [])
+    job = Job(num=0, overrides=["batch_size=32"], cfg=None, dir=tmp_path / "0")
+    with caplog.at_level(logging.WARNING):
+        slurm.TornadoSlurmLauncher()._submit([job], tmp_path, tmp_path / ".submitit", "tornado.train")
+    assert job.slurm_id == "77_0" and "UserWarning: a parameter submitit does not know" in caplog.text
 
 
 @slurm_only

@@ -250,8 +250,9 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             ex.update_parameters(**sbatch_parameters(p, gpus, tasks))
             for j in group:
                 j.dir.mkdir(parents=True, exist_ok=True)
+            said = io.StringIO()
             try:  # sbatch's refusal is said once, in our line (submitit prints it to stderr too)
-                with contextlib.redirect_stderr(io.StringIO()), ex.batch():
+                with contextlib.redirect_stderr(said), ex.batch():
                     handles = [ex.submit(TrainTask(job_args(module, j, passthrough), str(j.dir),
                                                    self._env(j, sweep_dir))) for j in group]
             except Exception as e:
@@ -265,6 +266,9 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                 raise TornadoError(f"sbatch refused {counted(len(group), 'job')} with gpus={gpus}, "
                                    f"{counted(tasks, 'task')} of {p.cpus_per_task} CPUs: {why}{hint}; "
                                    "nothing of this launch was left queued") from None
+            for line in said.getvalue().splitlines():  # warnings, on a submission that went through
+                if line.strip():
+                    log.warning(line.rstrip())
             for j, h in zip(group, handles):
                 j.slurm_id = str(h.job_id)
             log.info(f"SLURM job {handles[0].job_id.split('_')[0]}: {counted(len(group), 'job')}, gpus={gpus}, "
