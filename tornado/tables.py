@@ -460,8 +460,13 @@ def _paper_notes(ts: TableSet) -> list[str]:
             notes.append(f"Compared with the paper's {names}: each cell shows the paper's {figure} and ours/paper.")
         if ts.n_train and ts.n_train != [PAPER_N_TRAIN] and ts.value.endswith("_s"):
             sizes = ", ".join(f"{n:,}" for n in ts.n_train)
-            per = (f" Per training sample, ours/paper is {PAPER_N_TRAIN / ts.n_train[0]:.3g} times the ratio shown."
+            per = (f" Per training sample, ours/paper is {PAPER_N_TRAIN / ts.n_train[0]:.3g} times the ratio shown"
                    if len(ts.n_train) == 1 else "")
+            if per and ts.n_train[0] < PAPER_N_TRAIN:
+                per += ("; costs that do not grow with the data (the first epoch's warm-up, each epoch's start) "
+                        "weigh more per sample on a smaller set, so that figure overstates ours.")
+            elif per:
+                per += "."
             notes.append(f"Our training set: {sizes} samples; the paper's: {PAPER_N_TRAIN:,}. A wall-time ratio "
                          f"compares unequal work unless they match.{per}")
         hardware = {"cpu" if t in PAPER_CPU else "gpu" for t in ts.paper_tables}
