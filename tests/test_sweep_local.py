@@ -5,12 +5,14 @@ training); the GPU refusal and the CPU DDP sweep run the real tornado.train.
 """
 from __future__ import annotations
 
+import csv
 import datetime as dt
 import json
 import re
 import time
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -362,6 +364,18 @@ def test_collect_writes_one_row_per_job_with_the_design_columns(tmp_path):
     assert cols.index("batch_size") < cols.index("accuracy") < cols.index("wall_s") < cols.index("samples_per_s")
     assert list(on_disk["status"]) == ["failed", "ok", "ok"]
     assert list(on_disk["batch_per_device"]) == [64, 32, 128]
+
+
+def test_counts_stay_whole_numbers_in_results_csv_where_a_failed_job_has_none(tmp_path):
+    from tornado.metrics import forecast_scores
+
+    scores = forecast_scores(np.array([0.9, 0.2, 0.1, 0.7]), np.array([1, 0, 0, 0]))
+    write_json(tmp_path / "0" / "result.json", _design_result(tmp_path / "0", 64) | {"metrics": scores})
+    write_json(tmp_path / "1" / "result.json", _design_result(tmp_path / "1", 128, "failed") | {"metrics": {}})
+    collect(tmp_path)
+    rows = list(csv.DictReader((tmp_path / "results.csv").open()))
+    assert [(r["n"], r["positives"]) for r in rows] == [("4", "1"), ("", "")]
+    assert rows[0]["accuracy"] == "0.75"
 
 
 def test_slowest_epoch_ratio_leaves_the_first_epoch_out():

@@ -85,6 +85,14 @@ def _ordered_columns(rows: Iterable[dict]) -> list[str]:
     return list(seen)
 
 
+def _counts(rows: list[dict], df: pd.DataFrame) -> list[str]:
+    """Float columns (pandas' type for integers with gaps) whose values are all integers in the result files."""
+    def whole(c: str) -> bool:
+        values = [r[c] for r in rows if r.get(c) is not None]
+        return bool(values) and all(isinstance(v, int) and not isinstance(v, bool) for v in values)
+    return [c for c in df.columns if df[c].dtype.kind == "f" and whole(c)]
+
+
 def collect(sweep_dir: str | os.PathLike) -> pd.DataFrame:
     """Gather the sweep's result.json files into SWEEP_DIR/results.csv (atomic, under a lock) and return them."""
     sweep = Path(sweep_dir)
@@ -95,7 +103,8 @@ def collect(sweep_dir: str | os.PathLike) -> pd.DataFrame:
         # result.json files)
         rows = [result_row(p.parent.name, _read(p)) | {"output_dir": str(p.parent.resolve())} for p in files]
         df = pd.DataFrame(rows, columns=_ordered_columns(rows))
-        write_atomic(sweep / "results.csv", df.to_csv(index=False))
+        whole = df.astype(dict.fromkeys(_counts(rows, df), "Int64"))  # 5000, not 5000.0, beside a failed job's gap
+        write_atomic(sweep / "results.csv", whole.to_csv(index=False))
     return df
 
 

@@ -120,7 +120,7 @@ def forecast_scores(prob: np.ndarray, label: np.ndarray, climatology: float | No
     prob = np.asarray(prob, dtype=np.float64)
     label = np.asarray(label).astype(np.int64)
     base = float(label.mean()) if climatology is None else float(climatology)
-    out: dict[str, float] = {"n": float(len(label)), "positives": float(label.sum()), "climatology": base}
+    out: dict[str, float] = {"n": len(label), "positives": int(label.sum()), "climatology": base}
     out["accuracy"] = float(np.mean((prob >= 0.5) == (label == 1)))
     out["roc_auc"] = roc_auc(prob, label)
     out["roc_auc_se"] = roc_auc_se(out["roc_auc"], int(label.sum()), int(len(label) - label.sum()))
