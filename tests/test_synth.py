@@ -248,11 +248,15 @@ def test_cli_refuses_the_set_training_manages(tmp_path):
 
     with synthetic_source(tmp_path, {"days": 2, "patches_per_day": 10, "seed": 1}) as managed:
         before = {p: p.stat().st_mtime_ns for p in managed.iterdir()}
-    r = run_cli(f"out_dir={managed}", "days=2", "patches_per_day=5", "seed=1")  # same names, other contents
-    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        f"error: out_dir: {managed} is the synthetic set that training generates and manages (synth.json): "
-        "choose another folder, and train on it with data.source="]
-    assert {p: p.stat().st_mtime_ns for p in managed.iterdir()} == before
+    for killed in (False, True):  # True: as a generation by training left it when killed
+        if killed:
+            (managed / "synth.json").unlink()
+            before.pop(managed / "synth.json")
+        r = run_cli(f"out_dir={managed}", "days=2", "patches_per_day=5", "seed=1")  # same names, other contents
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+            f"error: out_dir: {managed} is the synthetic set that training generates and manages: "
+            "choose another folder, and train on it with data.source="]
+        assert {p: p.stat().st_mtime_ns for p in managed.iterdir()} == before
 
 
 @pytest.mark.parametrize("arg, match", [("bogus=1", "bogus"), ("dayz=2", "unknown argument (did you mean days? "),

@@ -392,9 +392,10 @@ def main(argv: list[str] | None = None) -> list[Path]:
         return []
     args = parse_args(argv)
     out_dir = args.pop("out_dir", "data/synthetic")
-    if (Path(out_dir) / "synth.json").exists():  # written by tornado.prepare, whose files would change under it
-        raise TornadoError(f"out_dir: {out_dir} is the synthetic set that training generates and manages "
-                           "(synth.json): choose another folder, and train on it with data.source=")
+    # tornado.prepare's marks (synth.json once generated; .lock from its first use, a killed generation's too)
+    if any((Path(out_dir) / mark).exists() for mark in ("synth.json", ".lock")):
+        raise TornadoError(f"out_dir: {out_dir} is the synthetic set that training generates and manages: "
+                           "choose another folder, and train on it with data.source=")
     paths = generate(out_dir, **args)
     print(f"wrote {counted(len(paths), 'NCARSTORM file')} to {Path(out_dir).resolve()}")
     return paths
