@@ -97,6 +97,16 @@ def test_positive_angle_turns_counter_clockwise():
     assert torch.allclose(o[2], torch.ones(H, W), atol=1e-5)
 
 
+def test_quarter_turn_of_a_wide_patch_keeps_distances():
+    h, w = 24, 40
+    ys, xs = torch.arange(h) - (h - 1) / 2, torch.arange(w) - (w - 1) / 2
+    yy, xx = torch.meshgrid(ys, xs, indexing="ij")
+    blob = torch.exp(-((xx - 6.0) ** 2 + (yy - 4.0) ** 2) / 2)  # 6 px east and 4 px north of the centre
+    o = rotate(torch.stack([blob, blob, blob])[None], 90.0, rotate_vectors=False)[0, 0]
+    row, col = divmod(int(o.argmax()), w)
+    assert (ys[row].item(), xs[col].item()) == (pytest.approx(6.0, abs=0.5), pytest.approx(-4.0, abs=0.5))
+
+
 def test_quarter_turn_moves_pixels_exactly():
     x = torch.randn(4, 3, H, W)
     o = rotate(x, 90.0, rotate_vectors=False)
@@ -194,6 +204,22 @@ def test_augment_draws_per_sample_parameters():
         assert not torch.allclose(o[0], o[i], atol=1e-3)
     for k in range(6):  # each one is a rotation of the same storm: the vorticity is kept
         assert vorticity_error(o[k : k + 1]) < FIELDS["rankine_off_centre"][1]
+
+
+def test_augment_draws_each_parameter_uniformly_and_independently(monkeypatch):
+    import tornado.augment as aug
+
+    seen = {}
+    monkeypatch.setattr(aug, "transform", lambda x, **kw: seen.update(kw) or x)
+    augment(torch.zeros(4000, 3, 2, 2), AugmentConfig(rotation=10.0, translate=0.2, zoom=0.3, reflect=True),
+            torch.Generator().manual_seed(0))
+    draws = torch.stack([seen["degrees"] / 10.0, seen["shift"][:, 0] / 0.2, seen["shift"][:, 1] / 0.2,
+                         (seen["scale"] - 1.0) / 0.3, 2.0 * seen["flip"].double() - 1.0]).double()
+    assert draws.min() >= -1 and draws.max() <= 1
+    assert torch.allclose(draws.mean(1), torch.zeros(5, dtype=torch.float64), atol=0.05)
+    assert torch.allclose(draws[:4].abs().mean(1), torch.full((4,), 0.5, dtype=torch.float64), atol=0.03)
+    corr = torch.corrcoef(draws) - torch.eye(5, dtype=torch.float64)
+    assert corr.abs().max() < 0.1
 
 
 def test_augment_reflects_about_half():

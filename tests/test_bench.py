@@ -98,6 +98,7 @@ def test_tile_repeats_each_block():
     (["--batches", "0"], "error: bench: --batches=0: expected positive integers"),
     (["--sections", "loop,nap"], "error: bench: --sections=loop,nap: use a comma list of"),
     (["--frobnicate"], "error: bench: unrecognized arguments: --frobnicate"),
+    (["--smoke", "--out", "README.md/bench"], "error: bench: --out=README.md/bench: README.md is a file, not a folder"),
 ])
 def test_cli_bad_argument_one_line_exit_2(args, message):
     p = subprocess.run([sys.executable, "-m", "tornado.bench", *args], cwd=ROOT, capture_output=True, text=True,

@@ -1,10 +1,11 @@
 """The small commands' key=value arguments, counted nouns in their messages, and how a command stops."""
 import os
+import shlex
 import signal
 
 import pytest
 
-from tornado.cli import counted, parse_kv
+from tornado.cli import counted, override_text, parse_kv
 from tornado.errors import TornadoError, run_cli, stop_if_signalled
 
 DEFAULTS = {"rows": "batch_size", "cols": "data_multiplier", "target": 0.93, "partial": False, "out": None}
@@ -27,11 +28,48 @@ def test_a_misspelt_key_is_refused_with_the_closest_one():
         parse_kv(["zzz=1"], DEFAULTS)
 
 
+@pytest.mark.parametrize("path", ["/plain/dir", "/my runs/a,b=c", "/it's [x] {y}", "/a\\b"])
+def test_an_override_in_a_hint_reads_back_as_the_same_value(path):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    text = override_text("hydra.run.dir", path)
+    assert (text == f"hydra.run.dir={path}") == (path == "/plain/dir")  # quoted only where it must be
+    (arg,) = shlex.split(text)
+    assert OverridesParser.create().parse_override(arg).value() == path
+
+
 def test_counted_says_one_thing_or_many():
     assert [counted(n, "job") for n in (0, 1, 2)] == ["0 jobs", "1 job", "2 jobs"]
     assert [counted(n, "epoch") for n in (1, 3)] == ["1 epoch", "3 epochs"]
     assert [counted(n, "CPU process", "CPU processes") for n in (1, 3)] == ["1 CPU process", "3 CPU processes"]
     assert counted(1, "NCARSTORM file") == "1 NCARSTORM file"
+
+
+def test_integers_and_numbers_are_never_bools():
+    import numpy as np
+
+    from tornado.errors import is_int, is_number
+
+    assert is_int(3) and is_int(np.int64(3)) and not is_int(True) and not is_int(3.0)
+    assert is_number(0.5) and is_number(np.float32(0.5)) and is_number(2) and not is_number(False)
+    assert not is_number("1")
+
+
+def test_a_command_s_error_ends_as_one_line_with_its_exit_status(tmp_path, capsys):
+    from tornado.errors import IN_USE
+
+    def refused():
+        raise TornadoError("run: in use by another training process", code=IN_USE)
+
+    def unwritable():
+        open(tmp_path / "no" / "such" / "folder.csv", "w")
+
+    for body, code, line in [(refused, IN_USE, "error: run: in use by another training process"),
+                             (unwritable, 2, f"error: {tmp_path / 'no' / 'such' / 'folder.csv'}: No such file or "
+                                             "directory (FileNotFoundError)")]:
+        with pytest.raises(SystemExit) as stopped:
+            run_cli(body)
+        assert stopped.value.code == code and capsys.readouterr().err == line + "\n"
 
 
 def test_a_process_that_dies_with_its_parent_gets_sigterm(tmp_path):

@@ -154,6 +154,12 @@ def test_missing_and_empty_folder(tmp_path):
         find_files(str(tmp_path / "empty" / "*.nc"))
 
 
+def test_a_link_to_nowhere_is_named(storm_dir, tmp_path):
+    (tmp_path / name()).symlink_to(tmp_path / "unmounted" / name())
+    with pytest.raises(TornadoError, match=f"{tmp_path / name()}: a link to .*/unmounted/.*, which does not exist$"):
+        find_files(tmp_path)
+
+
 def test_truncated_file(storm_dir, tmp_path):
     src = find_files(storm_dir)[0]
     bad = tmp_path / src.name
@@ -183,6 +189,11 @@ def test_wrong_patch_shape(tmp_path):
     f = write_minimal(tmp_path / name(), size=16)
     with pytest.raises(TornadoError, match=f"{f}: .*shape 6x16x16, expected 6x32x32"):
         read_storms([f])
+    with netCDF4.Dataset(write_minimal(f, skip=("U10_curr",)), "a") as ds:  # a level too many: its shape named
+        ds.createDimension("level", 2)
+        ds.createVariable("U10_curr", "f4", ("p", "level", "row", "col"))
+    with pytest.raises(TornadoError, match=f"{f}: variable 'U10_curr' has shape 6x2x32x32, expected 6x32x32$"):
+        read_storms([f])
 
 
 def test_nonfinite_dropped_and_counted(tmp_path, caplog):
@@ -199,6 +210,16 @@ def test_nonfinite_dropped_and_counted(tmp_path, caplog):
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert len(warnings) == 1 and str(bad) in warnings[0] and "dropped 3 of 6" in warnings[0]
     assert read_file(good).n_dropped == 0
+
+
+def test_a_patch_whose_label_field_misses_a_value_is_dropped_too(tmp_path):
+    f = write_minimal(tmp_path / name())
+    with netCDF4.Dataset(f, "a") as ds:
+        ds[LABEL_VAR][3, 5, 5] = np.nan
+    got = read_file(f)
+    assert got.n_dropped == 1 and got.track_id.tolist() == [0, 1, 2, 4, 5] and got.index.tolist() == [0, 1, 2, 4, 5]
+    with pytest.raises(TornadoError, match="1 of 6 patches is missing values"):
+        read_file(f, nonfinite="fail")
 
 
 def test_nonfinite_fail(tmp_path):
@@ -248,6 +269,19 @@ def test_patches_stored_north_to_south_east_to_west_or_transposed_are_put_in_ord
         f"{tmp_path / src.name}: {len(range(1, n, 3))} of {n} patches have columns running east to west; put in order"]
 
 
+def test_patches_without_usable_coordinates_are_left_as_stored(tmp_path, caplog):
+    f = write_minimal(tmp_path / name())
+    plain = read_file(f)
+    with netCDF4.Dataset(f, "a") as ds:
+        for var in ("lat", "lon"):
+            coord = np.full((6, 32, 32), 40.0, np.float32)  # a patch of one point, or of missing coordinates
+            coord[3:] = np.nan
+            ds.createVariable(var, "f4", ("p", "row", "col"))[:] = coord
+    caplog.set_level(logging.WARNING, logger="tornado.data")
+    np.testing.assert_array_equal(read_file(f).x, plain.x)
+    assert caplog.records == []
+
+
 def test_track_ids_are_metadata_missing_ones_are_minus_one_and_whole_floats_are_taken(tmp_path):
     def with_track(values, dtype, fill=None):
         path = write_minimal(tmp_path / name(), skip=("track_id",))
@@ -260,3 +294,5 @@ def test_track_ids_are_metadata_missing_ones_are_minus_one_and_whole_floats_are_
     assert got.track_id.tolist() == [3, 4, -1, 6, 7, 8] and len(got.y) == 6  # no patch dropped for it
     with pytest.raises(TornadoError, match=r"variable 'track_id' is float64, expected whole numbers$"):
         with_track([3.5, 4, 5, 6, 7, 8], "f8")
+    with pytest.raises(TornadoError, match=r"variable 'track_id' is str, expected whole numbers$"):
+        with_track(np.array(list("abcdef"), dtype=object), str)

@@ -150,3 +150,48 @@ def test_channels_last_batches(prepared, augmentation):
     dm.setup("fit")
     for x, _ in dm.train_dataloader():
         assert x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+
+
+def trainer(rank: int = 0, world: int = 1, epoch: int = 0) -> SimpleNamespace:
+    return SimpleNamespace(global_rank=rank, world_size=world, current_epoch=epoch, limit_train_batches=1.0,
+                           max_steps=-1, strategy=SimpleNamespace(root_device=torch.device("cpu")))
+
+
+@pytest.mark.parametrize("resident", [True, False], ids=["resident", "streamed"])
+def test_each_epoch_has_its_own_order(prepared, resident):
+    orders = []
+    for e in (0, 1, 0):
+        dm = StormDataModule(prepared, 32, 1, resident=resident, chunk_batches=1)  # one batch a chunk: no blocks
+        dm.trainer = trainer(epoch=e)
+        orders.append(epoch(dm)[1])
+    assert not np.array_equal(orders[0], orders[1]) and np.array_equal(orders[0], orders[2])
+
+
+def test_each_ddp_rank_draws_its_own_augmentations():
+    dm = StormDataModule.__new__(StormDataModule)
+    dm.seed, dm._device = 0, torch.device("cpu")
+    draws = []
+    for rank in (0, 1):
+        dm.trainer = trainer(rank, 2)
+        draws.append(torch.rand(8, generator=dm._generators()[1]))
+    assert not torch.equal(draws[0], draws[1])
+
+
+def test_live_epoch_is_the_same_for_the_same_seed(prepared):
+    def live(seed):
+        return epoch(StormDataModule(prepared, 64, 1, augmentation="live", augment=dict(AUG), seed=seed))[1]
+    a = live(0)
+    assert np.array_equal(a, live(0)) and not np.array_equal(a, live(1))
+
+
+def test_blocks_of_batches_count_as_lightning_sees_them(prepared):
+    """On one device resident chunks reach Lightning as (k, batch, ...) blocks; their number is its length."""
+    for batch in range(5, 40):  # every kind of last chunk: whole, one batch, a batch and a part, a part
+        dm = StormDataModule(prepared, batch, 1, resident=True, chunk_batches=2)
+        dm.trainer = trainer()
+        dm.setup("fit")
+        assert dm.blocks()
+        loader = dm.train_dataloader()
+        items = list(loader)
+        assert len(items) == len(loader), batch
+        assert sum(y.numel() for _, y in items) == dm.meta["n_train"]

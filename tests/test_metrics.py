@@ -92,6 +92,7 @@ def test_prior_shift_undoes_oversampling():
     assert odds(q[1]) / odds(p[1]) == pytest.approx(odds(0.05) / odds(0.5))
     np.testing.assert_array_equal(prior_shift(p, 0.05, 0.05), p)
     np.testing.assert_array_equal(prior_shift(p, 0.0, 0.05), p)  # no rate to move from: as is
+    np.testing.assert_array_equal(prior_shift(p, 0.5, 1.0), p)  # nor one to move to
 
 
 def test_prior_shift_restores_calibration():
@@ -113,6 +114,8 @@ def test_reliability_is_the_binned_calibration_gap():
     assert reliability(prob, label) == pytest.approx(want)
     assert reliability(np.full(4, 0.25), np.array([1, 0, 0, 0])) == pytest.approx(0)
     assert forecast_scores(prob, label)["reliability"] == pytest.approx(want)
+    # a forecast of exactly 1 falls in the top bin, [0.9, 1], with 0.95: (mean 0.975 - observed 0.5)^2
+    assert reliability(np.array([0.95, 1.0]), np.array([1, 0])) == pytest.approx((0.975 - 0.5) ** 2)
 
 
 def test_roc_auc_standard_error_matches_the_spread_of_resampled_test_sets():

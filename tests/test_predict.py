@@ -97,6 +97,8 @@ def test_a_missing_input_is_named_by_its_own_key_and_help_prints_usage(tmp_path)
     p = cli(f"checkpoint={ckpt}", f"input={tmp_path / 'nothing'}", f"output={tmp_path / 'out.csv'}")
     assert p.returncode == 2 and p.stderr.strip() == f"error: input: {tmp_path / 'nothing'}: no such folder"
     assert not (tmp_path / "out.csv").exists()
+    p = cli(f"checkpoint={ckpt}", f"input={tmp_path}", "output=")  # `output=$OUT` with OUT unset
+    assert p.returncode == 2 and p.stderr == "error: output=: must name a file (default predictions.csv)\n"
     p = cli("--help")
     assert p.returncode == 0 and p.stdout.startswith("usage: python -m tornado.predict checkpoint=FILE")
 
@@ -155,6 +157,18 @@ def test_observed_labels_follow_the_runs_label_rule(tmp_path):
     assert p.returncode == 2 and p.stderr.strip() == "error: label_threshold=high: expected a float"
 
 
+def test_a_probability_at_the_threshold_is_a_yes(tmp_path):
+    from tornado import synth
+
+    synth.generate(tmp_path / "storms", days=1, patches_per_day=20, seed=3)
+    torch.manual_seed(0)  # weights whose forecasts differ from patch to patch
+    ckpt = fake_checkpoint(tmp_path / "m.ckpt", scaler_mean=[20.0, 0.0, 0.0], scaler_std=[15.0, 5.0, 5.0])
+    p = predict(ckpt, str(tmp_path / "storms"), threshold="none")["probability"]
+    cut = float(p.sort_values().iloc[10])
+    yes = predict(ckpt, str(tmp_path / "storms"), threshold=cut)["tornado"]
+    assert yes.tolist() == (p >= cut).astype(int).tolist() and yes.sum() == 10
+
+
 def test_every_patch_gets_a_row_and_what_is_missing_stays_empty(tmp_path):
     """A patch missing an input value has no probability (nor yes/no); one whose label field misses a value
     has no label: the verification field does not decide which storms get a forecast."""
@@ -186,3 +200,20 @@ def test_every_patch_gets_a_row_and_what_is_missing_stays_empty(tmp_path):
     assert p.returncode == 0, p.stderr
     assert p.stdout.startswith("20 patches (2 without a probability: inputs missing) from 2 files -> ")
     assert f"{src}: no probability for 2 of 20 patches: input values missing (NaN, inf or a fill value)" in p.stderr
+    assert "has not finished" not in p.stdout
+
+
+def test_a_checkpoint_of_a_run_that_did_not_finish_is_used_and_said_to_be(tmp_path):
+    import json
+
+    from tornado import synth
+
+    synth.generate(tmp_path / "storms", days=1, patches_per_day=4, seed=3)
+    run = tmp_path / "run"
+    fake_checkpoint(run / "checkpoints" / "last.ckpt", scaler_mean=[0.0] * 3, scaler_std=[1.0] * 3)
+    (run / "result.json").write_text(json.dumps({"status": "failed", "error": "interrupted (SIGTERM)"}))
+    p = cli(f"checkpoint={run}", f"input={tmp_path / 'storms'}", f"output={tmp_path / 'p.csv'}")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[0] == (f"note: checkpoint={run}: its run has not finished (result.json says failed): "
+                                        "the model is that of its last saved epoch")
+    assert (tmp_path / "p.csv").is_file()

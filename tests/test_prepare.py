@@ -4,6 +4,7 @@ import json
 import logging
 import re
 import shutil
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -381,6 +382,9 @@ BAD_SETTINGS = {
     "balance ratio": ({"balance": True, "balance_ratio": 0}, "balance_ratio"),
     "balance value": ({"balance": 1}, r"balance: 1: must be false, true \(duplicates of the positives\) or augmented$"),
     "label reduce": ({"label.reduce": "median"}, "label.reduce"),
+    "label a value": ({"label": 5}, r"^label: 5: must be a group of settings \(label.<key>=...\), not a value$"),
+    "split a value": ({"split": "abc"}, r"^split: 'abc': must be a group of settings"),
+    "synth a value": ({"synth": 5}, r"^synth: 5: must be a group of settings"),
 }
 
 
@@ -499,6 +503,18 @@ def test_cli_prepares_and_refuses(source, tmp_path):
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
         assert leftovers(bad) == []
+
+
+@pytest.mark.parametrize("value", ["null", ""])
+def test_cli_refuses_an_out_dir_naming_no_folder_without_making_one_for_its_log(value, tmp_path):
+    """`out_dir=$DATA` with DATA unset: the log went to `None/` or `/` (.prepare-logs under ${out_dir})."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path / "tmp")}
+    (tmp_path / "tmp").mkdir()
+    (tmp_path / "cwd").mkdir()
+    res = subprocess.run([sys.executable, "-m", "tornado.prepare", f"out_dir={value}"], cwd=tmp_path / "cwd", env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr == "error: out_dir: must name a folder\n"
+    assert list((tmp_path / "cwd").iterdir()) == [] and (tmp_path / "tmp" / "tornado-prepare-logs").is_dir()
 
 
 def test_a_killed_synthetic_generation_s_temp_files_are_cleared(tmp_path):

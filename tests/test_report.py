@@ -191,6 +191,26 @@ def test_many_other_combinations_are_averaged_and_named(tmp_path):
     assert "| 128 | 5 ± 2.7 (n=9) |" in md        # mean of 1..9 = 5, sample std = sqrt(7.5) = 2.74
 
 
+def test_tables_at_their_boundaries():
+    """Exactly MAX_SECTIONS combinations still get tables of their own; a batch of exactly the epoch's samples
+    holds it whole; a slowest epoch of exactly DISTURBED times the median is named; a *.seed column is a repeat."""
+    n = tables.MAX_SECTIONS
+    df = pd.DataFrame({"job": [str(k) for k in range(n)], "status": "ok", "epochs": 5, "batch_size": 100,
+                       "data_multiplier": 1, "lr": [0.001 * (k + 1) for k in range(n)], "wall_s": 1.0 + np.arange(n),
+                       "samples_per_epoch": 100, "slowest_epoch_ratio": [tables.DISTURBED] + [1.0] * (n - 1)})
+    ts = tables.build_tables(df, "batch_size", "data_multiplier", "epochs", "wall_s")
+    assert len(ts.sections) == n and ts.averaged == []
+    assert ts.one_step == [100] and ts.disturbed == {"0": tables.DISTURBED}
+    seeds = df.assign(**{"data.split.seed": np.arange(n) % 2, "lr": 0.001})
+    assert tables.build_tables(seeds, "batch_size", "data_multiplier", "epochs", "wall_s").repeats == [
+        "data.split.seed"]
+
+
+def test_numbers_keep_four_significant_digits_or_every_integer_digit():
+    assert [tables.number_text(x) for x in (0.5, 1234.56, 10000.0, 12345.6, math.nan)] == [
+        "0.5", "1235", "10000", "12346", "–"]
+
+
 # --------------------------------------------------------------------------------------- paper comparison
 def test_paper_comparison_cpu_and_gpu_tables(tmp_path):
     text = """\
@@ -397,6 +417,12 @@ def test_a_single_run_folder_is_reported_as_one_job(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TornadoError, match=r"no results.csv, no \*/result.json and no result.json"):
         report.load_sweep(tmp_path / "empty")
+
+
+def test_a_run_with_an_empty_settings_group_is_reported(tmp_path):
+    run = tmp_path / "run"  # logger=none leaves `logger: {}` among the hparams
+    result_json(run, {"batch_size": 128, "epochs": 1, "logger": {}}, history=[(0.9, 1.0)], metrics={"roc_auc": 0.8})
+    assert (report.build_report(run)["report.html"]).is_file()
 
 
 def test_a_run_report_shows_its_scores_epochs_and_what_it_was(tmp_path, capsys):

@@ -396,6 +396,46 @@ def test_best_epoch_is_the_first_with_the_highest_validation_roc_auc():
     assert best_epoch([{"epoch": 5, "val_roc_auc": 0.5}, "junk", {"val_roc_auc": True}]) == 6
 
 
+def test_write_atomic_replaces_the_file_whole_or_not_at_all(tmp_path, monkeypatch):
+    import os
+
+    from tornado import records
+
+    path = tmp_path / "results.csv"
+    umask = os.umask(0o027)
+    try:
+        records.write_atomic(path, "old\n")
+    finally:
+        os.umask(umask)
+    assert path.stat().st_mode & 0o777 == 0o640  # as any new file under that umask, not mkstemp's 0600
+
+    def fail(*args):
+        raise OSError("no space left")
+    monkeypatch.setattr(records.os, "replace", fail)
+    with pytest.raises(OSError, match="no space left"):
+        records.write_atomic(path, "new\n")
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["results.csv"]
+
+
+def test_config_hash_ignores_key_order_and_the_hydra_node_and_sees_resolved_values():
+    from omegaconf import OmegaConf
+
+    from tornado.records import config_hash
+
+    a = OmegaConf.create({"lr": 0.1, "model": {"width": 8, "decay": "${lr}"}, "hydra": {"run": {"dir": "out/1"}}})
+    b = OmegaConf.create({"model": {"decay": 0.1, "width": 8}, "lr": 0.1, "hydra": {"run": {"dir": "out/2"}}})
+    assert config_hash(a) == config_hash(b)
+    assert config_hash({"b": 1, "a": 2}) == config_hash({"a": 2, "b": 1}) != config_hash({"a": 2, "b": 2})
+    assert config_hash(a) != config_hash(OmegaConf.merge(b, {"model": {"decay": 0.2}}))
+
+
+def test_flatten_joins_nested_keys_and_writes_lists_as_json():
+    from tornado.records import flatten
+
+    got = flatten({"lr": 0.1, "model": {"pool3": False, "sizes": ("a", "b")}, "augment": {}})
+    assert got == {"lr": 0.1, "model.pool3": False, "model.sizes": '["a", "b"]', "augment": "{}"}
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda d: d / "missing", "no such folder"),
     (lambda d: d, "no */result.json in it"),
@@ -417,6 +457,7 @@ def test_collect_cli_and_sweep_efficiency(sweep_cli, tmp_path):
     eff = sweep_efficiency(tmp_path)
     assert eff["efficiency"] == pytest.approx((8 + 9 + 7 + 6) / (20.0 * 2))
     assert eff["occupancy"] == pytest.approx((10 + 12 + 10 + 8) / (20.0 * 2))
+    assert sweep_efficiency(tmp_path, slots=4)["efficiency"] == pytest.approx((8 + 9 + 7 + 6) / (20.0 * 4))
     p = sweep_cli([tmp_path, "--efficiency"], module="tornado.collect")
     assert p.returncode == 0, p.stderr
     assert "4 jobs (4 ok)" in p.stdout and '"efficiency": 0.75' in p.stdout
@@ -567,7 +608,8 @@ def test_a_job_refused_for_a_folder_in_use_leaves_that_folders_record(tmp_path):
     from tornado.errors import IN_USE
 
     (tmp_path / "result.json").write_text('{"status": "running", "hparams": {"epochs": 1}}')
-    (tmp_path / "stdout.log").write_text(f"error: {tmp_path}: in use by another training process (pid 7); wait\n")
+    (tmp_path / "stdout.log").write_text(f"error: {tmp_path}: in use by another training process (pid 7); wait\n"
+                                         "its report: python -m tornado.report ...\n")  # the other one's, after
     job = Job(num=0, overrides=[], cfg=None, dir=tmp_path)
     settle(job, IN_USE)
     assert job.status == "failed" and job.error.endswith("in use by another training process (pid 7); wait")

@@ -12,7 +12,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
 from tornado import synth
-from tornado.data import LabelRule, find_files, read_storms, run_date
+from tornado.data import UNFINISHED, LabelRule, find_files, read_storms, run_date
 from tornado.errors import TornadoError
 
 GRID_F32 = ("REFL_COM_curr", "U10_curr", "V10_curr", "T2_curr", "RVORT1_MAX_future", "HAIL_MAXK1_future",
@@ -163,13 +163,13 @@ def test_same_seed_same_data(tmp_path):
 
 def test_writes_are_atomic(tmp_path):
     paths = synth.generate(tmp_path, days=2, patches_per_day=10, seed=0)
-    assert sorted(tmp_path.iterdir()) == sorted(paths)  # no temp files left behind
+    assert sorted(tmp_path.iterdir()) == sorted([*paths, tmp_path / ".synth.lock"])  # no temp files left behind
     fields = synth.storm_fields(np.random.default_rng(0), 10, dt.date(2012, 5, 1))
     del fields["track_step"]  # fails at the very end of the write
     target = tmp_path / synth.file_name(dt.date(2012, 5, 1))
     with pytest.raises(KeyError):
         synth.write_file(target, dt.date(2012, 5, 1), fields)
-    assert not target.exists() and sorted(tmp_path.iterdir()) == sorted(paths)
+    assert not target.exists() and sorted(tmp_path.iterdir()) == sorted([*paths, tmp_path / ".synth.lock"])
 
 
 def test_a_folder_synth_was_stopped_writing_is_refused_as_a_source_until_completed(tmp_path, monkeypatch):
@@ -195,7 +195,7 @@ def test_a_folder_synth_was_stopped_writing_is_refused_as_a_source_until_complet
     monkeypatch.setattr(synth, "write_file", write)
     paths = synth.generate(tmp_path, days=4, patches_per_day=5, seed=0)
     assert find_files(tmp_path) == paths and len(paths) == 4
-    assert sorted(tmp_path.iterdir()) == sorted(paths)  # the mark is gone
+    assert sorted(tmp_path.iterdir()) == sorted([*paths, tmp_path / ".synth.lock"])  # the mark is gone
 
 
 @pytest.mark.parametrize("kwargs, match", [
@@ -241,6 +241,26 @@ def test_cli_refuses_a_folder_with_other_storm_files(tmp_path):
     assert r.returncode == 2 and len(lines) == 1, r.stderr
     assert lines[0].startswith(f"error: out_dir: {out} already holds 2 other NCARSTORM files (e.g. NCARSTORM_")
     assert sorted(out.iterdir()) == sorted(before)
+
+
+def test_a_second_writer_into_the_same_folder_is_refused_while_the_first_writes(tmp_path):
+    import fcntl
+
+    from tornado.records import locked
+
+    with locked(tmp_path / ".synth.lock", fcntl.LOCK_EX):  # as a tornado.synth writing there holds it
+        with pytest.raises(TornadoError, match=f"^synth.out_dir: {tmp_path}: another tornado.synth is writing there; "
+                                               "wait for it to end$"):
+            synth.generate(tmp_path, days=1, patches_per_day=2)
+        assert [p.name for p in tmp_path.iterdir()] == [".synth.lock"]
+    assert len(synth.generate(tmp_path, days=1, patches_per_day=2)) == 1 and not (tmp_path / UNFINISHED).exists()
+
+
+def test_an_empty_out_dir_is_refused_not_the_working_directory(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # `out_dir=$DATA` with DATA unset
+    with pytest.raises(TornadoError, match="^synth.out_dir: must name a folder$"):
+        synth.main(["out_dir=", "days=1", "patches_per_day=2"])
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_cli_refuses_the_set_training_manages(tmp_path):

@@ -307,6 +307,9 @@ def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     ("patience=0", "patience=0: must be a positive number of epochs, or null"),
     ("patience=abc", "patience=abc: must be a positive number of epochs, or null"),
     ("trainer.accelerator=tpu", "trainer.accelerator=tpu: use one of auto, cpu, gpu, cuda"),
+    ("model.pool3=abc", "model.pool3=abc: must be true or false"),
+    ("trainer.precision=banana", r"^trainer: Precision 'banana' is invalid\. Allowed precision values: \("),
+    ("logger.csv._target_=nope.Logger", r"^logger.csv: Error loading 'nope.Logger': ModuleNotFoundError"),
     # the data settings are named as this command takes them (data.), augment's as they are
     ("data.split.val_fraction=1.5", r"^data.split.val_fraction: 1.5: must be a number in \[0, 1\)$"),
     ("data.label.reduce=median", r"^data.label.reduce: 'median': must be one of"),
@@ -623,6 +626,8 @@ def test_counts_are_worded_in_the_singular_and_plural(gpus, visible, message, mo
                                   "data.split.val_fraction?)"),
     (["-m", "batch_size=64,128", "logger=foo"], "error: logger=foo: no such option in conf/logger/ (use one of "
                                                 "default, none)"),
+    (["data=5"], "error: data=5: data names a file of conf/data/: use one of synthetic"),
+    (["-m", "+model=true"], "error: +model=true: model names a file of conf/model/: use one of paper, paper_code"),
     (["batch_size=[1,"], "error: batch_size=[1,: not an override Hydra can read (no viable alternative at input "
                          "'[1,')"),
     (["hydra.launcher.max_parallel=abc"], "error: Error merging override hydra.launcher.max_parallel=abc: Value "
@@ -701,6 +706,9 @@ def test_resume_hint_names_the_run_folder_when_the_command_did_not(monkeypatch):
     monkeypatch.setenv("TORNADO_SWEEP_DIR", "/somewhere/outputs/multirun/x")
     hint = _resume_hint(Path("/somewhere/outputs/multirun/x/3"))
     assert "the sweep's command again with hydra.sweep.dir=/somewhere/outputs/multirun/x to resume" in hint
+    monkeypatch.setenv("TORNADO_SWEEP_DIR", "/my runs/x")  # a space: quoted for the shell and for Hydra
+    assert "the sweep's command again with 'hydra.sweep.dir='\"'\"'/my runs/x'\"'\"'' to resume" in _resume_hint(
+        Path("/my runs/x/3"))
 
 
 def test_progress_bar_counts_batches_on_a_terminal_and_stays_out_of_pipes(data_dir, tmp_path, on_terminal):

@@ -111,6 +111,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
             raise TornadoError(f"bench: --{key.replace('_', '-')}={v}: must be {'>= 0' if key == 'gpus' else '>= 1'}")
     if a.gpus is not None and a.gpus > 1:
         raise TornadoError(f"bench: --gpus={a.gpus}: the benchmark runs on one device (use 0 or 1)")
+    taken = next((p for p in (Path(a.out), *Path(a.out).parents) if p.exists()), None)
+    if taken is not None and not taken.is_dir():  # found before the data is prepared and the sections run
+        raise TornadoError(f"bench: --out={a.out}: {taken} is a file, not a folder")
     return a
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -43,6 +44,14 @@ def counted(n: int, thing: str, things: str | None = None) -> str:
     return f"{n} {thing if n == 1 else things or thing + 's'}"
 
 
+def override_text(key: str, value: Any) -> str:
+    """`key=value` for a command line that the shell and Hydra both read back as it is (quoted where needed)."""
+    value = str(value)
+    if re.search(r"[\s,=\[\]{}()'\"\\]", value):  # Hydra would split or parse it: one quoted string
+        value = "'" + value.replace("'", "\\'") + "'"
+    return shlex.quote(f"{key}={value}")
+
+
 def convert(key: str, value: str, default: Any) -> Any:
     kind: Callable[[str], Any] | None = type(default) if default is not None else None
     try:
@@ -70,6 +79,9 @@ def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str) -
         if _raised_in(e, "_run_hydra"):  # Hydra's command line misused: `-m --cfg job`, `--resolve` alone
             print(f"error: {_first_line(str(e))}", file=sys.stderr)
             raise SystemExit(2) from None
+        if str(e).startswith("Config group override must be"):  # `data=5`: a number where an option goes
+            print(f"error: {group_value_line(config_dir, sys.argv[1:]) or _first_line(str(e))}", file=sys.stderr)
+            raise SystemExit(2) from None
         cause = e if isinstance(e, OSError) else e.__cause__ or e.__context__
         if not isinstance(cause, OSError):
             raise
@@ -77,6 +89,17 @@ def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str) -
         print(f"error: {where}cannot write there ({cause.strerror or cause}); hydra.run.dir= (hydra.sweep.dir= for a "
               "sweep) sets another folder", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def group_value_line(config_dir: Path, argv: list[str]) -> str | None:
+    """The first override that gives a config group (a folder of conf/) something other than one of its options."""
+    for arg in argv:
+        key, eq, value = arg.lstrip("+~").partition("=")
+        folder = config_dir / key
+        options = sorted(p.stem for p in folder.glob("*.yaml")) if eq and folder.is_dir() else []
+        if options and value not in options:
+            return f"{arg}: {key} names a file of conf/{key}/: use one of {', '.join(options)}"
+    return None
 
 
 def _raised_in(e: BaseException, function: str) -> bool:

@@ -112,6 +112,9 @@ def find_files(source: str | Path, key: str = "source") -> list[Path]:
     if not folder.is_dir():
         raise TornadoError(f"{key}: {text}: no such folder")
     _refuse_unfinished(folder, key, text)
+    broken = sorted(p for p in folder.glob(FILE_GLOB) if p.is_symlink() and not p.exists())
+    if broken:  # a link into a file system not mounted here: its storms would be left out unsaid
+        raise TornadoError(f"NCARSTORM file: {broken[0]}: a link to {broken[0].readlink()}, which does not exist")
     files = sorted(p for p in folder.glob(FILE_GLOB) if p.is_file())
     if not files:
         raise TornadoError(f"{key}: {text}: no {FILE_GLOB} files in this folder")
@@ -203,7 +206,7 @@ def _checked(ds: netCDF4.Dataset, path: Path, name: str, shape: tuple[int, ...])
         raise TornadoError(f"NCARSTORM file: {path}: missing variable {name!r}")
     var = ds.variables[name]
     order = _order(var) if len(shape) == 3 else None
-    stored = tuple(var.shape[i] for i in order) if order else tuple(var.shape)
+    stored = tuple(var.shape[i] for i in order) if order and var.ndim == len(shape) else tuple(var.shape)
     if stored != shape:
         want = "x".join(map(str, shape))
         got = "x".join(map(str, stored))
@@ -225,10 +228,12 @@ def _track_ids(ds: netCDF4.Dataset, path: Path, p: int) -> np.ndarray:
     """track_id as int64. Metadata only: a missing id is -1, and whole numbers stored as floats (a pandas or
     xarray round trip) are taken."""
     var, _ = _checked(ds, path, TRACK_VAR, (p,))
-    data = np.ma.masked_invalid(var[:]) if var.dtype.kind == "f" else np.ma.asarray(var[:])
+    kind = np.dtype(var.dtype).kind  # a string variable's dtype is `str`
+    data = np.ma.masked_invalid(var[:]) if kind == "f" else np.ma.asarray(var[:])
     kept = np.ma.compressed(data)
-    if data.dtype.kind not in "iuf" or (data.dtype.kind == "f" and (kept != np.round(kept)).any()):
-        raise TornadoError(f"NCARSTORM file: {path}: variable {TRACK_VAR!r} is {var.dtype}, expected whole numbers")
+    if kind not in "iuf" or (kind == "f" and (kept != np.round(kept)).any()):
+        shown = getattr(var.dtype, "__name__", var.dtype)
+        raise TornadoError(f"NCARSTORM file: {path}: variable {TRACK_VAR!r} is {shown}, expected whole numbers")
     return np.ma.filled(data, -1).astype(np.int64)
 
 

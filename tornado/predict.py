@@ -86,6 +86,16 @@ def checkpoint_file(checkpoint: str | Path) -> Path:
     return path
 
 
+def _unfinished(checkpoint: str) -> str | None:
+    """A note where the checkpoint is of a run that has not finished (failed, stopped or still training)."""
+    run = read_result(checkpoint_file(checkpoint).resolve().parent.parent)
+    status = run.get("status") if run else None
+    if status in (None, "ok"):
+        return None
+    return (f"note: checkpoint={checkpoint}: its run has not finished (result.json says {status}): the model is "
+            "that of its last saved epoch")
+
+
 def _is_sweep(path: Path) -> bool:
     """A sweep's folder (its jobs' folders below it), not a run's (checkpoints/ in it)."""
     return path.is_dir() and not (path / "checkpoints").is_dir() and (
@@ -216,10 +226,15 @@ def _main(argv: list[str]) -> None:
     if not args["checkpoint"] or not args["input"]:
         raise TornadoError(USAGE)
     _check_batch(args["batch"])
+    if not args["output"].strip():
+        raise TornadoError("output=: must name a file (default predictions.csv)")
     if _is_sweep(Path(args["checkpoint"])):
         run, job, auc = best_run(args["checkpoint"])
         print(f"the sweep's best job by validation ROC AUC: {job} ({auc:.4g}), {run}")
         args["checkpoint"] = str(run)
+    unfinished = _unfinished(args["checkpoint"])
+    if unfinished:
+        print(unfinished)
     given = {k: args[f"label_{k}"] for k in ("reduce", "threshold", "inclusive")}
     cut = run_threshold(args["checkpoint"], args["threshold"])
     df = predict(args["checkpoint"], args["input"], given, args["batch"], "none" if cut is None else cut)

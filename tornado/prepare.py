@@ -17,6 +17,7 @@ import math
 import os
 import secrets
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Mapping
@@ -25,7 +26,7 @@ import h5py
 import hydra
 import numpy as np
 import torch
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
 import tornado
@@ -92,6 +93,10 @@ def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
     out_dir = cfg.get("out_dir", "outputs/data")
     if not out_dir:
         raise TornadoError("out_dir: must name a folder")
+    for key in ("synth", "label", "split"):  # `label=5` would replace the group, not set one of its keys
+        group = cfg.get(key, None)
+        if group is not None and not isinstance(group, Mapping):
+            raise TornadoError(f"{key}: {group!r}: must be a group of settings ({key}.<key>=...), not a value")
     synth_cfg = None
     if source is None or str(source) == "":
         source = None
@@ -514,6 +519,17 @@ def _temp_file(path: Path, suffix: str) -> Iterator[str]:
         yield tmp
     finally:
         Path(tmp).unlink(missing_ok=True)
+
+
+def _logs_dir(out_dir) -> str:
+    """Where a `tornado.prepare` command keeps its log: OUT_DIR/.prepare-logs; where `out_dir` names no folder (it
+    is refused), the system's temp folder, not `None/` or `/` made from it."""
+    if out_dir is None or not str(out_dir).strip():
+        return str(Path(tempfile.gettempdir()) / "tornado-prepare-logs")
+    return f"{out_dir}/.prepare-logs"
+
+
+OmegaConf.register_new_resolver("prepare_logs", _logs_dir, replace=True)
 
 
 @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")

@@ -36,7 +36,7 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
         key = f"{prefix}{k}"
         if isinstance(v, dict) and v:
             out.update(flatten(v, key + "."))
-        elif isinstance(v, (list, tuple)):
+        elif isinstance(v, (list, tuple, dict)):  # a list, or an empty group (logger=none): one text cell
             out[key] = json.dumps(v)
         else:
             out[key] = v

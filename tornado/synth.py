@@ -49,7 +49,9 @@ unique within one file (run), not across files.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import fcntl
 import os
 import sys
 import tempfile
@@ -62,6 +64,7 @@ from tqdm import tqdm
 from tornado.cli import closest, counted
 from tornado.data import FILE_GLOB, UNFINISHED
 from tornado.errors import TornadoError, is_int, run_cli
+from tornado.records import locked
 
 TEST_START = dt.date(2015, 1, 1)
 TEST_FRACTION = 0.25
@@ -354,14 +357,20 @@ def generate(out_dir, days: int = 40, patches_per_day: int = 500, seed: int = 0,
         raise TornadoError(f"out_dir: {out} already holds {counted(len(others), 'other NCARSTORM file')} "
                            f"(e.g. {others[0].name}), which would be read with these: use an empty folder")
     out.mkdir(parents=True, exist_ok=True)
-    (out / UNFINISHED).touch()  # a folder left part-written is refused as a source
-    bar = tqdm(dates, desc="synthetic storms", unit=" files", leave=False, disable=not sys.stderr.isatty())
-    for k, run in enumerate(bar):
-        rng = np.random.default_rng([seed, 1, k])
-        path = out / file_name(run)
-        write_file(path, run, storm_fields(rng, patches_per_day, run))
-        paths.append(path)
-    (out / UNFINISHED).unlink()
+    with contextlib.ExitStack() as stack:
+        try:  # one writer a folder: another would take the unfinished mark away while this one still writes
+            stack.enter_context(locked(out / ".synth.lock", fcntl.LOCK_EX | fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise TornadoError(f"synth.out_dir: {out}: another tornado.synth is writing there; wait for it to "
+                               "end") from None
+        (out / UNFINISHED).touch()  # a folder left part-written is refused as a source
+        bar = tqdm(dates, desc="synthetic storms", unit=" files", leave=False, disable=not sys.stderr.isatty())
+        for k, run in enumerate(bar):
+            rng = np.random.default_rng([seed, 1, k])
+            path = out / file_name(run)
+            write_file(path, run, storm_fields(rng, patches_per_day, run))
+            paths.append(path)
+        (out / UNFINISHED).unlink()
     return paths
 
 
@@ -392,6 +401,8 @@ def main(argv: list[str] | None = None) -> list[Path]:
         return []
     args = parse_args(argv)
     out_dir = args.pop("out_dir", "data/synthetic")
+    if not out_dir.strip():  # `out_dir=` (an unset shell variable): not the working directory
+        raise TornadoError("synth.out_dir: must name a folder")
     # tornado.prepare's marks (synth.json once generated; .lock from its first use, a killed generation's too)
     if any((Path(out_dir) / mark).exists() for mark in ("synth.json", ".lock")):
         raise TornadoError(f"out_dir: {out_dir} is the synthetic set that training generates and manages: "

@@ -15,6 +15,8 @@ import logging
 import math
 import os
 import platform
+import re
+import shlex
 import signal
 import socket
 import sys
@@ -28,13 +30,14 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import Checkpoint, TQDMProgressBar
 
 import tornado
 from tornado import records
-from tornado.cli import closest, counted, run_hydra_app
+from tornado.cli import closest, counted, override_text, run_hydra_app
 from tornado.data import find_files
 from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_split
 from tornado.errors import (IN_USE, Terminated, TornadoError, die_with_parent, is_int, is_number, on_sigterm,
@@ -123,6 +126,9 @@ def validate(cfg: DictConfig) -> None:
     dropout = cfg.model.get("dropout", 0.0)
     if not is_number(dropout) or not 0 <= dropout < 1:
         raise TornadoError(f"model.dropout={dropout}: must be a number in [0, 1)")
+    pool3 = cfg.model.get("pool3", False)
+    if not isinstance(pool3, bool):
+        raise TornadoError(f"model.pool3={pool3}: must be true or false")
     weight = cfg.model.get("pos_weight", 1.0)
     if not is_number(weight) or not 0 < weight < math.inf:
         raise TornadoError(f"model.pos_weight={weight}: must be a positive number")
@@ -501,12 +507,13 @@ def _resume_hint(out: Path) -> str:
     """How to go on from this run's last checkpoint: its command again, in this same folder."""
     sweep = os.environ.get("TORNADO_SWEEP_DIR")
     if sweep:  # a job of a sweep: the sweep's command resumes it (and skips the jobs already done)
-        return f"run the sweep's command again with hydra.sweep.dir={_shown(sweep)} to resume"
+        return f"run the sweep's command again with {override_text('hydra.sweep.dir', _shown(sweep))} to resume"
     given = HydraConfig.initialized() and any(o.startswith("hydra.run.dir=")
                                               for o in HydraConfig.get().overrides.hydra)
     if given:
         return "run the same command again to resume"
-    return f"run the same command with hydra.run.dir={_shown(out)} to resume (each run has a new folder)"
+    return f"run the same command with {override_text('hydra.run.dir', _shown(out))} to resume (each run has a new " \
+           "folder)"
 
 
 def _history(module: StormModule, clock: _Clock, skill: _EpochSkill | None) -> list[dict]:
@@ -596,15 +603,15 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         csv_aside = log_aside(out / "csv" / "metrics.csv", done) if ckpt and rank == 0 else None
         if not cfg.resume and rank == 0:
             logs_aside(out)
-        last.parent.mkdir(parents=True, exist_ok=True)
-        if rank == 0:  # a killed session's half-written checkpoint; this one holds the folder's lock
-            for stale in last.parent.glob(f".{last.name}.*.tmp"):
-                stale.unlink(missing_ok=True)
         saver = _LastCheckpoint(last, ident)
         saver.epochs_saved = done  # a resumed run's checkpoint holds the earlier sessions' epochs already
         skill = (_EpochSkill(*load_split(path, "val"), patience=cfg.get("patience"))
                  if cfg.score_epochs and dm.meta["n_val"] > 0 else None)
         trainer, clock = make_trainer(cfg, out, accelerator, devices, dm, [saver] + ([skill] if skill else []))
+        last.parent.mkdir(parents=True, exist_ok=True)
+        if rank == 0:  # a killed session's half-written checkpoint; this one holds the folder's lock
+            for stale in last.parent.glob(f".{last.name}.*.tmp"):
+                stale.unlink(missing_ok=True)
         if rank == 0:
             save_config(cfg, out)
         fitting = (accelerator, devices, fast, dm, module, clock, skill)
@@ -786,15 +793,22 @@ def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm:
     interactive = sys.stdout.isatty()  # where Lightning draws its bar
     if interactive:
         callbacks.append(_StepBar(dm))
-    loggers = [instantiate(c, save_dir=str(out)) for c in (cfg.logger or {}).values()]
     strategy = cfg.trainer.strategy
     if strategy == "auto" and devices > 1:
         strategy = "ddp"
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
-    trainer = instantiate(cfg.trainer, accelerator=accelerator, devices=devices, strategy=strategy,
-                          logger=loggers or False, callbacks=callbacks, enable_progress_bar=interactive,
-                          default_root_dir=str(out), plugins=plugins, use_distributed_sampler=False,
-                          enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks))
+    try:  # trainer.* and logger.* go to Lightning as they are: what it refuses is a setting, said in one line
+        loggers = [instantiate(c, save_dir=str(out)) for c in (cfg.logger or {}).values()]
+        trainer = instantiate(cfg.trainer, accelerator=accelerator, devices=devices, strategy=strategy,
+                              logger=loggers or False, callbacks=callbacks, enable_progress_bar=interactive,
+                              default_root_dir=str(out), plugins=plugins, use_distributed_sampler=False,
+                              enable_checkpointing=any(isinstance(c, Checkpoint) for c in callbacks))
+    except InstantiationException as e:
+        key = re.search(r"full_key: (\S+)", str(e))
+        lines = [ln.strip() for ln in str(e.__cause__ or e).splitlines() if ln.strip()]
+        why = (" ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":")  # "Error loading 'x':"
+               else lines[0] if lines else type(e.__cause__ or e).__name__)
+        raise TornadoError(f"{key.group(1) if key else 'trainer'}: {why}") from None
     return trainer, clock
 
 
@@ -871,7 +885,7 @@ def _headline(result: dict) -> str:
             f"{csi}  BSS {f(m['bss'])}\n"
             f"trained in {t['wall_s']:.1f} s ({result['samples_per_s']:.0f} samples/s{_sessions(result)}); "
             f"logs and result.json in {where}\n"
-            f"its report (scores, curves, diagrams): python -m tornado.report {where}")
+            f"its report (scores, curves, diagrams): python -m tornado.report {shlex.quote(where)}")
 
 
 def _sessions(result: dict) -> str:

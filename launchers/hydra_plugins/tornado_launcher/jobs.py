@@ -21,7 +21,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tornado.cli import counted
+from tornado.cli import counted, override_text
 from tornado.errors import IN_USE, TornadoError, run_cli
 from tornado.records import config_hash, flatten, read_result, task_container, write_json
 
@@ -276,10 +276,7 @@ def same_command(config: DictConfig, sweep_dir: Path) -> str:
     new on every run), quoted for Hydra and for the shell where needed."""
     if any(str(o).lstrip("+~").split("=", 1)[0] == "hydra.sweep.dir" for o in config.hydra.overrides.hydra):
         return "run the same command again"
-    value = str(sweep_dir)
-    if re.search(r"[\s,=\[\]{}()'\"\\]", value):
-        value = _quote(value)
-    return f"run the same command with {shlex.quote(f'hydra.sweep.dir={value}')}"
+    return f"run the same command with {override_text('hydra.sweep.dir', sweep_dir)}"
 
 
 def passthrough_overrides(config: DictConfig) -> List[str]:
@@ -297,12 +294,13 @@ def job_args(module: str, job: Job, passthrough: Sequence[str]) -> List[str]:
     return ["-m", module, *job.overrides, *passthrough, f"hydra.run.dir={_quote(str(job.dir))}"]
 
 
-def _tail(path: Path, limit: int = 300) -> str:
-    """The last non-empty line of a log, shortened: usually the exception that ended the job."""
+def _tail(path: Path, limit: int = 300, having: str = "") -> str:
+    """The last non-empty line of a log (with `having`, the last one holding it), shortened: usually the exception
+    that ended the job."""
     try:
         with open(path, "rb") as f:
             f.seek(max(0, f.seek(0, os.SEEK_END) - 8192))
-            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if ln.strip()]
+            lines = [ln.strip() for ln in f.read().decode(errors="replace").splitlines() if having in ln and ln.strip()]
     except OSError:
         return ""
     return lines[-1][:limit] if lines else ""
@@ -346,7 +344,9 @@ def settle(job: Job, rc: Optional[int], reason: Optional[str] = None) -> None:
         job.error = f"exit code 0 but result.json {'says ' + repr(res.get('status')) if res else 'is missing'}"
     else:
         job.error = describe_exit(rc, job.dir / "stdout.log")
-    if rc == IN_USE:  # another process trains in its folder (and keeps its result.json)
+    if rc == IN_USE:  # another process trains in its folder (and keeps its result.json, and writes the same log)
+        refused = _tail(job.dir / "stdout.log", having="in use by another training process")
+        job.error = f"exit code {rc}: {refused}" if refused else job.error
         return
     rec = dict(res or {})
     rec.update(status="failed", error=job.error, config_hash=job.config_hash, overrides=list(job.overrides),
@@ -470,7 +470,7 @@ def finish(config: DictConfig, jobs: Sequence[Job], sweep_dir: Path) -> List[Job
     print(f"sweep {sweep_dir}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped (already ok); {where}",
           flush=True)
     if c["ok"] + c["skipped"]:
-        print(f"tables, plots and report.html: python -m tornado.report {sweep_dir}", flush=True)
+        print(f"tables, plots and report.html: python -m tornado.report {shlex.quote(str(sweep_dir))}", flush=True)
     returns = [job_return(j) for j in jobs]
     # Hydra's basic sweeper turns a failed job into a traceback; the summary above already says it all.
     if c["failed"] and str(config.hydra.sweeper.get("_target_")) == BASIC_SWEEPER:

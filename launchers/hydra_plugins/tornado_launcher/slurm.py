@@ -176,8 +176,8 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             one = len(running) == 1
             print(f"\nstopped waiting; {counted(len(running), 'job')} {'stays' if one else 'stay'} in SLURM (scancel "
                   f"{' '.join(running)} to stop {'it' if one else 'them'}); {same_command(self.config, sweep_dir)} to "
-                  f"wait for {'it' if one else 'them'}, or collect later with: python -m tornado.collect {sweep_dir}",
-                  flush=True)
+                  f"wait for {'it' if one else 'them'}, or collect later with: python -m tornado.collect "
+                  f"{shlex.quote(str(sweep_dir))}", flush=True)
             raise
         plan.update(state="finished", started=t0, finished=time.time(), wall_s=time.time() - t0,
                     jobs=[self._record(j) for j in jobs])
