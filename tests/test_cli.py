@@ -28,7 +28,8 @@ def test_a_misspelt_key_is_refused_with_the_closest_one():
         parse_kv(["zzz=1"], DEFAULTS)
 
 
-@pytest.mark.parametrize("path", ["/plain/dir", "/my runs/a,b=c", "/it's [x] {y}", "/a\\b"])
+@pytest.mark.parametrize("path", ["/plain/dir", "/my runs/a,b=c", "/it's [x] {y}", "/a\\b", "/home/jürgen/runs",
+                                  "~/runs", "/runs#2", "/a&b;c"])
 def test_an_override_in_a_hint_reads_back_as_the_same_value(path):
     from hydra.core.override_parser.overrides_parser import OverridesParser
 

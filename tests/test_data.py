@@ -158,6 +158,8 @@ def test_a_link_to_nowhere_is_named(storm_dir, tmp_path):
     (tmp_path / name()).symlink_to(tmp_path / "unmounted" / name())
     with pytest.raises(TornadoError, match=f"{tmp_path / name()}: a link to .*/unmounted/.*, which does not exist$"):
         find_files(tmp_path)
+    with pytest.raises(TornadoError, match=f"{tmp_path / name()}: a link to .*/unmounted/.*, which does not exist$"):
+        find_files(str(tmp_path / "*.nc"))  # data.source as a pattern
 
 
 def test_truncated_file(storm_dir, tmp_path):

@@ -215,5 +215,5 @@ def test_a_checkpoint_of_a_run_that_did_not_finish_is_used_and_said_to_be(tmp_pa
     p = cli(f"checkpoint={run}", f"input={tmp_path / 'storms'}", f"output={tmp_path / 'p.csv'}")
     assert p.returncode == 0, p.stderr
     assert p.stdout.splitlines()[0] == (f"note: checkpoint={run}: its run has not finished (result.json says failed): "
-                                        "the model is that of its last saved epoch")
+                                        "the model is the one it saved so far")
     assert (tmp_path / "p.csv").is_file()

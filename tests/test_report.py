@@ -672,6 +672,16 @@ def test_a_copied_sweep_is_reported_from_its_own_folders(tmp_path):
     assert len(jobs) > 1 and set(collect(copy)["output_dir"]) == {str(j.resolve()) for j in jobs}
 
 
+def test_the_paper_s_scaling_is_against_the_fewest_gpus_its_table_has_for_those_settings():
+    t = pd.DataFrame({"epochs": 5, "batch_size": 128, "gpus": [2, 3, 4, 1], "figure": [30.0, 24.0, 20.0, 99.0]})
+    t.loc[3, "batch_size"] = 256  # other settings: not the baseline of these
+    want = np.array([5, 128, 4])
+    assert tables._paper_scaling(t, ("epochs", "batch_size", "gpus"), want, "speedup") == pytest.approx(1.5)
+    assert tables._paper_scaling(t, ("epochs", "batch_size", "gpus"), want, "scaling_efficiency") == \
+        pytest.approx(1.5 / 2)
+    assert math.isnan(tables._paper_scaling(t, ("epochs", "batch_size", "gpus"), np.array([5, 128, 8]), "speedup"))
+
+
 def test_speedup_and_scaling_efficiency_against_the_fewest_devices_and_the_paper(tmp_path):
     sweep, results = tmp_path / "scaling", {}
     runs = [(1, 0, 20.0), (1, 1, 22.0), (2, 0, 12.0), (4, 0, 7.0), (4, 1, 7.0)]  # (GPUs, seed, wall seconds)

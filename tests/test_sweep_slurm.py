@@ -171,6 +171,8 @@ def test_a_failing_setup_line_ends_the_job_and_is_named_in_its_error(sweep_cli, 
     error = results(sweep)["0"]["error"]
     assert "without a result; its log ends: setup line failed: test -d /no/such/venv # a comment (exit 1)" in error
     assert not (tmp_path / "c.txt").exists() and not (tmp_path / "ran-on").exists()
+    request = json.loads((sweep / "launcher.json").read_text())["jobs"][0]["request"]
+    assert request["setup"] == ["true", "test -d /no/such/venv # a comment", f"touch {tmp_path}/ran-on"]  # as given
 
 
 @slurm_only
@@ -209,6 +211,22 @@ def test_cluster_preset_becomes_the_sbatch_script(tmp_path):
         assert line in script.splitlines()
     cpu = _make_sbatch_string(command="python -m x", folder=tmp_path / "%j", **sbatch_parameters(conf, 0, 2))
     assert "#SBATCH --ntasks-per-node=2" in cpu and "gpus-per-node" not in cpu  # CPU DDP: ranks without GPUs
+
+
+def test_setup_lines_run_as_written_and_a_failing_one_ends_the_script_naming_it(tmp_path):
+    """An `if`/`else` or a `\\` continuation over several setup lines is shell as written (a check after each line
+    broke them: `else` saw its condition's status); a failing line, inside one too, ends the job."""
+    def run(setup):
+        params = sbatch_parameters(SlurmLauncherConf(setup=setup), 0, 1)
+        script = _make_sbatch_string(command='echo "ran $A $B"', folder=tmp_path / "%j", use_srun=False, **params)
+        (tmp_path / "job.sh").write_text(script)
+        return subprocess.run(["bash", str(tmp_path / "job.sh")], capture_output=True, text=True, timeout=60)
+
+    p = run(["if [ -d /no/such/venv ]; then", "  A=venv", "else", "  A=system", "fi", "B=$A-\\", "more"])
+    assert p.returncode == 0 and p.stdout == "ran system system-more\n", p.stderr
+    p = run(["true", "if true; then", "  test -d /no/such/venv # a comment", "fi", "A=1"])
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.splitlines()[-1] == "setup line failed: test -d /no/such/venv # a comment (exit 1)"
 
 
 @slurm_only

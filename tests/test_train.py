@@ -308,6 +308,8 @@ def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     ("patience=abc", "patience=abc: must be a positive number of epochs, or null"),
     ("trainer.accelerator=tpu", "trainer.accelerator=tpu: use one of auto, cpu, gpu, cuda"),
     ("model.pool3=abc", "model.pool3=abc: must be true or false"),
+    ("trainer.max_epochs=abc", "trainer.max_epochs=abc: must be an integer >= 1"),
+    ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0: must be an integer >= 1"),
     ("trainer.precision=banana", r"^trainer: Precision 'banana' is invalid\. Allowed precision values: \("),
     ("logger.csv._target_=nope.Logger", r"^logger.csv: Error loading 'nope.Logger': ModuleNotFoundError"),
     # the data settings are named as this command takes them (data.), augment's as they are
@@ -628,6 +630,8 @@ def test_counts_are_worded_in_the_singular_and_plural(gpus, visible, message, mo
                                                 "default, none)"),
     (["data=5"], "error: data=5: data names a file of conf/data/: use one of synthetic"),
     (["-m", "+model=true"], "error: +model=true: model names a file of conf/model/: use one of paper, paper_code"),
+    (["-m", "model=paper,paper_code", "data=5"], "error: data=5: data names a file of conf/data/: use one of "
+                                                 "synthetic"),  # the group given a number, not the one swept
     (["batch_size=[1,"], "error: batch_size=[1,: not an override Hydra can read (no viable alternative at input "
                          "'[1,')"),
     (["hydra.launcher.max_parallel=abc"], "error: Error merging override hydra.launcher.max_parallel=abc: Value "

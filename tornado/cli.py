@@ -47,7 +47,7 @@ def counted(n: int, thing: str, things: str | None = None) -> str:
 def override_text(key: str, value: Any) -> str:
     """`key=value` for a command line that the shell and Hydra both read back as it is (quoted where needed)."""
     value = str(value)
-    if re.search(r"[\s,=\[\]{}()'\"\\]", value):  # Hydra would split or parse it: one quoted string
+    if re.search(r"[^A-Za-z0-9_/.:@%*?|+$-]", value):  # what Hydra would split, parse or refuse: one quoted string
         value = "'" + value.replace("'", "\\'") + "'"
     return shlex.quote(f"{key}={value}")
 
@@ -92,12 +92,21 @@ def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str) -
 
 
 def group_value_line(config_dir: Path, argv: list[str]) -> str | None:
-    """The first override that gives a config group (a folder of conf/) something other than one of its options."""
+    """The first override that gives a config group (a folder of conf/) what Hydra refuses there: a value that is
+    not a name (`data=5`), also among a sweep's (`model=paper,paper_code` is not one)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.core.override_parser.types import ChoiceSweep, Glob, Sweep
+
     for arg in argv:
-        key, eq, value = arg.lstrip("+~").partition("=")
+        key, eq, _ = arg.lstrip("+~").partition("=")
         folder = config_dir / key
         options = sorted(p.stem for p in folder.glob("*.yaml")) if eq and folder.is_dir() else []
-        if options and value not in options:
+        try:
+            given = OverridesParser.create().parse_overrides([arg])[0].value() if options else None
+        except Exception:  # not an override Hydra reads: another error
+            continue
+        values = given.list if isinstance(given, ChoiceSweep) else [] if isinstance(given, (Sweep, Glob)) else [given]
+        if options and not all(isinstance(v, (str, list, dict)) for v in values):
             return f"{arg}: {key} names a file of conf/{key}/: use one of {', '.join(options)}"
     return None
 

@@ -94,12 +94,20 @@ def _refuse_unfinished(folder: Path, key: str, text: str | None = None) -> None:
                            "again to complete it")
 
 
+def _refuse_broken(paths) -> None:
+    broken = sorted(p for p in paths if p.is_symlink() and not p.exists())
+    if broken:  # a link into a file system not mounted here: its storms would be left out unsaid
+        raise TornadoError(f"NCARSTORM file: {broken[0]}: a link to {broken[0].readlink()}, which does not exist")
+
+
 def find_files(source: str | Path, key: str = "source") -> list[Path]:
     """NCARSTORM files from a folder (``NCARSTORM_*.nc`` inside, sorted), a glob pattern or one file; errors
     name the setting `key` that gave `source`."""
     text = str(source)
     if any(c in text for c in "*?["):
-        files = sorted(Path(p) for p in glob.glob(text) if Path(p).is_file())
+        matched = [Path(p) for p in glob.glob(text)]
+        _refuse_broken(matched)
+        files = sorted(p for p in matched if p.is_file())
         if not files:
             raise TornadoError(f"{key}: {text}: no files match")
         for parent in sorted({f.parent for f in files}):
@@ -112,9 +120,7 @@ def find_files(source: str | Path, key: str = "source") -> list[Path]:
     if not folder.is_dir():
         raise TornadoError(f"{key}: {text}: no such folder")
     _refuse_unfinished(folder, key, text)
-    broken = sorted(p for p in folder.glob(FILE_GLOB) if p.is_symlink() and not p.exists())
-    if broken:  # a link into a file system not mounted here: its storms would be left out unsaid
-        raise TornadoError(f"NCARSTORM file: {broken[0]}: a link to {broken[0].readlink()}, which does not exist")
+    _refuse_broken(folder.glob(FILE_GLOB))
     files = sorted(p for p in folder.glob(FILE_GLOB) if p.is_file())
     if not files:
         raise TornadoError(f"{key}: {text}: no {FILE_GLOB} files in this folder")

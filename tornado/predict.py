@@ -93,7 +93,7 @@ def _unfinished(checkpoint: str) -> str | None:
     if status in (None, "ok"):
         return None
     return (f"note: checkpoint={checkpoint}: its run has not finished (result.json says {status}): the model is "
-            "that of its last saved epoch")
+            "the one it saved so far")
 
 
 def _is_sweep(path: Path) -> bool:

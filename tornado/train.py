@@ -147,6 +147,10 @@ def validate(cfg: DictConfig) -> None:
             ok, allowed = isinstance(value, bool) or value == "auto", "true, false, auto"
         if not ok:
             raise TornadoError(f"fast.{key}={value}: use one of {allowed}")
+    for key, low in (("max_epochs", 1), ("num_sanity_val_steps", -1), ("log_every_n_steps", 1)):
+        value = cfg.trainer.get(key)  # Lightning takes them as they come, and fails on them mid-fit
+        if value is not None and (not is_int(value) or value < low):
+            raise TornadoError(f"trainer.{key}={value}: must be an integer >= {low}")
     if cfg.augmentation not in AUGMENTATIONS:
         raise TornadoError(f"augmentation={cfg.augmentation}: unknown, use one of {', '.join(AUGMENTATIONS)}")
     if not is_int(cfg.seed) or not 0 <= cfg.seed < 2 ** 32:

@@ -85,13 +85,18 @@ def _outcome(pickles: List[Path]) -> tuple:
 
 
 def _checked(setup: Sequence[str]) -> List[str]:
-    """Each setup line followed by a check: an sbatch script runs on past a failing line (a `module load` of a
-    module the node lacks), so the job would start in the wrong environment; it ends instead, naming the line."""
-    lines = []
-    for line in setup:
-        said = shlex.quote(f"setup line failed: {line}")
-        lines += [line, f'rc=$?; [ $rc -eq 0 ] || {{ echo {said}" (exit $rc)" >&2; exit $rc; }}']
-    return lines
+    """The setup lines under a trap that ends the job at a failing one, naming it: an sbatch script runs on past a
+    failing line (a `module load` of a module the node lacks), so the job would start in the wrong environment. A
+    trap, not a check after each line, so that a line continued (`\\`, `&&`) or an `if`/`else`, `case` or
+    here-document over several lines runs as written; as with `set -e`, a failing condition does not count, nor
+    does a command inside a sourced script (the `source` line's own status does)."""
+    if not setup:
+        return []
+    said = " ".join(shlex.quote(ln.strip()) for ln in "\n".join(setup).split("\n"))  # by line number in the trap
+    return [f"_tornado_setup=({said}); _tornado_in=${{#BASH_SOURCE[@]}}; _tornado_at=$LINENO",
+            "trap '_tornado_rc=$?; [ ${#BASH_SOURCE[@]} -gt $_tornado_in ] || { echo \"setup line failed: "
+            "${_tornado_setup[LINENO - _tornado_at - 2]} (exit $_tornado_rc)\" >&2; exit $_tornado_rc; }' ERR",
+            *setup, "trap - ERR"]
 
 
 def _log_end(folder: Path, slurm_id: str) -> str:
@@ -186,7 +191,7 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
 
     def _request(self, job: Job) -> Dict[str, Any]:
         """What the job asks SLURM for (sbatch's settings), as launcher.json records it."""
-        params = sbatch_parameters(self.p, job.gpus, job.procs)
+        params = {**sbatch_parameters(self.p, job.gpus, job.procs), "setup": list(self.p.setup)}  # as given
         return json.loads(json.dumps({k: v for k, v in params.items() if k != "array_parallelism"}, default=str))
 
     def _record(self, job: Job) -> Dict[str, Any]:
