@@ -191,6 +191,28 @@ def test_another_configs_unfinished_run_is_moved_aside(sweep_cli, tmp_path):
     assert json.loads((aside / "result.json").read_text())["hparams"]["batch_size"] == 32
 
 
+def test_a_second_sweep_in_a_folder_another_sweep_runs_in_is_refused(sweep_popen, sweep_cli, tmp_path):
+    """Another grid pointed at the folder of a sweep still running: refused in one line (exit 75) before anything
+    changes (its multirun.yaml, its running jobs' folders); once the first has ended, it runs beside its jobs."""
+    sweep, go = tmp_path / "sweep", tmp_path / "go"
+    first = sweep_popen(["-m", "batch_size=32,64", f"hold={go}", f"hydra.sweep.dir={sweep}",
+                         "hydra.launcher.max_parallel=2"])
+    assert started_while_held(first, sweep, 2) == {"0", "1"}
+    plan = (sweep / "multirun.yaml").read_text()
+    p = sweep_cli(["-m", "batch_size=128,256", f"hold={go}", f"hydra.sweep.dir={sweep}"])
+    assert p.returncode == 75, p.stdout + p.stderr
+    assert re.fullmatch(rf"error: sweep folder {re.escape(str(sweep))}: another sweep \(pid {first.pid}\) runs in "
+                        r"it; wait for it to end and run again, or give another hydra.sweep.dir", p.stderr.strip()), \
+        p.stderr
+    assert (sweep / "multirun.yaml").read_text() == plan and not (sweep / ".replaced").exists()
+    go.touch()
+    assert first.wait(timeout=120) == 0
+    p = sweep_cli(["-m", "batch_size=128,256", f"hold={go}", f"hydra.sweep.dir={sweep}"])
+    assert p.returncode == 0, p.stderr
+    assert {n: r["hparams"]["batch_size"] for n, r in results(sweep).items()} == {"0": 32, "1": 64, "2": 128,
+                                                                                  "3": 256}
+
+
 def test_resume_with_other_parallelism_keeps_finished_jobs(sweep_cli, tmp_path):
     sweep, counter = tmp_path / "sweep", tmp_path / "trainings.txt"
     base = ["-m", "batch_size=32,64", f"counter={counter}", f"hydra.sweep.dir={sweep}"]
@@ -201,6 +223,23 @@ def test_resume_with_other_parallelism_keeps_finished_jobs(sweep_cli, tmp_path):
     p = sweep_cli([*base, "threads=1"])
     assert p.returncode == 0 and "2 ok, 0 failed, 0 skipped" in p.stdout
     assert len(counter.read_text().splitlines()) == 4
+
+
+def test_a_result_json_edited_to_ok_without_metrics_runs_again(sweep_cli, tmp_path):
+    """ok is a finished run only with its metrics: one edited (or cut short) to ok without them, or with metrics
+    that are no mapping, runs again on resume, with a warning, and no traceback at the end."""
+    sweep, counter = tmp_path / "sweep", tmp_path / "trainings.txt"
+    base = ["-m", "batch_size=32,64,128", f"counter={counter}", f"hydra.sweep.dir={sweep}"]
+    assert sweep_cli(base).returncode == 0
+    for job, metrics in (("0", None), ("1", "garbage")):
+        res = json.loads((sweep / job / "result.json").read_text())
+        res.pop("metrics")
+        write_json(sweep / job / "result.json", res | ({"metrics": metrics} if metrics else {}))
+    p = sweep_cli(base)
+    assert p.returncode == 0 and "2 ok, 0 failed, 1 skipped" in p.stdout, p.stdout + p.stderr
+    assert "Traceback" not in p.stderr and f"{sweep / '0' / 'result.json'} says ok but holds no metrics" in p.stdout
+    assert len(counter.read_text().splitlines()) == 3 + 2
+    assert {r["metrics"]["score"] for r in results(sweep).values()} == {32.0, 64.0, 128.0}
 
 
 def test_sweeper_params_from_an_experiment_file(sweep_cli, tmp_path):
@@ -292,6 +331,15 @@ def test_gpu_request_without_gpus_is_refused_up_front(sweep_cli, tmp_path):
     assert list((tmp_path / "outputs" / "multirun").iterdir()) == []  # nothing was launched, nothing left
 
 
+@pytest.mark.parametrize("value", ["1.5", "true", "'2'"])
+def test_a_gpu_count_that_is_no_whole_number_is_refused_not_rounded(sweep_cli, tmp_path, value):
+    p = sweep_cli(["-m", f"gpus={value}", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    line = p.stderr.strip().splitlines()[-1]
+    assert p.returncode == 2 and line.startswith("error: job 0 [gpus=") and line.endswith(
+        "is not a whole number or auto"), p.stderr[-2000:]
+    assert not (tmp_path / "sweep").exists()
+
+
 def test_a_bad_value_in_one_job_of_the_grid_is_refused_before_any_job_runs(sweep_cli, tmp_path):
     sweep = tmp_path / "sweep"
     p = sweep_cli(["-m", "lr=0.001,-1", "epochs=1", f"hydra.sweep.dir={sweep}"], module="tornado.train")
@@ -303,11 +351,22 @@ def test_a_bad_value_in_one_job_of_the_grid_is_refused_before_any_job_runs(sweep
 @pytest.mark.parametrize("setting, line", [
     ("hydra.launcher.max_parallel=0", "error: hydra.launcher.max_parallel=0: must be at least 1, or null to choose"),
     ("hydra.launcher.stop_grace_s=-1", "error: hydra.launcher.stop_grace_s=-1: must be 0 or more seconds"),
+    ("+hydra.launcher.maxparallel=2",
+     "error: hydra.launcher.maxparallel: no such setting (did you mean hydra.launcher.max_parallel?)"),
 ])
 def test_launcher_settings_that_cannot_work_are_refused_up_front(sweep_cli, tmp_path, setting, line):
     p = sweep_cli(["-m", "batch_size=64,128", f"hydra.sweep.dir={tmp_path / 'sweep'}", setting])
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == line, p.stderr[-2000:]
     assert not (tmp_path / "sweep").exists()
+
+
+def test_max_parallel_above_the_job_count_runs_no_idle_slots(sweep_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "batch_size=64,128", f"hydra.sweep.dir={sweep}", "hydra.launcher.max_parallel=100000"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "2 at once" in p.stdout + p.stderr
+    launch = json.loads((sweep / "launcher.json").read_text())
+    assert launch["slots"] == 2 and len(launch["achieved_busy_s"]) == 2
 
 
 @pytest.mark.slow
@@ -438,6 +497,7 @@ def test_flatten_joins_nested_keys_and_writes_lists_as_json():
 
 @pytest.mark.parametrize("make, message", [
     (lambda d: d / "missing", "no such folder"),
+    (lambda d: (d / "multirun.yaml").touch() or d / "multirun.yaml", "multirun.yaml: not a folder"),
     (lambda d: d, "no */result.json in it"),
 ])
 def test_collect_cli_refuses_a_folder_without_results(sweep_cli, tmp_path, make, message):
@@ -586,6 +646,32 @@ def test_interrupted_sweep_stops_cleanly_and_resumes(sweep_cli, tmp_path, sig, w
     assert "3 ok, 0 failed, 1 skipped" in again.stdout
     assert {r["status"] for r in results(sweep).values()} == {"ok"} and len(results(sweep)) == 4
     assert len(counter.read_text().splitlines()) == 1 + 2 + 3  # job 0 once; 1, 2 again; 3 first time
+
+
+def test_sigterm_while_the_final_results_csv_waits_for_its_lock_stops_the_command(sweep_popen, tmp_path):
+    """Every job settled, the launcher collecting results.csv (here waiting for the lock another collect holds):
+    a SIGTERM ends the command at once in one line, exit 143, not noted and ignored until the lock frees."""
+    import fcntl
+    import os
+
+    sweep = tmp_path / "sweep"
+    sweep.mkdir()
+    lock = os.open(sweep / ".collect.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:  # the fake jobs fail before their own collect: only the launcher's waits for the lock
+        proc = sweep_popen(["-m", "batch_size=64,128", f"hydra.sweep.dir={sweep}"], env={"FAKE_FAIL_BATCH": "64,128"})
+        deadline = time.monotonic() + 120
+        while '"state": "finished"' not in ((sweep / "launcher.json").read_text()
+                                             if (sweep / "launcher.json").exists() else ""):
+            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+            time.sleep(0.1)
+        time.sleep(0.5)
+        proc.terminate()
+        out, err = proc.communicate(timeout=20)
+    finally:
+        os.close(lock)
+    assert proc.returncode == 143, err
+    assert err.strip().splitlines()[-1] == "error: interrupted (SIGTERM)", err
 
 
 @pytest.mark.slow

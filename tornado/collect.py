@@ -25,7 +25,7 @@ def result_files(sweep_dir: str | os.PathLike) -> list[Path]:
     """The result.json of every job folder directly under the sweep folder, in job order."""
     sweep = Path(sweep_dir)
     if not sweep.is_dir():
-        raise TornadoError(f"sweep folder {sweep}: no such folder")
+        raise TornadoError(f"sweep folder {sweep}: {'not a folder' if sweep.exists() else 'no such folder'}")
     files = [p for p in sweep.glob("*/result.json") if not p.parent.name.startswith(".")]
     if not files:
         raise TornadoError(f"sweep folder {sweep}: no */result.json in it (is it a sweep folder?)")

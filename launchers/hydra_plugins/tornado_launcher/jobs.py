@@ -2,6 +2,7 @@
 
 import contextlib
 import datetime as _dt
+import fcntl
 import logging
 import os
 import re
@@ -21,8 +22,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tornado.cli import counted, override_text
-from tornado.errors import IN_USE, TornadoError, run_cli
+from tornado.cli import closest, counted, override_text
+from tornado.errors import IN_USE, TornadoError, is_int, run_cli
 from tornado.records import config_hash, flatten, read_result, task_container, write_json
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,30 @@ _SWEEP_ONLY = ("hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher"
                "hydra.run", "hydra.mode", "hydra.job.id", "hydra.job.num")
 
 
+SWEEP_LOCK = ".launcher.lock"  # held by the launcher that runs a sweep in the folder; names its pid
+
+
+def hold_sweep(sweep_dir: Path) -> int:
+    """Lock the sweep folder for this launcher (the lock goes with the process): two sweeps in one folder at
+    once would move each other's running jobs aside and write into each other's job folders."""
+    try:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        fd = os.open(sweep_dir / SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as e:  # as the command says it of the folders Hydra makes
+        raise TornadoError(f"{e.filename or sweep_dir}: cannot write there ({e.strerror or e}); hydra.run.dir= "
+                           "(hydra.sweep.dir= for a sweep) sets another folder") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        pid = os.read(fd, 32).decode(errors="replace").strip()
+        os.close(fd)
+        raise TornadoError(f"sweep folder {sweep_dir}: another sweep{f' (pid {pid})' if pid.isdigit() else ''} runs "
+                           "in it; wait for it to end and run again, or give another hydra.sweep.dir", IN_USE) from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
 class TornadoLauncherBase(Launcher):
     """Hydra's launcher protocol; subclasses set `conf_cls` and implement `_launch`."""
 
@@ -40,13 +65,24 @@ class TornadoLauncherBase(Launcher):
 
     def __init__(self, **params: Any) -> None:
         params = {k: OmegaConf.to_container(v) if OmegaConf.is_config(v) else v for k, v in params.items()}
-        self.p = self.conf_cls(**params)
+        self.p = run_cli(lambda: self._settings(params))  # a key added with `+hydra.launcher.x=`: one line, exit 2
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
 
+    def _settings(self, params: Dict[str, Any]) -> Any:
+        names = list(self.conf_cls.__dataclass_fields__)
+        for key in params:
+            if key not in names:
+                close = closest(key, names)
+                raise TornadoError(f"hydra.launcher.{key}: no such setting"
+                                   + (f" (did you mean hydra.launcher.{close}?)" if close else ""))
+        return self.conf_cls(**params)
+
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+        # before Hydra writes the sweep's multirun.yaml: a second sweep in the folder is refused, and changes nothing
+        self._held = run_cli(lambda: hold_sweep(Path(str(config.hydra.sweep.dir)).absolute()))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
@@ -58,8 +94,9 @@ class TornadoLauncherBase(Launcher):
             if e.code == 2:  # refused before any job: the folder goes, where Hydra's multirun.yaml is all it holds
                 sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
                 with contextlib.suppress(OSError):
-                    if [p.name for p in sweep_dir.iterdir()] == ["multirun.yaml"]:
+                    if sorted(p.name for p in sweep_dir.iterdir()) == [SWEEP_LOCK, "multirun.yaml"]:
                         (sweep_dir / "multirun.yaml").unlink()
+                        (sweep_dir / SWEEP_LOCK).unlink()
                         sweep_dir.rmdir()
             raise
 
@@ -153,10 +190,9 @@ def gpu_request(cfg: DictConfig) -> tuple[Any, bool]:
 
 
 def as_count(gpus: Any, where: str) -> int:
-    try:
-        n = int(gpus)
-    except (TypeError, ValueError):
-        raise TornadoError(f"{where}: gpus={gpus!r} is not a number or auto") from None
+    if not is_int(gpus):  # 1.5 or true is no GPU count (int() would make it 1)
+        raise TornadoError(f"{where}: gpus={gpus!r} is not a whole number or auto")
+    n = int(gpus)
     if n < 0:
         raise TornadoError(f"{where}: gpus={n} is negative")
     return n
@@ -194,6 +230,13 @@ def same_config(job: Job, old: dict) -> bool:
     return config_hash(data) == old.get("config_hash")
 
 
+def finished_ok(res: Optional[dict]) -> bool:
+    """A run to skip on resume: its result.json says ok and holds its metrics (one edited to ok without them, or
+    cut short, is run again)."""
+    metrics = (res or {}).get("metrics")
+    return (res or {}).get("status") == "ok" and isinstance(metrics, dict) and bool(metrics)
+
+
 def check_resume(job: Job) -> None:
     """Hash the job's config; mark it skipped if its folder already holds an ok result of the same config,
     or stale if it holds a result of another config (the grid changed). Threads the launcher chose do
@@ -205,8 +248,10 @@ def check_resume(job: Job) -> None:
         return
     if not same_config(job, old):
         job.stale = True
-    elif old.get("status") == "ok":
+    elif finished_ok(old):
         job.status, job.result = "skipped", old
+    elif old.get("status") == "ok":
+        log.warning(f"{job.label}: {job.dir / 'result.json'} says ok but holds no metrics; running it again")
 
 
 def place(jobs: Sequence[Job], sweep_dir: Path) -> None:
@@ -224,7 +269,7 @@ def place(jobs: Sequence[Job], sweep_dir: Path) -> None:
     for j in (j for j in jobs if id(j) in homeless):
         same = [d for d in held if d not in taken and same_config(j, held[d])]
         if same:
-            found[id(j)] = min(same, key=lambda d: held[d].get("status") != "ok")
+            found[id(j)] = min(same, key=lambda d: not finished_ok(held[d]))
             taken.add(found[id(j)])
     numbers = [int(d.name) for d in folders if d.name.isdigit()] + [j.num for j in jobs]
     for j in jobs:
@@ -232,7 +277,7 @@ def place(jobs: Sequence[Job], sweep_dir: Path) -> None:
         if d is not None:
             j.dir, j.stale = d, False
             j.num = int(d.name) if d.name.isdigit() else j.num
-            if held[d].get("status") == "ok":
+            if finished_ok(held[d]):
                 j.status, j.result = "skipped", held[d]
         elif j.dir in found.values() or (j.stale and held.get(j.dir, {}).get("status") == "ok"):
             j.num = max(numbers) + 1
@@ -368,7 +413,8 @@ def job_return(job: Job) -> JobReturn:
     else:
         ret.status = JobStatus.COMPLETED
         metric = job.cfg.get("optimize_metric")
-        metrics = (job.result or {}).get("metrics") or {}
+        metrics = (job.result or {}).get("metrics")
+        metrics = metrics if isinstance(metrics, dict) else {}  # a hand-edited result.json: no value, no traceback
         ret.return_value = metrics.get(metric) if metric else None
     return ret
 

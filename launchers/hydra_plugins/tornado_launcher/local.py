@@ -160,18 +160,24 @@ class TornadoLocalLauncher(TornadoLauncherBase):
         jobs, the running ones get the signal and `stop_grace_s` to end (then SIGKILL), every job's record is
         settled, launcher.json and results.csv are written, and the command exits 130 or 143 (`_interrupted`)."""
         self._stop = _Stop()
-        restore: Dict[int, Any] = {}
+        self._restore: Dict[int, Any] = {}
         if threading.current_thread() is threading.main_thread():
             for sig in (signal.SIGINT, signal.SIGTERM):
                 old = signal.getsignal(sig)
                 if old is not signal.SIG_IGN:  # started with it ignored (nohup, `cmd &` in a script): keep that
-                    restore[sig] = old
+                    self._restore[sig] = old
                     signal.signal(sig, lambda signum, frame: self._stop.signals.append(signum))
         try:
             return self._plan_and_run(job_overrides, initial_job_idx)
         finally:
-            for sig, old in restore.items():
-                signal.signal(sig, old if old is not None else signal.SIG_DFL)
+            self._restore_signals()
+
+    def _restore_signals(self) -> None:
+        """The command's own SIGINT/SIGTERM handling again: once every job is settled, a signal stops the final
+        collect and summary at once (one `error: interrupted` line) instead of being noted and ignored."""
+        for sig, old in self._restore.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+        self._restore = {}
 
     def _plan_and_run(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
         p = self.p
@@ -221,6 +227,8 @@ class TornadoLocalLauncher(TornadoLauncherBase):
                     f"{job.label}; add trainer.accelerator=cpu to run {g} CPU process{'' if g == 1 else 'es'} instead")
         for job in todo:
             move_aside(job)
+        # no more slots than jobs to run: a huge max_parallel starts no idle worker threads, nor records them
+        slots = min(slots, max(1, len(todo)))
         skipped = len(jobs) - len(todo)
         log.info(f"Launching {counted(len(todo), 'job')} locally ({skipped} already ok): {p.schedule} schedule, "
                  f"{slots} at once, {_threads_text(todo, per_job)}, GPUs {devices or 'none'}")
@@ -248,6 +256,7 @@ class TornadoLocalLauncher(TornadoLauncherBase):
         if self._stop.signals:
             plan["interrupted"] = self._stop.name
         write_json(sweep_dir / "launcher.json", plan)
+        self._restore_signals()  # a signal from here on (results.csv waits for its lock) stops the command
         if lists is not None:
             log.info(f"Static split achieved busy time per worker {[round(x, 1) for x in busy]} s "
                      f"(imbalance {imbalance(busy):.1%}) in {t1 - t0:.1f} s")
