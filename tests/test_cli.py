@@ -5,7 +5,7 @@ import signal
 
 import pytest
 
-from tornado.cli import counted, override_text, parse_kv
+from tornado.cli import counted, override_text, parse_kv, python_command
 from tornado.errors import TornadoError, run_cli, stop_if_signalled
 
 DEFAULTS = {"rows": "batch_size", "cols": "data_multiplier", "target": 0.93, "partial": False, "out": None}
@@ -105,6 +105,7 @@ def test_a_process_that_dies_with_its_parent_gets_sigterm(tmp_path):
         pytest.fail("the child outlived its parent")
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # the swallowed one, on purpose
 @pytest.mark.parametrize("signum, code, line", [(signal.SIGINT, 130, "error: interrupted (Ctrl-C)"),
                                                 (signal.SIGTERM, 143, "error: interrupted (SIGTERM)")])
 def test_a_signal_whose_exception_a_destructor_swallowed_still_stops_the_command(signum, code, line, capsys):
@@ -134,3 +135,34 @@ def test_ctrl_c_while_a_command_imports_is_one_line():
             "import time; time.sleep(30)")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert p.stderr == "error: interrupted (Ctrl-C)\n" and p.returncode == -signal.SIGINT  # 130 in a shell
+
+
+def test_the_next_command_suggested_names_the_python_that_has_the_packages(monkeypatch, tmp_path):
+    import sys
+
+    venv = tmp_path / ".venv"
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "base_prefix", "/usr")
+    monkeypatch.setattr(sys, "prefix", str(venv))
+    monkeypatch.setattr(sys, "executable", str(venv / "bin" / "python"))
+    monkeypatch.delenv("VIRTUAL_ENV", raising=False)
+    assert python_command() == ".venv/bin/python"  # after `make`, not activated: a bare `python` lacks the packages
+    monkeypatch.setenv("VIRTUAL_ENV", str(venv))
+    assert python_command() == "python"  # `source .venv/bin/activate`
+    monkeypatch.setattr(sys, "prefix", "/usr")
+    monkeypatch.delenv("VIRTUAL_ENV")
+    assert python_command() == "python"  # no virtual environment
+
+
+@pytest.mark.parametrize("missing", ["omegaconf", "torch"])
+def test_a_command_started_with_a_python_lacking_the_packages_says_so_in_one_line(missing):
+    import subprocess
+    import sys
+
+    # as `python -m tornado.report` is after `make` when `python` is not the venv's
+    code = (f"import sys; sys.modules[{missing!r}] = None; sys.argv[:1] = ['-m']; import tornado; "
+            f"import tornado.train")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "Traceback" not in p.stderr
+    assert p.stderr == (f"error: {missing}: not installed for {sys.executable}; use the Python `make` set up, "
+                        ".venv/bin/python (or `source .venv/bin/activate` first)\n")

@@ -1343,3 +1343,12 @@ def test_wall_time_tick_labels_are_one_size_and_slant_only_when_crowded(monkeypa
             x, y = ax.get_xticklabels(), ax.get_yticklabels()
             assert {t.get_fontsize() for t in x} == {t.get_fontsize() for t in y} == {y[0].get_fontsize()}
             assert {t.get_rotation() for t in x} == {45.0 if slanted else 0.0}
+
+
+def test_the_printed_paths_are_under_the_working_directory_as_given(tmp_path, capsys, monkeypatch):
+    sweep = gpu_batch_sweep(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    report.main([sweep.name])
+    out = capsys.readouterr().out
+    assert f"jobs' own pages, linked from the report's Jobs table: {sweep.name}/3/report.html and 2 more\n" in out
+    assert out.endswith(f"report: {sweep.name}/report.html\n")

@@ -96,7 +96,8 @@ def test_failures_are_isolated_reported_and_rerun_on_resume(sweep_cli, tmp_path,
     first = sweep_cli(args, env={"FAKE_FAIL_BATCH": "64", "FAKE_CRASH_BATCH": "128"})
     assert first.returncode == 1
     assert "2 ok, 2 failed, 0 skipped" in first.stdout
-    assert first.stdout.splitlines()[-1] == f"tables, plots and report.html: python -m tornado.report {sweep}"
+    last = first.stdout.splitlines()[-1]  # `python`, or the venv's own where it is not activated
+    assert last.startswith("tables, plots and report.html: ") and last.endswith(f"python -m tornado.report {sweep}")
     res = results(sweep)
     by_batch = {r["hparams"]["batch_size"]: r for r in res.values()}
     assert by_batch[64]["status"] == "failed" and by_batch[64]["error"] == "RuntimeError: fake failure"
@@ -725,3 +726,12 @@ def test_the_launch_line_names_the_threads_the_jobs_set_themselves(sweep_cli, tm
     assert [r["hparams"]["threads"] for r in results(tmp_path / "mixed").values()] == [1, 2]
     p = sweep_cli([*base, f"hydra.sweep.dir={tmp_path / 'share'}"])
     assert p.returncode == 0 and ", 2 threads per job, GPUs" in p.stdout
+
+
+def test_the_sweep_s_last_lines_show_its_folder_as_given_under_the_working_directory(sweep_cli, tmp_path):
+    p = sweep_cli(["-m", "batch_size=32,64", "hydra.sweep.dir=outputs/multirun/s"], cwd=tmp_path)
+    assert p.returncode == 0, p.stderr[-2000:]
+    summary, hint = p.stdout.splitlines()[-2:]
+    assert summary == "sweep outputs/multirun/s: 2 ok, 0 failed, 0 skipped (already ok); results: " \
+                      "outputs/multirun/s/results.csv"  # as the docs show it, not /home/…/outputs/multirun/s
+    assert hint.startswith("tables, plots and report.html: ") and hint.endswith(" -m tornado.report outputs/multirun/s")

@@ -235,6 +235,7 @@ def test_positive_weight_is_scored_at_nature_s_base_rate(data_dir, tmp_path):
 
 
 def test_no_validation_split_keeps_the_test_set_s_threshold_apart(data_dir, tmp_path, capsys):
+    from tornado.cli import python_command
     from tornado.train import _headline, train
 
     r = train(cfg_for(*small(data_dir, "epochs=1", "data.split.val_fraction=0")), output_dir=tmp_path)
@@ -243,7 +244,8 @@ def test_no_validation_split_keeps_the_test_set_s_threshold_apart(data_dir, tmp_
     assert not any(k.startswith("val_") for k in m)
     assert "the test set's best: optimistic" in _headline(r)
     assert f"ROC AUC {m['roc_auc']:.3f} ± {m['roc_auc_se']:.3f}  AP" in _headline(r)  # one standard error
-    assert _headline(r).endswith(f"its report (scores, curves, diagrams): python -m tornado.report {tmp_path}")
+    assert _headline(r).endswith(f"its report (scores, curves, diagrams): {python_command()} -m tornado.report "
+                                 f"{tmp_path}")
 
 
 def test_live_augmentation_runs(data_dir, tmp_path):

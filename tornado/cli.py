@@ -13,6 +13,23 @@ from typing import Any, Callable
 from tornado.errors import TornadoError
 
 
+def shown_path(path) -> str:
+    """`path` relative to the working directory when it is under it, else as it is (as the docs show paths)."""
+    rel = os.path.relpath(path)
+    return str(path) if rel.startswith("..") else rel
+
+
+def python_command() -> str:
+    """How to start this Python again from the working directory, for the next command a command suggests:
+    `python` in an activated virtual environment (or outside any), else the environment's own python
+    (`.venv/bin/python` after `make`, where a bare `python` lacks the packages)."""
+    active = os.environ.get("VIRTUAL_ENV")
+    if sys.prefix == sys.base_prefix or (active and os.path.realpath(active) == os.path.realpath(sys.prefix)):
+        return "python"
+    exe = os.path.relpath(sys.executable)
+    return shlex.quote(sys.executable if exe.startswith("..") else exe)
+
+
 def parse_kv(argv: list[str], defaults: dict[str, Any], positional: tuple[str, ...] = ()) -> dict[str, Any]:
     """`key=value` arguments over `defaults`, converted to each default's type (bools from
     true/false/1/0); the first bare arguments fill `positional` keys. Unknown keys are an error."""

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tornado.cli import closest, counted, parse_kv
+from tornado.cli import closest, counted, parse_kv, shown_path
 from tornado.collect import result_row, section
 from tornado.errors import TornadoError, run_cli
 from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
@@ -1039,7 +1039,7 @@ def main(argv: list[str] | None = None) -> dict[str, Path]:
             print(summary_text(summary))
         if summary["job_pages"]:
             first, *more = summary["job_pages"].values()
-            print(f"jobs' own pages, linked from the report's Jobs table: {first}"
+            print(f"jobs' own pages, linked from the report's Jobs table: {shown_path(first)}"
                   + (f" and {len(more)} more" if more else ""))
         print(f"report: {written['report.html']}")
         return written

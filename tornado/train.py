@@ -37,7 +37,7 @@ from pytorch_lightning.callbacks import Checkpoint, TQDMProgressBar
 
 import tornado
 from tornado import records
-from tornado.cli import closest, counted, override_text, run_hydra_app
+from tornado.cli import closest, counted, override_text, python_command, run_hydra_app, shown_path
 from tornado.data import find_files
 from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_split
 from tornado.errors import (IN_USE, Terminated, TornadoError, die_with_parent, is_int, is_number, on_sigterm,
@@ -459,7 +459,7 @@ def logs_aside(out: Path) -> Path | None:
     aside.mkdir(parents=True)
     for path in old:
         os.replace(path, aside / path.name)
-    log.info("resume=false: the earlier run's logs moved to %s", _shown(aside))
+    log.info("resume=false: the earlier run's logs moved to %s", shown_path(aside))
     return aside
 
 
@@ -511,13 +511,13 @@ def _resume_hint(out: Path) -> str:
     """How to go on from this run's last checkpoint: its command again, in this same folder."""
     sweep = os.environ.get("TORNADO_SWEEP_DIR")
     if sweep:  # a job of a sweep: the sweep's command resumes it (and skips the jobs already done)
-        return f"run the sweep's command again with {override_text('hydra.sweep.dir', _shown(sweep))} to resume"
+        return f"run the sweep's command again with {override_text('hydra.sweep.dir', shown_path(sweep))} to resume"
     given = HydraConfig.initialized() and any(o.startswith("hydra.run.dir=")
                                               for o in HydraConfig.get().overrides.hydra)
     if given:
         return "run the same command again to resume"
-    return f"run the same command with {override_text('hydra.run.dir', _shown(out))} to resume (each run has a new " \
-           "folder)"
+    return (f"run the same command with {override_text('hydra.run.dir', shown_path(out))} to resume (each run has a "
+            "new folder)")
 
 
 def _history(module: StormModule, clock: _Clock, skill: _EpochSkill | None) -> list[dict]:
@@ -630,11 +630,11 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         trained = len(module.history)
         if ckpt and trained == done:
             log.info("nothing left to train: %s trained in an earlier session (%s); scoring again",
-                     counted(done, "epoch"), _shown(last))
+                     counted(done, "epoch"), shown_path(last))
         if skill is not None and skill.stopped and best is not None:
             log.info("stopped early after epoch %d of %d: validation ROC AUC has not improved for %s; scoring "
                      "epoch %d's weights (%s)", trained, cfg.epochs, counted(trained - best, "epoch"), best,
-                     _shown(last.with_name("best.ckpt")))
+                     shown_path(last.with_name("best.ckpt")))
         t_test = time.perf_counter()
         metrics, evaluation, prob, label = score(module, path, dm.meta, (skill.x, skill.y) if skill else None)
         test_s = time.perf_counter() - t_test
@@ -663,7 +663,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         if fitting is not None:  # it trained, or tried: what it kept (no test scores)
             result.update({"prepared": str(path), **_progress(cfg, t_start, *fitting)})
         if saver is not None and saver.interrupted:  # Lightning turns these into SystemExit: say what happened
-            then = (f"{counted(saver.epochs_saved, 'epoch')} saved in {_shown(last)}: {_resume_hint(out)}"
+            then = (f"{counted(saver.epochs_saved, 'epoch')} saved in {shown_path(last)}: {_resume_hint(out)}"
                     if saver.epochs_saved else "no epoch finished: run the same command again to start over")
             result["error"] = f"interrupted ({saver.interrupted})"
             raise TornadoError(f"interrupted by {saver.interrupted}; {then}",
@@ -709,7 +709,7 @@ def _hold(out: Path) -> contextlib.ExitStack:
     except BlockingIOError:
         pid = (out / ".lock").read_text().strip()
         who = f" (pid {pid})" if pid.isdigit() else ""
-        raise TornadoError(f"{_shown(out)}: in use by another training process{who}; wait for it to end, or stop "
+        raise TornadoError(f"{shown_path(out)}: in use by another training process{who}; wait for it to end, or stop "
                            "it, and run again", code=IN_USE) from None
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
@@ -867,15 +867,9 @@ def probabilities(net: torch.nn.Module, x: torch.Tensor, batch: int = 8192) -> n
     return torch.cat(probs).numpy() if probs else np.zeros(0, np.float32)
 
 
-def _shown(path) -> str:
-    """`path` relative to the working directory when it is under it, else as it is."""
-    rel = os.path.relpath(path)
-    return str(path) if rel.startswith("..") else rel
-
-
 def _headline(result: dict) -> str:
     m, t = result["metrics"], result["times"]
-    where = _shown(result["output_dir"])
+    where = shown_path(result["output_dir"])
 
     def f(v):
         return "n/a" if v is None else f"{v:.3f}"
@@ -889,7 +883,7 @@ def _headline(result: dict) -> str:
             f"{csi}  BSS {f(m['bss'])}\n"
             f"trained in {t['wall_s']:.1f} s ({result['samples_per_s']:.0f} samples/s{_sessions(result)}); "
             f"logs and result.json in {where}\n"
-            f"its report (scores, curves, diagrams): python -m tornado.report {shlex.quote(where)}")
+            f"its report (scores, curves, diagrams): {python_command()} -m tornado.report {shlex.quote(where)}")
 
 
 def _sessions(result: dict) -> str:

@@ -22,7 +22,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tornado.cli import closest, counted, override_text
+from tornado.cli import closest, counted, override_text, python_command, shown_path
 from tornado.errors import IN_USE, TornadoError, is_int, run_cli
 from tornado.records import config_hash, flatten, read_result, task_container, write_json
 
@@ -510,13 +510,14 @@ def finish(config: DictConfig, jobs: Sequence[Job], sweep_dir: Path) -> List[Job
             print(f"failed: {j.label}: {j.error} ({j.dir})", file=sys.stderr)
     try:
         collect(sweep_dir)
-        where = f"results: {sweep_dir / 'results.csv'}"
+        where = f"results: {shown_path(sweep_dir / 'results.csv')}"
     except TornadoError as e:
         where = f"no results.csv ({e})"
-    print(f"sweep {sweep_dir}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped (already ok); {where}",
-          flush=True)
+    print(f"sweep {shown_path(sweep_dir)}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped (already ok); "
+          f"{where}", flush=True)
     if c["ok"] + c["skipped"]:
-        print(f"tables, plots and report.html: python -m tornado.report {shlex.quote(str(sweep_dir))}", flush=True)
+        print(f"tables, plots and report.html: {python_command()} -m tornado.report "
+              f"{shlex.quote(shown_path(sweep_dir))}", flush=True)
     returns = [job_return(j) for j in jobs]
     # Hydra's basic sweeper turns a failed job into a traceback; the summary above already says it all.
     if c["failed"] and str(config.hydra.sweeper.get("_target_")) == BASIC_SWEEPER:
