@@ -61,11 +61,16 @@ def counted(n: int, thing: str, things: str | None = None) -> str:
     return f"{n} {thing if n == 1 else things or thing + 's'}"
 
 
+def hydra_quoted(value: str) -> str:
+    """A Hydra override value read back as it is, spaces, commas and '=' included (one quoted string)."""
+    return "'" + value.replace("'", "\\'") + "'"
+
+
 def override_text(key: str, value: Any) -> str:
     """`key=value` for a command line that the shell and Hydra both read back as it is (quoted where needed)."""
     value = str(value)
-    if re.search(r"[^A-Za-z0-9_/.:@%*?|+$-]", value):  # what Hydra would split, parse or refuse: one quoted string
-        value = "'" + value.replace("'", "\\'") + "'"
+    if re.search(r"[^A-Za-z0-9_/.:@%*?|+$-]", value):  # what Hydra would split, parse or refuse
+        value = hydra_quoted(value)
     return shlex.quote(f"{key}={value}")
 
 

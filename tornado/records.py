@@ -55,6 +55,30 @@ def locked(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[int]:
         os.close(fd)
 
 
+class HeldElsewhere(Exception):
+    """Another process holds the lock; `pid` is the one its file names ("" where it names none)."""
+
+    def __init__(self, pid: str) -> None:
+        super().__init__(pid)
+        self.pid = pid
+
+
+def hold(path: Path) -> contextlib.ExitStack:
+    """An exclusive lock on ``path`` for as long as the returned stack stays open, this process's pid written in
+    it; HeldElsewhere where another process holds it."""
+    stack = contextlib.ExitStack()
+    try:
+        fd = stack.enter_context(locked(path, fcntl.LOCK_EX | fcntl.LOCK_NB))
+    except BlockingIOError:
+        with contextlib.suppress(OSError):
+            pid = path.read_text().strip()
+            raise HeldElsewhere(pid if pid.isdigit() else "") from None
+        raise HeldElsewhere("") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return stack
+
+
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     """Write to a temp file in the same folder, then rename: readers never see half a file."""
     path = Path(path)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import datetime as dt
-import fcntl
 import io
 import itertools
 import logging
@@ -703,17 +702,12 @@ def _hold(out: Path) -> contextlib.ExitStack:
     sweep's job left running by a killed launcher, and the sweep run again) would mix checkpoints, logs and
     times. Held until the returned stack is closed; the folder's .lock names the holder's pid."""
     out.mkdir(parents=True, exist_ok=True)
-    held = contextlib.ExitStack()
     try:
-        fd = held.enter_context(records.locked(out / ".lock", fcntl.LOCK_EX | fcntl.LOCK_NB))
-    except BlockingIOError:
-        pid = (out / ".lock").read_text().strip()
-        who = f" (pid {pid})" if pid.isdigit() else ""
+        return records.hold(out / ".lock")
+    except records.HeldElsewhere as e:
+        who = f" (pid {e.pid})" if e.pid else ""
         raise TornadoError(f"{shown_path(out)}: in use by another training process{who}; wait for it to end, or stop "
                            "it, and run again", code=IN_USE) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return held
 
 
 def _refresh_sweep(sweep_dir: str) -> None:

@@ -2,7 +2,6 @@
 
 import contextlib
 import datetime as _dt
-import fcntl
 import logging
 import os
 import re
@@ -22,9 +21,9 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tornado.cli import closest, counted, override_text, python_command, shown_path
+from tornado.cli import closest, counted, hydra_quoted, override_text, python_command, shown_path
 from tornado.errors import IN_USE, TornadoError, is_int, run_cli
-from tornado.records import config_hash, flatten, read_result, task_container, write_json
+from tornado.records import HeldElsewhere, config_hash, flatten, hold, read_result, task_container, write_json
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +36,18 @@ _SWEEP_ONLY = ("hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher"
 SWEEP_LOCK = ".launcher.lock"  # held by the launcher that runs a sweep in the folder; names its pid
 
 
-def hold_sweep(sweep_dir: Path) -> int:
+def hold_sweep(sweep_dir: Path) -> contextlib.ExitStack:
     """Lock the sweep folder for this launcher (the lock goes with the process): two sweeps in one folder at
     once would move each other's running jobs aside and write into each other's job folders."""
     try:
         sweep_dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(sweep_dir / SWEEP_LOCK, os.O_RDWR | os.O_CREAT, 0o644)
+        return hold(sweep_dir / SWEEP_LOCK)
+    except HeldElsewhere as e:
+        raise TornadoError(f"sweep folder {sweep_dir}: another sweep{f' (pid {e.pid})' if e.pid else ''} runs in "
+                           "it; wait for it to end and run again, or give another hydra.sweep.dir", IN_USE) from None
     except OSError as e:  # as the command says it of the folders Hydra makes
         raise TornadoError(f"{e.filename or sweep_dir}: cannot write there ({e.strerror or e}); hydra.run.dir= "
                            "(hydra.sweep.dir= for a sweep) sets another folder") from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        pid = os.read(fd, 32).decode(errors="replace").strip()
-        os.close(fd)
-        raise TornadoError(f"sweep folder {sweep_dir}: another sweep{f' (pid {pid})' if pid.isdigit() else ''} runs "
-                           "in it; wait for it to end and run again, or give another hydra.sweep.dir", IN_USE) from None
-    os.ftruncate(fd, 0)
-    os.write(fd, f"{os.getpid()}\n".encode())
-    return fd
 
 
 class TornadoLauncherBase(Launcher):
@@ -311,11 +303,6 @@ def job_cost(cfg: DictConfig, batch_overhead: float) -> float:
     return num("epochs", 1) * num("data_multiplier", 1) * (1.0 + batch_overhead / max(num("batch_size", 128), 1.0))
 
 
-def _quote(value: str) -> str:
-    """A Hydra override value that keeps spaces, commas and '=' (job folders named by override_dirname)."""
-    return "'" + value.replace("'", "\\'") + "'"
-
-
 def same_command(config: DictConfig, sweep_dir: Path) -> str:
     """"run the same command again", naming the sweep's folder where the command did not (the default folder is
     new on every run), quoted for Hydra and for the shell where needed."""
@@ -336,7 +323,7 @@ def passthrough_overrides(config: DictConfig) -> List[str]:
 
 def job_args(module: str, job: Job, passthrough: Sequence[str]) -> List[str]:
     """Arguments after the Python executable: `-m module overrides... hydra.run.dir=JOB_DIR`."""
-    return ["-m", module, *job.overrides, *passthrough, f"hydra.run.dir={_quote(str(job.dir))}"]
+    return ["-m", module, *job.overrides, *passthrough, f"hydra.run.dir={hydra_quoted(str(job.dir))}"]
 
 
 def _tail(path: Path, limit: int = 300, having: str = "") -> str:
