@@ -107,10 +107,15 @@ def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str) -
         cause = e if isinstance(e, OSError) else e.__cause__ or e.__context__
         if not isinstance(cause, OSError):
             raise
-        where = f"{cause.filename}: " if cause.filename else ""
-        print(f"error: {where}cannot write there ({cause.strerror or cause}); hydra.run.dir= (hydra.sweep.dir= for a "
-              "sweep) sets another folder", file=sys.stderr)
+        print(f"error: {unwritable_text(cause)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def unwritable_text(e: OSError, where: Any = None) -> str:
+    """A run's or sweep's folder that cannot be made or written, and the setting that chooses another."""
+    place = f"{e.filename or where}: " if e.filename or where else ""
+    return (f"{place}cannot write there ({e.strerror or e}); hydra.run.dir= (hydra.sweep.dir= for a sweep) sets "
+            "another folder")
 
 
 def group_value_line(config_dir: Path, argv: list[str]) -> str | None:

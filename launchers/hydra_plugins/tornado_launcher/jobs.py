@@ -21,7 +21,8 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tornado.cli import closest, counted, hydra_quoted, override_text, python_command, shown_path
+from tornado.cli import (closest, counted, hydra_quoted, override_text, python_command, shown_path,
+                         unwritable_text)
 from tornado.errors import IN_USE, TornadoError, is_int, run_cli
 from tornado.records import HeldElsewhere, config_hash, flatten, hold, read_result, task_container, write_json
 
@@ -46,8 +47,7 @@ def hold_sweep(sweep_dir: Path) -> contextlib.ExitStack:
         raise TornadoError(f"sweep folder {sweep_dir}: another sweep{f' (pid {e.pid})' if e.pid else ''} runs in "
                            "it; wait for it to end and run again, or give another hydra.sweep.dir", IN_USE) from None
     except OSError as e:  # as the command says it of the folders Hydra makes
-        raise TornadoError(f"{e.filename or sweep_dir}: cannot write there ({e.strerror or e}); hydra.run.dir= "
-                           "(hydra.sweep.dir= for a sweep) sets another folder") from None
+        raise TornadoError(unwritable_text(e, sweep_dir)) from None
 
 
 class TornadoLauncherBase(Launcher):
@@ -326,7 +326,7 @@ def job_args(module: str, job: Job, passthrough: Sequence[str]) -> List[str]:
     return ["-m", module, *job.overrides, *passthrough, f"hydra.run.dir={hydra_quoted(str(job.dir))}"]
 
 
-def _tail(path: Path, limit: int = 300, having: str = "") -> str:
+def log_tail(path: Path, limit: int = 300, having: str = "") -> str:
     """The last non-empty line of a log (with `having`, the last one holding it), shortened: usually the exception
     that ended the job."""
     try:
@@ -349,7 +349,7 @@ def describe_exit(rc: Optional[int], log_path: Optional[Path] = None) -> str:
         text = f"exit code {rc} (killed by {name}{', e.g. out of memory' if name == 'SIGKILL' else ''})"
     else:
         text = f"exit code {rc}"
-    tail = _tail(log_path) if log_path else ""
+    tail = log_tail(log_path) if log_path else ""
     if re.match(r"\[[^]]*\]\[[^]]*\]\[(DEBUG|INFO)\]", tail):  # a progress line of the job's log: no cause
         tail = ""
     return f"{text}: {tail}" if tail else text
@@ -377,7 +377,7 @@ def settle(job: Job, rc: Optional[int], reason: Optional[str] = None) -> None:
     else:
         job.error = describe_exit(rc, job.dir / "stdout.log")
     if rc == IN_USE:  # another process trains in its folder (and keeps its result.json, and writes the same log)
-        refused = _tail(job.dir / "stdout.log", having="in use by another training process")
+        refused = log_tail(job.dir / "stdout.log", having="in use by another training process")
         job.error = f"exit code {rc}: {refused}" if refused else job.error
         return
     rec = dict(res or {})

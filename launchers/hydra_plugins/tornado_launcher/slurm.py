@@ -21,7 +21,7 @@ from tornado.records import write_json
 from .config import SlurmLauncherConf
 from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, check_settings,
                    compose_jobs, counts, describe_exit, duration_text, eta_text, finish, gpu_request, job_args,
-                   job_cost, job_module, job_record, job_return, move_aside, passthrough_overrides, place,
+                   job_cost, job_module, job_record, job_return, log_tail, move_aside, passthrough_overrides, place,
                    same_command, same_config, settle)
 
 log = logging.getLogger(__name__)
@@ -103,15 +103,7 @@ def _log_end(folder: Path, slurm_id: str) -> str:
     """The last line of a job's log (task 0's, which its sbatch script writes to as well), or ''."""
     from submitit.core.utils import JobPaths
 
-    try:
-        with open(JobPaths(folder, job_id=slurm_id, task_id=0).stdout, "rb") as f:
-            f.seek(0, 2)
-            f.seek(max(0, f.tell() - 4096))
-            tail = f.read().decode(errors="replace")
-    except OSError:
-        return ""
-    lines = [ln.strip() for ln in tail.splitlines() if ln.strip()]
-    return lines[-1][:300] if lines else ""
+    return log_tail(JobPaths(folder, job_id=slurm_id, task_id=0).stdout)
 
 
 def sbatch_parameters(p: SlurmLauncherConf, gpus: int, tasks: int) -> Dict[str, Any]:
