@@ -521,9 +521,21 @@ def test_collect_cli_and_sweep_efficiency(sweep_cli, tmp_path):
     assert sweep_efficiency(tmp_path, slots=4)["efficiency"] == pytest.approx((8 + 9 + 7 + 6) / (20.0 * 4))
     p = sweep_cli([tmp_path, "--efficiency"], module="tornado.collect")
     assert p.returncode == 0, p.stderr
-    assert "4 jobs (4 ok)" in p.stdout and '"efficiency": 0.75' in p.stdout
+    assert "4 jobs (4 ok)" in p.stdout
     assert "\nthe last launch (4 jobs that ran then, of the sweep's 4 jobs):\n" in p.stdout
     assert len(pd.read_csv(tmp_path / "results.csv")) == 4
+    # for people: seconds to 0.1, ratios to 0.01, each said what it is
+    assert p.stdout.splitlines()[-6:] == [
+        "  jobs           4 (4 ok), dynamic schedule, 2 slots",
+        "  launch         20.0 s",
+        "  training       30.0 s (the jobs' wall_s in results.csv, summed)",
+        "  job processes  40.0 s (start-up and test included, summed)",
+        "  efficiency     0.75 (training / (launch × slots))",
+        "  occupancy      1.00 (job processes / (launch × slots))"], p.stdout
+    # for programs: the figures exact, alone on stdout
+    p = sweep_cli([tmp_path, "--json"], module="tornado.collect")
+    assert p.returncode == 0 and p.stderr.startswith("wrote "), p.stderr
+    assert json.loads(p.stdout) == sweep_efficiency(tmp_path) and json.loads(p.stdout)["efficiency"] == 0.75
 
 
 def test_collect_survives_result_json_that_is_not_an_object_or_has_odd_sections(sweep_cli, tmp_path):
@@ -531,10 +543,16 @@ def test_collect_survives_result_json_that_is_not_an_object_or_has_odd_sections(
     write_json(tmp_path / "1" / "result.json", [])
     write_json(tmp_path / "2" / "result.json", {"status": "ok", "hparams": "x", "metrics": [1], "times": 5,
                                                 "batch": "b", "devices": None})
+    (tmp_path / "3").mkdir()
+    (tmp_path / "3" / "result.json").write_text('{"status": "ok", ')  # cut off mid-write
+    (tmp_path / "4").mkdir()
+    (tmp_path / "4" / "result.json").write_bytes(b"\xff\xfe")  # no text
     p = sweep_cli([tmp_path], module="tornado.collect")
     assert p.returncode == 0, p.stderr
     jobs = pd.read_csv(tmp_path / "results.csv", dtype={"job": str}).set_index("job")
-    assert jobs.loc["1", "status"] == "unreadable" and str(tmp_path / "1" / "result.json") in jobs.loc["1", "error"]
+    for job in ("1", "3", "4"):
+        assert jobs.loc[job, "status"] == "unreadable"
+        assert jobs.loc[job, "error"].startswith(f"result.json unreadable: {tmp_path / job / 'result.json'}: ")
     assert jobs.loc["2", "status"] == "ok" and pd.isna(jobs.loc["2", "batch_size"])
     assert jobs.loc["0", "batch_size"] == 64
 
@@ -545,7 +563,7 @@ def test_collect_survives_result_json_that_is_not_an_object_or_has_odd_sections(
     ({"slots": 0, "wall_s": 20.0, "jobs": None}, "no 'jobs' list"),
     ({"wall_s": 20.0, "jobs": "J"}, "'slots' is None"),
     ({"slots": 2, "wall_s": 0, "jobs": "J"}, None),        # no wall time: efficiency n/a (null)
-    ({"slots": 2, "state": "running", "jobs": "J"}, "the sweep is still running"),
+    ({"slots": 2, "state": "running", "jobs": "J"}, "the launch was cut short"),  # no launcher holds the folder
 ])
 def test_sweep_efficiency_with_a_defective_launcher_json(sweep_cli, tmp_path, record, expect):
     """A launcher.json without jobs (or slots) is a one-line error; one with wall_s 0 gives efficiency n/a."""
@@ -558,11 +576,49 @@ def test_sweep_efficiency_with_a_defective_launcher_json(sweep_cli, tmp_path, re
         assert p.returncode == 0, p.stderr
         eff = sweep_efficiency(tmp_path)
         assert eff["efficiency"] is None and eff["occupancy"] is None and eff["sum_fit_s"] == 4.0
-        assert '"efficiency": null' in p.stdout
+        assert "\n  efficiency     n/a (the launch recorded no wall time)\n" in p.stdout
     else:
         assert p.returncode == 2
         assert p.stderr.startswith(f"error: {tmp_path / 'launcher.json'}: ")
         assert expect in p.stderr and len(p.stderr.strip().splitlines()) == 1
+
+
+def test_efficiency_names_a_result_json_it_could_not_read(sweep_cli, tmp_path):
+    write_json(tmp_path / "0" / "result.json", {"status": "ok", "times": {"wall_s": 4.0}})
+    (tmp_path / "1").mkdir()
+    (tmp_path / "1" / "result.json").write_text("{")
+    write_json(tmp_path / "launcher.json", {"slots": 2, "wall_s": 10.0, "jobs": [
+        {"dir": d, "status": "ok", "start": 1.0, "end": 6.0} for d in ("0", "1")]})
+    eff = sweep_efficiency(tmp_path)
+    assert eff["sum_fit_s"] == 4.0 and len(eff["unreadable"]) == 1
+    assert eff["unreadable"][0].startswith(f"result.json unreadable: {tmp_path / '1' / 'result.json'}: ")
+    p = sweep_cli([tmp_path, "--efficiency"], module="tornado.collect")
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.splitlines()[-1] == f"  training counted as 0 s: {eff['unreadable'][0]}"
+
+
+def test_efficiency_tells_a_launcher_killed_outright_from_one_still_running(sweep_popen, sweep_cli, tmp_path):
+    """launcher.json says "running" until the launch ends: while its launcher holds the sweep folder's lock the
+    sweep runs; once the launcher is gone (SIGKILL), the launch was cut short and recorded no job's times."""
+    sweep, go = tmp_path / "sweep", tmp_path / "go"
+    proc = sweep_popen(["-m", "batch_size=32,64", f"hold={go}", "hold_s=150", f"hydra.sweep.dir={sweep}",
+                        "hydra.launcher.max_parallel=2"])
+    where = sweep / "launcher.json"
+    try:
+        started_while_held(proc, sweep, 2)
+        live = sweep_cli([sweep, "--efficiency"], module="tornado.collect")
+        assert live.returncode == 2 and live.stderr.strip() == (
+            f"error: {where}: the sweep is still running (launcher pid {proc.pid}); --efficiency needs a finished "
+            "launch"), live.stderr
+        proc.kill()
+        proc.wait()
+        dead = sweep_cli([sweep, "--efficiency"], module="tornado.collect")
+        assert dead.returncode == 2 and dead.stderr.strip() == (
+            f"error: {where}: the launch was cut short (its launcher ended without recording its jobs' times); "
+            "--efficiency needs a finished launch: run the sweep's command again to finish it"), dead.stderr
+        assert json.loads(where.read_text())["state"] == "running"
+    finally:
+        go.touch()  # the jobs the killed launcher left behind end
 
 
 # -- Ctrl-C / SIGTERM ---------------------------------------------------------------------------------
@@ -703,6 +759,77 @@ def test_a_job_refused_for_a_folder_in_use_leaves_that_folders_record(tmp_path):
     assert (tmp_path / "result.json").read_text() == '{"status": "running", "hparams": {"epochs": 1}}'
     settle(job, 1)  # any other failure is recorded
     assert '"status": "failed"' in (tmp_path / "result.json").read_text()
+
+
+@pytest.mark.parametrize("text, fault", [('{"status": "ok", ', "Expecting"), ("[]", "holds a JSON list, not an object"),
+                                         (None, None)])
+def test_a_job_that_exits_0_without_a_readable_result_json_fails_naming_the_file(tmp_path, text, fault):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.tornado_launcher.jobs import Job, settle
+
+    path = tmp_path / "result.json"
+    if text is not None:
+        path.write_text(text)
+    job = Job(num=0, overrides=[], cfg=OmegaConf.create({"batch_size": 32}), dir=tmp_path)
+    settle(job, 0)
+    said = f"result.json unreadable: {path}: " if text is not None else f"result.json missing: {path}"
+    assert job.status == "failed" and job.error.startswith(f"exit code 0 but {said}"), job.error
+    assert fault is None or fault in job.error
+    assert json.loads(path.read_text())["error"] == job.error  # recorded in its place
+
+
+def test_planning_a_launch_reads_each_result_json_once(tmp_path, monkeypatch):
+    """check_resume reads each job's folder, place() every folder of the sweep: no file twice."""
+    import types
+    from collections import Counter
+
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.tornado_launcher import jobs as launcher_jobs
+    from hydra_plugins.tornado_launcher.jobs import Job, check_resume, place
+    from tornado.records import config_hash, read_result
+
+    monkeypatch.setattr(launcher_jobs, "HydraConfig", types.SimpleNamespace(
+        instance=lambda: types.SimpleNamespace(set_config=lambda cfg: None)))
+    reads = Counter()
+    monkeypatch.setattr(launcher_jobs, "read_result", lambda d: reads.update([Path(d).name]) or read_result(d))
+    cfgs = [OmegaConf.create({"batch_size": b}) for b in (32, 64, 128)]
+    # 0: job 0's finished run; 1: another config's finished run; 2: job 1's run
+    for d, cfg in (("0", cfgs[0]), ("1", {"batch_size": 16}), ("2", cfgs[1])):
+        write_json(tmp_path / d / "result.json", {"status": "ok", "config_hash": config_hash(cfg),
+                                                  "metrics": {"score": 1.0}})
+    jobs = [Job(num=n, overrides=[], cfg=cfg, dir=tmp_path / str(n)) for n, cfg in enumerate(cfgs)]
+    for job in jobs:
+        check_resume(job)
+    place(jobs, tmp_path)
+    assert [(j.status, j.dir.name) for j in jobs] == [("skipped", "0"), ("skipped", "2"), ("pending", "3")]
+    assert reads == {"0": 1, "1": 1, "2": 1}
+
+
+def test_threads_per_job_beyond_the_cores_is_warned_of_in_one_line(sweep_cli, tmp_path):
+    import os
+
+    cores = len(os.sched_getaffinity(0))
+    p = sweep_cli(["-m", "batch_size=32", "hydra.launcher.threads_per_job=1000", f"hydra.sweep.dir={tmp_path / 'a'}"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    warned = [ln for ln in (p.stdout + p.stderr).splitlines() if "oversubscribed" in ln]
+    s = "" if cores == 1 else "s"
+    assert len(warned) == 1 and warned[0].endswith(
+        f"hydra.launcher.threads_per_job=1000 × 1 job at once = 1000 threads on {cores} core{s}: oversubscribed, "
+        "the jobs slow each other down (null: cores // jobs at once)"), warned
+    assert results(tmp_path / "a")["0"]["hparams"]["threads"] == 1000  # warned of, not refused
+    p = sweep_cli(["-m", "batch_size=32", f"hydra.launcher.threads_per_job={cores}",
+                   f"hydra.sweep.dir={tmp_path / 'b'}"])
+    assert p.returncode == 0 and "oversubscribed" not in p.stdout + p.stderr
+
+
+def test_a_finished_jobs_line_says_its_process_time_and_its_training_time(sweep_cli, tmp_path):
+    p = sweep_cli(["-m", "batch_size=32", "sleep_s=0.3", f"hydra.sweep.dir={tmp_path / 'sweep'}"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    m = re.search(r"job 0 \[batch_size=32 sleep_s=0.3[^]]*\] ok in (\d+\.\d) s, process start to exit "
+                  r"\(training (\d+\.\d) s\)$", p.stdout + p.stderr, re.M)
+    assert m and float(m[1]) > float(m[2]) >= 0.3, p.stdout + p.stderr
 
 
 def test_a_killed_jobs_error_names_its_last_error_line_not_a_progress_line(tmp_path):

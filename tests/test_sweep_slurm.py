@@ -134,6 +134,35 @@ def test_slurm_progress_line_on_a_terminal_estimates_the_time_left(on_terminal, 
 
 
 @slurm_only
+def test_slurm_job_that_ran_between_two_polls_has_its_start_and_end_recorded(sweep_cli, tmp_path):
+    """Queued at the first poll (it may not begin for 3 s), finished long before the next: never seen running, its
+    start and end are SLURM's, for launcher.json and the time left."""
+    sweep = tmp_path / "sweep"
+    slow = [o for o in FAKE_SLURM if not o.startswith("hydra.launcher.poll_s=")] + ["hydra.launcher.poll_s=20"]
+    p = sweep_cli(["-m", "batch_size=32", *slow, "+hydra.launcher.additional_parameters.begin=now+3",
+                   f"hydra.sweep.dir={sweep}"])
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    launch = json.loads((sweep / "launcher.json").read_text())
+    (job,) = launch["jobs"]
+    assert job["start"] is not None, job
+    assert launch["submitted"] + 1 <= job["start"] <= job["end"] < job["start"] + 20, (launch["submitted"], job)
+
+
+def test_a_job_squeue_no_longer_shows_takes_its_start_and_end_from_its_result_json(tmp_path):
+    from hydra_plugins.tornado_launcher.jobs import Job
+    from hydra_plugins.tornado_launcher.slurm import _ran_between_polls
+
+    job = Job(num=0, overrides=[], cfg=None, dir=tmp_path, result={
+        "started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:00:12+00:00", "resumed_after_epochs": 0})
+    t0 = 1767225600.0  # 2026-01-01T00:00:00Z
+    assert _ran_between_polls(job, None, polled=t0 + 15) == (t0, t0 + 12)
+    assert _ran_between_polls(job, (t0 + 1, t0 + 11), polled=t0 + 15) == (t0 + 1, t0 + 11)  # squeue's first
+    assert _ran_between_polls(job, (t0 + 1, None), polled=t0 + 15) == (t0 + 1, t0 + 15)
+    job.result["resumed_after_epochs"] = 3  # started with its first session, in another launch: no start
+    assert _ran_between_polls(job, None, polled=t0 + 15) == (None, t0 + 15)
+
+
+@slurm_only
 def test_slurm_cancelled_job_is_recorded_failed_and_rerun_on_resume(sweep_cli, sweep_popen, tmp_path):
     sweep, hold, counter = tmp_path / "sweep", tmp_path / "release", tmp_path / "trainings.txt"
     args = ["-m", "batch_size=32,64", *FAKE_SLURM, f"hydra.sweep.dir={sweep}", f"hold={hold}", f"counter={counter}"]

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import statistics
+import sys
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -12,7 +13,7 @@ import pandas as pd
 
 from tornado.cli import counted
 from tornado.errors import TornadoError, is_number, run_cli
-from tornado.records import best_epoch, flatten, locked, write_atomic
+from tornado.records import SWEEP_LOCK, best_epoch, flatten, held_by, load_result, locked, write_atomic
 
 _EXTRA = ("config_hash", "started", "finished", "host")
 
@@ -69,13 +70,12 @@ def slowest_epoch_ratio(epoch_s) -> float | None:
 
 def _read(path: Path) -> dict:
     try:
-        res = json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        return {"status": "unreadable", "error": f"result.json unreadable: {e}", "output_dir": str(path.parent)}
-    if not isinstance(res, dict):
-        return {"status": "unreadable", "output_dir": str(path.parent),
-                "error": f"result.json unreadable: {path}: holds a JSON {type(res).__name__}, not an object"}
-    return res
+        return load_result(path)
+    except ValueError as e:
+        error = str(e)
+    except OSError as e:  # gone since the folder was listed
+        error = f"result.json unreadable: {path}: {e.strerror or e}"
+    return {"status": "unreadable", "error": error, "output_dir": str(path.parent)}
 
 
 def _ordered_columns(rows: Iterable[dict]) -> list[str]:
@@ -121,6 +121,7 @@ def sweep_efficiency(sweep_dir: str | os.PathLike, slots: int | None = None) -> 
     Uses the jobs that ran in the last launch (launcher.json) and their result.json `times.wall_s`.
     `occupancy` is the same ratio with each job's whole process time: the gap between the two is
     per-job start-up (imports, data loading, test), the gap between occupancy and 1 is the scheduler's.
+    `unreadable`: the errors, naming the files, of result.json files that could not be read (0 s training each).
     """
     sweep = Path(sweep_dir)
     record = _launch_record(sweep)
@@ -135,8 +136,13 @@ def sweep_efficiency(sweep_dir: str | os.PathLike, slots: int | None = None) -> 
         raise TornadoError(f"sweep folder {sweep}: --efficiency measures the local launcher's slots; a SLURM "
                            "sweep's jobs wait in the cluster's queue (see each job's result.json times)")
     if record.get("state") == "running":
-        raise TornadoError(f"{where}: the sweep is still running (this is its plan); --efficiency needs a "
-                           "finished launch")
+        pid = held_by(sweep / SWEEP_LOCK)
+        if pid is not None:
+            raise TornadoError(f"{where}: the sweep is still running{f' (launcher pid {pid})' if pid else ''}; "
+                               "--efficiency needs a finished launch")
+        # The launcher is gone (killed, or lost with its login) and recorded only the plan: no job's start or end.
+        raise TornadoError(f"{where}: the launch was cut short (its launcher ended without recording its jobs' "
+                           "times); --efficiency needs a finished launch: run the sweep's command again to finish it")
     if not ran:
         raise TornadoError(f"sweep folder {sweep}: the last launch ran no jobs (all done before it? launcher.json "
                            "records the last launch only)")
@@ -144,23 +150,42 @@ def sweep_efficiency(sweep_dir: str | os.PathLike, slots: int | None = None) -> 
     if not isinstance(slots, int) or slots < 1:
         raise TornadoError(f"{where}: 'slots' is {slots!r}, expected a positive integer")
     wall = record.get("wall_s")
-    fit = 0.0
+    fit, unreadable = 0.0, []
     for j in ran:
         res = _read(sweep / str(j.get("dir", "")) / "result.json")
         fit += float(section(res, "times").get("wall_s") or 0.0)
+        if res.get("status") == "unreadable":  # its training time counts as 0
+            unreadable.append(str(res.get("error")))
     process = sum(j["end"] - j["start"] for j in ran)
     # A launch that recorded no positive wall time (cut short, or too quick to time) has no ratio: n/a (null).
     timed = isinstance(wall, (int, float)) and not isinstance(wall, bool) and wall > 0
     return {"jobs": len(ran), "ok": sum(j.get("status") == "ok" for j in ran), "slots": slots,
             "schedule": record.get("schedule"), "sweep_wall_s": wall, "sum_fit_s": fit, "sum_process_s": process,
             "efficiency": fit / (wall * slots) if timed else None,
-            "occupancy": process / (wall * slots) if timed else None}
+            "occupancy": process / (wall * slots) if timed else None, "unreadable": unreadable}
+
+
+def efficiency_text(eff: dict[str, Any]) -> list[str]:
+    """`sweep_efficiency`'s figures as lines for people: seconds to 0.1, ratios to 0.01, n/a where not timed."""
+    def ratio(x: float | None, of: str) -> str:
+        return f"{x:.2f} ({of} / (launch × slots))" if x is not None else "n/a (the launch recorded no wall time)"
+    wall = eff["sweep_wall_s"]
+    schedule = f", {eff['schedule']} schedule" if eff.get("schedule") else ""
+    return [f"  jobs           {eff['jobs']} ({eff['ok']} ok){schedule}, {counted(eff['slots'], 'slot')}",
+            f"  launch         {f'{wall:.1f} s' if is_number(wall) else 'n/a'}",
+            f"  training       {eff['sum_fit_s']:.1f} s (the jobs' wall_s in results.csv, summed)",
+            f"  job processes  {eff['sum_process_s']:.1f} s (start-up and test included, summed)",
+            f"  efficiency     {ratio(eff['efficiency'], 'training')}",
+            f"  occupancy      {ratio(eff['occupancy'], 'job processes')}",
+            *(f"  training counted as 0 s: {e}" for e in eff["unreadable"])]
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m tornado.collect", description=__doc__)
     ap.add_argument("sweep_dir", help="a sweep folder (hydra.sweep.dir): job folders holding result.json")
     ap.add_argument("--efficiency", action="store_true", help="also print how busy the last launch kept its slots")
+    ap.add_argument("--json", action="store_true", help="--efficiency, its figures as one JSON object on stdout, "
+                    "exact (the rest goes to stderr)")
     return ap.parse_args(argv)
 
 
@@ -171,12 +196,15 @@ def main(argv: list[str] | None = None) -> None:
         df = collect(args.sweep_dir)
         c = df["status"].value_counts().to_dict()
         print(f"wrote {Path(args.sweep_dir) / 'results.csv'}: {counted(len(df), 'job')} "
-              f"({', '.join(f'{n} {s}' for s, n in sorted(c.items()))})")
-        if args.efficiency:
+              f"({', '.join(f'{n} {s}' for s, n in sorted(c.items()))})", file=sys.stderr if args.json else sys.stdout)
+        if args.efficiency or args.json:
             eff = sweep_efficiency(args.sweep_dir)
+            if args.json:
+                print(json.dumps(eff, indent=2))
+                return
             print(f"the last launch ({counted(eff['jobs'], 'job')} that ran then, of the sweep's "
                   f"{counted(len(df), 'job')}):")
-            print(json.dumps(eff, indent=2))
+            print("\n".join(efficiency_text(eff)))
 
     run_cli(work)
 

@@ -55,6 +55,9 @@ def locked(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[int]:
         os.close(fd)
 
 
+SWEEP_LOCK = ".launcher.lock"  # in a sweep folder: held (`hold`) by the launcher that runs the sweep; names its pid
+
+
 class HeldElsewhere(Exception):
     """Another process holds the lock; `pid` is the one its file names ("" where it names none)."""
 
@@ -77,6 +80,34 @@ def hold(path: Path) -> contextlib.ExitStack:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return stack
+
+
+def held_by(path: Path) -> str | None:
+    """Who holds `hold`'s lock on ``path``: the pid its file names ("" where it names none), or None where no
+    process holds it (or there is no such file)."""
+    try:
+        named = path.read_text().strip()
+    except OSError:
+        return None
+    pid = named if named.isdigit() else ""
+    if pid:
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            return None  # gone, and the lock with it: no need to probe (a probe would refuse a holder starting now)
+        except (PermissionError, OverflowError):
+            pass  # another user's process, or no pid at all: the probe tells
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # let go at once, with the file
+    except BlockingIOError:
+        return pid
+    finally:
+        os.close(fd)
+    return None
 
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
@@ -104,13 +135,29 @@ def write_json(path: str | os.PathLike, obj: Any) -> None:
     write_atomic(path, json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def load_result(path: str | os.PathLike) -> dict:
+    """A result.json's object; ValueError naming the file and its fault where it cannot be read or holds no JSON
+    object (FileNotFoundError where there is none)."""
+    path = Path(path)
+    try:
+        res = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise
+    except OSError as e:
+        raise ValueError(f"result.json unreadable: {path}: {e.strerror or e}") from None
+    except ValueError as e:  # bad JSON, or bytes that are no text
+        raise ValueError(f"result.json unreadable: {path}: {e}") from None
+    if not isinstance(res, dict):
+        raise ValueError(f"result.json unreadable: {path}: holds a JSON {type(res).__name__}, not an object")
+    return res
+
+
 def read_result(run_dir: str | os.PathLike) -> dict | None:
     """result.json of a run dir, or None if missing, unreadable (a run killed mid-way) or not a JSON object."""
     try:
-        res = json.loads((Path(run_dir) / "result.json").read_text())
+        return load_result(Path(run_dir) / "result.json")
     except (OSError, ValueError):
         return None
-    return res if isinstance(res, dict) else None
 
 
 def best_epoch(history: Any) -> int | None:

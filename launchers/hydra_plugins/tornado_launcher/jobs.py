@@ -24,7 +24,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 from tornado.cli import (closest, counted, hydra_quoted, override_text, python_command, shown_path,
                          unwritable_text)
 from tornado.errors import IN_USE, TornadoError, is_int, run_cli
-from tornado.records import HeldElsewhere, config_hash, flatten, hold, read_result, task_container, write_json
+from tornado.records import (SWEEP_LOCK, HeldElsewhere, config_hash, flatten, hold, load_result, read_result,
+                             task_container, write_json)
 
 log = logging.getLogger(__name__)
 
@@ -32,9 +33,6 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 # hydra.* command-line overrides that belong to the sweep, not to one job's single run.
 _SWEEP_ONLY = ("hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher", "hydra/launcher",
                "hydra.run", "hydra.mode", "hydra.job.id", "hydra.job.num")
-
-
-SWEEP_LOCK = ".launcher.lock"  # held by the launcher that runs a sweep in the folder; names its pid
 
 
 def hold_sweep(sweep_dir: Path) -> contextlib.ExitStack:
@@ -121,6 +119,7 @@ class Job:
     devices: List[str] = field(default_factory=list)
     slurm_id: Optional[str] = None
     result: Optional[dict] = None
+    earlier: Optional[dict] = None  # the result.json its folder held when planned (check_resume reads it once)
 
     @property
     def label(self) -> str:
@@ -235,7 +234,7 @@ def check_resume(job: Job) -> None:
     not count: a sweep resumed with another max_parallel keeps its finished jobs."""
     HydraConfig.instance().set_config(job.cfg)
     job.config_hash = config_hash(job.cfg)
-    old = read_result(job.dir)
+    old = job.earlier = read_result(job.dir)
     if old is None:
         return
     if not same_config(job, old):
@@ -253,9 +252,10 @@ def place(jobs: Sequence[Job], sweep_dir: Path) -> None:
     finished run; only another config's unfinished run is moved aside when its folder's job runs (`move_aside`).
     Call after `check_resume`."""
     folders = [d for d in sweep_dir.iterdir() if d.is_dir() and not d.name.startswith(".")]
+    read = {j.dir: j.earlier for j in jobs}  # as check_resume read them: each result.json read once
     held = {d: r for d in sorted(folders, key=lambda d: (not d.name.isdigit(), len(d.name), d.name))
-            if (r := read_result(d)) is not None}
-    homeless = {id(j) for j in jobs if j.stale or read_result(j.dir) is None}  # no run of its own in its folder
+            if (r := read[d] if d in read else read_result(d)) is not None}
+    homeless = {id(j) for j in jobs if j.stale or j.earlier is None}  # no run of its own in its folder
     taken = {j.dir for j in jobs if id(j) not in homeless}
     found: Dict[int, Path] = {}
     for j in (j for j in jobs if id(j) in homeless):
@@ -361,7 +361,13 @@ def _iso(t: Optional[float]) -> Optional[str]:
 
 def settle(job: Job, rc: Optional[int], reason: Optional[str] = None) -> None:
     """Decide a finished job's status from its exit code and result.json; record failures the job couldn't."""
-    res = read_result(job.dir)
+    path = job.dir / "result.json"
+    try:
+        res, fault = load_result(path), ""
+    except FileNotFoundError:
+        res, fault = None, f"result.json missing: {path}"
+    except (OSError, ValueError) as e:  # the error names the file
+        res, fault = None, str(e)
     if rc == 0 and reason is None and res and res.get("status") == "ok":
         job.status, job.result = "ok", res
         return
@@ -373,7 +379,8 @@ def settle(job: Job, rc: Optional[int], reason: Optional[str] = None) -> None:
     if reason:
         job.error = f"{reason} ({own})" if own else reason
     elif rc == 0:
-        job.error = f"exit code 0 but result.json {'says ' + repr(res.get('status')) if res else 'is missing'}"
+        said = f"result.json says {res.get('status')!r}" if res is not None else fault
+        job.error = f"exit code 0 but {said}"
     else:
         job.error = describe_exit(rc, job.dir / "stdout.log")
     if rc == IN_USE:  # another process trains in its folder (and keeps its result.json, and writes the same log)

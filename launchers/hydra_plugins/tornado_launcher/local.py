@@ -17,7 +17,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 
 from tornado.cli import counted
-from tornado.errors import TornadoError
+from tornado.errors import TornadoError, is_number
 from tornado.records import read_result, write_json
 
 from .config import LocalLauncherConf
@@ -64,6 +64,16 @@ def _threads_text(jobs: Sequence[Job], per_job: int) -> str:
     n = f"{' or '.join(map(str, own))} thread{'' if own == [1] else 's'} per process"
     n += f" (threads={','.join(map(str, own))})"
     return n if len(mine) == len(jobs) else f"{share} where threads is unset, else {n}"
+
+
+def _times_text(job: Job) -> str:
+    """'in 26.4 s, process start to exit (training 20.3 s)': the launcher's time of the job's process (start-up,
+    imports, data loading and test included) and, where its result.json has it, the training time (wall_s; not
+    for a resumed run, whose wall_s adds up every session's)."""
+    res = job.result or {}
+    fit = res["times"].get("wall_s") if isinstance(res.get("times"), dict) else None
+    training = f" (training {fit:.1f} s)" if is_number(fit) and not res.get("resumed_after_epochs") else ""
+    return f"in {job.end - job.start:.1f} s, process start to exit{training}"
 
 
 class _Stop:
@@ -230,6 +240,11 @@ class TornadoLocalLauncher(TornadoLauncherBase):
         # no more slots than jobs to run: a huge max_parallel starts no idle worker threads, nor records them
         slots = min(slots, max(1, len(todo)))
         skipped = len(jobs) - len(todo)
+        shared = [j for j in todo if j.threads_assigned or j.cfg.get("threads") is None]  # those given per_job
+        if p.threads_per_job and shared and per_job * slots > cores:
+            log.warning(f"hydra.launcher.threads_per_job={per_job} × {counted(slots, 'job')} at once = "
+                        f"{per_job * slots} threads on {counted(cores, 'core')}: oversubscribed, the jobs slow each "
+                        "other down (null: cores // jobs at once)")
         log.info(f"Launching {counted(len(todo), 'job')} locally ({skipped} already ok): {p.schedule} schedule, "
                  f"{slots} at once, {_threads_text(todo, per_job)}, GPUs {devices or 'none'}")
 
@@ -322,7 +337,7 @@ class TornadoLocalLauncher(TornadoLauncherBase):
                 if job.status == "failed" and not stop.signals:  # when stopping, the summary counts them
                     progress.note(logging.WARNING, f"{job.label} failed: {job.error}")
                 elif job.status == "ok":
-                    progress.note(logging.INFO, f"{job.label} ok in {job.end - job.start:.1f} s")
+                    progress.note(logging.INFO, f"{job.label} ok {_times_text(job)}")
 
         workers = [threading.Thread(target=work, args=(w,), daemon=True) for w in range(slots)]
         for t in workers:

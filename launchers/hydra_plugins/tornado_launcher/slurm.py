@@ -1,5 +1,6 @@
 """SLURM launcher: jobs grouped by resource need, each group one submitit job array; one task per rank."""
 import contextlib
+import datetime
 import io
 import json
 import logging
@@ -37,14 +38,24 @@ _NEVER = {"PartitionConfig": "it asks for more than the partition offers (CPUs, 
           "PartitionNodeLimit": "it asks for more nodes than the partition's limit"}
 
 
-def queue_states(slurm_ids: Sequence[str], reasons: Optional[Dict[str, str]] = None) -> Optional[Dict[str, str]]:
+def _squeue_time(text: str) -> Optional[float]:
+    """squeue's 2026-11-27T10:00:00 (local time) as a timestamp; None for N/A, Unknown, ..."""
+    try:
+        return datetime.datetime.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S").timestamp()
+    except ValueError:
+        return None
+
+
+def queue_states(slurm_ids: Sequence[str], reasons: Optional[Dict[str, str]] = None,
+                 times: Optional[Dict[str, tuple]] = None) -> Optional[Dict[str, str]]:
     """SLURM state of each job or array task still known to slurmctld; None if squeue did not answer.
-    `reasons`, if given, gets why each pending one waits (squeue's reason: Resources, Priority, ...)."""
+    `reasons`, if given, gets why each pending one waits (squeue's reason: Resources, Priority, ...); `times`, if
+    given, each one's (start, end) as squeue tells them (None where it does not, or only expects them)."""
     bases = sorted({i.split("_")[0] for i in slurm_ids})
     if not bases:
         return {}
     try:
-        r = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r", "-j", ",".join(bases)],
+        r = subprocess.run(["squeue", "-h", "-r", "-t", "all", "-o", "%i|%T|%r|%S|%e", "-j", ",".join(bases)],
                            capture_output=True, text=True, timeout=120)
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -52,11 +63,14 @@ def queue_states(slurm_ids: Sequence[str], reasons: Optional[Dict[str, str]] = N
         return {} if "Invalid job id" in r.stderr else None
     states = {}
     for line in r.stdout.splitlines():
-        jid, _, rest = line.strip().partition("|")
-        state, _, reason = rest.partition("|")
+        jid, state, reason, start, end = (line.strip().split("|") + [""] * 4)[:5]
         states[jid] = state.split()[0] if state else ""
         if reasons is not None and states[jid] == "PENDING" and reason.strip() not in ("", "None", "(null)"):
             reasons[jid] = reason.strip()
+        if times is not None:  # a queued job's start, a running one's end: what SLURM expects, not what happened
+            started = states[jid] in ("RUNNING", "COMPLETING") or states[jid] not in _ALIVE
+            times[jid] = (_squeue_time(start) if started else None,
+                          _squeue_time(end) if states[jid] not in _ALIVE else None)
     return states
 
 
@@ -104,6 +118,26 @@ def _log_end(folder: Path, slurm_id: str) -> str:
     from submitit.core.utils import JobPaths
 
     return log_tail(JobPaths(folder, job_id=slurm_id, task_id=0).stdout)
+
+
+def _ran_between_polls(job: Job, squeued: Optional[tuple], polled: float) -> tuple:
+    """(start, end) of a job that started and ended between two polls: as squeue tells them, else as its
+    result.json records them (not a resumed run's: its `started` is its first session's); no start where
+    neither tells, and the end no later than the poll that found it ended."""
+    start, end = squeued or (None, None)
+    res = job.result or {}
+    if start is None and not res.get("resumed_after_epochs"):
+        start, end = _iso_time(res.get("started")), _iso_time(res.get("finished"))
+    if start is None or start > polled:
+        return None, polled
+    return start, end if end is not None and start <= end <= polled else polled
+
+
+def _iso_time(text: Any) -> Optional[float]:
+    try:
+        return datetime.datetime.fromisoformat(text).timestamp()
+    except (TypeError, ValueError):
+        return None
 
 
 def sbatch_parameters(p: SlurmLauncherConf, gpus: int, tasks: int) -> Dict[str, Any]:
@@ -313,12 +347,14 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
         try:
             while waiting:
                 reasons: Dict[str, str] = {}
-                states = queue_states([j.slurm_id for j in waiting.values()], reasons)
+                times: Dict[str, tuple] = {}
+                states = queue_states([j.slurm_id for j in waiting.values()], reasons, times)
                 queued = running = 0
                 for num, j in list(waiting.items()):
                     pickles = _result_pickles(folder / j.slurm_id, j.slurm_id, j.procs)
                     state = (states or {}).get(j.slurm_id)
-                    if all(pk.exists() for pk in pickles):
+                    ran = all(pk.exists() for pk in pickles)
+                    if ran:
                         rc, reason = _outcome(pickles)
                         # A failed job: wait (briefly) for SLURM's final state, e.g. CANCELLED, to name the cause.
                         if rc and state in _ALIVE and time.time() - gone.setdefault(num, time.time()) < grace:
@@ -352,6 +388,8 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
                                             f"{f'; its log ends: {end}' if end else ''}")
                     j.end = time.time()
                     settle(j, rc, reason)
+                    if j.start is None and ran:  # never seen running: it ran between two polls
+                        j.start, j.end = _ran_between_polls(j, times.get(j.slurm_id), j.end)
                     if j.status == "failed":
                         progress.note(logging.WARNING, f"{j.label} failed: {j.error}")
                     del waiting[num]
