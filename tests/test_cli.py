@@ -2,12 +2,14 @@
 import os
 import shlex
 import signal
+from pathlib import Path
 
 import pytest
 
 from tornado.cli import counted, override_text, parse_kv, python_command
 from tornado.errors import TornadoError, run_cli, stop_if_signalled
 
+ROOT = Path(__file__).resolve().parents[1]
 DEFAULTS = {"rows": "batch_size", "cols": "data_multiplier", "target": 0.93, "partial": False, "out": None}
 
 
@@ -29,14 +31,17 @@ def test_a_misspelt_key_is_refused_with_the_closest_one():
 
 
 @pytest.mark.parametrize("path", ["/plain/dir", "/my runs/a,b=c", "/it's [x] {y}", "/a\\b", "/home/jürgen/runs",
-                                  "~/runs", "/runs#2", "/a&b;c"])
+                                  "~/runs", "/runs#2", "/a&b;c", "C:\\runs\\", "/it\\'s\\\\", "/runs/${now:%H}",
+                                  "/a\\${x}/$y\\\\${z}\\"])
 def test_an_override_in_a_hint_reads_back_as_the_same_value(path):
-    from hydra.core.override_parser.overrides_parser import OverridesParser
+    """Through the shell, Hydra's override parser and the config it sets (where `${` is an interpolation)."""
+    from hydra import compose, initialize_config_dir
 
-    text = override_text("hydra.run.dir", path)
-    assert (text == f"hydra.run.dir={path}") == (path == "/plain/dir")  # quoted only where it must be
+    text = override_text("out_dir", path)
+    assert (text == f"out_dir={path}") == (path == "/plain/dir")  # quoted only where it must be
     (arg,) = shlex.split(text)
-    assert OverridesParser.create().parse_override(arg).value() == path
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        assert compose("prepare", overrides=[arg]).out_dir == path
 
 
 def test_counted_says_one_thing_or_many():

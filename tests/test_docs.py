@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import open_dict
+from omegaconf import OmegaConf, open_dict
 
 from tornado import bench, collect, predict, report, synth
 from tornado.cli import parse_kv
@@ -76,7 +76,7 @@ def test_a_documented_command_composes_and_passes_the_settings_checks(where, com
         cfg.pop("hydra")  # what the app itself is given
     if command == "train":
         validate(cfg)
-    data = cfg.data if command == "train" else cfg
+    data = cfg.data if command == "train" else OmegaConf.masked_copy(cfg, [k for k in cfg if k != "augment"])
     parse_settings(data, cfg.get("augment"))  # the data and augment settings (files are not looked for)
 
 

@@ -67,7 +67,7 @@ def reader(source, split: str):
 
 
 def leftovers(out_dir):
-    """Prepared files or temp files left in ``out_dir`` (lock files are meant to stay)."""
+    """Prepared files or temp files left in ``out_dir`` (the lock of a prepared file stays)."""
     return sorted(p.name for p in Path(out_dir).iterdir() if p.name.endswith((".h5", ".tmp")))
 
 
@@ -362,7 +362,47 @@ def test_bad_files_leave_nothing_behind(case, source, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(TornadoError, match=message):
         ensure_prepared(make_cfg(out, src), AUG)
-    assert leftovers(out) == []
+    assert leftovers(out) == [] and list(out.glob(".storms-*.lock")) == []  # nor the lock it made
+
+
+def test_a_failed_build_removes_only_a_lock_it_made(source, tmp_path):
+    from tornado.prepare import content_hash, parse_settings
+
+    src = copy_files(source, tmp_path / "src")
+    corrupt(src)
+    cfg = make_cfg(tmp_path / "out", src)
+    lock = tmp_path / "out" / f".storms-{content_hash(parse_settings(cfg, AUG), data.find_files(src))[:12]}.h5.lock"
+    lock.parent.mkdir()
+    lock.touch()  # there before: another process may hold it or wait on it
+    with pytest.raises(TornadoError, match="cannot be read as netCDF"):
+        ensure_prepared(cfg, AUG)
+    assert lock.exists()
+
+
+def test_a_lock_removed_by_its_failed_holder_is_taken_anew_by_a_process_waiting_on_it(tmp_path):
+    import threading
+    import time
+
+    from tornado.records import locked
+
+    path = tmp_path / ".x.lock"
+    held, got = threading.Event(), []
+
+    def waiter():
+        held.wait(30)
+        with locked(path) as fd:  # blocks on the file the holder removes
+            got.append((os.fstat(fd).st_ino, path.stat().st_ino))
+
+    thread = threading.Thread(target=waiter, daemon=True)
+    thread.start()
+    with pytest.raises(RuntimeError):
+        with locked(path, discard_on_error=True):
+            held.set()
+            time.sleep(0.5)
+            raise RuntimeError("a failed build")
+    thread.join(30)
+    assert len(got) == 1 and got[0][0] == got[0][1]  # it held the file others now lock, not the removed one
+    assert path.exists()  # the waiter's: it did not fail
 
 
 BAD_SETTINGS = {
@@ -385,6 +425,10 @@ BAD_SETTINGS = {
     "label a value": ({"label": 5}, r"^label: 5: must be a group of settings \(label.<key>=...\), not a value$"),
     "split a value": ({"split": "abc"}, r"^split: 'abc': must be a group of settings"),
     "synth a value": ({"synth": 5}, r"^synth: 5: must be a group of settings"),
+    "unknown key": ({"foo": 1}, r"^foo: unknown key$"),
+    "unknown label key": ({"label.treshold": 0.01},
+                          r"^label.treshold: unknown key \(did you mean label.threshold\?\)$"),
+    "unknown split key": ({"split.start": "2014-01-01"}, r"^split.start: unknown key"),
 }
 
 
@@ -489,6 +533,8 @@ def test_cli_prepares_and_refuses(source, tmp_path):
     assert ok.returncode == 0, ok.stderr
     path = Path(ok.stdout.strip().splitlines()[-1])
     assert path.parent == out and path.exists()
+    (log,) = (out / ".prepare-logs").iterdir()  # a run's log is kept, in a folder of its own (time and pid)
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d-\d+", log.name) and (log / "prepare.log").exists()
     with h5py.File(path, "r") as f:
         assert list(f.attrs["multipliers"]) == [1, 2]
 
@@ -497,12 +543,13 @@ def test_cli_prepares_and_refuses(source, tmp_path):
         ([f"source={tmp_path / 'nowhere'}"], f"error: source: {tmp_path / 'nowhere'}: no such folder"),
         ([f"source={source}", "label.threshold=1e9"], "leaves no positive"),
         (["synth.dayz=3"], "error: synth.dayz: no such setting (did you mean synth.days?)"),
+        (["+foo=1"], "error: foo: unknown key"),  # Hydra's `+` adds a key: none that prepare does not read
     ]:
         res = run_cli(*args, f"out_dir={bad}")
         assert res.returncode == 2, res.stderr
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
-        assert leftovers(bad) == []
+        assert list(bad.iterdir()) == []  # no lock, no log folder: its log held no more than the terminal showed
 
 
 @pytest.mark.parametrize("value", ["null", ""])
@@ -514,7 +561,7 @@ def test_cli_refuses_an_out_dir_naming_no_folder_without_making_one_for_its_log(
     res = subprocess.run([sys.executable, "-m", "tornado.prepare", f"out_dir={value}"], cwd=tmp_path / "cwd", env=env,
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr == "error: out_dir: must name a folder\n"
-    assert list((tmp_path / "cwd").iterdir()) == [] and (tmp_path / "tmp" / "tornado-prepare-logs").is_dir()
+    assert list((tmp_path / "cwd").iterdir()) == [] and list((tmp_path / "tmp").iterdir()) == []  # its log removed
 
 
 def test_a_killed_synthetic_generation_s_temp_files_are_cleared(tmp_path):

@@ -249,7 +249,7 @@ def test_a_second_writer_into_the_same_folder_is_refused_while_the_first_writes(
     from tornado.records import locked
 
     with locked(tmp_path / ".synth.lock", fcntl.LOCK_EX):  # as a tornado.synth writing there holds it
-        with pytest.raises(TornadoError, match=f"^synth.out_dir: {tmp_path}: another tornado.synth is writing there; "
+        with pytest.raises(TornadoError, match=f"^out_dir: {tmp_path}: another tornado.synth is writing there; "
                                                "wait for it to end$"):
             synth.generate(tmp_path, days=1, patches_per_day=2)
         assert [p.name for p in tmp_path.iterdir()] == [".synth.lock"]
@@ -258,7 +258,7 @@ def test_a_second_writer_into_the_same_folder_is_refused_while_the_first_writes(
 
 def test_an_empty_out_dir_is_refused_not_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # `out_dir=$DATA` with DATA unset
-    with pytest.raises(TornadoError, match="^synth.out_dir: must name a folder$"):
+    with pytest.raises(TornadoError, match="^out_dir: must name a folder$"):
         synth.main(["out_dir=", "days=1", "patches_per_day=2"])
     assert list(tmp_path.iterdir()) == []
 
@@ -279,8 +279,36 @@ def test_cli_refuses_the_set_training_manages(tmp_path):
         assert {p: p.stat().st_mtime_ns for p in managed.iterdir()} == before
 
 
-@pytest.mark.parametrize("arg, match", [("bogus=1", "bogus"), ("dayz=2", "unknown argument (did you mean days? "),
-                                         ("days=many", "synth.days"), ("seed", "seed")])
+def test_cli_refuses_a_training_run_s_folder_as_such(tmp_path):
+    from tornado.records import hold
+
+    run = tmp_path / "run"
+    run.mkdir()
+    hold(run / ".lock").close()  # as tornado.train leaves its run's folder
+    with pytest.raises(TornadoError, match=f"^out_dir: {run} is a training run's folder \\(its .lock is "
+                                           r"tornado.train's\): choose another folder$"):
+        synth.main([f"out_dir={run}", "days=1", "patches_per_day=2"])
+    assert [p.name for p in run.iterdir()] == [".lock"]
+
+
+@pytest.mark.parametrize("args, line", [
+    (["days=0"], "days: 0: must be an integer >= 1"),
+    (["seed=-1"], "seed: -1: must be an integer >= 0"),
+    (["start=May 2012"], "start: 'May 2012': not a date (YYYY-MM-DD)"),
+    (["start=2013-01-01", "end=2012-01-01"], "start: 2013-01-01 is after end 2012-01-01"),
+    (["days=4", "start=2012-01-01", "end=2012-01-03"], "days: 4: only 3 dates between 2012-01-01 and 2012-01-03"),
+])
+def test_cli_errors_name_the_arguments_as_typed(tmp_path, args, line):
+    """`days=0` on the command line is `days`, not prepare's `synth.days`."""
+    with pytest.raises(TornadoError) as e:
+        synth.main([f"out_dir={tmp_path / 'syn'}", "patches_per_day=2", *args])
+    assert str(e.value) == line
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("arg, match", [("bogus=1", "error: bogus=1: unknown argument (python -m tornado.synth ["),
+                                         ("dayz=2", "unknown argument (did you mean days? "),
+                                         ("days=many", "error: days: 'many': must be an integer"), ("seed", "seed")])
 def test_cli_bad_argument(tmp_path, arg, match):
     r = run_cli(f"out_dir={tmp_path}", arg)
     assert r.returncode == 2

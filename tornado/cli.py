@@ -56,14 +56,25 @@ def closest(word: str, names: list[str]) -> str | None:
     return close[0] if close else None
 
 
+def unknown_key(key: str, known: list[str] | set[str]) -> TornadoError:
+    """`key: unknown key (did you mean ...?)`: a setting nothing reads (Hydra's `+key=` adds any)."""
+    close = closest(key, sorted(known))
+    return TornadoError(f"{key}: unknown key" + (f" (did you mean {close}?)" if close else ""))
+
+
 def counted(n: int, thing: str, things: str | None = None) -> str:
     """'1 job', '2 jobs': n and the noun, its plural (`things`, else an s added) unless n is 1."""
     return f"{n} {thing if n == 1 else things or thing + 's'}"
 
 
 def hydra_quoted(value: str) -> str:
-    """A Hydra override value read back as it is, spaces, commas and '=' included (one quoted string)."""
-    return "'" + value.replace("'", "\\'") + "'"
+    """A Hydra override value read back as it is, spaces, commas and '=' included (one quoted string).
+
+    Hydra reads backslashes before a quote in pairs (`\\'` is a quote, `\\\\'` a backslash and the closing quote),
+    and the config then reads `${` as an interpolation unless escaped (`\\${`), backslashes before it in pairs too."""
+    value = re.sub(r"(\\*)\$\{", lambda m: 2 * m.group(1) + "\\${", value)
+    value = re.sub(r"(\\*)'", lambda m: 2 * m.group(1) + "\\'", value)
+    return "'" + re.sub(r"(\\+)$", r"\1\1", value) + "'"
 
 
 def override_text(key: str, value: Any) -> str:

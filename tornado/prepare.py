@@ -26,12 +26,13 @@ import h5py
 import hydra
 import numpy as np
 import torch
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from tqdm import tqdm
 
 import tornado
 from tornado import data, synth
-from tornado.cli import counted, run_hydra_app
+from tornado.cli import counted, run_hydra_app, unknown_key
 from tornado.augment import AugmentConfig, augment
 from tornado.errors import TornadoError, is_int, is_number, run_cli, stop_if_signalled
 from tornado.records import locked, write_json
@@ -44,6 +45,10 @@ H5_ROWS = 64          # patches per HDF5 chunk of x (768 KiB in float32)
 H5_VEC = 1 << 16      # entries per HDF5 chunk of y, date, track_id
 DTYPES = ("float32", "float16")
 SYNTH_KEYS = ("days", "patches_per_day", "seed", "start", "end")
+# the keys parse_settings reads (conf/data/synthetic.yaml's); synth.* is checked where it is used
+DATA_KEYS = ("source", "out_dir", "synth", "label", "split", "multipliers", "balance", "balance_ratio", "dtype",
+             "nonfinite", "seed")
+GROUP_KEYS = {"label": ("reduce", "threshold", "inclusive"), "split": ("test_start", "val_fraction")}
 PATCH = (len(data.CHANNELS), data.PATCH_SIZE, data.PATCH_SIZE)
 
 
@@ -86,6 +91,18 @@ class Settings:
                 "inclusive": bool(self.label.inclusive)}
 
 
+def check_keys(cfg: Mapping, prefix: str = "") -> None:
+    """Refuse a data key that nothing reads (`+foo=1`, `+label.treshold=0.01`), named with `prefix` (`data.`)."""
+    for group, known in ((None, DATA_KEYS), *GROUP_KEYS.items()):
+        node = cfg if group is None else cfg.get(group, None)
+        if not isinstance(node, Mapping):
+            continue
+        at = prefix if group is None else f"{prefix}{group}."
+        for key in node:
+            if key not in known:
+                raise unknown_key(f"{at}{key}", [f"{at}{k}" for k in known])
+
+
 def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
     """Validate the data config (``cfg.data`` of training, the top level of prepare) and augment config."""
     cfg = data_cfg
@@ -97,6 +114,7 @@ def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
         group = cfg.get(key, None)
         if group is not None and not isinstance(group, Mapping):
             raise TornadoError(f"{key}: {group!r}: must be a group of settings ({key}.<key>=...), not a value")
+    check_keys(cfg)
     synth_cfg = None
     if source is None or str(source) == "":
         source = None
@@ -265,7 +283,8 @@ def prepare(data_cfg: Mapping, augment_cfg: Mapping | None) -> tuple[Path, bool]
         _warn_copies(files)
         chash = content_hash(s, files)
         path = s.out_dir / f"storms-{chash[:12]}.h5"
-        with locked(path.with_name(f".{path.name}.lock")):  # hidden: it stays, one per settings prepared
+        # hidden: it stays, one per settings prepared; one made for a build that fails goes with it
+        with locked(path.with_name(f".{path.name}.lock"), discard_on_error=True):
             if _is_current(path, chash):
                 log.info("prepared data: %s (up to date)", path)
                 return path, False
@@ -532,9 +551,38 @@ def _logs_dir(out_dir) -> str:
 OmegaConf.register_new_resolver("prepare_logs", _logs_dir, replace=True)
 
 
+def drop_log(hc) -> bool:
+    """Removes the log folder of a command that failed (refused, or stopped) where Hydra made it for this process
+    (the default, named by time and pid) and it holds only Hydra's files: the log says no more than the terminal
+    did, without the error line. `.prepare-logs` goes too if nothing else is left in it. Returns whether it did."""
+    if any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra):
+        return False
+    out = Path(hc.runtime.output_dir)
+    saved = out / hc.output_subdir if hc.output_subdir else None
+    files = {out / f"{hc.job.name}.log"} | ({saved / f"{n}.yaml" for n in ("config", "hydra", "overrides")}
+                                            if saved is not None else set())
+    present = {p for p in out.rglob("*") if p != saved}
+    if not present <= files:
+        return False
+    for f in present:
+        f.unlink()
+    if saved is not None and saved.exists():
+        saved.rmdir()
+    out.rmdir()
+    with contextlib.suppress(OSError):  # not empty: other commands' logs
+        out.parent.rmdir()
+    return True
+
+
 @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    path = run_cli(lambda: ensure_prepared(cfg, cfg.get("augment")))
+    data_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "augment"])
+    try:
+        path = run_cli(lambda: ensure_prepared(data_cfg, cfg.get("augment")))
+    except SystemExit as e:
+        if e.code in (2, 130, 143):
+            drop_log(HydraConfig.get())
+        raise
     print(path)
 
 

@@ -44,15 +44,44 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def locked(path: Path, mode: int = fcntl.LOCK_EX) -> Iterator[int]:
-    """Hold an flock on ``path`` (created if missing; never deleted, so every process locks one inode); with
-    LOCK_NB in `mode`, BlockingIOError where another process holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+def locked(path: Path, mode: int = fcntl.LOCK_EX, discard_on_error: bool = False) -> Iterator[int]:
+    """Hold an flock on ``path`` (created if missing); with LOCK_NB in `mode`, BlockingIOError where another process
+    holds it. The file stays, except with `discard_on_error`: one this call created is removed, still held, when
+    the block raises. A process that waited on a file so removed takes the lock again on the file now there."""
+    while True:
+        made = True
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            made = False
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:  # removed in between
+                continue
+        try:
+            fcntl.flock(fd, mode)
+            if _same_file(fd, path):
+                break
+        except BaseException:
+            os.close(fd)
+            raise
+        os.close(fd)
     try:
-        fcntl.flock(fd, mode)
         yield fd
+    except BaseException:
+        if made and discard_on_error:
+            path.unlink(missing_ok=True)
+        raise
     finally:
         os.close(fd)
+
+
+def _same_file(fd: int, path: Path) -> bool:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == (os.fstat(fd).st_dev, os.fstat(fd).st_ino)
 
 
 SWEEP_LOCK = ".launcher.lock"  # in a sweep folder: held (`hold`) by the launcher that runs the sweep; names its pid

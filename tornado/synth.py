@@ -131,17 +131,18 @@ def _parse_date(text, key: str) -> dt.date:
     try:
         return text if isinstance(text, dt.date) else dt.date.fromisoformat(str(text))
     except ValueError:
-        raise TornadoError(f"synth.{key}: {text!r}: not a date (YYYY-MM-DD)") from None
+        raise TornadoError(f"{key}: {text!r}: not a date (YYYY-MM-DD)") from None
 
 
-def run_dates(days: int, seed: int, start="2010-10-24", end="2017-03-29") -> list[dt.date]:
-    """``days`` distinct sorted run dates in [start, end], stratified around 2015-01-01 (see module doc)."""
-    lo, hi = _parse_date(start, "start"), _parse_date(end, "end")
+def run_dates(days: int, seed: int, start="2010-10-24", end="2017-03-29", keys: str = "synth.") -> list[dt.date]:
+    """``days`` distinct sorted run dates in [start, end], stratified around 2015-01-01 (see module doc); errors
+    name the settings `keys` + name, as ``generate``'s."""
+    lo, hi = _parse_date(start, f"{keys}start"), _parse_date(end, f"{keys}end")
     span = (hi - lo).days + 1
     if span < 1:
-        raise TornadoError(f"synth.start: {lo} is after synth.end {hi}")
+        raise TornadoError(f"{keys}start: {lo} is after {keys}end {hi}")
     if days > span:
-        raise TornadoError(f"synth.days: {days}: only {span} dates between {lo} and {hi}")
+        raise TornadoError(f"{keys}days: {days}: only {span} dates between {lo} and {hi}")
     rng = np.random.default_rng([seed, 0])
     split = (TEST_START - lo).days
     if days >= 2 and 0 < split < span:
@@ -342,16 +343,18 @@ def write_file(path: Path, run: dt.date, fields: dict[str, np.ndarray]) -> None:
 
 
 def generate(out_dir, days: int = 40, patches_per_day: int = 500, seed: int = 0,
-             start="2010-10-24", end="2017-03-29") -> list[Path]:
-    """Write ``days`` synthetic NCARSTORM files into ``out_dir``; returns their paths, sorted by date."""
+             start="2010-10-24", end="2017-03-29", keys: str = "synth.") -> list[Path]:
+    """Write ``days`` synthetic NCARSTORM files into ``out_dir``; returns their paths, sorted by date. Errors name
+    the settings as the caller's user gives them: `keys` + name (`synth.days` in prepare's config, `days` on
+    tornado.synth's command line)."""
     for key, value, low in (("days", days, 1), ("patches_per_day", patches_per_day, 1), ("seed", seed, 0)):
         if not is_int(value) or value < low:
-            raise TornadoError(f"synth.{key}: {value!r}: must be an integer >= {low}")
+            raise TornadoError(f"{keys}{key}: {value!r}: must be an integer >= {low}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
-        raise TornadoError(f"synth.out_dir: {out}: exists and is not a folder")
+        raise TornadoError(f"out_dir: {out}: exists and is not a folder")
     paths = []
-    dates = run_dates(days, seed, start, end)
+    dates = run_dates(days, seed, start, end, keys)
     others = sorted(set(out.glob(FILE_GLOB)) - {out / file_name(run) for run in dates}) if out.is_dir() else []
     if others:
         raise TornadoError(f"out_dir: {out} already holds {counted(len(others), 'other NCARSTORM file')} "
@@ -361,7 +364,7 @@ def generate(out_dir, days: int = 40, patches_per_day: int = 500, seed: int = 0,
         try:  # one writer a folder: another would take the unfinished mark away while this one still writes
             stack.enter_context(locked(out / ".synth.lock", fcntl.LOCK_EX | fcntl.LOCK_NB))
         except BlockingIOError:
-            raise TornadoError(f"synth.out_dir: {out}: another tornado.synth is writing there; wait for it to "
+            raise TornadoError(f"out_dir: {out}: another tornado.synth is writing there; wait for it to "
                                "end") from None
         (out / UNFINISHED).touch()  # a folder left part-written is refused as a source
         bar = tqdm(dates, desc="synthetic storms", unit=" files", leave=False, disable=not sys.stderr.isatty())
@@ -372,6 +375,23 @@ def generate(out_dir, days: int = 40, patches_per_day: int = 500, seed: int = 0,
             paths.append(path)
         (out / UNFINISHED).unlink()
     return paths
+
+
+def _refuse_taken(out: Path) -> None:
+    """Refuse a folder another command keeps: the synthetic set tornado.prepare manages (synth.json once generated;
+    its empty .lock from its first use, a killed generation's too), or a training run's folder (the .lock
+    records.hold leaves names the pid of the run that held it)."""
+    lock = out / ".lock"
+    try:
+        run = lock.read_text().strip() != ""
+    except OSError:
+        run = False
+    if run:
+        raise TornadoError(f"out_dir: {out} is a training run's folder (its .lock is tornado.train's): choose "
+                           "another folder")
+    if (out / "synth.json").exists() or lock.exists():
+        raise TornadoError(f"out_dir: {out} is the synthetic set that training generates and manages: choose "
+                           "another folder, and train on it with data.source=")
 
 
 _KEYS = {"out_dir": str, "days": int, "patches_per_day": int, "seed": int, "start": str, "end": str}
@@ -386,11 +406,11 @@ def parse_args(argv: list[str]) -> dict:
         if not eq or key not in _KEYS:
             close = closest(key, list(_KEYS)) if eq else None
             hint = f"did you mean {close}? " if close else ""
-            raise TornadoError(f"synth: {item!r}: unknown argument ({hint}{USAGE.split(': ', 1)[1]})")
+            raise TornadoError(f"{item}: unknown argument ({hint}{USAGE.split(': ', 1)[1]})")
         try:
             args[key] = _KEYS[key](value)
         except ValueError:
-            raise TornadoError(f"synth.{key}: {value!r}: must be an integer") from None
+            raise TornadoError(f"{key}: {value!r}: must be an integer") from None
     return args
 
 
@@ -402,12 +422,9 @@ def main(argv: list[str] | None = None) -> list[Path]:
     args = parse_args(argv)
     out_dir = args.pop("out_dir", "data/synthetic")
     if not out_dir.strip():  # `out_dir=` (an unset shell variable): not the working directory
-        raise TornadoError("synth.out_dir: must name a folder")
-    # tornado.prepare's marks (synth.json once generated; .lock from its first use, a killed generation's too)
-    if any((Path(out_dir) / mark).exists() for mark in ("synth.json", ".lock")):
-        raise TornadoError(f"out_dir: {out_dir} is the synthetic set that training generates and manages: "
-                           "choose another folder, and train on it with data.source=")
-    paths = generate(out_dir, **args)
+        raise TornadoError("out_dir: must name a folder")
+    _refuse_taken(Path(out_dir))
+    paths = generate(out_dir, **args, keys="")
     print(f"wrote {counted(len(paths), 'NCARSTORM file')} to {Path(out_dir).resolve()}")
     return paths
 

@@ -36,14 +36,14 @@ from pytorch_lightning.callbacks import Checkpoint, TQDMProgressBar
 
 import tornado
 from tornado import records
-from tornado.cli import closest, counted, override_text, python_command, run_hydra_app, shown_path
+from tornado.cli import counted, override_text, python_command, run_hydra_app, shown_path, unknown_key
 from tornado.data import find_files
 from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_split
 from tornado.errors import (IN_USE, Terminated, TornadoError, die_with_parent, is_int, is_number, on_sigterm,
                             run_cli, stop_if_signalled)
 from tornado.metrics import SCORES, VAL_SCORES, best_csi_threshold, forecast_scores, roc_auc
 from tornado.model import StormModule
-from tornado.prepare import ensure_prepared
+from tornado.prepare import check_keys, ensure_prepared
 
 log = logging.getLogger("tornado.train")
 
@@ -93,27 +93,32 @@ def resolve_devices(cfg: DictConfig) -> tuple[str, int]:
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
-def _known_keys() -> tuple[set[str], set[str]]:
-    """Top-level keys of conf/train.yaml and its groups, and the `fast` switches: anything else is a typo
-    (Hydra takes `+epoch=5` and would train on, ignoring it)."""
+def _known_keys() -> tuple[set[str], set[str], set[str]]:
+    """Top-level keys of conf/train.yaml and its groups, the `fast` switches and the `model` keys: anything else is
+    a typo (Hydra takes `+epoch=5` and would train on, ignoring it). `data.*` is prepare's, `augment.*` augment's;
+    `trainer.*` and `logger.*` go to Lightning, which refuses what it does not take."""
     base = OmegaConf.load(CONF_DIR / "train.yaml")
     groups = {k for d in base.defaults if not isinstance(d, str) for k in d}
-    return (set(base) | groups) - {"defaults", "hydra", "experiment"}, set(base.fast)
-
-
-def _unknown(key: str, known: set[str]) -> TornadoError:
-    close = closest(key, sorted(known))
-    return TornadoError(f"{key}: unknown key" + (f" (did you mean {close}?)" if close else ""))
+    model = {k for p in (CONF_DIR / "model").glob("*.yaml") for k in OmegaConf.load(p)}
+    return (set(base) | groups) - {"defaults", "hydra", "experiment"}, set(base.fast), model
 
 
 def validate(cfg: DictConfig) -> None:
-    known, known_fast = _known_keys()
+    known, known_fast, known_model = _known_keys()
     for key in cfg:
         if key not in known:
-            raise _unknown(key, known)
-    for key in cfg.fast:
-        if key not in known_fast:
-            raise _unknown(f"fast.{key}", {f"fast.{k}" for k in known_fast})
+            raise unknown_key(key, known)
+    for group in ("data", "augment", "model", "trainer", "fast"):  # `~model`, `fast=5`
+        node = cfg.get(group)
+        if node is None:
+            raise TornadoError(f"{group}: missing: a run needs this group of settings")
+        if not isinstance(node, DictConfig):
+            raise TornadoError(f"{group}={node!r}: must be a group of settings ({group}.<key>=...), not a value")
+    for group, names in (("fast", known_fast), ("model", known_model)):
+        for key in cfg[group]:
+            if key not in names:
+                raise unknown_key(f"{group}.{key}", {f"{group}.{k}" for k in names})
+    check_keys(cfg.data, "data.")
     for key in ("epochs", "batch_size", "data_multiplier"):
         v = cfg[key]
         if not is_int(v) or v <= 0:
