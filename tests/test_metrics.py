@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score
 
-from tornado.metrics import SCORES, best_csi_threshold, delong, forecast_scores, prior_shift, roc_auc, roc_auc_se
+from tornado.metrics import (SCORES, best_csi_threshold, delong, delong_against, forecast_scores, prior_shift,
+                             roc_auc, roc_auc_se)
 
 
 @pytest.fixture
@@ -167,3 +168,22 @@ def test_delong_p_values_under_no_difference_and_edge_cases():
     assert delong(a, a, label) == (0.0, 0.0, 1.0)               # the same forecast: no difference
     assert delong(a, 2 * a + 1, label) == (0.0, 0.0, 1.0)       # the same ranking
     assert all(math.isnan(v) for v in delong(a, b, np.zeros_like(label)))
+
+
+def test_delong_against_several_forecasts_is_delong_for_each():
+    rng = np.random.default_rng(3)
+    a, b, label = _paired_forecasts(rng, 40, 800, 0.5, 0.8)
+    others = [b, a, 2 * a + 1, np.round(b, 1), rng.normal(size=len(label))]
+    assert delong_against(a, others, label) == [delong(a, o, label) for o in others]
+    assert delong_against(a, [], label) == []
+    assert all(math.isnan(v) for d in delong_against(a, [b, a], np.ones_like(label)) for v in d)
+
+
+def test_forecast_scores_take_a_roc_auc_known_already():
+    rng = np.random.default_rng(4)
+    label = (rng.random(500) < 0.1).astype(int)
+    prob = np.clip(0.1 + 0.5 * label * rng.random(500) + 0.3 * rng.random(500), 0, 1)
+    known = forecast_scores(prob, label, auc=roc_auc(prob, label))
+    assert known == forecast_scores(prob, label)
+    assert forecast_scores(prob, label, auc=0.75)["roc_auc_se"] == roc_auc_se(0.75, int(label.sum()),
+                                                                             int(len(label) - label.sum()))

@@ -654,6 +654,60 @@ def test_the_best_jobs_get_their_own_pages_linked_from_the_jobs_table(tmp_path, 
         report.build_report(sweep, pages="best")
 
 
+def test_the_best_job_s_diagrams_are_drawn_once_for_the_sweep_and_its_own_page(tmp_path, monkeypatch):
+    sweep = gpu_batch_sweep(tmp_path)  # the best by roc_auc, job 3, gets a page, as do jobs 2 and 1
+    drawn = []
+    draw = report.plot_verification
+
+    def counted(prob, label, who, *args):
+        drawn.append(who)
+        return draw(prob, label, who, *args)
+
+    monkeypatch.setattr(report, "plot_verification", counted)
+    report.build_report(sweep)
+    assert sorted(drawn) == ["job 3", "run 1", "run 2"]  # job 3's for the sweep's page and its own
+    for name in ("roc.png", "reliability.svg", "performance.png"):
+        assert (sweep / "3" / "report" / name).read_bytes() == (sweep / "report" / name).read_bytes()
+    assert 'alt="performance"' in (sweep / "3" / "report.html").read_text()
+
+
+def test_the_sweep_s_rankings_are_made_once_per_report(tmp_path, monkeypatch):
+    sweep = gpu_batch_sweep(tmp_path)
+    calls = {"best_by_metric": 0, "_jobs_ranked": 0}
+    for name in calls:
+        def once(*args, _name=name, _f=getattr(report, name), **kwargs):
+            calls[_name] += 1
+            return _f(*args, **kwargs)
+        monkeypatch.setattr(report, name, once)
+    report.build_report(sweep, pages="none")
+    assert calls == {"best_by_metric": 1, "_jobs_ranked": 1}
+
+
+def test_a_long_list_of_jobs_scrolls_in_its_own_box_with_its_header_in_view(tmp_path):
+    lines = ["job,status,error,output_dir,epochs,batch_size,data_multiplier,lr,wall_s,roc_auc"]
+    lines += [f"{i},ok,,,5,128,1,{0.001 * (i + 1)},{10 + i},{0.6 + i / 1000}" for i in range(report.LONG_LIST + 1)]
+    lines += [f"{i},failed,boom,,5,128,1,{i},," for i in range(100, 103)]
+    page = report.build_report(write_csv_sweep(tmp_path, "\n".join(lines) + "\n"), pages="none")["report.html"]
+    html_text = page.read_text()
+    jobs, failed = html_text.split('<h2 id="jobs">')[1].split('<h2 id="failed">')
+    assert jobs.count("<tr>") == report.LONG_LIST + 2 and '<div class="wide long"><table class="list">' in jobs
+    assert '<div class="wide"><table class="list">' in failed  # 3 failed jobs: no box of their own
+    assert ".long thead th{position:sticky;top:0}" in html_text
+
+
+def test_a_history_is_read_in_epoch_order_as_numbers(tmp_path):
+    sweep = gpu_batch_sweep(tmp_path, failed=False)
+    r = json.loads((sweep / "1" / "result.json").read_text())
+    r["history"] = [{"epoch": 2, "train_acc": 0.9, "epoch_s": "1.5"}, {"epoch": 0, "train_acc": 0.8, "epoch_s": 1.0},
+                    {"epoch": 1, "train_acc": "x", "epoch_s": 2.0}]
+    (sweep / "1" / "result.json").write_text(json.dumps(r))
+    h = report.load_history(report.load_sweep(sweep), "1")
+    assert h["epoch"].tolist() == [0, 1, 2] and h.index.tolist() == [0, 1, 2]
+    assert h["epoch_s"].tolist() == [1.0, 2.0, 1.5] and h["train_acc"].isna().tolist() == [False, True, False]
+    in_order = report.load_history(report.load_sweep(sweep), "2")
+    assert in_order["epoch"].tolist() == [0, 1, 2] and in_order["train_acc"].dtype == float
+
+
 def test_a_copied_sweep_is_reported_from_its_own_folders(tmp_path):
     """A sweep copied (rsync from the cluster) while the original stays: results.csv and every result.json name
     the original's folders; the copy's report, pages, collect and predict use the copy's."""

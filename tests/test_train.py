@@ -275,6 +275,21 @@ def test_same_seed_same_metrics(data_dir, tmp_path, first_run):
     assert other["metrics"]["brier"] != zero["metrics"]["brier"]
 
 
+def test_the_last_epoch_s_validation_forecasts_are_made_once(data_dir, tmp_path, monkeypatch):
+    from tornado import train as training
+
+    sizes, forward = [], training.probabilities
+
+    def counted(net, x, *args, **kwargs):
+        sizes.append(len(x))
+        return forward(net, x, *args, **kwargs)
+
+    monkeypatch.setattr(training, "probabilities", counted)
+    r = training.train(cfg_for(*small(data_dir)), output_dir=tmp_path)
+    assert sizes.count(r["data"]["n_val"]) == 2 != r["data"]["n_test"]  # after each epoch; the scores reuse the last
+    assert r["metrics"]["val_roc_auc"] == r["history"][-1]["val_roc_auc"]
+
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     from tornado.train import train
@@ -760,6 +775,17 @@ def test_cpu_ddp_on_streamed_data_with_fewer_chunks_than_ranks(data_dir, tmp_pat
     assert p.returncode == 0, p.stderr[-3000:]
     result = json.loads((run / "result.json").read_text())
     assert result["status"] == "ok" and result["batch"]["per_device"] == 256 and result["devices"]["count"] == 2
+    assert "Initializing distributed" not in p.stdout + p.stderr  # each rank's start-up line
+
+
+def test_lightning_s_per_rank_start_up_lines_are_quiet_but_its_warnings_are_not():
+    import importlib
+    import logging
+
+    importlib.import_module("tornado.train")  # which sets the levels as it is imported
+    for name in ("lightning_fabric.utilities.distributed", "pytorch_lightning.accelerators.cuda"):
+        assert not logging.getLogger(name).isEnabledFor(logging.INFO)
+        assert logging.getLogger(name).isEnabledFor(logging.WARNING)
 
 
 def test_predict_round_trip(first_run, data_dir, tmp_path):

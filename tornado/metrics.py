@@ -91,38 +91,54 @@ def delong(prob_a: np.ndarray, prob_b: np.ndarray, label: np.ndarray) -> tuple[f
     the test accounts for both being scored on the same cases, so it finds smaller differences than two
     separate standard errors would. NaN where the labels hold one class; p = 1 where the two forecasts rank
     every case alike."""
-    from scipy.stats import norm, rankdata
+    return delong_against(prob_a, [prob_b], label)[0]
+
+
+def delong_against(prob_a: np.ndarray, probs: list[np.ndarray], label: np.ndarray) -> list[tuple[float, float, float]]:
+    """`delong(prob_a, prob_b, label)` for every `prob_b` of `probs`, `prob_a` ranked once."""
+    from scipy.stats import norm
 
     label = np.asarray(label).astype(bool)
     m, n = int(label.sum()), int((~label).sum())
     if m == 0 or n == 0:
-        return math.nan, math.nan, math.nan
-    aucs, v_pos, v_neg = [], [], []
-    for prob in (prob_a, prob_b):
-        prob = np.asarray(prob, dtype=np.float64)
-        everyone, pos, neg = rankdata(prob), rankdata(prob[label]), rankdata(prob[~label])
-        aucs.append((everyone[label].sum() - m * (m + 1) / 2) / (m * n))
-        v_pos.append((everyone[label] - pos) / n)        # each positive: the share of negatives ranked below it
-        v_neg.append(1 - (everyone[~label] - neg) / m)   # each negative: the share of positives ranked above it
-    cov = (np.cov(v_pos) / m if m > 1 else 0) + (np.cov(v_neg) / n if n > 1 else 0)
-    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]) if np.ndim(cov) == 2 else 0.0
-    diff = float(aucs[1] - aucs[0])
-    if var <= 1e-15:
-        return diff, 0.0, 1.0 if abs(diff) < 1e-12 else 0.0
-    return diff, math.sqrt(var), float(2 * norm.sf(abs(diff) / math.sqrt(var)))
+        return [(math.nan, math.nan, math.nan) for _ in probs]
+    a = _placements(prob_a, label, m, n)
+    out = []
+    for prob_b in probs:
+        aucs, v_pos, v_neg = zip(a, _placements(prob_b, label, m, n))
+        cov = (np.cov(v_pos) / m if m > 1 else 0) + (np.cov(v_neg) / n if n > 1 else 0)
+        var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]) if np.ndim(cov) == 2 else 0.0
+        diff = float(aucs[1] - aucs[0])
+        if var <= 1e-15:
+            out.append((diff, 0.0, 1.0 if abs(diff) < 1e-12 else 0.0))
+        else:
+            out.append((diff, math.sqrt(var), float(2 * norm.sf(abs(diff) / math.sqrt(var)))))
+    return out
+
+
+def _placements(prob: np.ndarray, label: np.ndarray, m: int, n: int) -> tuple[float, np.ndarray, np.ndarray]:
+    """A forecast's ROC AUC (`label`: boolean, `m` positives, `n` negatives) and DeLong's placements: for each
+    positive the share of negatives ranked below it, for each negative the share of positives ranked above it."""
+    from scipy.stats import rankdata
+
+    prob = np.asarray(prob, dtype=np.float64)
+    everyone, pos, neg = rankdata(prob), rankdata(prob[label]), rankdata(prob[~label])
+    auc = (everyone[label].sum() - m * (m + 1) / 2) / (m * n)
+    return auc, (everyone[label] - pos) / n, 1 - (everyone[~label] - neg) / m
 
 
 def forecast_scores(prob: np.ndarray, label: np.ndarray, climatology: float | None = None,
-                    threshold: float | None = None) -> dict[str, float]:
+                    threshold: float | None = None, auc: float | None = None) -> dict[str, float]:
     """Accuracy, ROC AUC and its standard error, average precision, CSI/POD/FAR at 0.5, at `threshold` (chosen
     elsewhere: on the validation split) and at the best-CSI threshold of these very forecasts (an upper bound,
-    optimistic), Brier score and Brier skill score against climatology (the training base rate if given)."""
+    optimistic), Brier score and Brier skill score against climatology (the training base rate if given).
+    `auc`: the ROC AUC of these forecasts where it is known already (`roc_auc`)."""
     prob = np.asarray(prob, dtype=np.float64)
     label = np.asarray(label).astype(np.int64)
     base = float(label.mean()) if climatology is None else float(climatology)
     out: dict[str, float] = {"n": len(label), "positives": int(label.sum()), "climatology": base}
     out["accuracy"] = float(np.mean((prob >= 0.5) == (label == 1)))
-    out["roc_auc"] = roc_auc(prob, label)
+    out["roc_auc"] = roc_auc(prob, label) if auc is None else auc
     out["roc_auc_se"] = roc_auc_se(out["roc_auc"], int(label.sum()), int(len(label) - label.sum()))
     if 0 < label.sum() < len(label):
         import torch  # here: the report reads SCORES without loading torch

@@ -27,7 +27,7 @@ from tornado.collect import result_row, section
 from tornado.errors import TornadoError, run_cli
 from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
 from tornado.metrics import SCORES as TEST_SCORES
-from tornado.metrics import delong, roc_auc_se
+from tornado.metrics import delong_against, roc_auc_se
 from tornado import runpage
 from tornado.plots import (curve_figures, plot_curves, plot_learning_curves, plot_roc_comparison,
                            plot_skill_vs_time, plot_verification, plot_wall_vs_batch, roc_points)
@@ -188,9 +188,13 @@ def load_history(sweep: Sweep, job: str) -> pd.DataFrame | None:
     h = pd.DataFrame(runpage.epochs_of(read_result(sweep.job_dir(job)) or {}))
     if h.empty or "train_acc" not in h.columns:
         return None
-    h = h.apply(pd.to_numeric, errors="coerce")
+    for c in h.columns:  # pd.to_numeric leaves a numeric column as it is: only text is worth converting
+        if not pd.api.types.is_numeric_dtype(h[c]):
+            h[c] = pd.to_numeric(h[c], errors="coerce")
     if "epoch" not in h.columns:
         h["epoch"] = np.arange(len(h))
+    if h["epoch"].is_monotonic_increasing and h["epoch"].is_unique:  # as written: in order
+        return h
     return h.sort_values("epoch").reset_index(drop=True)
 
 
@@ -271,11 +275,20 @@ JOB_SCORES = ("roc_auc", "roc_auc_se", "wall_s", "samples_per_s", "average_preci
 def jobs_table(ok: pd.DataFrame, metric: str, p_values: dict[str, float] | None = None) -> pd.DataFrame:
     """Every successful job, best by `metric` first: its varying settings and its main scores; `p_values`
     (job: `paired_p_values`' p against the first job) as `roc_auc_p`, after the ROC AUC's standard error."""
+    return _jobs_shown(_jobs_ranked(ok, metric), p_values)
+
+
+def _jobs_ranked(ok: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """`jobs_table` before its p-values and with every column."""
     scores = [c for c in dict.fromkeys([metric, *JOB_SCORES]) if c in ok.columns and c != "job"]
     table = ok[["job", *[c for c in varying_hparams(ok) if c not in scores], *scores]].copy()
     table["_m"] = numeric_column(ok, metric) * _direction(metric) if metric in ok.columns else 0.0
-    table = table.sort_values(["_m", "job"], ascending=[False, True], na_position="last").drop(columns="_m")
+    return table.sort_values(["_m", "job"], ascending=[False, True], na_position="last").drop(columns="_m")
+
+
+def _jobs_shown(table: pd.DataFrame, p_values: dict[str, float] | None) -> pd.DataFrame:
     if p_values:
+        table = table.copy()
         at = table.columns.get_loc("roc_auc_se") + 1 if "roc_auc_se" in table.columns else len(table.columns)
         table.insert(at, "roc_auc_p", [p_values.get(str(j), math.nan) for j in table["job"]])
     return table.loc[:, [c == "job" or table[c].notna().any() for c in table.columns]]  # none empty throughout
@@ -299,8 +312,10 @@ def paired_p_values(forecasts: dict[str, tuple[np.ndarray, np.ndarray]], jobs: l
     if not jobs or jobs[0] not in forecasts:
         return {}
     first, label = forecasts[jobs[0]]
-    return {job: delong(first, prob, label)[2] for job, (prob, other) in forecasts.items()
-            if job != jobs[0] and np.array_equal(other, label) and 0 < label.sum() < len(label)}
+    if not 0 < label.sum() < len(label):
+        return {}
+    others = {job: prob for job, (prob, other) in forecasts.items() if job != jobs[0] and np.array_equal(other, label)}
+    return {job: d[2] for job, d in zip(others, delong_against(first, list(others.values()), label))}
 
 
 def _time_to(sweep: Sweep, histories: dict[str, pd.DataFrame], column: str, target: float) -> list[dict]:
@@ -530,7 +545,15 @@ figure{background:#fff;border:1px solid #e2e8f0;border-radius:10px;padding:12px;
 figure img{max-width:100%;height:auto;display:block;margin:0 auto}figcaption{color:#475569;font-size:13px}
 code,.err{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:12px}
 .err{white-space:pre-wrap;color:#991b1b}
+.long{max-height:80vh;overflow:auto}.long thead th{position:sticky;top:0}
 """
+LONG_LIST = 25  # a list of more jobs scrolls in a box of its own, its header kept in view
+
+
+def _list_html(head: str, rows: str, count: int) -> str:
+    """A table of jobs (`head`: its header cells, `rows`: its rows, `count` of them) in a box as wide as the page."""
+    return (f'<div class="wide{" long" if count > LONG_LIST else ""}"><table class="list"><thead><tr>{head}</tr>'
+            f"</thead><tbody>{rows}</tbody></table></div>")
 
 
 def _epochs(n: int) -> str:
@@ -603,8 +626,10 @@ def _best_cards(summary: dict, metric: str, target: float) -> list[str]:
 
 
 def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tuple[str, bytes]],
-                metric: str, target: float, links: dict[str, str] | None = None) -> str:
-    """The sweep's page; `links`: {job: the address of its own page, relative to this one}."""
+                metric: str, target: float, links: dict[str, str] | None = None,
+                jobs: pd.DataFrame | None = None) -> str:
+    """The sweep's page; `links`: {job: the address of its own page, relative to this one}; `jobs`: its Jobs
+    table (`jobs_table`), made from the summary where not given."""
     e = html.escape
     df, ok = sweep.df, sweep.ok
     failed = _problems(df)
@@ -636,7 +661,7 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
         body.append('<p class="note">No job finished successfully.</p>')
     else:
         paired = summary.get("paired_roc_auc")
-        jobs = jobs_table(ok, metric, paired["p"] if paired else None)
+        jobs = jobs_table(ok, metric, paired["p"] if paired else None) if jobs is None else jobs
         head = "".join(f"<th>{e(c)}</th>" for c in jobs.columns)
         links = links or {}
         rows = "".join("<tr>" + "".join(f'<td><a href="{e(links[v])}">{e(v)}</a></td>' if c == "job" and v in links
@@ -651,15 +676,13 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
                                   f"and job {e(paired['reference'])}'s (the first), scored on the same cases: below "
                                   f"{paired['alpha']}, told apart beyond the test cases' sampling noise (not beyond "
                                   "the spread between seeds); above, within that noise." if paired else "")
-                    + f'</p><div class="wide"><table class="list"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody>'
-                    "</table></div>")
+                    + "</p>" + _list_html(head, rows, len(jobs)))
     body.append('<h2 id="failed">Failed jobs</h2>')
     if len(failed):
         rows = "".join(f"<tr><td>{e(f['job'])}</td><td><code>{e(_cfg_text(f['config']))}</code></td>"
                        f"<td>{e(f['status'])}</td><td class=\"err\">{e(_text(f['error']))}</td></tr>"
                        for f in summary["failed_jobs"])
-        body.append('<table class="list"><thead><tr><th>job</th><th>settings</th><th>status</th><th>error</th></tr>'
-                    f"</thead><tbody>{rows}</tbody></table>")
+        body.append(_list_html("<th>job</th><th>settings</th><th>status</th><th>error</th>", rows, len(failed)))
     else:
         body.append('<p class="note">No job failed.</p>')
     if sweep.running:
@@ -745,11 +768,13 @@ def _check_column(df: pd.DataFrame, key: str, col: str, known: bool = False) -> 
 def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: str = "data_multiplier",
                  group: str | None = "epochs", value: str = "wall_s", agg: str = "mean", metric: str = "auto",
                  target: float = 0.93, skill: float | str = "auto", paper: str = "auto", pages: str | int = 3,
-                 out: str | Path | None = None, up: str | Path | None = None) -> dict[str, Path]:
+                 out: str | Path | None = None, up: str | Path | None = None,
+                 drawn: dict[str, dict[str, bytes]] | None = None) -> dict[str, Path]:
     """Write tables, plots, summary.json and report.html; return {file name: path} of what was written.
     `sweep_dir`: a sweep's (or run's) folder, or a list of them read as one (`load_sweeps`; needs `out`).
     `pages`: how many jobs, best first, get their own page written too (`job_pages`; all, none or a number).
-    `up`: the sweep's page a run's page links back to."""
+    `up`: the sweep's page a run's page links back to; `drawn`: a run's ROC curve, reliability and performance
+    diagrams as its sweep's report drew them (`plot_verification`), used rather than drawn again."""
     dirs = list(sweep_dir) if isinstance(sweep_dir, (list, tuple)) else [sweep_dir]
     for d in dirs:
         _check_folder(Path(d))
@@ -864,10 +889,12 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
     if wall:
         plots["wall_vs_batch"] = wall
         images["wall_vs_batch"] = ("Wall time (training) against batch size; error bars: std over jobs", wall["png"])
-    best = best_by_metric(ok, metric)
-    order = [str(j) for j in jobs_table(ok, metric)["job"]]
+    ranked = best_by_metric(ok, metric, top=len(ok))
+    jobs = _jobs_ranked(ok, metric)
+    order = [str(j) for j in jobs["job"]]
     forecasts = test_forecasts(sweep, order)
     p_values = paired_p_values(forecasts, order)
+    jobs = _jobs_shown(jobs, p_values)
     paired = {"reference": order[0], "metric": metric, "alpha": PAIRED_ALPHA, "p": p_values,
               "within_noise": [j for j in order if p_values.get(j, 0.0) >= PAIRED_ALPHA],
               "repeats": configurations(ok, ok)[1] is not None} if p_values else None
@@ -878,15 +905,16 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
               *forecasts[j]) for j in shown])
         images["roc_best"] = (f"ROC curves on the test set of the best jobs by {metric}; p: DeLong's paired test "
                               f"against job {order[0]}", plots["roc_best"]["png"])
-    best_pred = next(((b["job"], *forecasts[b["job"]]) for b in best_by_metric(ok, metric, top=len(ok))
-                      if b["job"] in forecasts), None)
+    best_pred = next(((b["job"], *forecasts[b["job"]]) for b in ranked if b["job"] in forecasts), None)
+    diagrams: dict[str, dict[str, dict[str, bytes]]] = {}  # {job: its diagrams}, for its own page
     if best_pred and len(np.unique(best_pred[2])) == 2:
         job, prob, label = best_pred
         row = ok.loc[ok["job"].astype(str) == str(job)]
         cut = numeric_column(row, "threshold").iloc[0] if "threshold" in row.columns else None
         clim = numeric_column(row, "climatology").iloc[0] if "climatology" in row.columns else None
         who = f"run {sweep.name}" if run is not None else f"job {job}"
-        for name, data in plot_verification(prob, label, who, cut, None if pd.isna(clim) else clim).items():
+        diagrams[job] = drawn or plot_verification(prob, label, who, cut, None if pd.isna(clim) else clim)
+        for name, data in diagrams[job].items():
             plots[name] = data
             of = "" if run is not None else f" of the best job by {metric} ({job})"
             cap = {"roc": f"ROC curve{of} on the test set",
@@ -908,7 +936,7 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
             else:
                 (report_dir / f"{name}.{fmt}").unlink(missing_ok=True)  # stale from an earlier report
 
-    pages_of = {} if run is not None else job_pages(sweep, order, pages, out, notes, html_path)
+    pages_of = {} if run is not None else job_pages(sweep, order, pages, out, notes, html_path, diagrams)
     summary = {
         "sweep_dir": str(sweep.dir.resolve()), "sweep_dirs": [str(p.resolve()) for p in sweep.parts or [sweep.dir]],
         "single": sweep.single, "partial": sweep.partial, "running": sweep.running, "waiting": sweep.waiting,
@@ -920,7 +948,7 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
                   "repeats": ts.repeats, "averaged": ts.averaged, "paper_tables": ts.paper_tables,
                   "sections": [{k: _plain(v) for k, v in s.fixed.items()} for s in ts.sections]} if ts else None,
         "metric": metric, "target": float(target), "constant_forecast_accuracy": constant,
-        "best_by_metric": best,
+        "best_by_metric": ranked[:5],
         "time_to_accuracy": by_configuration(ok, time_to_accuracy(sweep, float(target), histories))[:5],
         "time_to_skill": tts, "soonest_to_skill": sts, "paired_roc_auc": paired,
         "notes": notes, "job_pages": {j: str(p.resolve()) for j, p in pages_of.items()},
@@ -935,18 +963,18 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
     page = (runpage.render(run, sweep.dir, images, notes, CSS, os.path.relpath(up, html_path.parent) if up else None)
             if run is not None else
             render_html(sweep, ts, summary, images, metric, float(target),
-                        {j: os.path.relpath(p, html_path.parent) for j, p in pages_of.items()}))
+                        {j: os.path.relpath(p, html_path.parent) for j, p in pages_of.items()}, jobs))
     write_atomic(html_path, page)
     written["report.html"] = html_path
     return written
 
 
 def job_pages(sweep: Sweep, order: list[str], pages: str | int, out: str | Path | None, notes: list[str],
-              up: Path) -> dict[str, Path]:
+              up: Path, drawn: dict[str, dict[str, dict[str, bytes]]] | None = None) -> dict[str, Path]:
     """{job: its own report.html} (`tornado.report` on the job's folder, linked back to `up`, the sweep's page):
     written for the first `pages` jobs of `order` (all, none or a number), into the job's folder or, with `out`,
     OUT/<job>/; any other job's page found there is kept where it is newer than the job's result.json (a job run
-    again makes its page stale)."""
+    again makes its page stale). `drawn`: {job: its diagrams} the sweep's report drew already."""
     count = len(order) if str(pages) == "all" else 0 if str(pages) == "none" else int(pages)
     found: dict[str, Path] = {}
     for i, job in enumerate(order):
@@ -954,7 +982,8 @@ def job_pages(sweep: Sweep, order: list[str], pages: str | int, out: str | Path 
         page = where / "report.html"
         if i < count:
             try:
-                found[job] = build_report(sweep.job_dir(job), out=where if out else None, up=up)["report.html"]
+                found[job] = build_report(sweep.job_dir(job), out=where if out else None, up=up,
+                                          drawn=(drawn or {}).get(job))["report.html"]
             except TornadoError as e:
                 notes.append(f"Job {job}: no page of its own ({e}).")
             continue

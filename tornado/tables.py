@@ -186,6 +186,8 @@ def _paper_best(table: str) -> float:
 
 def _auto_table(row: pd.Series, value: str) -> str | None:
     section = str(row.get("paper", "") or "")
+    if section not in ("6.1.1", "6.1.2", "6.1.3", "6.2"):
+        return None
     accel = str(row.get("accelerator", "") or "").lower()
     gpus = pd.to_numeric(pd.Series([row.get("gpus")]), errors="coerce").iloc[0]
     cpu = accel == "cpu" or (accel in ("", "nan", "none") and gpus == 0)

@@ -49,6 +49,10 @@ log = logging.getLogger("tornado.train")
 
 # Lightning's start-up chatter (device summary, tips, the srun hint) says nothing about this run.
 logging.getLogger("pytorch_lightning.utilities.rank_zero").setLevel(logging.WARNING)
+# Each DDP rank's "Initializing distributed: GLOBAL_RANK ..." (and, on GPUs, "LOCAL_RANK: 0 - CUDA_VISIBLE_DEVICES")
+# says only that the run started as asked; their warnings and errors still show.
+for _name in ("lightning_fabric.utilities.distributed", "pytorch_lightning.accelerators.cuda"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 # Its "Received SIGTERM" lands in the middle of the progress bar; the run's own error line says it once.
 logging.getLogger("pytorch_lightning.trainer.connectors.signal_connector").setLevel(logging.WARNING)
 # (A resumed run's CSV log: `resume_path` has moved the old metrics.csv aside, nothing is deleted. The epoch
@@ -245,6 +249,7 @@ class _EpochSkill(pl.Callback):
         self.eval_s = 0.0  # this process's scoring time
         self.stopped = False
         self.best_state: dict[str, torch.Tensor] | None = None  # the network's weights at the best epoch
+        self.last: tuple[int, np.ndarray, float] | None = None  # this session's last epoch: probabilities, score
 
     def best_epoch(self) -> int | None:
         """The epoch (from 1) of the highest score so far, the first of ties."""
@@ -269,8 +274,10 @@ class _EpochSkill(pl.Callback):
         if trainer.is_global_zero:
             t0 = time.perf_counter()
             self.x = self.x.to(pl_module.device)  # once: a no-op after the first epoch
-            score = roc_auc(probabilities(pl_module.net, self.x), self.y)
+            prob = probabilities(pl_module.net, self.x)
+            score = roc_auc(prob, self.y)
             self.scores[trainer.current_epoch] = score
+            self.last = (trainer.current_epoch, prob, score)
             pl_module.log("val_roc_auc", score, on_epoch=True, rank_zero_only=True)  # CSV and TensorBoard
             if self.patience is not None and self.best_epoch() == trainer.current_epoch + 1:
                 self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in pl_module.net.state_dict().items()}
@@ -640,7 +647,11 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
                      "epoch %d's weights (%s)", trained, cfg.epochs, counted(trained - best, "epoch"), best,
                      shown_path(last.with_name("best.ckpt")))
         t_test = time.perf_counter()
-        metrics, evaluation, prob, label = score(module, path, dm.meta, (skill.x, skill.y) if skill else None)
+        # the weights scored are those the last epoch's validation scoring saw (not an earlier best epoch's)
+        last = (skill.last if skill and skill.last and skill.last[0] == module.history[-1]["epoch"]
+                and best in (None, trained) else None)
+        metrics, evaluation, prob, label = score(module, path, dm.meta, (skill.x, skill.y) if skill else None,
+                                                 last[1:] if last else None)
         test_s = time.perf_counter() - t_test
         npz = io.BytesIO()
         np.savez_compressed(npz, prob=prob.astype(np.float32), label=label)
@@ -815,9 +826,10 @@ def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm:
     return trainer, clock
 
 
-def score(module: StormModule, path, meta: dict,
-          val_split: tuple[torch.Tensor, np.ndarray] | None = None) -> tuple[dict, dict, np.ndarray, np.ndarray]:
+def score(module: StormModule, path, meta: dict, val_split: tuple[torch.Tensor, np.ndarray] | None = None,
+          val_scored: tuple[np.ndarray, float] | None = None) -> tuple[dict, dict, np.ndarray, np.ndarray]:
     """Test metrics (`val_*`: the same on the validation split), how they were made, and the test forecasts.
+    `val_scored`: the network's probabilities on `val_split` and their ROC AUC, from its last epoch's scoring.
 
     The CSI/POD/FAR threshold is the one that maximises CSI on the validation split, applied to the test
     set; `*_best` are at the test set's own best threshold (optimistic). With balance copies or weighted
@@ -828,7 +840,8 @@ def score(module: StormModule, path, meta: dict,
 
     def forecasts(split: str) -> tuple[np.ndarray, np.ndarray]:
         if split == "val" and val_split is not None:  # loaded already for the per-epoch scores
-            prob, label = probabilities(module.net, val_split[0].to(module.device)), val_split[1]
+            x, label = val_split
+            prob = val_scored[0] if val_scored is not None else probabilities(module.net, x.to(module.device))
         else:
             prob, label = evaluate(module.net, path, module.device, split)
         return module.calibrated(prob), label
@@ -839,7 +852,9 @@ def score(module: StormModule, path, meta: dict,
         vprob, vlabel = forecasts("val")
         if 0 < vlabel.sum() < len(vlabel):
             threshold = best_csi_threshold(vprob, vlabel)[0]
-        val = {f"val_{k}": v for k, v in forecast_scores(vprob, vlabel, climatology=climatology).items()
+        # the ROC AUC of the forecasts as scored after the last epoch, where no prior shift moved them
+        auc = val_scored[1] if val_scored is not None and np.array_equal(vprob, val_scored[0]) else None
+        val = {f"val_{k}": v for k, v in forecast_scores(vprob, vlabel, climatology=climatology, auc=auc).items()
                if f"val_{k}" in VAL_SCORES}
     metrics = {**forecast_scores(prob, label, climatology=climatology, threshold=threshold),
                "train_base_rate": trained, **val}
