@@ -405,6 +405,25 @@ def test_a_lock_removed_by_its_failed_holder_is_taken_anew_by_a_process_waiting_
     assert path.exists()  # the waiter's: it did not fail
 
 
+def test_a_lock_file_that_is_a_link_to_no_file_is_taken(tmp_path):
+    import threading
+
+    from tornado.records import locked
+
+    path = tmp_path / ".x.lock"
+    path.symlink_to(tmp_path / "elsewhere.lock")
+    got = []
+
+    def take():
+        with locked(path):
+            got.append(True)
+
+    thread = threading.Thread(target=take, daemon=True)
+    thread.start()
+    thread.join(10)
+    assert got == [True] and (tmp_path / "elsewhere.lock").exists()
+
+
 BAD_SETTINGS = {
     "no positives": ({"label.threshold": 1e9}, "leaves no positive"),
     "empty test split": ({"split.test_start": "2030-01-01"}, "empty test split"),
@@ -428,7 +447,10 @@ BAD_SETTINGS = {
     "unknown key": ({"foo": 1}, r"^foo: unknown key$"),
     "unknown label key": ({"label.treshold": 0.01},
                           r"^label.treshold: unknown key \(did you mean label.threshold\?\)$"),
-    "unknown split key": ({"split.start": "2014-01-01"}, r"^split.start: unknown key"),
+    "unknown split key": ({"split.start": "2014-01-01"},
+                          r"^split.start: unknown key \(did you mean split.test_start\?\)$"),
+    "unknown key like none": ({"label.x": 1}, r"^label.x: unknown key$"),  # not `label.reduce`: only x is compared
+    "unknown synth key": ({"synth.dayz": 3}, r"^synth.dayz: unknown key \(did you mean synth.days\?\)$"),  # unread
 }
 
 
@@ -550,6 +572,17 @@ def test_cli_prepares_and_refuses(source, tmp_path):
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
         assert list(bad.iterdir()) == []  # no lock, no log folder: its log held no more than the terminal showed
+
+
+@pytest.mark.parametrize("how", ["", "++"])
+def test_a_refused_command_keeps_a_log_folder_it_was_given(how, tmp_path):
+    """hydra.run.dir= names a folder of the user's (maybe an earlier command's log in it): it stays as it was."""
+    mine = tmp_path / "logs" / "mine"
+    mine.mkdir(parents=True)
+    (mine / "prepare.log").write_text("an earlier command's log\n")
+    res = run_cli("+foo=1", f"out_dir={tmp_path / 'out'}", f"{how}hydra.run.dir={mine}")
+    assert res.returncode == 2 and res.stderr == "error: foo: unknown key\n", res.stderr
+    assert (mine / "prepare.log").read_text().startswith("an earlier command's log\n")
 
 
 @pytest.mark.parametrize("value", ["null", ""])

@@ -597,6 +597,37 @@ def test_efficiency_names_a_result_json_it_could_not_read(sweep_cli, tmp_path):
     assert p.stdout.splitlines()[-1] == f"  training counted as 0 s: {eff['unreadable'][0]}"
 
 
+def test_a_lock_held_by_a_pid_not_running_here_is_held(tmp_path):
+    """The launcher of a sweep folder both hosts see runs on the other: its pid is none of this host's."""
+    import subprocess
+    import sys
+
+    from tornado.records import held_by, hold
+
+    lock = tmp_path / ".launcher.lock"
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    with hold(lock):
+        lock.write_text(gone.stdout)  # as the other host's launcher wrote it
+        assert held_by(lock) == gone.stdout.strip()
+    assert held_by(lock) is None
+
+
+def test_efficiency_of_a_launch_that_ends_while_asked_is_its_figures(tmp_path, monkeypatch):
+    """launcher.json read while its launcher runs, the launcher gone when asked: it wrote its last record first."""
+    from tornado import collect as collect_module
+
+    write_json(tmp_path / "0" / "result.json", {"status": "ok", "times": {"wall_s": 4.0}})
+    write_json(tmp_path / "launcher.json", {"slots": 1, "state": "running", "jobs": [{"dir": "0", "status": None}]})
+
+    def ended(path):
+        write_json(tmp_path / "launcher.json", {"slots": 1, "state": "finished", "wall_s": 10.0, "jobs": [
+            {"dir": "0", "status": "ok", "start": 1.0, "end": 6.0}]})
+        return None
+
+    monkeypatch.setattr(collect_module, "held_by", ended)
+    assert sweep_efficiency(tmp_path)["efficiency"] == 0.4
+
+
 def test_efficiency_tells_a_launcher_killed_outright_from_one_still_running(sweep_popen, sweep_cli, tmp_path):
     """launcher.json says "running" until the launch ends: while its launcher holds the sweep folder's lock the
     sweep runs; once the launcher is gone (SIGKILL), the launch was cut short and recorded no job's times."""

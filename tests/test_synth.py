@@ -308,7 +308,8 @@ def test_cli_errors_name_the_arguments_as_typed(tmp_path, args, line):
 
 @pytest.mark.parametrize("arg, match", [("bogus=1", "error: bogus=1: unknown argument (python -m tornado.synth ["),
                                          ("dayz=2", "unknown argument (did you mean days? "),
-                                         ("days=many", "error: days: 'many': must be an integer"), ("seed", "seed")])
+                                         ("days=many", "error: days: 'many': must be an integer"),
+                                         ("seed", "error: seed: expected key=value (python -m tornado.synth [")])
 def test_cli_bad_argument(tmp_path, arg, match):
     r = run_cli(f"out_dir={tmp_path}", arg)
     assert r.returncode == 2

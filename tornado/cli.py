@@ -57,9 +57,12 @@ def closest(word: str, names: list[str]) -> str | None:
 
 
 def unknown_key(key: str, known: list[str] | set[str]) -> TornadoError:
-    """`key: unknown key (did you mean ...?)`: a setting nothing reads (Hydra's `+key=` adds any)."""
-    close = closest(key, sorted(known))
-    return TornadoError(f"{key}: unknown key" + (f" (did you mean {close}?)" if close else ""))
+    """`key: unknown key (did you mean ...?)`: a setting nothing reads (Hydra's `+key=` adds any). The names are
+    compared without their shared group (`data.label.`), which would make any two alike."""
+    group, _, name = key.rpartition(".")
+    names = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == group}
+    close = closest(name, sorted(names))
+    return TornadoError(f"{key}: unknown key" + (f" (did you mean {names[close]}?)" if close else ""))
 
 
 def counted(n: int, thing: str, things: str | None = None) -> str:

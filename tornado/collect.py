@@ -125,6 +125,9 @@ def sweep_efficiency(sweep_dir: str | os.PathLike, slots: int | None = None) -> 
     """
     sweep = Path(sweep_dir)
     record = _launch_record(sweep)
+    pid = None
+    if isinstance(record, dict) and record.get("state") == "running" and (pid := held_by(sweep / SWEEP_LOCK)) is None:
+        record = _launch_record(sweep)  # a launcher that ended since wrote its last record before letting go
     if record is None:
         raise TornadoError(f"sweep folder {sweep}: no launcher.json (was it run by the local launcher?)")
     where = sweep / "launcher.json"
@@ -136,7 +139,6 @@ def sweep_efficiency(sweep_dir: str | os.PathLike, slots: int | None = None) -> 
         raise TornadoError(f"sweep folder {sweep}: --efficiency measures the local launcher's slots; a SLURM "
                            "sweep's jobs wait in the cluster's queue (see each job's result.json times)")
     if record.get("state") == "running":
-        pid = held_by(sweep / SWEEP_LOCK)
         if pid is not None:
             raise TornadoError(f"{where}: the sweep is still running{f' (launcher pid {pid})' if pid else ''}; "
                                "--efficiency needs a finished launch")

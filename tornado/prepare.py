@@ -45,10 +45,11 @@ H5_ROWS = 64          # patches per HDF5 chunk of x (768 KiB in float32)
 H5_VEC = 1 << 16      # entries per HDF5 chunk of y, date, track_id
 DTYPES = ("float32", "float16")
 SYNTH_KEYS = ("days", "patches_per_day", "seed", "start", "end")
-# the keys parse_settings reads (conf/data/synthetic.yaml's); synth.* is checked where it is used
+# the keys parse_settings reads (conf/data/synthetic.yaml's)
 DATA_KEYS = ("source", "out_dir", "synth", "label", "split", "multipliers", "balance", "balance_ratio", "dtype",
              "nonfinite", "seed")
-GROUP_KEYS = {"label": ("reduce", "threshold", "inclusive"), "split": ("test_start", "val_fraction")}
+GROUP_KEYS = {"synth": SYNTH_KEYS, "label": ("reduce", "threshold", "inclusive"),
+              "split": ("test_start", "val_fraction")}
 PATCH = (len(data.CHANNELS), data.PATCH_SIZE, data.PATCH_SIZE)
 
 
@@ -119,9 +120,6 @@ def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
     if source is None or str(source) == "":
         source = None
         raw = dict(cfg.get("synth", None) or {})
-        unknown = sorted(set(raw) - set(SYNTH_KEYS))
-        if unknown:
-            raise TornadoError(f"synth.{unknown[0]}: unknown key (known: {', '.join(SYNTH_KEYS)})")
         synth_cfg = {k: (str(v) if k in ("start", "end") else v) for k, v in raw.items()}
         for key in ("days", "patches_per_day", "seed"):
             v = synth_cfg.get(key, 1)
@@ -555,7 +553,7 @@ def drop_log(hc) -> bool:
     """Removes the log folder of a command that failed (refused, or stopped) where Hydra made it for this process
     (the default, named by time and pid) and it holds only Hydra's files: the log says no more than the terminal
     did, without the error line. `.prepare-logs` goes too if nothing else is left in it. Returns whether it did."""
-    if any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra):
+    if any(o.lstrip("+").startswith("hydra.run.dir=") for o in hc.overrides.hydra):  # `++hydra.run.dir=` too
         return False
     out = Path(hc.runtime.output_dir)
     saved = out / hc.output_subdir if hc.output_subdir else None

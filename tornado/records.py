@@ -52,12 +52,9 @@ def locked(path: Path, mode: int = fcntl.LOCK_EX, discard_on_error: bool = False
         made = True
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
-        except FileExistsError:
+        except FileExistsError:  # or a link to a file not there (made then, as without O_EXCL)
             made = False
-            try:
-                fd = os.open(path, os.O_RDWR)
-            except FileNotFoundError:  # removed in between
-                continue
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, mode)
             if _same_file(fd, path):
@@ -113,19 +110,13 @@ def hold(path: Path) -> contextlib.ExitStack:
 
 def held_by(path: Path) -> str | None:
     """Who holds `hold`'s lock on ``path``: the pid its file names ("" where it names none), or None where no
-    process holds it (or there is no such file)."""
+    process holds it (or there is no such file). The lock tells, not the pid: one not running here may be another
+    host's (a folder both see) or another pid namespace's."""
     try:
         named = path.read_text().strip()
     except OSError:
         return None
     pid = named if named.isdigit() else ""
-    if pid:
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:
-            return None  # gone, and the lock with it: no need to probe (a probe would refuse a holder starting now)
-        except (PermissionError, OverflowError):
-            pass  # another user's process, or no pid at all: the probe tells
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:

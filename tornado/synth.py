@@ -406,7 +406,8 @@ def parse_args(argv: list[str]) -> dict:
         if not eq or key not in _KEYS:
             close = closest(key, list(_KEYS)) if eq else None
             hint = f"did you mean {close}? " if close else ""
-            raise TornadoError(f"{item}: unknown argument ({hint}{USAGE.split(': ', 1)[1]})")
+            fault = "unknown argument" if eq else "expected key=value"  # `seed`: a known key without its value
+            raise TornadoError(f"{item}: {fault} ({hint}{USAGE.split(': ', 1)[1]})")
         try:
             args[key] = _KEYS[key](value)
         except ValueError:
