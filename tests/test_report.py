@@ -18,6 +18,7 @@ import pytest
 
 from tornado import plots, report, tables
 from tornado.errors import TornadoError
+from tornado.records import SWEEP_LOCK, hold
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -341,15 +342,20 @@ def test_jobs_of_a_launch_in_progress_that_have_not_started_are_counted(tmp_path
     sweep = gpu_batch_sweep(tmp_path, failed=False)
     jobs = [{"num": i, "dir": str(i), "status": "pending"} for i in range(6)]  # 4 and 5 have no folder yet
     (sweep / "launcher.json").write_text(json.dumps({"launcher": "local", "state": "running", "jobs": jobs}))
-    paths = report.build_report(sweep, rows="batch_size", cols="gpus")
-    summary = json.loads(paths["summary.json"].read_text())
-    assert summary["partial"] is True and summary["waiting"] == ["4", "5"] and summary["running"] == []
-    page = paths["report.html"].read_text()
-    assert "jobs: 0 running, 2 not started" in page and "Not started yet: 4, 5" in page
-    (sweep / "5").mkdir()
-    (sweep / "5" / "stdout.log").write_text("")  # started, still importing: no result.json yet
+    with hold(sweep / SWEEP_LOCK):  # as the launcher holds it while it runs
+        paths = report.build_report(sweep, rows="batch_size", cols="gpus")
+        summary = json.loads(paths["summary.json"].read_text())
+        assert summary["partial"] is True and summary["waiting"] == ["4", "5"] and summary["running"] == []
+        page = paths["report.html"].read_text()
+        assert "jobs: 0 running, 2 not started" in page and "Not started yet: 4, 5" in page
+        (sweep / "5").mkdir()
+        (sweep / "5" / "stdout.log").write_text("")  # started, still importing: no result.json yet
+        summary = json.loads(report.build_report(sweep, rows="batch_size", cols="gpus")["summary.json"].read_text())
+        assert summary["waiting"] == ["4"] and summary["running"] == ["5"]
+    # the launcher killed outright (kill -9): launcher.json still says running, but nothing will start the rest
     summary = json.loads(report.build_report(sweep, rows="batch_size", cols="gpus")["summary.json"].read_text())
-    assert summary["waiting"] == ["4"] and summary["running"] == ["5"]
+    assert summary["partial"] is False and summary["waiting"] == [] and summary["running"] == []
+    assert any(n.startswith("The last launch was cut short") for n in summary["notes"])
     (sweep / "launcher.json").write_text(json.dumps({"launcher": "local", "state": "finished", "jobs": jobs}))
     summary = json.loads(report.build_report(sweep, rows="batch_size", cols="gpus")["summary.json"].read_text())
     assert summary["partial"] is False and summary["waiting"] == []

@@ -31,7 +31,7 @@ from tornado.metrics import delong_against, roc_auc_se
 from tornado import runpage
 from tornado.plots import (curve_figures, plot_curves, plot_learning_curves, plot_roc_comparison,
                            plot_skill_vs_time, plot_verification, plot_wall_vs_batch, roc_points)
-from tornado.records import read_result, write_atomic, write_json
+from tornado.records import SWEEP_LOCK, held_by, read_result, write_atomic, write_json
 from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SCALING, SKILL_S, TIMES, TableSet, build_tables,
                             is_repeat, number_text, numeric_column, ok_rows, to_html_tables, to_latex,
                             settings_text, to_long_csv, to_markdown, varying_hparams)
@@ -134,7 +134,7 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
     if "status" not in df.columns:
         df["status"] = "ok"
     running = set(running) | set(df.loc[df["status"] == "running", "job"].astype(str))
-    waiting = _waiting(sweep, set(results))
+    waiting = _waiting(sweep, set(results), notes)
     # started but not yet far enough to write result.json (its output log is there): running
     starting = {j for j in waiting if (sweep / j / "stdout.log").exists()}
     return Sweep(sweep, df.reset_index(drop=True), sorted(running | starting), notes,
@@ -164,12 +164,17 @@ def load_sweeps(sweep_dirs: list[str | Path]) -> Sweep:
                  parts=[p.dir for p in parts])
 
 
-def _waiting(sweep: Path, started: set[str]) -> list[str]:
-    """Jobs of a launch still in progress (launcher.json's `state`) that have no result yet."""
+def _waiting(sweep: Path, started: set[str], notes: list[str]) -> list[str]:
+    """Jobs of a launch still in progress (launcher.json's `state`) that have no result yet. A local launch whose
+    launcher is gone (killed outright: its sweep lock is free) has none waiting, and `notes` says so."""
     try:
         plan = json.loads((sweep / "launcher.json").read_text())
         jobs = [str(j["dir"]) for j in plan["jobs"]] if plan.get("state") == "running" else []
     except (OSError, ValueError, KeyError, TypeError):
+        return []
+    if jobs and plan.get("launcher") == "local" and held_by(sweep / SWEEP_LOCK) is None:
+        notes.append("The last launch was cut short (its launcher ended without finishing it); run the sweep's "
+                     "command again to run the jobs it left.")
         return []
     return [j for j in jobs if j not in started]
 
