@@ -7,6 +7,8 @@ from __future__ import annotations
 import json
 import re
 import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -55,12 +57,31 @@ def first_of_each_sweep(args: list[str]) -> list[str]:
             for o in parsed]
 
 
-ALL = documented_commands()
+def help_commands() -> list[tuple[str, str, str]]:
+    """(where, app, argument text) of each example in the `--help` headers of conf/train.yaml and prepare.yaml."""
+    out = []
+    for name in ("train", "prepare"):
+        header = OmegaConf.load(CONF_DIR / f"{name}.yaml").hydra.help._get_node("header")._value()
+        for line in (line for line in header.splitlines() if line.startswith("  ")):  # the indented examples
+            if m := COMMAND.match(line.strip().replace("${hydra.help.app_name}", f"python -m tornado.{name}")):
+                out.append((f"{name} --help", m.group(1), re.split(r"\s{3,}", m.group(2))[0]))
+    return out
+
+
+ALL = documented_commands() + help_commands()
 COMMANDS = [(where, app, [a for a in shlex.split(text, comments=True) if a != "-m"])
             for where, app, text in ALL if app in ("train", "prepare") and "<" not in text and "…" not in text
-            and "..." not in text]
+            and "..." not in text and shlex.split(text, comments=True) != ["--help"]]  # --help: its own test
 OTHERS = [(where, app, shlex.split(text, comments=True)) for where, app, text in ALL
           if app not in ("train", "prepare")]
+
+
+def test_the_help_of_train_and_prepare_says_what_they_do_with_examples():
+    assert [app for _, app, _ in help_commands()] == ["train"] * 4 + ["prepare"]
+    out = subprocess.run([sys.executable, "-m", "tornado.train", "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=300).stdout
+    assert out.startswith("python -m tornado.train: trains the storm CNN") and "python -m tornado.report" in out
+    assert "  python -m tornado.train -m batch_size=128,256 gpus=1,2 " in out and "powered by Hydra" not in out
 
 
 def test_the_docs_show_commands_of_every_app():

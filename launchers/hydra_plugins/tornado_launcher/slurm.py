@@ -38,14 +38,6 @@ _NEVER = {"PartitionConfig": "it asks for more than the partition offers (CPUs, 
           "PartitionNodeLimit": "it asks for more nodes than the partition's limit"}
 
 
-def _squeue_time(text: str) -> Optional[float]:
-    """squeue's 2026-11-27T10:00:00 (local time) as a timestamp; None for N/A, Unknown, ..."""
-    try:
-        return datetime.datetime.strptime(text.strip(), "%Y-%m-%dT%H:%M:%S").timestamp()
-    except ValueError:
-        return None
-
-
 def queue_states(slurm_ids: Sequence[str], reasons: Optional[Dict[str, str]] = None,
                  times: Optional[Dict[str, tuple]] = None) -> Optional[Dict[str, str]]:
     """SLURM state of each job or array task still known to slurmctld; None if squeue did not answer.
@@ -69,8 +61,8 @@ def queue_states(slurm_ids: Sequence[str], reasons: Optional[Dict[str, str]] = N
             reasons[jid] = reason.strip()
         if times is not None:  # a queued job's start, a running one's end: what SLURM expects, not what happened
             started = states[jid] in ("RUNNING", "COMPLETING") or states[jid] not in _ALIVE
-            times[jid] = (_squeue_time(start) if started else None,
-                          _squeue_time(end) if states[jid] not in _ALIVE else None)
+            times[jid] = (_iso_time(start) if started else None,
+                          _iso_time(end) if states[jid] not in _ALIVE else None)
     return states
 
 
@@ -134,9 +126,10 @@ def _ran_between_polls(job: Job, squeued: Optional[tuple], polled: float) -> tup
 
 
 def _iso_time(text: Any) -> Optional[float]:
+    """A time as squeue (2026-11-27T10:00:00, local) or result.json writes it, as a timestamp; None for N/A, ..."""
     try:
-        return datetime.datetime.fromisoformat(text).timestamp()
-    except (TypeError, ValueError):
+        return datetime.datetime.fromisoformat(text.strip()).timestamp()
+    except (AttributeError, TypeError, ValueError):
         return None
 
 
