@@ -10,6 +10,8 @@ import re
 import shutil
 import subprocess
 import sys
+import urllib.parse
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -455,8 +457,8 @@ def test_a_run_report_shows_its_scores_epochs_and_what_it_was(tmp_path, capsys):
     assert 'alt="roc"' in page and "the sweep's report" not in page  # a run of its own: no sweep to go back to
     assert "<td>accuracy</td><td>0.95</td><td>–</td>" in page  # no validation accuracy recorded: a dash
     assert "never forecasting a tornado scores 0.945 on test</td>" in page  # 273 of 5,000 test cases: not 1 - 0.05
-    assert "<td>settings given</td><td>patience=1</td>" in page
-    assert "<td>epochs</td><td>3; patience 1: stopped early, epoch 2 scored</td>" in page
+    assert '<th scope="row">settings given</th><td>patience=1</td>' in page
+    assert '<th scope="row">epochs</th><td>3; patience 1: stopped early, epoch 2 scored</td>' in page
     assert '<tr class="best"><td>2</td><td>0.5</td><td>0.95</td><td>0.87</td><td>1.5</td><td>2.5</td></tr>' in page
     assert "validation: the last 10% of the earlier run dates" in page
     assert (run / "report" / "learning_curves.png").stat().st_size > 0 and "Best configurations" not in page
@@ -497,10 +499,11 @@ def test_a_refused_run_page_leaves_out_what_it_does_not_have(tmp_path, capsys):
     page = (run / "report.html").read_text()
     assert not NONE_TEXT.search(page), NONE_TEXT.findall(page)
     assert '<p class="err">TornadoError: batch_size=-1: must be a positive whole number</p>' in page
-    assert "<td>epochs</td><td>none of 10 finished</td>" in page and "<td>batch</td><td>-1</td>" in page
-    assert "<td>run</td><td>vm, 2026-01-01T00:00:00+00:00 to 2026-01-01T00:00:01+00:00</td>" in page
-    for gone in ('id="scores"', 'id="epochs"', 'id="plots"', "<td>device</td>", "<td>training time</td>",
-                 "<td>cases</td>", "<td>model</td>", "validation split (data.split"):
+    assert '<th scope="row">epochs</th><td>none of 10 finished</td>' in page
+    assert '<th scope="row">batch</th><td>-1</td>' in page
+    assert '<th scope="row">run</th><td>vm, 2026-01-01T00:00:00+00:00 to 2026-01-01T00:00:01+00:00</td>' in page
+    for gone in ('id="scores"', 'id="epochs"', 'id="plots"', ">device</th>", ">training time</th>",
+                 ">cases</th>", ">model</th>", "validation split (data.split"):
         assert gone not in page, gone
 
 
@@ -522,12 +525,12 @@ def test_an_interrupted_run_page_shows_the_epochs_it_finished(tmp_path, capsys):
     assert not NONE_TEXT.search(page), NONE_TEXT.findall(page)
     assert '<p class="err">interrupted (SIGINT)</p>' in page
     assert "It stopped after 2 of 10 epochs: below are the epochs it finished." in page
-    assert "<td>epochs</td><td>stopped after 2 of 10 epochs</td>" in page
-    assert "<td>batch</td><td>128 (128 per device × 1)</td>" in page
-    assert "<td>device</td><td>1 × cpu (cpu)</td>" in page
-    assert "<td>cases</td><td>train 13,500, val 1,500, test 5,000</td>" in page
-    assert "<td>training time</td><td>2.75 s, the finished epochs&#x27; own</td>" in page
-    assert "<td>model</td><td>the paper&#x27;s CNN, dropout 0.0</td>" in page
+    assert '<th scope="row">epochs</th><td>stopped after 2 of 10 epochs</td>' in page
+    assert '<th scope="row">batch</th><td>128 (128 per device × 1)</td>' in page
+    assert '<th scope="row">device</th><td>1 × cpu (cpu)</td>' in page
+    assert '<th scope="row">cases</th><td>train 13,500, val 1,500, test 5,000</td>' in page
+    assert '<th scope="row">training time</th><td>2.75 s, the finished epochs&#x27; own</td>' in page
+    assert '<th scope="row">model</th><td>the paper&#x27;s CNN, dropout 0.0</td>' in page
     assert '<tr class="best"><td>2</td><td>0.5</td><td>0.95</td><td>0.75</td><td>1.25</td><td>2.75</td></tr>' in page
     assert 'alt="learning_curves"' in page and (run / "report" / "learning_curves.png").stat().st_size > 0
     assert 'id="scores"' not in page and "whole run" not in page
@@ -628,7 +631,7 @@ def test_jobs_are_compared_with_the_best_on_the_same_test_cases(tmp_path):
     assert jobs.columns.tolist()[-4:] == ["roc_auc_se", "roc_auc_p", "wall_s", "samples_per_s"]  # none empty
     assert jobs["roc_auc_p"].isna().tolist() == [True, False, False, True]  # a itself, and d's other test set
     page = paths["report.html"].read_text()
-    assert "<th>roc_auc_p</th>" in page and "roc_auc_p: DeLong's p-value" in page
+    assert "<th>roc_<wbr>auc_<wbr>p</th>" in page and "roc_auc_p: DeLong's p-value" in page
     assert (sweep / "report" / "roc_best.png").stat().st_size > 0 and 'alt="roc_best"' in page
     # one job (a run's report): nothing to compare
     assert json.loads(report.build_report(sweep / "a")["summary.json"].read_text())["paired_roc_auc"] is None
@@ -700,6 +703,91 @@ def test_a_long_list_of_jobs_scrolls_in_its_own_box_with_its_header_in_view(tmp_
     assert '<div class="wide"><table class="list">' in failed  # 3 failed jobs: no box of their own
     assert ".long thead th{position:sticky;top:0}" in html_text
 
+
+
+class _Markup(HTMLParser):
+    """The tags of a page, in order, as (tag, attributes, open tags around it), and its <style> text."""
+
+    def __init__(self, page: str):
+        super().__init__()
+        self.tags, self.open, self.style = [], [], ""
+        self.feed(page)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs), list(self.open)))
+        if tag not in ("br", "wbr", "img", "meta"):
+            self.open.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in self.open:
+            del self.open[len(self.open) - 1 - self.open[::-1].index(tag):]
+
+    def handle_data(self, data):
+        if self.open and self.open[-1] == "style":
+            self.style += data
+
+
+def test_a_long_list_of_jobs_is_printed_in_full(tmp_path):
+    lines = ["job,status,error,output_dir,epochs,batch_size,data_multiplier,lr,wall_s,roc_auc"]
+    lines += [f"{i},ok,,,5,128,1,{0.001 * (i + 1)},{10 + i},{0.6 + i / 1000}" for i in range(report.LONG_LIST + 1)]
+    page = report.build_report(write_csv_sweep(tmp_path, "\n".join(lines) + "\n"), pages="none")["report.html"]
+    style = _Markup(page.read_text()).style
+    # on paper a scrolling box would show its first screenful only
+    printed = re.search(r"@media print\{(.*)\}\s*$", style, re.S)
+    assert printed, style
+    rules = {k.strip(): v for k, v in re.findall(r"([^{}]+)\{([^{}]*)\}", printed.group(1))}
+    assert rules[".long"] == "max-height:none" and "overflow:visible" in rules[".wide,.tables"]
+    assert rules[".long thead th"] == "position:static"
+
+
+def test_job_pages_are_linked_whatever_their_folders_are_called(tmp_path):
+    plain = gpu_batch_sweep(tmp_path / "a", failed=False)
+    odd = gpu_batch_sweep(tmp_path / "b", failed=False).rename(tmp_path / "gpus #2 ?100%")
+    out = tmp_path / "both out"
+    page = report.build_report([plain, odd], out=out, pages="all")["report.html"]
+    hrefs = [a["href"] for tag, a, _ in _Markup(page.read_text()).tags if tag == "a" and "href" in a]
+    pages = [h for h in hrefs if not h.startswith("#")]
+    assert len(pages) == 8
+    for href in pages:
+        address = urllib.parse.urlsplit(href)
+        assert not address.query and not address.fragment, href
+        assert (out / urllib.parse.unquote(address.path)).is_file(), href
+    assert "gpus%20%232%20%3F100%25/0/report.html" in hrefs
+    job = (out / odd.name / "0" / "report.html").read_text()
+    up = [a["href"] for tag, a, _ in _Markup(job).tags if tag == "a" and a.get("href", "#")[0] != "#"]
+    assert up == ["../../report.html"]
+
+
+def test_table_headers_say_whether_they_head_a_row_or_a_column(tmp_path):
+    sweep = gpu_batch_sweep(tmp_path)
+    page = report.build_report(sweep, rows="batch_size", cols="gpus", pages="1")["report.html"].read_text()
+    pivot = page.split('<h2 id="tables">')[1].split('<h2 id="plots">')[0]
+    heads = [(a, around) for tag, a, around in _Markup(pivot).tags if tag == "th"]
+    assert len(heads) == 1 + 2 + 2  # the corner, 2 GPU counts, 2 batch sizes
+    assert all(a.get("scope") == ("col" if "thead" in around else "row") for a, around in heads), heads
+    run = (sweep / "3" / "report.html").read_text()
+    facts = _Markup(run.split('<h2 id="run">')[1].split("<h2")[0]).tags  # no header row: each row heads itself
+    cells = [(tag, a.get("scope")) for tag, a, _ in facts if tag in ("tr", "th", "td")]
+    rows = [cells[i:i + 3] for i in range(0, len(cells), 3)]
+    assert len(rows) > 3 and all(row == [("tr", None), ("th", "row"), ("td", None)] for row in rows), cells
+
+
+def test_jobs_table_headers_may_break_after_an_underscore(tmp_path):
+    page = report.build_report(gpu_batch_sweep(tmp_path), pages="none")["report.html"].read_text()
+    jobs = page.split('<h2 id="jobs">')[1].split('<h2 id="failed">')[0]
+    assert "<th>batch_<wbr>size</th>" in jobs and "<th>samples_<wbr>per_<wbr>s</th>" in jobs  # printable on paper
+
+
+def test_a_run_page_s_tables_scroll_in_their_own_box_and_its_explanations_wrap(tmp_path):
+    sweep = gpu_batch_sweep(tmp_path)  # no validation split: the explanations are the third column
+    page = report.build_report(sweep / "0")["report.html"].read_text()
+    markup = _Markup(page)
+    tables_ = [around for tag, _, around in markup.tags if tag == "table"]
+    assert len(tables_) == 3 and all(around[-1] == "div" for around in tables_)
+    wrappers = [a for tag, a, _ in markup.tags if tag == "div" and a.get("class") == "wide"]
+    assert len(wrappers) == 3
+    assert "nth-child(3){white-space:nowrap}" not in markup.style
+    assert ".scores td:not(:first-child):not(:last-child){white-space:nowrap}" in markup.style
 
 def test_a_history_is_read_in_epoch_order_as_numbers(tmp_path):
     sweep = gpu_batch_sweep(tmp_path, failed=False)
@@ -1371,6 +1459,26 @@ def test_reliability_lines_look_different_and_the_histogram_has_the_points_bins(
     assert {round(b.get_width(), 6) for b in bars} == {0.1}
     assert [b.get_height() for b in bars] == np.bincount(np.minimum((prob * 10).astype(int), 9), minlength=10).tolist()
     assert sum(b.get_height() > 0 for b in bars) == len(plots.reliability_points(prob, label)[0])
+
+
+def test_the_forecast_histogram_s_tick_labels_do_not_overlap(monkeypatch):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figures = _figures(monkeypatch)
+    # 570 and 30 forecasts in two bins: a log axis spanning little over a decade (it used to label its minor ticks)
+    few = np.r_[np.full(570, 0.05), np.full(30, 0.15)]
+    many = np.random.default_rng(0).beta(0.3, 6, 40_000)
+    for prob in (few, many, np.full(10 ** 6, 0.05)):
+        plots.plot_verification(prob, (np.arange(len(prob)) % 20 == 0).astype(np.uint8), "job 1")
+        hist = figures[-2].axes[1]
+        renderer = FigureCanvasAgg(figures[-2]).get_renderer()
+        figures[-2].draw(renderer)
+        low, high = hist.get_ylim()
+        shown = [t for t in hist.yaxis.get_majorticklabels() + hist.yaxis.get_minorticklabels()
+                 if t.get_visible() and t.get_text() and low <= t.get_position()[1] <= high]
+        assert shown
+        boxes = sorted((t.get_window_extent(renderer) for t in shown), key=lambda b: b.y0)
+        assert all(a.y1 <= b.y0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in shown]
 
 
 def test_training_curves_say_how_many_jobs_each_averages():

@@ -382,6 +382,14 @@ def plot_verification(prob: np.ndarray, label: np.ndarray, who: str, threshold: 
     hist.bar(np.arange(RELIABILITY_BINS) / RELIABILITY_BINS, count, width=1 / RELIABILITY_BINS, align="edge",
              color="#94a3b8", edgecolor="white", log=True)
     hist.set(xlabel="forecast probability", ylabel="forecasts")
+    # left to itself a log axis spanning a decade or so labels its minor ticks too, overlapping on this short
+    # panel: label 1, 3, 10, 30, ... there, and only the powers of ten over a wider span
+    from matplotlib.ticker import LogLocator, NullFormatter, StrMethodFormatter
+    seen = count[count > 0]
+    few_decades = len(seen) > 0 and seen.max() < 100 * seen.min()
+    hist.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 3.0) if few_decades else (1.0,), numticks=5))
+    hist.yaxis.set_major_formatter(StrMethodFormatter("{x:,.0f}"))
+    hist.yaxis.set_minor_formatter(NullFormatter())
     hist.grid(alpha=0.3)
     out["reliability"] = _render(fig)
     out["performance"] = _performance_diagram(prob, label, who, threshold)

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import sys
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -551,6 +552,8 @@ figure img{max-width:100%;height:auto;display:block;margin:0 auto}figcaption{col
 code,.err{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:12px}
 .err{white-space:pre-wrap;color:#991b1b}
 .long{max-height:80vh;overflow:auto}.long thead th{position:sticky;top:0}
+@media print{body{background:#fff}nav{display:none}.long{max-height:none}.wide,.tables{overflow:visible}
+.long thead th{position:static}figure,.card,tr{break-inside:avoid}h2,h3{break-after:avoid}}
 """
 LONG_LIST = 25  # a list of more jobs scrolls in a box of its own, its header kept in view
 
@@ -667,7 +670,8 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     else:
         paired = summary.get("paired_roc_auc")
         jobs = jobs_table(ok, metric, paired["p"] if paired else None) if jobs is None else jobs
-        head = "".join(f"<th>{e(c)}</th>" for c in jobs.columns)
+        # a long column name may break after its underscores, so that the table fits a narrow screen or paper
+        head = "".join(f"<th>{e(c).replace('_', '_<wbr>')}</th>" for c in jobs.columns)
         links = links or {}
         rows = "".join("<tr>" + "".join(f'<td><a href="{e(links[v])}">{e(v)}</a></td>' if c == "job" and v in links
                                         else f"<td>{e(_cell(v))}</td>" for c, v in zip(jobs.columns, r)) + "</tr>"
@@ -965,13 +969,18 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
             (report_dir / name).unlink(missing_ok=True)  # stale from an earlier report
     write_json(report_dir / "summary.json", summary)
     written["summary.json"] = report_dir / "summary.json"
-    page = (runpage.render(run, sweep.dir, images, notes, CSS, os.path.relpath(up, html_path.parent) if up else None)
+    page = (runpage.render(run, sweep.dir, images, notes, CSS, _href(up, html_path) if up else None)
             if run is not None else
             render_html(sweep, ts, summary, images, metric, float(target),
-                        {j: os.path.relpath(p, html_path.parent) for j, p in pages_of.items()}, jobs))
+                        {j: _href(p, html_path) for j, p in pages_of.items()}, jobs))
     write_atomic(html_path, page)
     written["report.html"] = html_path
     return written
+
+
+def _href(target: str | Path, page: Path) -> str:
+    """The address of `target` from the page `page`: relative, with a folder name's "?", "#" or "%" quoted."""
+    return urllib.parse.quote(Path(os.path.relpath(target, page.parent)).as_posix())
 
 
 def job_pages(sweep: Sweep, order: list[str], pages: str | int, out: str | Path | None, notes: list[str],

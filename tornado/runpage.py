@@ -226,11 +226,14 @@ def facts(r: dict) -> list[tuple[str, str]]:
 
 
 def _table(head: list[str] | None, rows: list[list[str]], bold: int | None = None, cls: str = "list") -> str:
+    """A table in a box as wide as the page (a narrow screen scrolls the table, not the page); without `head`,
+    each row's first cell is its header."""
     e = html.escape
-    th = "<thead><tr>" + "".join(f"<th>{e(h)}</th>" for h in head) + "</tr></thead>" if head else ""
-    body = "".join(("<tr class=\"best\">" if i == bold else "<tr>") + "".join(f"<td>{e(c)}</td>" for c in row)
-                   + "</tr>" for i, row in enumerate(rows))
-    return f'<table class="{cls}">{th}<tbody>{body}</tbody></table>'
+    th = "<thead><tr>" + "".join(f'<th scope="col">{e(h)}</th>' for h in head) + "</tr></thead>" if head else ""
+    first = "<td>{}</td>" if head else '<th scope="row">{}</th>'
+    body = "".join(("<tr class=\"best\">" if i == bold else "<tr>") + first.format(e(row[0]))
+                   + "".join(f"<td>{e(c)}</td>" for c in row[1:]) + "</tr>" for i, row in enumerate(rows))
+    return f'<div class="wide"><table class="{cls}">{th}<tbody>{body}</tbody></table></div>'
 
 
 def _epoch_number(h: dict, i: int) -> int:
@@ -302,7 +305,10 @@ def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: 
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
             f"<title>{e(title)}</title><style>{css}tr.best td{{font-weight:600}}"
-            ".scores td:nth-child(2),.scores td:nth-child(3){white-space:nowrap}</style></head>"
+            # the scores (the middle columns: test, and validation where there is one) stay on one line; the
+            # explanation wraps, but not to a word a line on a narrow screen (its box scrolls instead)
+            ".scores td:not(:first-child):not(:last-child){white-space:nowrap}.scores td:last-child{min-width:16em}"
+            "</style></head>"
             "<body><main>\n" + "\n".join(body) + "\n</main></body></html>\n")
 
 

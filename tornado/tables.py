@@ -604,8 +604,9 @@ def to_html_tables(ts: TableSet) -> str:
             lo, hi = (np.nanmin(vals), np.nanmax(vals)) if np.isfinite(vals).any() else (0.0, 0.0)
             title = _fixed_title(sec.fixed, ts.group, st.group_value) or "all jobs"
             rows = [f"<caption>{e(title)}</caption>",
-                    f'<thead><tr><th class="corner">{e(ts.rows)} \\ {e(ts.cols)}</th>'
-                    + "".join(f"<th>{e(label_text(c))}</th>" for c in st.value.columns) + "</tr></thead><tbody>"]
+                    f'<thead><tr><th class="corner" scope="col">{e(ts.rows)} \\ {e(ts.cols)}</th>'
+                    + "".join(f'<th scope="col">{e(label_text(c))}</th>' for c in st.value.columns)
+                    + "</tr></thead><tbody>"]
             for r in st.value.index:
                 tds = []
                 for c in st.value.columns:
@@ -617,7 +618,7 @@ def to_html_tables(ts: TableSet) -> str:
                     inner += f'<span class="sd">{e(sd)}</span>' if sd else ""
                     inner += f'<span class="pp">{e(cmp)}</span>' if cmp else ""
                     tds.append(f"<td{style}>{inner}</td>")
-                rows.append(f"<tr><th>{e(label_text(r))}</th>{''.join(tds)}</tr>")
+                rows.append(f'<tr><th scope="row">{e(label_text(r))}</th>{"".join(tds)}</tr>')
             parts.append('<table class="pivot">' + "".join(rows) + "</tbody></table>")
     parts.append("</div>")
     return "\n".join(parts)
