@@ -630,6 +630,16 @@ def test_a_refused_single_run_leaves_no_folder_of_its_own(data_dir, tmp_path):
         "TornadoError: epochs=0: must be a positive integer"
 
 
+@pytest.mark.parametrize("how", ["", "++"])
+def test_a_refused_run_keeps_a_folder_it_was_given_holding_only_a_log(how, data_dir, tmp_path):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train.log").write_text("an earlier command's log\n")
+    p = _cli([*small(data_dir), "epochs=0", f"{how}hydra.run.dir={mine}"], cwd=ROOT)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == "error: epochs=0: must be a positive integer"
+    assert (mine / "train.log").read_text().startswith("an earlier command's log\n")
+
+
 @pytest.mark.parametrize("gpus, visible, message", [
     (1, 0, "gpus=1 asks for 1 GPU but 0 are visible (CUDA_VISIBLE_DEVICES unset); use gpus=0, or "
            "trainer.accelerator=cpu gpus=1 for 1 CPU process"),

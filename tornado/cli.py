@@ -125,6 +125,29 @@ def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str) -
         raise SystemExit(2) from None
 
 
+def names_run_dir(override: str) -> bool:
+    """Whether a command-line override sets Hydra's run folder (`hydra.run.dir=`, `++hydra.run.dir=`)."""
+    return override.lstrip("+").startswith("hydra.run.dir=")
+
+
+def remove_hydra_only_folder(out: Path, hc: Any, extra: tuple[str, ...] = ()) -> bool:
+    """Removes the run folder `out` where it holds only what Hydra wrote there (the job's log, .hydra/*.yaml; `hc`:
+    its HydraConfig) and `extra` (names in it): a refused command leaves nothing. Returns whether it did."""
+    saved = out / hc.output_subdir if hc.output_subdir else None  # .hydra: the config Hydra wrote
+    files = {out / f"{hc.job.name}.log", *(out / name for name in extra)}
+    if saved is not None:
+        files |= {saved / f"{name}.yaml" for name in ("config", "hydra", "overrides")}
+    present = {p for p in out.rglob("*") if p != saved}
+    if not present <= files:
+        return False
+    for f in present:
+        f.unlink()
+    if saved is not None and saved.exists():
+        saved.rmdir()
+    out.rmdir()
+    return True
+
+
 def unwritable_text(e: OSError, where: Any = None) -> str:
     """A run's or sweep's folder that cannot be made or written, and the setting that chooses another."""
     place = f"{e.filename or where}: " if e.filename or where else ""

@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 import tornado
 from tornado import data, synth
-from tornado.cli import counted, run_hydra_app, unknown_key
+from tornado.cli import counted, names_run_dir, remove_hydra_only_folder, run_hydra_app, unknown_key
 from tornado.augment import AugmentConfig, augment
 from tornado.errors import TornadoError, is_int, is_number, run_cli, stop_if_signalled
 from tornado.records import locked, write_json
@@ -553,20 +553,9 @@ def drop_log(hc) -> bool:
     """Removes the log folder of a command that failed (refused, or stopped) where Hydra made it for this process
     (the default, named by time and pid) and it holds only Hydra's files: the log says no more than the terminal
     did, without the error line. `.prepare-logs` goes too if nothing else is left in it. Returns whether it did."""
-    if any(o.lstrip("+").startswith("hydra.run.dir=") for o in hc.overrides.hydra):  # `++hydra.run.dir=` too
-        return False
     out = Path(hc.runtime.output_dir)
-    saved = out / hc.output_subdir if hc.output_subdir else None
-    files = {out / f"{hc.job.name}.log"} | ({saved / f"{n}.yaml" for n in ("config", "hydra", "overrides")}
-                                            if saved is not None else set())
-    present = {p for p in out.rglob("*") if p != saved}
-    if not present <= files:
+    if any(names_run_dir(o) for o in hc.overrides.hydra) or not remove_hydra_only_folder(out, hc):
         return False
-    for f in present:
-        f.unlink()
-    if saved is not None and saved.exists():
-        saved.rmdir()
-    out.rmdir()
     with contextlib.suppress(OSError):  # not empty: other commands' logs
         out.parent.rmdir()
     return True

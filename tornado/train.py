@@ -36,7 +36,8 @@ from pytorch_lightning.callbacks import Checkpoint, TQDMProgressBar
 
 import tornado
 from tornado import records
-from tornado.cli import counted, override_text, python_command, run_hydra_app, shown_path, unknown_key
+from tornado.cli import (counted, names_run_dir, override_text, python_command, remove_hydra_only_folder,
+                         run_hydra_app, shown_path, unknown_key)
 from tornado.data import find_files
 from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_split
 from tornado.errors import (IN_USE, Terminated, TornadoError, die_with_parent, is_int, is_number, on_sigterm,
@@ -918,7 +919,7 @@ def new_run_dirs(argv: list[str]) -> set[str]:
 
     named = []
     for arg in argv:
-        if arg.startswith("hydra.run.dir="):
+        if names_run_dir(arg):
             try:
                 named.append(OverridesParser.create().parse_override(arg).value())
             except HydraException:  # Hydra refuses it itself
@@ -943,20 +944,10 @@ def drop_refused_run(out: Path) -> bool:
     hc = HydraConfig.get()
     if os.environ.get("TORNADO_SWEEP_DIR") or hc.mode != RunMode.RUN:
         return False
-    if any(o.startswith("hydra.run.dir=") for o in hc.overrides.hydra) and str(out) not in _NEW_RUN_DIRS:
+    if any(names_run_dir(o) for o in hc.overrides.hydra) and str(out) not in _NEW_RUN_DIRS:
         return False
-    files = [out / f"{hc.job.name}.log", out / ".lock"]
-    saved = out / hc.output_subdir if hc.output_subdir else None  # .hydra: the config Hydra wrote
-    if saved is not None:
-        files += [saved / f"{name}.yaml" for name in ("config", "hydra", "overrides")]
-    present = {p for p in out.rglob("*") if p != saved}
-    if not present <= set(files):
+    if not remove_hydra_only_folder(out, hc, (".lock",)):
         return False
-    for f in present:
-        f.unlink()
-    if saved is not None and saved.exists():
-        saved.rmdir()
-    out.rmdir()
     for parent in out.parents:  # made for it (outputs/runs on a first run), and left empty
         if str(parent) not in _NEW_RUN_DIRS or any(parent.iterdir()):
             break
