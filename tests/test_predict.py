@@ -167,6 +167,7 @@ def test_a_probability_at_the_threshold_is_a_yes(tmp_path):
     cut = float(p.sort_values().iloc[10])
     yes = predict(ckpt, str(tmp_path / "storms"), threshold=cut)["tornado"]
     assert yes.tolist() == (p >= cut).astype(int).tolist() and yes.sum() == 10
+    assert predict(ckpt, str(tmp_path / "storms"), threshold=0.0)["tornado"].tolist() == [1] * len(p)  # all yes
 
 
 def test_every_patch_gets_a_row_and_what_is_missing_stays_empty(tmp_path):
@@ -217,3 +218,31 @@ def test_a_checkpoint_of_a_run_that_did_not_finish_is_used_and_said_to_be(tmp_pa
     assert p.stdout.splitlines()[0] == (f"note: checkpoint={run}: its run has not finished (result.json says failed): "
                                         "the model is the one it saved so far")
     assert (tmp_path / "p.csv").is_file()
+
+
+@pytest.mark.parametrize("given, cut", [("0", 0.0), ("1", 1.0), ("0.25", 0.25), (0.5, 0.5)])
+def test_a_threshold_given_may_be_any_probability_from_0_to_1(tmp_path, given, cut):
+    from tornado.predict import run_threshold
+
+    assert run_threshold(tmp_path / "unused.ckpt", given) == cut
+
+
+@pytest.mark.parametrize("given", ["-0.1", "1.5", "half"])
+def test_a_threshold_outside_0_to_1_is_refused(tmp_path, given):
+    from tornado.predict import run_threshold
+
+    with pytest.raises(TornadoError, match=rf"^threshold={given}: expected auto, none or a probability in \[0, 1\]$"):
+        run_threshold(tmp_path / "unused.ckpt", given)
+
+
+def test_only_a_checkpoint_of_a_run_that_has_not_finished_is_noted(tmp_path):
+    import json
+
+    from tornado.predict import _unfinished
+
+    run = tmp_path / "run"
+    fake_checkpoint(run / "checkpoints" / "last.ckpt", scaler_mean=[0.0] * 3, scaler_std=[1.0] * 3)
+    assert _unfinished(str(run)) is None  # no result.json: nothing known
+    for status, noted in (("ok", False), ("running", True), ("failed", True)):
+        (run / "result.json").write_text(json.dumps({"status": status}))
+        assert (_unfinished(str(run)) is not None) == noted, status

@@ -623,3 +623,30 @@ def test_progress_bars_on_a_terminal_only(tmp_path, on_terminal):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     assert "reading:" not in p.stdout + p.stderr and "synthetic storms:" not in p.stdout + p.stderr
+
+
+@pytest.mark.parametrize("key, value, least", [("days", 0, 1), ("patches_per_day", 0, 1), ("seed", -1, 0)])
+def test_synthetic_settings_below_their_least_are_refused(tmp_path, key, value, least):
+    from tornado.prepare import parse_settings
+
+    with pytest.raises(TornadoError, match=rf"^synth.{key}: {value}: must be an integer >= {least}$"):
+        parse_settings(make_cfg(tmp_path, **{f"synth.{key}": value}), AUG)
+    assert parse_settings(make_cfg(tmp_path, **{f"synth.{key}": least}), AUG).synth[key] == least
+
+
+def test_the_run_date_test_start_names_is_the_first_of_the_test_split(source, tmp_path):
+    first = min(d for d in map(data.run_date, data.find_files(source)) if d >= TEST_START)
+    path = ensure_prepared(make_cfg(tmp_path, source, **{"split.test_start": first.isoformat()}), AUG)
+    day = int(first.strftime("%Y%m%d"))
+    with h5py.File(path, "r") as f:
+        assert f["test/date"][:].min() == day
+        assert (f["train/date"][:] < day).all() and (f["val/date"][:] < day).all()
+
+
+def test_balance_adds_nothing_where_the_positives_already_reach_the_ratio(source, tmp_path):
+    train = reader(source, "train")
+    path = ensure_prepared(make_cfg(tmp_path, source, balance=True, balance_ratio=0.001, multipliers=[1]), AUG)
+    with h5py.File(path, "r") as f:
+        assert f.attrs["n_balance_added"] == 0 and f.attrs["n_train"] == len(train.y)
+        np.testing.assert_array_equal(f["train/x"][:], train.x)
+        np.testing.assert_array_equal(f["train/y"][:], train.y)

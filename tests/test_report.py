@@ -1520,3 +1520,65 @@ def test_the_printed_paths_are_under_the_working_directory_as_given(tmp_path, ca
     out = capsys.readouterr().out
     assert f"jobs' own pages, linked from the report's Jobs table: {sweep.name}/3/report.html and 2 more\n" in out
     assert out.endswith(f"report: {sweep.name}/report.html\n")
+
+
+def test_a_job_run_again_by_hand_with_the_same_status_is_read_from_its_newer_result_json(tmp_path):
+    sweep = gpu_batch_sweep(tmp_path, failed=False)  # results.csv: every job ok
+    past = (sweep / "results.csv").stat().st_mtime - 5
+    os.utime(sweep / "results.csv", (past, past))
+    r = json.loads((sweep / "0" / "result.json").read_text())
+    r["metrics"]["roc_auc"] = 0.99  # still ok, other scores (hydra.run.dir=SWEEP/0 writes no results.csv)
+    (sweep / "0" / "result.json").write_text(json.dumps(r))
+    loaded = report.load_sweep(sweep)
+    assert loaded.df.set_index("job").loc["0", "roc_auc"] == 0.99
+    assert any("rebuilt" in n for n in loaded.notes)
+
+
+def test_jobs_queued_in_slurm_still_wait_when_the_launcher_has_let_go_of_the_sweep(tmp_path):
+    sweep = gpu_batch_sweep(tmp_path, failed=False)
+    jobs = [{"num": i, "dir": str(i), "status": "pending"} for i in range(6)]  # 4 and 5 queued, not started
+    (sweep / "launcher.json").write_text(json.dumps({"launcher": "slurm", "state": "running", "jobs": jobs}))
+    loaded = report.load_sweep(sweep)  # no sweep lock held: the cluster runs the jobs without the launcher
+    assert loaded.partial and loaded.waiting == ["4", "5"]
+    assert not any("cut short" in n for n in loaded.notes)
+
+
+@pytest.mark.parametrize("positive", [0, 1])
+def test_no_paired_test_against_a_best_job_whose_test_cases_are_all_of_one_class(positive):
+    label = np.full(50, positive)
+    prob = np.linspace(0.0, 1.0, 50)
+    forecasts = {"a": (prob, label), "b": (prob[::-1], label), "c": (prob ** 2, label)}
+    assert report.paired_p_values(forecasts, ["a", "b", "c"]) == {}
+
+
+def test_the_fastest_configuration_within_reach_of_the_best_is_named_by_its_fastest_repeat():
+    ok = pd.DataFrame({"job": ["0", "1", "2", "3"], "batch_size": [128, 128, 256, 256], "seed": [0, 1, 0, 1],
+                       "val_roc_auc": [0.82, 0.82, 0.70, 0.70], "wall_s": [12.0, 9.0, 5.0, 6.0]})
+    tts = report.time_to_skill(ok, "val_roc_auc")
+    assert (tts["job"], tts["jobs"], tts["n"], tts["wall_s"]) == ("1", ["1", "0"], 2, 10.5)
+    assert tts["config"] == {"batch_size": 128}
+
+
+def test_a_run_page_reads_a_validation_split_of_no_cases_as_having_no_base_rate():
+    from tornado import runpage
+
+    m = {"accuracy": 0.95, "n": 1000, "positives": 50, "val_n": 0, "val_positives": 0}
+    assert runpage.base_rate(m, "") == 0.05 and runpage.base_rate(m, "val_") is None
+    assert runpage.score_rows(m)[0][3].endswith("never forecasting a tornado scores 0.95 on test")
+
+
+def test_a_finished_run_is_not_said_to_have_stopped():
+    from tornado import runpage
+
+    r = {"status": "ok", "hparams": {"epochs": 3}, "history": [{"epoch": i} for i in range(2)],
+         "metrics": {"accuracy": 0.9}}
+    assert runpage.progress(r) == "" and "stopped" not in runpage.text(r)
+    assert runpage.progress(r | {"status": "failed"}) == "stopped after 2 of 3 epochs"
+
+
+@pytest.mark.parametrize("inclusive, sign", [(True, "≥"), (False, ">")])
+def test_a_run_page_shows_whether_the_label_threshold_counts_as_a_tornado(inclusive, sign):
+    from tornado.runpage import facts
+
+    hp = {"data.label.reduce": "mean", "data.label.threshold": 0.008, "data.label.inclusive": inclusive}
+    assert dict(facts({"hparams": hp}))["label"] == f"mean of RVORT1_MAX_future {sign} 0.008 s⁻¹"

@@ -893,3 +893,105 @@ def test_the_sweep_s_last_lines_show_its_folder_as_given_under_the_working_direc
     assert summary == "sweep outputs/multirun/s: 2 ok, 0 failed, 0 skipped (already ok); results: " \
                       "outputs/multirun/s/results.csv"  # as the docs show it, not /home/…/outputs/multirun/s
     assert hint.startswith("tables, plots and report.html: ") and hint.endswith(" -m tornado.report outputs/multirun/s")
+
+
+def test_a_configuration_found_in_two_folders_is_taken_where_it_finished(tmp_path, monkeypatch):
+    import types
+
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.tornado_launcher import jobs as launcher_jobs
+    from hydra_plugins.tornado_launcher.jobs import Job, check_resume, place
+    from tornado.records import config_hash
+
+    monkeypatch.setattr(launcher_jobs, "HydraConfig", types.SimpleNamespace(
+        instance=lambda: types.SimpleNamespace(set_config=lambda cfg: None)))
+    cfg = OmegaConf.create({"batch_size": 32})
+    # 0: another config's run; 1: this config's failed run; 2: its finished run
+    for d, c, status in (("0", {"batch_size": 16}, "ok"), ("1", cfg, "failed"), ("2", cfg, "ok")):
+        write_json(tmp_path / d / "result.json", {"status": status, "config_hash": config_hash(c),
+                                                  "metrics": {"score": 1.0} if status == "ok" else {}})
+    job = Job(num=0, overrides=[], cfg=cfg, dir=tmp_path / "0")
+    check_resume(job)
+    place([job], tmp_path)
+    assert (job.status, job.dir.name, job.num, job.stale) == ("skipped", "2", 2, False)
+
+
+def test_a_job_the_launcher_stopped_says_so_beside_the_error_it_recorded(tmp_path):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.tornado_launcher.jobs import Job, settle
+
+    write_json(tmp_path / "result.json", {"status": "failed", "error": "RuntimeError: boom"})
+    job = Job(num=0, overrides=[], cfg=OmegaConf.create({"batch_size": 32}), dir=tmp_path)
+    settle(job, -15, reason="interrupted")
+    assert job.status == "failed" and job.error == "interrupted (RuntimeError: boom)"
+    assert json.loads((tmp_path / "result.json").read_text())["error"] == job.error
+
+
+@pytest.mark.parametrize("res, done", [({"status": "ok", "metrics": {"roc_auc": 0.8}}, True),
+                                       ({"status": "ok", "metrics": {}}, False), ({"status": "ok"}, False),
+                                       ({"status": "failed", "metrics": {"roc_auc": 0.8}}, False), (None, False)])
+def test_only_an_ok_run_that_holds_its_scores_is_skipped_on_resume(res, done):
+    from hydra_plugins.tornado_launcher.jobs import finished_ok
+
+    assert finished_ok(res) is done
+
+
+def test_a_job_s_share_of_threads_is_split_among_its_processes():
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.tornado_launcher.jobs import Job, assign_threads
+
+    def job(procs: int, threads=None) -> Job:
+        return Job(num=0, overrides=[], cfg=OmegaConf.create({"threads": threads}), dir=Path("0"), procs=procs)
+
+    ddp = job(procs=2)
+    assign_threads(ddp, 8)
+    assert (ddp.threads, ddp.threads_assigned, ddp.overrides, ddp.cfg.threads) == (4, True, ["threads=4"], 4)
+    many = job(procs=4)
+    assign_threads(many, 2)
+    assert many.threads == 1  # at least one each
+    own = job(procs=2, threads=3)
+    assign_threads(own, 8)
+    assert (own.threads, own.threads_assigned, own.overrides) == (3, False, [])
+
+
+def test_the_device_pool_hands_out_the_lowest_free_devices_and_none_to_cpu_jobs():
+    from hydra_plugins.tornado_launcher.local import _DevicePool, _Stop
+
+    pool, stop = _DevicePool(["0", "1", "2", "3"]), _Stop()
+    assert pool.acquire(0, stop) == []
+    a, b = pool.acquire(1, stop), pool.acquire(1, stop)
+    assert (a, b) == (["0"], ["1"])
+    pool.release(a)
+    pool.release(b)  # back in their order, whatever the order they come back in
+    assert pool.acquire(3, stop) == ["0", "1", "2"] and pool.acquire(1, stop) == ["3"]
+
+
+def test_only_a_folder_holding_another_config_s_run_is_moved_aside(tmp_path):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.tornado_launcher.jobs import Job, move_aside
+
+    for d in ("0", "1"):
+        write_json(tmp_path / d / "result.json", {"status": "failed", "error": "boom"})
+    own = Job(num=0, overrides=[], cfg=OmegaConf.create({}), dir=tmp_path / "0")  # this config's: resumed there
+    assert move_aside(own) is None and (tmp_path / "0" / "result.json").is_file()
+    other = Job(num=1, overrides=[], cfg=OmegaConf.create({}), dir=tmp_path / "1", stale=True)
+    aside = move_aside(other)
+    assert aside.parent == tmp_path / ".replaced" and (aside / "result.json").is_file()
+    assert not (tmp_path / "1").exists() and not other.stale
+
+
+def test_a_job_that_exits_with_an_error_after_writing_ok_fails(tmp_path):
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.tornado_launcher.jobs import Job, settle
+
+    write_json(tmp_path / "result.json", {"status": "ok", "metrics": {"roc_auc": 0.8}})
+    (tmp_path / "stdout.log").write_text("RuntimeError: NCCL communicator was aborted\n")  # on its way out
+    job = Job(num=0, overrides=[], cfg=OmegaConf.create({"batch_size": 32}), dir=tmp_path)
+    settle(job, 1)
+    assert job.status == "failed" and job.error == "exit code 1: RuntimeError: NCCL communicator was aborted"
+    assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
