@@ -571,7 +571,9 @@ def test_cli_prepares_and_refuses(source, tmp_path):
         assert res.returncode == 2, res.stderr
         lines = res.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0]
-        assert list(bad.iterdir()) == []  # no lock, no log folder: its log held no more than the terminal showed
+        assert not bad.exists()  # no lock, no log folder (its log held no more than the terminal showed): nothing
+    bad.mkdir()  # a folder that was there before stays
+    assert run_cli("+foo=1", f"out_dir={bad}").returncode == 2 and list(bad.iterdir()) == []
 
 
 @pytest.mark.parametrize("how", ["", "++"])

@@ -130,9 +130,21 @@ def names_run_dir(override: str) -> bool:
     return override.lstrip("+").startswith("hydra.run.dir=")
 
 
-def remove_hydra_only_folder(out: Path, hc: Any, extra: tuple[str, ...] = ()) -> bool:
+def missing_folders(path: str | os.PathLike) -> set[str]:
+    """`path` (resolved) and the folders above it that do not exist yet: those that making it would make."""
+    path = Path(os.path.realpath(path))
+    found = set()
+    for p in (path, *path.parents):
+        if p.exists():
+            break
+        found.add(str(p))
+    return found
+
+
+def remove_hydra_only_folder(out: Path, hc: Any, extra: tuple[str, ...] = (), made: set[str] = frozenset()) -> bool:
     """Removes the run folder `out` where it holds only what Hydra wrote there (the job's log, .hydra/*.yaml; `hc`:
-    its HydraConfig) and `extra` (names in it): a refused command leaves nothing. Returns whether it did."""
+    its HydraConfig) and `extra` (names in it), and the folders above it in `made` (`missing_folders` before the
+    command made them) that are left empty: a refused command leaves nothing. Returns whether it did."""
     saved = out / hc.output_subdir if hc.output_subdir else None  # .hydra: the config Hydra wrote
     files = {out / f"{hc.job.name}.log", *(out / name for name in extra)}
     if saved is not None:
@@ -145,6 +157,10 @@ def remove_hydra_only_folder(out: Path, hc: Any, extra: tuple[str, ...] = ()) ->
     if saved is not None and saved.exists():
         saved.rmdir()
     out.rmdir()
+    for parent in out.parents:
+        if str(parent) not in made or any(parent.iterdir()):
+            break
+        parent.rmdir()
     return True
 
 

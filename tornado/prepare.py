@@ -32,7 +32,8 @@ from tqdm import tqdm
 
 import tornado
 from tornado import data, synth
-from tornado.cli import counted, names_run_dir, remove_hydra_only_folder, run_hydra_app, unknown_key
+from tornado.cli import (counted, missing_folders, names_run_dir, remove_hydra_only_folder, run_hydra_app,
+                         unknown_key)
 from tornado.augment import AugmentConfig, augment
 from tornado.errors import TornadoError, is_int, is_number, run_cli, stop_if_signalled
 from tornado.records import locked, write_json
@@ -538,12 +539,17 @@ def _temp_file(path: Path, suffix: str) -> Iterator[str]:
         Path(tmp).unlink(missing_ok=True)
 
 
+_MADE_FOR_LOGS: set[str] = set()  # the folders (out_dir included) made for this command's log; "" where none
+
+
 def _logs_dir(out_dir) -> str:
     """Where a `tornado.prepare` command keeps its log: OUT_DIR/.prepare-logs; where `out_dir` names no folder (it
     is refused), the system's temp folder, not `None/` or `/` made from it."""
-    if out_dir is None or not str(out_dir).strip():
-        return str(Path(tempfile.gettempdir()) / "tornado-prepare-logs")
-    return f"{out_dir}/.prepare-logs"
+    logs = (str(Path(tempfile.gettempdir()) / "tornado-prepare-logs") if out_dir is None or not str(out_dir).strip()
+            else f"{out_dir}/.prepare-logs")
+    if not _MADE_FOR_LOGS:  # resolved before Hydra makes the folder: what it will make for it
+        _MADE_FOR_LOGS.update(missing_folders(logs) or {""})
+    return logs
 
 
 OmegaConf.register_new_resolver("prepare_logs", _logs_dir, replace=True)
@@ -552,13 +558,11 @@ OmegaConf.register_new_resolver("prepare_logs", _logs_dir, replace=True)
 def drop_log(hc) -> bool:
     """Removes the log folder of a command that failed (refused, or stopped) where Hydra made it for this process
     (the default, named by time and pid) and it holds only Hydra's files: the log says no more than the terminal
-    did, without the error line. `.prepare-logs` goes too if nothing else is left in it. Returns whether it did."""
-    out = Path(hc.runtime.output_dir)
-    if any(names_run_dir(o) for o in hc.overrides.hydra) or not remove_hydra_only_folder(out, hc):
+    did, without the error line. The folders made for it (`.prepare-logs`, `out_dir`) go too where left empty.
+    Returns whether it did."""
+    if any(names_run_dir(o) for o in hc.overrides.hydra):
         return False
-    with contextlib.suppress(OSError):  # not empty: other commands' logs
-        out.parent.rmdir()
-    return True
+    return remove_hydra_only_folder(Path(hc.runtime.output_dir), hc, made=_MADE_FOR_LOGS)
 
 
 @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")

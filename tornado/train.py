@@ -9,7 +9,6 @@ import contextlib
 import ctypes
 import datetime as dt
 import io
-import itertools
 import logging
 import math
 import os
@@ -36,8 +35,8 @@ from pytorch_lightning.callbacks import Checkpoint, TQDMProgressBar
 
 import tornado
 from tornado import records
-from tornado.cli import (counted, names_run_dir, override_text, python_command, remove_hydra_only_folder,
-                         run_hydra_app, shown_path, unknown_key)
+from tornado.cli import (counted, missing_folders, names_run_dir, override_text, python_command,
+                         remove_hydra_only_folder, run_hydra_app, shown_path, unknown_key)
 from tornado.data import find_files
 from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_split
 from tornado.errors import (IN_USE, Terminated, TornadoError, die_with_parent, is_int, is_number, on_sigterm,
@@ -927,12 +926,7 @@ def new_run_dirs(argv: list[str]) -> set[str]:
     if not named:
         default = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "train.yaml").hydra.run)["dir"]  # unresolved
         named = [str(Path(default).parent)]
-    found = set()
-    for value in named:
-        if isinstance(value, str):
-            path = Path(os.path.realpath(value))
-            found.update(str(p) for p in itertools.takewhile(lambda p: not p.exists(), (path, *path.parents)))
-    return found
+    return set().union(*(missing_folders(value) for value in named if isinstance(value, str)))
 
 
 def drop_refused_run(out: Path) -> bool:
@@ -946,13 +940,7 @@ def drop_refused_run(out: Path) -> bool:
         return False
     if any(names_run_dir(o) for o in hc.overrides.hydra) and str(out) not in _NEW_RUN_DIRS:
         return False
-    if not remove_hydra_only_folder(out, hc, (".lock",)):
-        return False
-    for parent in out.parents:  # made for it (outputs/runs on a first run), and left empty
-        if str(parent) not in _NEW_RUN_DIRS or any(parent.iterdir()):
-            break
-        parent.rmdir()
-    return True
+    return remove_hydra_only_folder(out, hc, (".lock",), _NEW_RUN_DIRS)  # outputs/runs too, made for a first run
 
 
 @hydra.main(config_path="../conf", config_name="train", version_base="1.3")
