@@ -20,7 +20,7 @@ from omegaconf import OmegaConf, open_dict
 from tornado import bench, collect, predict, report, synth
 from tornado.cli import parse_kv
 from tornado.prepare import parse_settings
-from tornado.train import CONF_DIR, validate
+from tornado.settings import CONF_DIR, validate
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "BENCHMARKS.md", *sorted((ROOT / "docs").glob("*.md"))]

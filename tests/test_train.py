@@ -647,7 +647,7 @@ def test_a_refused_run_keeps_a_folder_it_was_given_holding_only_a_log(how, data_
            "trainer.accelerator=cpu gpus=3 for 3 CPU processes"),
 ])
 def test_counts_are_worded_in_the_singular_and_plural(gpus, visible, message, monkeypatch):
-    from tornado.train import resolve_devices
+    from tornado.settings import resolve_devices
 
     monkeypatch.setattr(torch.cuda, "device_count", lambda: visible)
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
@@ -679,6 +679,72 @@ def test_hydra_s_own_refusals_are_one_line_exit_2(args, line, tmp_path):
     p = _cli([*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT)
     assert p.returncode == 2 and p.stderr == line + "\n", p.stderr[-2000:]
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("args, line", [
+    (["epochs=0"], "error: epochs=0: must be a positive integer"),
+    (["+epoch=3"], "error: epoch: unknown key (did you mean epochs?)"),
+    (["epoch=3"], "error: epoch: no such setting (did you mean epochs?)"),  # Hydra's refusal, in its words
+    (["model=nope"], "error: model=nope: no such option in conf/model/ (use one of paper, paper_code)"),
+    (["~epochs"], "error: epochs: missing: a run needs this setting"),
+    (["data.split.val_fraction=2"], "error: data.split.val_fraction: 2: must be a number in [0, 1)"),
+    (["augment.rotation=400"], "error: augment.rotation: must be a number in [0, 360], got 400"),
+    (["data.source=/nowhere"], "error: data.source: /nowhere: no such folder"),
+    (["gpus=1", "trainer.accelerator=gpu"], "error: gpus=1 asks for 1 GPU but 0 are visible (CUDA_VISIBLE_DEVICES=); "
+                                            "use gpus=0, or trainer.accelerator=cpu gpus=1 for 1 CPU process"),
+    (["hydra.run.dir=/nonexistent/r", "lr=-1"], "error: lr=-1: must be a positive number"),
+    # left to the run (which loads Lightning, here missing): good settings, options, a sweep's job, what Hydra
+    # refuses where Hydra's own settings are given, and interpolations only the run resolves
+    (["epochs=1"], None),
+    (["-m", "epochs=0"], None),
+    (["epochs=0", "SWEEP"], None),
+    (["hydra.run.dir=/nonexistent/r", "epoch=3"], None),
+    (["data.out_dir=${hydra:runtime.cwd}/d", "epochs=0"], None),
+])
+def test_a_bad_single_run_is_refused_before_lightning_loads(args, line, tmp_path):
+    """`python -m tornado.train` checks a single run's settings before it imports Lightning (3-5 s), in the words and
+    with the exit status the run would use, and before Hydra makes the run's folder."""
+    env = {k: v for k, v in os.environ.items() if k != "TORNADO_SWEEP_DIR"}
+    env["CUDA_VISIBLE_DEVICES"] = ""
+    if "SWEEP" in args:
+        args, env["TORNADO_SWEEP_DIR"] = [a for a in args if a != "SWEEP"], str(tmp_path)
+    code = ("import runpy, sys; sys.modules['pytorch_lightning'] = None; sys.argv[:1] = ['-m']; "
+            "runpy.run_module('tornado.train', run_name='__main__', alter_sys=True)")
+    p = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    missing = f"error: pytorch_lightning: not installed for {sys.executable}; "
+    if line is None:
+        assert p.returncode == 1 and p.stderr.startswith(missing), p.stderr[-2000:]
+    else:
+        assert p.returncode == 2 and p.stderr == line + "\n", p.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_run_records_its_overrides_as_typed(data_dir, tmp_path):
+    """An interpolation given on the command line is recorded as given (it was resolved against Hydra's own
+    settings, and one naming a run setting failed there); one naming nothing is refused in one line."""
+    args = [*small(data_dir, "epochs=1", "score_epochs=false"), "trainer.max_epochs=${epochs}"]
+    p = _cli([*args, f"hydra.run.dir={tmp_path / 'run'}"], cwd=ROOT)
+    assert p.returncode == 0, p.stderr[-2000:]
+    result = json.loads((tmp_path / "run" / "result.json").read_text())
+    assert result["overrides"][-1] == "trainer.max_epochs=${epochs}" and len(result["history"]) == 1
+    p = _cli([*args[:-1], "trainer.max_epochs=${epochz}", f"hydra.run.dir={tmp_path / 'bad'}"], cwd=ROOT)
+    assert p.returncode == 2 and p.stderr == "error: trainer.max_epochs: Interpolation key 'epochz' not found\n"
+    assert not (tmp_path / "bad").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("~epochs", "epochs: missing: a run needs this setting"),
+    ("~fast.bf16", "fast.bf16: missing: a run needs this setting"),
+    ("~fast", "fast: missing: a run needs this group of settings"),
+    ("trainer.max_epochs=${epochz}", "trainer.max_epochs: Interpolation key 'epochz' not found"),
+])
+def test_a_setting_removed_or_not_resolved_is_one_line(override, message, data_dir, tmp_path):
+    from tornado.train import train
+
+    with pytest.raises(TornadoError) as e:
+        train(cfg_for(*small(data_dir), override), output_dir=tmp_path)
+    assert str(e.value) == message and not (tmp_path / "result.json").exists()
 
 
 @pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])

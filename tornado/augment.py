@@ -21,7 +21,9 @@ import torch.nn.functional as F
 
 from tornado.errors import TornadoError
 
-__all__ = ["AugmentConfig", "augment", "rotate", "transform"]
+__all__ = ["AUGMENTATIONS", "AugmentConfig", "augment", "rotate", "transform"]
+
+AUGMENTATIONS = ("preaugmented", "live")  # a training run's copies: from the prepared file, or made per batch
 
 
 def _per_sample(value: Any, n: int, like: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:

@@ -103,26 +103,38 @@ def convert(key: str, value: str, default: Any) -> Any:
 def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str) -> None:
     """Run a `@hydra.main` app with Hydra's own input errors (a misspelled setting, a config option that does
     not exist, an override it cannot parse) as one `error:` line and exit 2, like every other bad input."""
-    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+    from hydra.errors import HydraException
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises these instead of printing its own report of them
     try:
         main()
-    except (ConfigCompositionException, MissingConfigException, OverrideParseException) as e:
-        print(f"error: {hydra_error_line(e, lambda: setting_names(config_dir, config_name))}", file=sys.stderr)
-        raise SystemExit(2) from None
-    except (OSError, ValueError) as e:  # the run's folder or log file, which Hydra makes, cannot be written
-        if _raised_in(e, "_run_hydra"):  # Hydra's command line misused: `-m --cfg job`, `--resolve` alone
-            print(f"error: {_first_line(str(e))}", file=sys.stderr)
+    except (OSError, ValueError, HydraException) as e:
+        line = composition_error_line(e, config_dir, config_name, sys.argv[1:])
+        if line is None and not isinstance(e, HydraException) and _raised_in(e, "_run_hydra"):
+            line = _first_line(str(e))  # Hydra's command line misused: `-m --cfg job`, `--resolve` alone
+        if line is not None:
+            print(f"error: {line}", file=sys.stderr)
             raise SystemExit(2) from None
-        if str(e).startswith("Config group override must be"):  # `data=5`: a number where an option goes
-            print(f"error: {group_value_line(config_dir, sys.argv[1:]) or _first_line(str(e))}", file=sys.stderr)
-            raise SystemExit(2) from None
+        if isinstance(e, HydraException):
+            raise
+        # the run's folder or log file, which Hydra makes, cannot be written
         cause = e if isinstance(e, OSError) else e.__cause__ or e.__context__
         if not isinstance(cause, OSError):
             raise
         print(f"error: {unwritable_text(cause)}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+def composition_error_line(e: Exception, config_dir: Path, config_name: str, argv: list[str]) -> str | None:
+    """The one line for Hydra's refusal of the settings `argv` gives (a misspelt setting, a missing option, an
+    override it cannot read, a number where an option goes); None for any other error."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException, OverrideParseException
+
+    if isinstance(e, (ConfigCompositionException, MissingConfigException, OverrideParseException)):
+        return hydra_error_line(e, lambda: setting_names(config_dir, config_name))
+    if isinstance(e, ValueError) and str(e).startswith("Config group override must be"):  # `data=5`
+        return group_value_line(config_dir, argv) or _first_line(str(e))
+    return None
 
 
 def names_run_dir(override: str) -> bool:

@@ -21,10 +21,8 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 
-from tornado.augment import AugmentConfig, augment
+from tornado.augment import AUGMENTATIONS, AugmentConfig, augment
 from tornado.errors import TornadoError
-
-AUGMENTATIONS = ("preaugmented", "live")
 
 
 def read_meta(path) -> dict:

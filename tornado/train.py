@@ -1,14 +1,21 @@
 """Train the paper's CNN once: `python -m tornado.train [key=value ...]` (`-m` sweeps, see launcher/).
 
 `train(cfg)` is the plain function tests and benchmarks call; `main` is the thin Hydra wrapper that
-returns the metric named by `optimize_metric` to sweepers.
+returns the metric named by `optimize_metric` to sweepers. The settings' checks are settings.py's: a single
+run's command line is checked there first, before this module loads Lightning.
 """
 from __future__ import annotations
+
+import sys
+
+if __name__ == "__main__":  # a bad setting is refused before Lightning loads (3-5 s)
+    from tornado.settings import refuse_early
+
+    refuse_early(sys.argv[1:])
 
 import contextlib
 import ctypes
 import datetime as dt
-import functools
 import io
 import logging
 import math
@@ -18,7 +25,6 @@ import re
 import shlex
 import signal
 import socket
-import sys
 import time
 import types
 import warnings
@@ -32,19 +38,20 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from pytorch_lightning.callbacks import Checkpoint, TQDMProgressBar
 
 import tornado
 from tornado import records
 from tornado.cli import (counted, missing_folders, names_run_dir, override_text, python_command,
-                         remove_hydra_only_folder, run_hydra_app, shown_path, unknown_key)
+                         remove_hydra_only_folder, run_hydra_app, shown_path)
 from tornado.data import find_files
-from tornado.datamodule import AUGMENTATIONS, StormDataModule, load_split
-from tornado.errors import (IN_USE, Terminated, TornadoError, die_with_parent, is_int, is_number, on_sigterm,
-                            run_cli, stop_if_signalled)
-from tornado.metrics import SCORES, VAL_SCORES, best_csi_threshold, forecast_scores, roc_auc
+from tornado.datamodule import StormDataModule, load_split
+from tornado.errors import IN_USE, Terminated, TornadoError, die_with_parent, on_sigterm, run_cli, stop_if_signalled
+from tornado.metrics import VAL_SCORES, best_csi_threshold, forecast_scores, roc_auc
 from tornado.model import StormModule
-from tornado.prepare import check_keys, ensure_prepared
+from tornado.prepare import ensure_prepared
+from tornado.settings import CONF_DIR, check_complete, data_keys_named, resolve_devices, validate
 
 log = logging.getLogger("tornado.train")
 
@@ -65,109 +72,6 @@ for _msg in (".*srun.*", ".*LeafSpec.*", ".*does not have many workers.*", ".*sm
 # TensorBoard's writer imports TensorFlow when it is installed (the optional `peer` extra), which slows torch
 # 1.5-2x in the same process; its `notf` switch makes it use the stub it ships for machines without TensorFlow.
 sys.modules.setdefault("tensorboard.compat.notf", types.ModuleType("tensorboard.compat.notf"))
-
-
-ACCELERATORS = ("auto", "cpu", "gpu", "cuda")  # what `gpus` chooses between
-
-
-def resolve_devices(cfg: DictConfig) -> tuple[str, int]:
-    """(accelerator, devices) from `gpus` and `trainer.accelerator`; refuses GPUs that are not there."""
-    gpus, accel = cfg.gpus, str(cfg.trainer.accelerator)
-    if accel not in ACCELERATORS:
-        raise TornadoError(f"trainer.accelerator={accel}: use one of {', '.join(ACCELERATORS)}")
-    visible = torch.cuda.device_count()
-    if gpus == "auto":
-        gpus = visible if accel != "cpu" else 1
-    if not is_int(gpus) or gpus < 0:
-        raise TornadoError(f"gpus={cfg.gpus}: use 0 (CPU), a positive number of GPUs, or auto")
-    if accel == "cpu":
-        return "cpu", max(1, gpus)
-    if gpus == 0:
-        if accel in ("gpu", "cuda"):
-            raise TornadoError("gpus=0 with trainer.accelerator=gpu: ask for at least one GPU")
-        return "cpu", 1
-    if gpus > visible:
-        env = os.environ.get("CUDA_VISIBLE_DEVICES")
-        where = f"CUDA_VISIBLE_DEVICES={env}" if env is not None else "CUDA_VISIBLE_DEVICES unset"
-        raise TornadoError(f"gpus={gpus} asks for {counted(gpus, 'GPU')} but {visible} "
-                           f"{'is' if visible == 1 else 'are'} visible ({where}); use gpus=0, or "
-                           f"trainer.accelerator=cpu gpus={gpus} for {counted(gpus, 'CPU process', 'CPU processes')}")
-    return "gpu", gpus
-
-
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-
-
-@functools.cache  # read once a process: a sweep validates every job (~16 ms a read)
-def _known_keys() -> tuple[frozenset[str], frozenset[str], frozenset[str]]:
-    """Top-level keys of conf/train.yaml and its groups, the `fast` switches and the `model` keys: anything else is
-    a typo (Hydra takes `+epoch=5` and would train on, ignoring it). `data.*` is prepare's, `augment.*` augment's;
-    `trainer.*` and `logger.*` go to Lightning, which refuses what it does not take."""
-    base = OmegaConf.load(CONF_DIR / "train.yaml")
-    groups = {k for d in base.defaults if not isinstance(d, str) for k in d}
-    model = {k for p in (CONF_DIR / "model").glob("*.yaml") for k in OmegaConf.load(p)}
-    return frozenset(set(base) | groups) - {"defaults", "hydra", "experiment"}, frozenset(base.fast), frozenset(model)
-
-
-def validate(cfg: DictConfig) -> None:
-    known, known_fast, known_model = _known_keys()
-    for key in cfg:
-        if key not in known:
-            raise unknown_key(key, known)
-    for group in ("data", "augment", "model", "trainer", "fast"):  # `~model`, `fast=5`
-        node = cfg.get(group)
-        if node is None:
-            raise TornadoError(f"{group}: missing: a run needs this group of settings")
-        if not isinstance(node, DictConfig):
-            raise TornadoError(f"{group}={node!r}: must be a group of settings ({group}.<key>=...), not a value")
-    for group, names in (("fast", known_fast), ("model", known_model)):
-        for key in cfg[group]:
-            if key not in names:
-                raise unknown_key(f"{group}.{key}", {f"{group}.{k}" for k in names})
-    check_keys(cfg.data, "data.")
-    for key in ("epochs", "batch_size", "data_multiplier"):
-        v = cfg[key]
-        if not is_int(v) or v <= 0:
-            raise TornadoError(f"{key}={v}: must be a positive integer")
-    if not (is_number(cfg.lr) and 0 < cfg.lr < math.inf):
-        raise TornadoError(f"lr={cfg.lr}: must be a positive number")
-    if cfg.threads is not None and (not is_int(cfg.threads) or cfg.threads < 1):
-        raise TornadoError(f"threads={cfg.threads}: must be a positive integer, or null for torch's default")
-    dropout = cfg.model.get("dropout", 0.0)
-    if not is_number(dropout) or not 0 <= dropout < 1:
-        raise TornadoError(f"model.dropout={dropout}: must be a number in [0, 1)")
-    pool3 = cfg.model.get("pool3", False)
-    if not isinstance(pool3, bool):
-        raise TornadoError(f"model.pool3={pool3}: must be true or false")
-    weight = cfg.model.get("pos_weight", 1.0)
-    if not is_number(weight) or not 0 < weight < math.inf:
-        raise TornadoError(f"model.pos_weight={weight}: must be a positive number")
-    for key in ("resume", "score_epochs"):
-        if not isinstance(cfg.get(key, True), bool):
-            raise TornadoError(f"{key}={cfg[key]}: must be true or false")
-    patience = cfg.get("patience")
-    if patience is not None and (not is_int(patience) or patience < 1):
-        raise TornadoError(f"patience={patience}: must be a positive number of epochs, or null to train every epoch")
-    if patience is not None and not cfg.get("score_epochs", True):
-        raise TornadoError(f"patience={patience}: needs score_epochs=true (the validation ROC AUC it watches)")
-    for key, value in cfg.fast.items():
-        if key == "storage":
-            ok, allowed = value in ("float32", "float16"), "float32, float16"
-        else:
-            ok, allowed = isinstance(value, bool) or value == "auto", "true, false, auto"
-        if not ok:
-            raise TornadoError(f"fast.{key}={value}: use one of {allowed}")
-    for key, low in (("max_epochs", 1), ("num_sanity_val_steps", -1), ("log_every_n_steps", 1)):
-        value = cfg.trainer.get(key)  # Lightning takes them as they come, and fails on them mid-fit
-        if value is not None and (not is_int(value) or value < low):
-            raise TornadoError(f"trainer.{key}={value}: must be an integer >= {low}")
-    if cfg.augmentation not in AUGMENTATIONS:
-        raise TornadoError(f"augmentation={cfg.augmentation}: unknown, use one of {', '.join(AUGMENTATIONS)}")
-    if not is_int(cfg.seed) or not 0 <= cfg.seed < 2 ** 32:
-        raise TornadoError(f"seed={cfg.seed}: must be an integer from 0 to 2^32 - 1 (0 is a valid seed)")
-    if cfg.optimize_metric not in SCORES + VAL_SCORES:
-        raise TornadoError(f"optimize_metric={cfg.optimize_metric}: unknown, use one of "
-                           f"{', '.join(SCORES + VAL_SCORES)}")
 
 
 def _switch(value, default: bool) -> bool:
@@ -403,13 +307,8 @@ class _LastCheckpoint(Checkpoint):
 def prepared(cfg: DictConfig) -> Path:
     """The run's HDF5 file (built if missing). prepare's errors name its own keys (`split.val_fraction`); here
     they are `data.` keys."""
-    try:
+    with data_keys_named(cfg):
         return ensure_prepared(cfg.data, cfg.augment)
-    except TornadoError as e:
-        key = str(e).split(":", 1)[0].split(".", 1)[0]
-        if key in cfg.data:
-            raise TornadoError(f"data.{e}", code=e.code) from None
-        raise
 
 
 def keep_best(module: StormModule, skill: _EpochSkill | None, path: Path) -> int | None:
@@ -577,8 +476,13 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         output_dir = HydraConfig.get().runtime.output_dir
     out = Path(output_dir).resolve()
     rank = _rank()
-    overrides = list(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
-    task = records.task_container(cfg)
+    # as typed: `trainer.max_epochs=${epochs}` is recorded so, not resolved (against Hydra's own settings)
+    overrides = OmegaConf.to_container(HydraConfig.get().overrides.task) if HydraConfig.initialized() else []
+    try:
+        task = records.task_container(cfg)  # resolved: the record below is made of it
+    except OmegaConfBaseException:
+        check_complete(cfg)  # what is missing or does not resolve (`~epochs`), in one line
+        raise
     result: dict = {
         "status": "running", "error": None, "config_hash": records.config_hash(task), "overrides": overrides,
         "hparams": records.flatten(task), "output_dir": str(out), "host": socket.gethostname(),
