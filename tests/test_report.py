@@ -1481,6 +1481,23 @@ def test_the_forecast_histogram_s_tick_labels_do_not_overlap(monkeypatch):
         assert all(a.y1 <= b.y0 for a, b in zip(boxes, boxes[1:])), [t.get_text() for t in shown]
 
 
+def test_the_reliability_legend_covers_nothing_drawn(monkeypatch):
+    """A rare event's climatology and base-rate lines run along the bottom edge: the legend sits below both panels."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    figures = _figures(monkeypatch)
+    rng = np.random.default_rng(1)
+    prob = rng.beta(0.6, 6, 3000)
+    plots.plot_verification(prob, (rng.random(3000) < prob).astype(np.uint8), "job 1", climatology=0.05)
+    fig = figures[1]
+    renderer = FigureCanvasAgg(fig).get_renderer()
+    fig.draw(renderer)
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+    legend = fig.legends[0].get_window_extent(renderer)
+    assert {"climatology 0.050", "adds skill"} <= {t.get_text() for t in fig.legends[0].get_texts()}
+    assert all(legend.y1 <= ax.get_tightbbox(renderer).y0 for ax in fig.axes)
+
+
 def test_training_curves_say_how_many_jobs_each_averages():
     flat = pd.DataFrame({"train_acc": [0.90, 0.95]})
     histories = {"0": flat, "2": flat, "3": flat}

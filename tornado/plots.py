@@ -377,7 +377,8 @@ def plot_verification(prob: np.ndarray, label: np.ndarray, who: str, threshold: 
                 label="forecast (95% interval)")
     ax.set(ylabel="observed frequency", xlim=(0, 1), ylim=(0, 1), title=f"Reliability diagram: {who}")
     ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
+    # below both panels: inside, a rare event's climatology lines and its forecasts run along the very edges
+    fig.legend(*ax.get_legend_handles_labels(), loc="outside lower center", ncol=3, fontsize=8, frameon=False)
     _, count = _bin_counts(prob, RELIABILITY_BINS)  # the bins of the points above
     hist.bar(np.arange(RELIABILITY_BINS) / RELIABILITY_BINS, count, width=1 / RELIABILITY_BINS, align="edge",
              color="#94a3b8", edgecolor="white", log=True)
