@@ -1,6 +1,7 @@
 """Sweep analytics: pivots, paper comparison, files written, report.html, CLI errors."""
 from __future__ import annotations
 
+import base64
 import csv
 import importlib.util
 import json
@@ -1599,3 +1600,17 @@ def test_a_run_page_shows_whether_the_label_threshold_counts_as_a_tornado(inclus
 
     hp = {"data.label.reduce": "mean", "data.label.threshold": 0.008, "data.label.inclusive": inclusive}
     assert dict(facts({"hparams": hp}))["label"] == f"mean of RVORT1_MAX_future {sign} 0.008 s⁻¹"
+
+
+def test_a_figure_of_panels_side_by_side_scrolls_on_a_narrow_screen(tmp_path):
+    """At a phone's width a three-panel figure shrunk to the screen has 3-pixel labels: it keeps a readable width
+    and scrolls sideways instead (and prints at the page's width)."""
+    sweep = gpu_batch_sweep(tmp_path, failed=False)
+    page = report.build_report(sweep, rows="batch_size", cols="gpus")["report.html"].read_text()
+    figures = re.findall(r'<figure( class="panels")?><img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    widths = {name: int.from_bytes(base64.b64decode(data)[16:20], "big") for _, name, data in figures}
+    panels = {name for cls, name, _ in figures if cls}
+    assert panels and panels == {name for name, w in widths.items() if w > 800}, widths
+    assert widths.keys() - panels  # one-panel figures fit the screen as ever
+    assert "figure.panels{overflow-x:auto}figure.panels img{min-width:900px}" in page
+    assert "figure.panels img{min-width:0}" in page.split("@media print")[1]

@@ -8,7 +8,6 @@ A single run's folder (result.json at its top) is read as a sweep of one job and
 """
 from __future__ import annotations
 
-import base64
 import html
 import importlib.util
 import json
@@ -549,13 +548,16 @@ table.list td{text-align:left}table.list th{text-align:left}
 .card h3{margin-top:0}.card p{margin:4px 0}
 figure{background:#fff;border:1px solid #e2e8f0;border-radius:10px;padding:12px;margin:0 0 18px}
 figure img{max-width:100%;height:auto;display:block;margin:0 auto}figcaption{color:#475569;font-size:13px}
+figure.panels{overflow-x:auto}figure.panels img{min-width:900px}
 code,.err{font-family:ui-monospace,"DejaVu Sans Mono",monospace;font-size:12px}
 .err{white-space:pre-wrap;color:#991b1b}
 .long{max-height:80vh;overflow:auto}.long thead th{position:sticky;top:0}
 @media print{body{background:#fff}nav{display:none}.long{max-height:none}.wide,.tables{overflow:visible}
+figure.panels img{min-width:0}
 .long thead th{position:static}figure,.card,tr{break-inside:avoid}h2,h3{break-after:avoid}}
 """
 LONG_LIST = 25  # a list of more jobs scrolls in a box of its own, its header kept in view
+
 
 
 def _list_html(head: str, rows: str, count: int) -> str:
@@ -659,8 +661,7 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     if not ok.empty:  # else the banner says there is nothing to rank, tabulate or plot
         body += _best_cards(summary, metric, target)
         body += ['<h2 id="tables">Tables</h2>', to_html_tables(ts), '<h2 id="plots">Plots</h2>']
-        body += [f'<figure><img alt="{e(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-                 f"<figcaption>{e(caption)}</figcaption></figure>" for name, (caption, png) in images.items()]
+        body += [runpage.figure(name, caption, png) for name, (caption, png) in images.items()]
         if not images:
             body.append('<p class="note">No plots: no successful job with the data they need.</p>')
     body += [f"<p class=\"note\">{e(n)}</p>" for n in summary["notes"]]

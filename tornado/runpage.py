@@ -240,6 +240,15 @@ def _epoch_number(h: dict, i: int) -> int:
     return int(h["epoch"]) if is_number(h.get("epoch")) and math.isfinite(h["epoch"]) else i
 
 
+def figure(name: str, caption: str, png: bytes) -> str:
+    """A figure of a page, its PNG inline. One of several panels side by side (over 800 px wide) is of class
+    `panels`: on a narrow screen it scrolls sideways at a size its labels can be read at."""
+    wide = ' class="panels"' if int.from_bytes(png[16:20], "big") > 800 else ""  # the PNG header's width
+    data = base64.b64encode(png).decode()
+    return (f'<figure{wide}><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+
+
 def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: list[str], css: str,
            up: str | None = None) -> str:
     """The run's page: status, scores (test and validation), facts, epochs, figures; a section with nothing to
@@ -296,9 +305,7 @@ def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: 
             body.append(f'<p class="note">{e(note.strip())}</p>')
     if sections["plots"]:
         body.append('<h2 id="plots">Plots</h2>')
-    for name, (caption, png) in images.items():
-        body.append(f'<figure><img alt="{e(name)}" src="data:image/png;base64,{base64.b64encode(png).decode()}">'
-                    f"<figcaption>{e(caption)}</figcaption></figure>")
+    body += [figure(name, caption, png) for name, (caption, png) in images.items()]
     if sections["plots"] and not images:
         body.append('<p class="note">No plots: the run left no history or test predictions.</p>')
     body += [f'<p class="note">{e(n)}</p>' for n in notes]
