@@ -700,6 +700,8 @@ def test_hydra_s_own_refusals_are_one_line_exit_2(args, line, tmp_path):
     (["epochs=0", "SWEEP"], None),
     (["hydra.run.dir=/nonexistent/r", "epoch=3"], None),
     (["data.out_dir=${hydra:runtime.cwd}/d", "epochs=0"], None),
+    (["hydra.job.chdir=true", "data.source=relative"], None),  # read from the run's folder, which is not made yet
+    (["hydra.job.chdir=true", "data.source=/nowhere"], "error: data.source: /nowhere: no such folder"),
 ])
 def test_a_bad_single_run_is_refused_before_lightning_loads(args, line, tmp_path):
     """`python -m tornado.train` checks a single run's settings before it imports Lightning (3-5 s), in the words and

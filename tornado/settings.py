@@ -167,7 +167,9 @@ def refuse_early(argv: list[str]) -> None:
         return
     try:
         with initialize_config_dir(str(CONF_DIR), version_base="1.3", job_name="train"):
-            cfg = compose("train", overrides=argv)
+            cfg = compose("train", overrides=argv, return_hydra_config=True)
+        moves = cfg.hydra.job.chdir  # into the run's folder, which relative paths are then read from
+        cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "hydra"])
     except Exception as e:  # Hydra's refusal, said as the run says it, where no setting of Hydra's own is given
         line = composition_error_line(e, CONF_DIR, "train", argv)
         if line is not None and not any(a.lstrip("+~").startswith("hydra") for a in argv):
@@ -182,7 +184,7 @@ def refuse_early(argv: list[str]) -> None:
 
     def check() -> None:
         validate(cfg)
-        if cfg.data.get("source") is not None:
+        if cfg.data.get("source") is not None and not (moves and not os.path.isabs(str(cfg.data.source))):
             find_files(cfg.data.source, key="data.source")
         resolve_devices(cfg)
         with data_keys_named(cfg):
