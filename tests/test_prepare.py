@@ -599,6 +599,31 @@ def test_cli_refuses_an_out_dir_naming_no_folder_without_making_one_for_its_log(
     assert list((tmp_path / "cwd").iterdir()) == [] and list((tmp_path / "tmp").iterdir()) == []  # its log removed
 
 
+@pytest.mark.parametrize("args, line", [
+    (["source=${oc.env:TORNADO_NOPE}"], "error: source: KeyError raised while resolving interpolation: "
+                                         "\"Environment variable 'TORNADO_NOPE' not found\""),
+    (["out_dir=${oc.env:TORNADO_NOPE}"], "error: out_dir: KeyError raised while resolving interpolation: "
+                                         "\"Environment variable 'TORNADO_NOPE' not found\""),
+    (["seed=${seed}"], "error: seed: Recursive interpolation detected"),
+    (["out_dir=[a]"], "error: out_dir: ['a']: must name a folder"),  # not a folder named "['a']"
+    (["source=[a]"], "error: source: ['a']: must name a folder or a glob of files"),
+    (["out_dir={cwd}/a_file"], "error: out_dir: {cwd}/a_file: exists and is not a folder"),
+    (["out_dir={cwd}/a_file/data"], "error: out_dir: {cwd}/a_file/data: cannot create it ({cwd}/a_file is a file)"),
+])
+def test_cli_refuses_settings_that_name_no_folder_in_one_line_and_leaves_nothing(args, line, tmp_path):
+    """Each said in the command's words (not Hydra's traceback, nor its log folder's under out_dir), and its log folder
+    removed as for any refused command."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TMPDIR": str(tmp_path / "tmp")}
+    cwd = tmp_path / "cwd"
+    for folder in (tmp_path / "tmp", cwd):
+        folder.mkdir()
+    (cwd / "a_file").write_text("not a folder")
+    res = subprocess.run([sys.executable, "-m", "tornado.prepare", *(a.replace("{cwd}", str(cwd)) for a in args)],
+                         cwd=cwd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr == line.replace("{cwd}", str(cwd)) + "\n", res.stderr[-2000:]
+    assert [p.name for p in cwd.iterdir()] == ["a_file"] and list((tmp_path / "tmp").iterdir()) == []
+
+
 def test_a_killed_synthetic_generation_s_temp_files_are_cleared(tmp_path):
     """SIGTERM mid-generation leaves synth.write_file's `.NCARSTORM_*.nc.RANDOM.tmp`; the next generation removes it."""
     from tornado.prepare import synthetic_source

@@ -426,6 +426,10 @@ def test_a_single_run_folder_is_reported_as_one_job(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(TornadoError, match=r"no results.csv, no \*/result.json and no result.json"):
         report.load_sweep(tmp_path / "empty")
+    (tmp_path / "cut" / "result.json").parent.mkdir()
+    (tmp_path / "cut" / "result.json").write_text('{"status": "ok", ')  # a run's record it cannot read: named so
+    with pytest.raises(TornadoError, match=r"^result.json unreadable: .*/cut/result.json: Expecting"):
+        report.load_sweep(tmp_path / "cut")
 
 
 def test_a_run_with_an_empty_settings_group_is_reported(tmp_path):

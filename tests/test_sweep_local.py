@@ -361,6 +361,30 @@ def test_launcher_settings_that_cannot_work_are_refused_up_front(sweep_cli, tmp_
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.parametrize("subdir, why", [
+    ("x", "jobs 0 and 1 would share the folder {sweep}/x"),  # each job would train over the one before
+    ("''", "job 0's folder {sweep} is not one inside the sweep's"),
+    ("../j${hydra.job.num}", "job 0's folder {parent}/j0 is not one inside the sweep's"),
+])
+def test_a_job_folder_that_is_not_one_per_job_in_the_sweep_is_refused(sweep_cli, tmp_path, subdir, why):
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "batch_size=64,128", f"hydra.sweep.dir={sweep}", f"hydra.sweep.subdir={subdir}"])
+    shown = subdir.strip("'")
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
+        f"error: hydra.sweep.subdir={shown}: {why.format(sweep=sweep, parent=tmp_path)}; it must name one folder "
+        "per job inside hydra.sweep.dir (the default: ${hydra.job.num})"), p.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interpolation_in_a_hydra_override_reaches_the_jobs_as_typed(sweep_cli, tmp_path):
+    """The launcher passes the command's hydra.* overrides on to each job: read as typed, not resolved where the
+    sweep has no job number."""
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "batch_size=64,128", f"hydra.sweep.dir={sweep}", "hydra.sweep.subdir=j${hydra.job.num}"])
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert sorted(d.name for d in job_dirs(sweep)) == ["j0", "j1"]
+
+
 def test_max_parallel_above_the_job_count_runs_no_idle_slots(sweep_cli, tmp_path):
     sweep = tmp_path / "sweep"
     p = sweep_cli(["-m", "batch_size=64,128", f"hydra.sweep.dir={sweep}", "hydra.launcher.max_parallel=100000"])

@@ -336,10 +336,17 @@ def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps=0: must be an integer >= 1"),
     ("trainer.precision=banana", r"^trainer: Precision 'banana' is invalid\. Allowed precision values: \("),
     ("logger.csv._target_=nope.Logger", r"^logger.csv: Error loading 'nope.Logger': ModuleNotFoundError"),
+    # Lightning would train 1000 epochs, train none and score the untrained network, or fail mid-fit on these
+    ("trainer.max_epochs=null", r"^trainer.max_epochs=None: must be an integer >= 1$"),
+    ("trainer.limit_train_batches=0", r"^trainer.limit_train_batches=0: must be a number of batches >= 1"),
+    ("logger.csv=null", r"^logger.csv=None: must be a logger's settings; ~logger.csv leaves it out$"),
+    ("~logger.csv._target_", r"^logger.csv._target_: missing: a logger needs it; ~logger.csv leaves it out$"),
+    ("trainer._target_=builtins.dict", r"^trainer._target_=builtins.dict: makes a dict, not a Lightning Trainer$"),
     # the data settings are named as this command takes them (data.), augment's as they are
     ("data.split.val_fraction=1.5", r"^data.split.val_fraction: 1.5: must be a number in \[0, 1\)$"),
     ("data.label.reduce=median", r"^data.label.reduce: 'median': must be one of"),
     ("data.source=/nowhere", r"^data.source: /nowhere: no such folder$"),
+    ("~data.split", r"^data.split.test_start: None: not a date \(YYYY-MM-DD\)$"),  # a removed group named so too
     ("augment.rotation=abc", r"^augment.rotation: must be a number in"),
 ])
 def test_bad_config_fails_before_training(override, message, data_dir, tmp_path, monkeypatch):
@@ -425,6 +432,44 @@ def test_a_run_failing_midway_records_the_epochs_it_saved(data_dir, tmp_path, mo
     assert r["batch"] == {"global": 64, "per_device": 64, "devices": 1, "effective_global": 64}
     assert r["devices"]["count"] == 1 and r["data"]["n_test"] > 0 and r["resumed_after_epochs"] == 0
     assert "metrics" not in r and not (tmp_path / "test_predictions.npz").exists()
+
+
+def test_a_run_failing_before_its_data_is_set_up_records_that_error(data_dir, tmp_path, monkeypatch):
+    from tornado.datamodule import StormDataModule
+    from tornado.train import train
+
+    def fails(self, stage=None):
+        raise RuntimeError("no data today")
+    monkeypatch.setattr(StormDataModule, "setup", fails)
+    with pytest.raises(RuntimeError, match="no data today"):  # not an AttributeError of the record's making
+        train(cfg_for(*small(data_dir, "epochs=1")), output_dir=tmp_path)
+    r = json.loads((tmp_path / "result.json").read_text())
+    assert r["status"] == "failed" and r["error"] == "RuntimeError: no data today" and r["fast"]["resident"] is None
+
+
+def test_a_trainer_setting_refused_leaves_the_earlier_run_s_logs_where_they_are(first_run, data_dir, tmp_path):
+    """Refused by Lightning after the data are loaded, before the earlier logs are moved aside (resume=false) or
+    renamed (a resumed run's metrics.csv): the folder is as it was."""
+    import shutil
+
+    from tornado.train import train
+
+    run = tmp_path / "run"
+    shutil.copytree(first_run[1], run)
+    before = sorted(p.relative_to(run) for p in run.rglob("*"))
+    for extra in ("resume=false", "resume=true"):
+        with pytest.raises(TornadoError, match="^trainer: Precision 'banana' is invalid"):
+            train(cfg_for(*small(data_dir, "epochs=4"), extra, "trainer.precision=banana"), output_dir=run)
+        assert sorted(p.relative_to(run) for p in run.rglob("*")) == before
+        assert (run / "result.json").read_bytes() == (first_run[1] / "result.json").read_bytes()
+
+
+def test_a_null_label_group_takes_the_default_rule(data_dir, tmp_path):
+    """`data.label=null` prepares with the default rule (as `~data.label`), and the run trains on it."""
+    from tornado.train import train
+
+    r = train(cfg_for(*small(data_dir, "epochs=1", "score_epochs=false"), "data.label=null"), output_dir=tmp_path)
+    assert r["status"] == "ok"
 
 
 def test_the_clock_keeps_the_whole_jobs_time_to_each_checkpoint():
@@ -673,12 +718,25 @@ def test_counts_are_worded_in_the_singular_and_plural(gpus, visible, message, mo
     (["-m", "--cfg", "job"], "error: Only one of --run, --multirun, --cfg, --info and --shell_completion can be "
                              "specified"),
     (["--resolve"], "error: The --resolve flag can only be used in conjunction with --cfg or --help"),
+    (["~epochz"], "error: ~epochz: no such setting (did you mean epochs?)"),
+    (["~paper"], "error: ~paper: its value is null: Hydra removes only a setting that holds a value"),
+    (["-m", "batch_size=64,128", "hydra.launcher.max_parallel=${nope}"], "error: hydra.launcher.max_parallel: "
+                                                                         "Interpolation key 'nope' not found"),
 ])
 def test_hydra_s_own_refusals_are_one_line_exit_2(args, line, tmp_path):
     """What Hydra refuses before tornado.train runs (a misspelt setting, a missing option) reads like ours."""
     p = _cli([*args, f"hydra.run.dir={tmp_path / 'run'}", f"hydra.sweep.dir={tmp_path / 'sweep'}"], cwd=ROOT)
     assert p.returncode == 2 and p.stderr == line + "\n", p.stderr[-2000:]
     assert not (tmp_path / "run").exists() and not (tmp_path / "sweep").exists()
+
+
+@pytest.mark.parametrize("key", ["hydra.run.dir", "hydra.sweep.dir"])
+def test_a_folder_of_hydra_s_that_does_not_resolve_is_one_line_exit_2(key, tmp_path):
+    sweep = ["-m", "batch_size=64,128"] if "sweep" in key else []
+    p = _cli([*sweep, f"{key}=${{oc.env:TORNADO_NOPE}}"], cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr == (f"error: {key}: KeyError raised while resolving interpolation: "
+                                              "\"Environment variable 'TORNADO_NOPE' not found\"\n"), p.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
 
 
 @pytest.mark.parametrize("args, line", [
@@ -740,6 +798,11 @@ def test_the_run_records_its_overrides_as_typed(data_dir, tmp_path):
     ("~fast.bf16", "fast.bf16: missing: a run needs this setting"),
     ("~fast", "fast: missing: a run needs this group of settings"),
     ("trainer.max_epochs=${epochz}", "trainer.max_epochs: Interpolation key 'epochz' not found"),
+    # settings the run reads itself (a traceback mid-run, or Lightning's 1000 epochs without max_epochs)
+    ("~trainer.max_epochs", "trainer.max_epochs: missing: a run needs this setting"),
+    ("~trainer.strategy", "trainer.strategy: missing: a run needs this setting"),
+    ("~model.dropout", "model.dropout: missing: a run needs this setting"),
+    ("~logger", "logger: missing: a run needs this group of settings (logger=none for no logger)"),
 ])
 def test_a_setting_removed_or_not_resolved_is_one_line(override, message, data_dir, tmp_path):
     from tornado.train import train

@@ -104,10 +104,19 @@ def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str) -
     """Run a `@hydra.main` app with Hydra's own input errors (a misspelled setting, a config option that does
     not exist, an override it cannot parse) as one `error:` line and exit 2, like every other bad input."""
     from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises these instead of printing its own report of them
     try:
         main()
+    except OmegaConfBaseException as e:  # a setting of Hydra's own that does not resolve (`hydra.run.dir='${x}'`)
+        key = str(e.full_key or "")  # none where Hydra resolved a copy (the launcher's settings): the one typed so
+        typed = (a.lstrip("+~").split("=", 1)[0] for a in sys.argv[1:] if "${" in a)
+        key = key if key.startswith("hydra.") else next((k for k in typed if k.startswith("hydra.")), "")
+        if not key:
+            raise  # the command's own settings are checked, and said, by the command
+        print(f"error: {key}: {_first_line(e.msg or str(e))}", file=sys.stderr)
+        raise SystemExit(2) from None
     except (OSError, ValueError, HydraException) as e:
         line = composition_error_line(e, config_dir, config_name, sys.argv[1:])
         if line is None and not isinstance(e, HydraException) and _raised_in(e, "_run_hydra"):
@@ -125,6 +134,18 @@ def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str) -
         raise SystemExit(2) from None
 
 
+def check_resolves(cfg: Any) -> None:
+    """Every interpolation of a command's settings resolves (`lr='${oc.env:NOPE}'`); the first that does not is
+    refused in one line naming it."""
+    from omegaconf import OmegaConf
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as e:
+        raise TornadoError(f"{e.full_key}: {_first_line(e.msg or str(e))}") from None
+
+
 def composition_error_line(e: Exception, config_dir: Path, config_name: str, argv: list[str]) -> str | None:
     """The one line for Hydra's refusal of the settings `argv` gives (a misspelt setting, a missing option, an
     override it cannot read, a number where an option goes); None for any other error."""
@@ -135,6 +156,14 @@ def composition_error_line(e: Exception, config_dir: Path, config_name: str, arg
     if isinstance(e, ValueError) and str(e).startswith("Config group override must be"):  # `data=5`
         return group_value_line(config_dir, argv) or _first_line(str(e))
     return None
+
+
+def typed_overrides(hc: Any) -> list[str]:
+    """The command's `hydra.*` overrides (of a HydraConfig) as typed: iterating them resolves any `${...}` they hold,
+    which may not resolve where they are read (`hydra.sweep.subdir=j${hydra.job.num}` in the launcher)."""
+    from omegaconf import OmegaConf
+
+    return [str(o) for o in OmegaConf.to_container(hc.overrides.hydra, resolve=False)]
 
 
 def names_run_dir(override: str) -> bool:
@@ -226,6 +255,16 @@ def hydra_error_line(e: Exception, names: Callable[[], list[str]]) -> str:
         except Exception:  # the suggestion is a courtesy: never let it hide the error
             close = None
         return f"{m.group(1)}: no such setting" + (f" (did you mean {close}?)" if close else "")
+    m = re.match(r"Could not delete from config\. '([^']+)' does not exist", str(e))
+    if m and not m.group(1).startswith("hydra"):  # Hydra says so of a setting whose value is null, too
+        try:
+            known = names()
+        except Exception:  # as above
+            known = None
+        if known is not None and m.group(1) in known:
+            return f"~{m.group(1)}: its value is null: Hydra removes only a setting that holds a value"
+        close = closest(m.group(1), known) if known else None
+        return f"~{m.group(1)}: no such setting" + (f" (did you mean {close}?)" if close else "")
     cause = f": {_first_line(str(e.__cause__))}" if e.__cause__ is not None else ""
     return _first_line(str(e)) + cause
 

@@ -93,6 +93,7 @@ class StormDataModule(pl.LightningDataModule):
         self.augment_cfg = AugmentConfig.from_cfg(augment or {})
         self.seed = int(seed)
         self.resident = resident
+        self.is_resident: bool | None = None  # decided in setup (None: a run that failed before it)
         self.storage = getattr(torch, storage)
         self.chunk_batches = chunk_batches
         self.channels_last = bool(channels_last)  # deliver batches in the network's memory layout

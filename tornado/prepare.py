@@ -28,12 +28,13 @@ import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 import tornado
 from tornado import data, synth
-from tornado.cli import (counted, missing_folders, names_run_dir, remove_hydra_only_folder, run_hydra_app,
-                         unknown_key)
+from tornado.cli import (check_resolves, counted, missing_folders, names_run_dir, remove_hydra_only_folder,
+                         run_hydra_app, typed_overrides, unknown_key)
 from tornado.augment import AugmentConfig, augment
 from tornado.errors import TornadoError, is_int, is_number, run_cli, stop_if_signalled
 from tornado.records import locked, write_json
@@ -112,6 +113,10 @@ def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
     out_dir = cfg.get("out_dir", "outputs/data")
     if not out_dir:
         raise TornadoError("out_dir: must name a folder")
+    for key, value in (("out_dir", out_dir), ("source", source)):  # `out_dir=[a]` would be the folder "['a']"
+        if isinstance(value, (Mapping, list, tuple, ListConfig, bool)):
+            raise TornadoError(f"{key}: {OmegaConf.to_container(value) if OmegaConf.is_config(value) else value!r}: "
+                               f"must name {'a folder' if key == 'out_dir' else 'a folder or a glob of files'}")
     for key in ("synth", "label", "split"):  # `label=5` would replace the group, not set one of its keys
         group = cfg.get(key, None)
         if group is not None and not isinstance(group, Mapping):
@@ -542,11 +547,18 @@ def _temp_file(path: Path, suffix: str) -> Iterator[str]:
 _MADE_FOR_LOGS: set[str] = set()  # the folders (out_dir included) made for this command's log; "" where none
 
 
-def _logs_dir(out_dir) -> str:
-    """Where a `tornado.prepare` command keeps its log: OUT_DIR/.prepare-logs; where `out_dir` names no folder (it
-    is refused), the system's temp folder, not `None/` or `/` made from it."""
-    logs = (str(Path(tempfile.gettempdir()) / "tornado-prepare-logs") if out_dir is None or not str(out_dir).strip()
-            else f"{out_dir}/.prepare-logs")
+def _logs_dir(*, _root_: DictConfig) -> str:
+    """Where a `tornado.prepare` command keeps its log: OUT_DIR/.prepare-logs; where `out_dir` names no folder, does
+    not resolve (`out_dir='${oc.env:NOPE}'`) or is or lies under a file (all refused, in the command's words), the
+    system's temp folder, not `None/` or `/` made from it."""
+    try:
+        out_dir = _root_.get("out_dir", "outputs/data")  # removed (`~out_dir`): the default, as parse_settings takes it
+    except OmegaConfBaseException:
+        out_dir = None
+    named = isinstance(out_dir, (str, int)) and not isinstance(out_dir, bool) and str(out_dir).strip()
+    above = next((p for p in (Path(str(out_dir)), *Path(str(out_dir)).parents) if p.exists()), None) if named else None
+    logs = (f"{out_dir}/.prepare-logs" if named and (above is None or above.is_dir())
+            else str(Path(tempfile.gettempdir()) / "tornado-prepare-logs"))
     if not _MADE_FOR_LOGS:  # resolved before Hydra makes the folder: what it will make for it
         _MADE_FOR_LOGS.update(missing_folders(logs) or {""})
     return logs
@@ -560,7 +572,7 @@ def drop_log(hc) -> bool:
     (the default, named by time and pid) and it holds only Hydra's files: the log says no more than the terminal
     did, without the error line. The folders made for it (`.prepare-logs`, `out_dir`) go too where left empty.
     Returns whether it did."""
-    if any(names_run_dir(o) for o in hc.overrides.hydra):
+    if any(names_run_dir(o) for o in typed_overrides(hc)):
         return False
     return remove_hydra_only_folder(Path(hc.runtime.output_dir), hc, made=_MADE_FOR_LOGS)
 
@@ -568,8 +580,12 @@ def drop_log(hc) -> bool:
 @hydra.main(config_path="../conf", config_name="prepare", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     data_cfg = OmegaConf.masked_copy(cfg, [k for k in cfg if k != "augment"])
+
+    def run() -> Path:
+        check_resolves(cfg)  # `source='${oc.env:NOPE}'`: one line naming the setting
+        return ensure_prepared(data_cfg, cfg.get("augment"))
     try:
-        path = run_cli(lambda: ensure_prepared(data_cfg, cfg.get("augment")))
+        path = run_cli(run)
     except SystemExit as e:
         if e.code in (2, 130, 143):
             drop_log(HydraConfig.get())

@@ -31,7 +31,7 @@ from tornado.metrics import delong_against, roc_auc_se
 from tornado import runpage
 from tornado.plots import (curve_figures, plot_curves, plot_learning_curves, plot_roc_comparison,
                            plot_skill_vs_time, plot_verification, plot_wall_vs_batch, roc_points)
-from tornado.records import SWEEP_LOCK, held_by, read_result, write_atomic, write_json
+from tornado.records import SWEEP_LOCK, held_by, load_result, read_result, write_atomic, write_json
 from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SCALING, SKILL_S, TIMES, TableSet, build_tables,
                             is_repeat, number_text, numeric_column, ok_rows, to_html_tables, to_latex,
                             settings_text, to_long_csv, to_markdown, varying_hparams)
@@ -123,7 +123,12 @@ def load_sweep(sweep_dir: str | Path) -> Sweep:
                 (sweep / job / "result.json").stat().st_mtime > written for job in results):
             notes.append("results.csv was older than the job dirs' result.json files; rebuilt from those.")
             df = None
-    one = read_result(sweep) if df is None and not results else None
+    one = None
+    if df is None and not results and (sweep / "result.json").exists():
+        try:
+            one = load_result(sweep / "result.json")
+        except (OSError, ValueError) as e:  # a run's record that cannot be read, named as such (not "no result.json")
+            raise TornadoError(str(e)) from None
     if one is not None:  # a single run's folder: a sweep of one job, the folder itself
         df = pd.DataFrame([{**_row_from_result(sweep.name, sweep, one), "output_dir": str(sweep)}])
     if df is None:

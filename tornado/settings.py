@@ -11,14 +11,13 @@ from pathlib import Path
 
 import torch
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
 
 from tornado.augment import AUGMENTATIONS
-from tornado.cli import composition_error_line, counted, unknown_key
+from tornado.cli import check_resolves, composition_error_line, counted, unknown_key
 from tornado.data import find_files
 from tornado.errors import TornadoError, is_int, is_number, run_cli
 from tornado.metrics import SCORES, VAL_SCORES
-from tornado.prepare import check_keys, parse_settings
+from tornado.prepare import DATA_KEYS, check_keys, parse_settings
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")  # what `gpus` chooses between
 
@@ -64,25 +63,29 @@ def _known_keys() -> tuple[frozenset[str], frozenset[str], frozenset[str], froze
     return own | frozenset(groups) - {"experiment"}, own, frozenset(base.fast), frozenset(model)
 
 
+# the trainer's settings a run reads itself (without `max_epochs` Lightning would train 1000 epochs)
+TRAINER_NEEDS = frozenset({"_target_", "accelerator", "strategy", "max_epochs"})
+
+
 def check_complete(cfg: DictConfig, resolve: bool = True) -> None:
-    """Every group and setting a run reads is there (`~epochs`, `~model`, `fast=5` are refused) and, with
-    `resolve`, every interpolation resolves (`trainer.max_epochs='${epochz}'`), each named in one line."""
-    _, needed, known_fast, _ = _known_keys()
-    for group in ("data", "augment", "model", "trainer", "fast"):
+    """Every group and setting a run reads is there (`~epochs`, `~model`, `~model.dropout`, `~logger`, `fast=5` are
+    refused) and, with `resolve`, every interpolation resolves (`trainer.max_epochs='${epochz}'`), each named in one
+    line."""
+    _, needed, known_fast, known_model = _known_keys()
+    for group in ("data", "augment", "model", "trainer", "logger", "fast"):
         node = cfg.get(group)
         if node is None:
-            raise TornadoError(f"{group}: missing: a run needs this group of settings")
+            raise TornadoError(f"{group}: missing: a run needs this group of settings"
+                               + (" (logger=none for no logger)" if group == "logger" else ""))
         if not isinstance(node, DictConfig):
             raise TornadoError(f"{group}={node!r}: must be a group of settings ({group}.<key>=...), not a value")
-    missing = sorted(needed - set(cfg)) + sorted(f"fast.{k}" for k in known_fast - set(cfg.fast))
+    missing = sorted(needed - set(cfg)) + [f"{group}.{k}" for group, keys in
+                                           (("fast", known_fast), ("model", known_model), ("trainer", TRAINER_NEEDS))
+                                           for k in sorted(keys - set(cfg[group]))]
     if missing:
         raise TornadoError(f"{missing[0]}: missing: a run needs this setting")
-    if not resolve:
-        return
-    try:
-        OmegaConf.to_container(cfg, resolve=True)
-    except OmegaConfBaseException as e:
-        raise TornadoError(f"{e.full_key}: {str(e.msg).splitlines()[0]}") from None
+    if resolve:
+        check_resolves(cfg)
 
 
 def validate(cfg: DictConfig) -> None:
@@ -131,8 +134,17 @@ def validate(cfg: DictConfig) -> None:
             raise TornadoError(f"fast.{key}={value}: use one of {allowed}")
     for key, low in (("max_epochs", 1), ("num_sanity_val_steps", -1), ("log_every_n_steps", 1)):
         value = cfg.trainer.get(key)  # Lightning takes them as they come, and fails on them mid-fit
-        if value is not None and (not is_int(value) or value < low):
+        if (value is not None or key == "max_epochs") and (not is_int(value) or value < low):
             raise TornadoError(f"trainer.{key}={value}: must be an integer >= {low}")
+    limit = cfg.trainer.get("limit_train_batches")  # 0 trains nothing, and the run would score an untrained network
+    if limit is not None and not ((is_int(limit) and limit >= 1) or (is_number(limit) and 0 < limit <= 1)):
+        raise TornadoError(f"trainer.limit_train_batches={limit}: must be a number of batches >= 1, a fraction in "
+                           "(0, 1], or null for all")
+    for name, node in cfg.logger.items():  # `logger.csv=null` would reach Lightning as no logger at all
+        if not isinstance(node, DictConfig):
+            raise TornadoError(f"logger.{name}={node!r}: must be a logger's settings; ~logger.{name} leaves it out")
+        if "_target_" not in node:
+            raise TornadoError(f"logger.{name}._target_: missing: a logger needs it; ~logger.{name} leaves it out")
     if cfg.augmentation not in AUGMENTATIONS:
         raise TornadoError(f"augmentation={cfg.augmentation}: unknown, use one of {', '.join(AUGMENTATIONS)}")
     if not is_int(cfg.seed) or not 0 <= cfg.seed < 2 ** 32:
@@ -149,7 +161,7 @@ def data_keys_named(cfg: DictConfig):
         yield
     except TornadoError as e:
         key = str(e).split(":", 1)[0].split(".", 1)[0]
-        if key in cfg.data:
+        if key in cfg.data or key in DATA_KEYS:  # a removed one too (`~data.split`)
             raise TornadoError(f"data.{e}", code=e.code) from None
         raise
 

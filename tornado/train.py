@@ -44,7 +44,7 @@ from pytorch_lightning.callbacks import Checkpoint, TQDMProgressBar
 import tornado
 from tornado import records
 from tornado.cli import (counted, missing_folders, names_run_dir, override_text, python_command,
-                         remove_hydra_only_folder, run_hydra_app, shown_path)
+                         remove_hydra_only_folder, run_hydra_app, shown_path, typed_overrides)
 from tornado.data import find_files
 from tornado.datamodule import StormDataModule, load_split
 from tornado.errors import IN_USE, Terminated, TornadoError, die_with_parent, on_sigterm, run_cli, stop_if_signalled
@@ -425,7 +425,7 @@ def _resume_hint(out: Path) -> str:
     if sweep:  # a job of a sweep: the sweep's command resumes it (and skips the jobs already done)
         return f"run the sweep's command again with {override_text('hydra.sweep.dir', shown_path(sweep))} to resume"
     given = HydraConfig.initialized() and any(o.startswith("hydra.run.dir=")
-                                              for o in HydraConfig.get().overrides.hydra)
+                                              for o in typed_overrides(HydraConfig.get()))
     if given:
         return "run the same command again to resume"
     return (f"run the same command with {override_text('hydra.run.dir', shown_path(out))} to resume (each run has a "
@@ -521,14 +521,15 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         if cfg.get("patience") is not None and dm.meta["n_val"] == 0:
             raise TornadoError(f"patience={cfg.patience}: needs a validation split to watch "
                                "(data.split.val_fraction > 0)")
-        csv_aside = log_aside(out / "csv" / "metrics.csv", done) if ckpt and rank == 0 else None
-        if not cfg.resume and rank == 0:
-            logs_aside(out)
         saver = _LastCheckpoint(last, ident)
         saver.epochs_saved = done  # a resumed run's checkpoint holds the earlier sessions' epochs already
         skill = (_EpochSkill(*load_split(path, "val"), patience=cfg.get("patience"))
                  if cfg.score_epochs and dm.meta["n_val"] > 0 else None)
+        # before the earlier logs are moved: a trainer or logger setting Lightning refuses leaves them where they are
         trainer, clock = make_trainer(cfg, out, accelerator, devices, dm, [saver] + ([skill] if skill else []))
+        csv_aside = log_aside(out / "csv" / "metrics.csv", done) if ckpt and rank == 0 else None
+        if not cfg.resume and rank == 0:
+            logs_aside(out)
         last.parent.mkdir(parents=True, exist_ok=True)
         if rank == 0:  # a killed session's half-written checkpoint; this one holds the folder's lock
             for stale in last.parent.glob(f".{last.name}.*.tmp"):
@@ -668,7 +669,7 @@ def make_module(cfg: DictConfig, fast: dict, dm: StormDataModule) -> StormModule
                        channels_last=fast["channels_last"], bf16=fast["bf16"], compile=fast["compile"],
                        cuda_graph=fast["cuda_graph"], trained_rate=trained if shifted else None,
                        climatology=climatology if shifted else None, pos_weight=weight,
-                       label=OmegaConf.to_container(cfg.data.label) if "label" in cfg.data else None)
+                       label=OmegaConf.to_container(cfg.data.label) if cfg.data.get("label") is not None else None)
 
 
 class _StepBar(TQDMProgressBar):
@@ -719,6 +720,8 @@ def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm:
     plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
     try:  # trainer.* and logger.* go to Lightning as they are: what it refuses is a setting, said in one line
         loggers = [instantiate(c, save_dir=str(out)) for c in (cfg.logger or {}).values()]
+        for name, made in zip(cfg.logger or {}, loggers):
+            _made(cfg, f"logger.{name}", made, pl.loggers.Logger)
         trainer = instantiate(cfg.trainer, accelerator=accelerator, devices=devices, strategy=strategy,
                               logger=loggers or False, callbacks=callbacks, enable_progress_bar=interactive,
                               default_root_dir=str(out), plugins=plugins, use_distributed_sampler=False,
@@ -729,7 +732,15 @@ def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm:
         why = (" ".join(lines[:2]) if len(lines) > 1 and lines[0].endswith(":")  # "Error loading 'x':"
                else lines[0] if lines else type(e.__cause__ or e).__name__)
         raise TornadoError(f"{key.group(1) if key else 'trainer'}: {why}") from None
+    _made(cfg, "trainer", trainer, pl.Trainer)
     return trainer, clock
+
+
+def _made(cfg: DictConfig, key: str, obj, kind: type) -> None:
+    """Refuses what a `_target_` made that is not a `kind` (`trainer._target_=builtins.dict` makes a dict quietly)."""
+    if not isinstance(obj, kind):
+        raise TornadoError(f"{key}._target_={OmegaConf.select(cfg, key + '._target_')}: makes a {type(obj).__name__}, "
+                           f"not a Lightning {kind.__name__}")
 
 
 def score(module: StormModule, path, meta: dict, val_split: tuple[torch.Tensor, np.ndarray] | None = None,
@@ -844,7 +855,7 @@ def drop_refused_run(out: Path) -> bool:
     hc = HydraConfig.get()
     if os.environ.get("TORNADO_SWEEP_DIR") or hc.mode != RunMode.RUN:
         return False
-    if any(names_run_dir(o) for o in hc.overrides.hydra) and str(out) not in _NEW_RUN_DIRS:
+    if any(names_run_dir(o) for o in typed_overrides(hc)) and str(out) not in _NEW_RUN_DIRS:
         return False
     return remove_hydra_only_folder(out, hc, (".lock",), _NEW_RUN_DIRS)  # outputs/runs too, made for a first run
 

@@ -22,7 +22,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from tornado.cli import (closest, counted, hydra_quoted, override_text, python_command, shown_path,
-                         unwritable_text)
+                         typed_overrides, unwritable_text)
 from tornado.errors import IN_USE, TornadoError, is_int, run_cli
 from tornado.records import (SWEEP_LOCK, HeldElsewhere, config_hash, flatten, hold, load_result, read_result,
                              task_container, write_json)
@@ -151,6 +151,17 @@ def compose_jobs(hydra_context: Any, config: DictConfig, job_overrides: Sequence
         HydraConfig.instance().set_config(cfg)
         jobs.append(Job(num=num, overrides=list(overrides), cfg=cfg, dir=sweep_dir / str(cfg.hydra.sweep.subdir)))
     HydraConfig.instance().set_config(config)
+    seen: Dict[str, Job] = {}
+    base = Path(os.path.normpath(sweep_dir))
+    for job in jobs:  # `hydra.sweep.subdir=x` would train every job in one folder, each over the one before
+        folder = os.path.normpath(job.dir)
+        other = seen.setdefault(folder, job)
+        if other is not job or base not in Path(folder).parents:
+            subdir = OmegaConf.to_container(config.hydra.sweep, resolve=False)["subdir"]
+            why = (f"jobs {other.num} and {job.num} would share the folder {folder}" if other is not job
+                   else f"job {job.num}'s folder {folder} is not one inside the sweep's")
+            raise TornadoError(f"hydra.sweep.subdir={subdir}: {why}; it must name one folder per "
+                               "job inside hydra.sweep.dir (the default: ${hydra.job.num})")
     return jobs
 
 
@@ -306,7 +317,7 @@ def job_cost(cfg: DictConfig, batch_overhead: float) -> float:
 def same_command(config: DictConfig, sweep_dir: Path) -> str:
     """"run the same command again", naming the sweep's folder where the command did not (the default folder is
     new on every run), quoted for Hydra and for the shell where needed."""
-    if any(str(o).lstrip("+~").split("=", 1)[0] == "hydra.sweep.dir" for o in config.hydra.overrides.hydra):
+    if any(str(o).lstrip("+~").split("=", 1)[0] == "hydra.sweep.dir" for o in typed_overrides(config.hydra)):
         return "run the same command again"
     return f"run the same command with {override_text('hydra.sweep.dir', sweep_dir)}"
 
@@ -314,7 +325,7 @@ def same_command(config: DictConfig, sweep_dir: Path) -> str:
 def passthrough_overrides(config: DictConfig) -> List[str]:
     """The user's hydra.* overrides that make sense for one job's single run."""
     out = []
-    for o in config.hydra.overrides.hydra:
+    for o in typed_overrides(config.hydra):
         key = str(o).lstrip("+~").split("=", 1)[0]
         if not key.startswith(_SWEEP_ONLY):
             out.append(str(o))
