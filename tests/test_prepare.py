@@ -451,6 +451,10 @@ BAD_SETTINGS = {
                           r"^split.start: unknown key \(did you mean split.test_start\?\)$"),
     "unknown key like none": ({"label.x": 1}, r"^label.x: unknown key$"),  # not `label.reduce`: only x is compared
     "unknown synth key": ({"synth.dayz": 3}, r"^synth.dayz: unknown key \(did you mean synth.days\?\)$"),  # unread
+    # null and booleans as typed, not Python's None and True
+    "null date": ({"split.test_start": None}, r"^split.test_start: null: not a date"),
+    "null seed": ({"seed": None}, r"^seed: null: must be an integer >= 0$"),
+    "boolean dtype": ({"dtype": True}, r"^dtype: true: must be one of"),
 }
 
 
@@ -609,6 +613,11 @@ def test_cli_refuses_an_out_dir_naming_no_folder_without_making_one_for_its_log(
     (["source=[a]"], "error: source: ['a']: must name a folder or a glob of files"),
     (["out_dir={cwd}/a_file"], "error: out_dir: {cwd}/a_file: exists and is not a folder"),
     (["out_dir={cwd}/a_file/data"], "error: out_dir: {cwd}/a_file/data: cannot create it ({cwd}/a_file is a file)"),
+    # a removed setting: not parse_settings' own default (no validation split, not the configured 0.1)
+    (["~split.val_fraction"], "error: split.val_fraction: missing: tornado.prepare needs this setting"),
+    (["~out_dir"], "error: out_dir: missing: tornado.prepare needs this setting"),
+    (["~augment.rotation"], "error: augment.rotation: missing: tornado.prepare needs this setting"),
+    (["~augment"], "error: augment: missing: tornado.prepare needs this group of settings"),
 ])
 def test_cli_refuses_settings_that_name_no_folder_in_one_line_and_leaves_nothing(args, line, tmp_path):
     """Each said in the command's words (not Hydra's traceback, nor its log folder's under out_dir), and its log folder

@@ -337,16 +337,25 @@ def test_experiment_fast_dev_run(name, data_dir, tmp_path):
     ("trainer.precision=banana", r"^trainer: Precision 'banana' is invalid\. Allowed precision values: \("),
     ("logger.csv._target_=nope.Logger", r"^logger.csv: Error loading 'nope.Logger': ModuleNotFoundError"),
     # Lightning would train 1000 epochs, train none and score the untrained network, or fail mid-fit on these
-    ("trainer.max_epochs=null", r"^trainer.max_epochs=None: must be an integer >= 1$"),
+    ("trainer.max_epochs=null", r"^trainer.max_epochs=null: must be an integer >= 1$"),
     ("trainer.limit_train_batches=0", r"^trainer.limit_train_batches=0: must be a number of batches >= 1"),
-    ("logger.csv=null", r"^logger.csv=None: must be a logger's settings; ~logger.csv leaves it out$"),
+    ("logger.csv=null", r"^logger.csv=null: must be a logger's settings; ~logger.csv leaves it out$"),
+    # values said as typed: a quoted number is text, not the number it reads as
+    ("epochs='2'", r"^epochs='2': must be a positive integer$"),
+    ("model.pool3='true'", r"^model.pool3='true': must be true or false$"),
+    ("threads=''", r"^threads='': must be a positive integer, or null for torch's default$"),
     ("~logger.csv._target_", r"^logger.csv._target_: missing: a logger needs it; ~logger.csv leaves it out$"),
     ("trainer._target_=builtins.dict", r"^trainer._target_=builtins.dict: makes a dict, not a Lightning Trainer$"),
     # the data settings are named as this command takes them (data.), augment's as they are
     ("data.split.val_fraction=1.5", r"^data.split.val_fraction: 1.5: must be a number in \[0, 1\)$"),
     ("data.label.reduce=median", r"^data.label.reduce: 'median': must be one of"),
     ("data.source=/nowhere", r"^data.source: /nowhere: no such folder$"),
-    ("~data.split", r"^data.split.test_start: None: not a date \(YYYY-MM-DD\)$"),  # a removed group named so too
+    ("~data.split", r"^data.split: missing: a run needs this setting$"),  # a removed group named so too
+    # a removed data or augment setting: not the code's default (no validation split, not the configured 0.1)
+    ("~data.split.val_fraction", r"^data.split.val_fraction: missing: a run needs this setting$"),
+    ("~data.synth.days", r"^data.synth.days: missing: a run needs this setting$"),
+    ("~data.seed", r"^data.seed: missing: a run needs this setting$"),
+    ("~augment.rotation", r"^augment.rotation: missing: a run needs this setting$"),
     ("augment.rotation=abc", r"^augment.rotation: must be a number in"),
 ])
 def test_bad_config_fails_before_training(override, message, data_dir, tmp_path, monkeypatch):
@@ -736,6 +745,17 @@ def test_a_folder_of_hydra_s_that_does_not_resolve_is_one_line_exit_2(key, tmp_p
     p = _cli([*sweep, f"{key}=${{oc.env:TORNADO_NOPE}}"], cwd=tmp_path)
     assert p.returncode == 2 and p.stderr == (f"error: {key}: KeyError raised while resolving interpolation: "
                                               "\"Environment variable 'TORNADO_NOPE' not found\"\n"), p.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["tornado.train", "tornado.prepare"])
+def test_a_log_name_that_does_not_resolve_leaves_no_folder(command, tmp_path):
+    """Hydra makes the run's folder, then fails on the log's name: the folder it made goes, the setting is named as
+    typed (not the log's file name made of it)."""
+    p = subprocess.run([sys.executable, "-m", command, "hydra.job.name=${nope}", f"out_dir={tmp_path / 'data'}"
+                        if command == "tornado.prepare" else "epochs=1"], cwd=tmp_path, capture_output=True, text=True,
+                       timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 2 and p.stderr == "error: hydra.job.name: Interpolation key 'nope' not found\n", p.stderr
     assert list(tmp_path.iterdir()) == []
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from tornado.errors import TornadoError
+from tornado.errors import TornadoError, quoted
 
 __all__ = ["AUGMENTATIONS", "AugmentConfig", "augment", "rotate", "transform"]
 
@@ -128,11 +128,11 @@ class AugmentConfig:
             ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
             if not ok or not (lo <= v and (v <= hi if hi_ok else v < hi)):
                 bound = f"[{lo:g}, {hi:g}]" if hi_ok else f"[{lo:g}, {hi:g})"
-                raise TornadoError(f"augment.{key}: must be a number in {bound}, got {v!r}")
+                raise TornadoError(f"augment.{key}: must be a number in {bound}, got {quoted(v)}")
             object.__setattr__(self, key, float(v))  # 10 and 10.0 are one setting (and one content hash)
         for key in ("reflect", "rotate_vectors"):
             if not isinstance(getattr(self, key), bool):
-                raise TornadoError(f"augment.{key}: must be true or false, got {getattr(self, key)!r}")
+                raise TornadoError(f"augment.{key}: must be true or false, got {quoted(getattr(self, key))}")
 
     @classmethod
     def from_cfg(cls, cfg: Any) -> "AugmentConfig":

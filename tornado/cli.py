@@ -100,9 +100,12 @@ def convert(key: str, value: str, default: Any) -> Any:
         raise TornadoError(f"{key}={value}: expected a {kind.__name__}") from None
 
 
-def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str) -> None:
+def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str,
+                  refused: Callable[[Path, Any], Any] | None = None) -> None:
     """Run a `@hydra.main` app with Hydra's own input errors (a misspelled setting, a config option that does
-    not exist, an override it cannot parse) as one `error:` line and exit 2, like every other bad input."""
+    not exist, an override it cannot parse) as one `error:` line and exit 2, like every other bad input.
+    `refused(folder, hydra_cfg)` removes a run folder Hydra made before it refused a setting of its own (the log's
+    name: `hydra.job.name='${nope}'`)."""
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
@@ -111,11 +114,21 @@ def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str) -
         main()
     except OmegaConfBaseException as e:  # a setting of Hydra's own that does not resolve (`hydra.run.dir='${x}'`)
         key = str(e.full_key or "")  # none where Hydra resolved a copy (the launcher's settings): the one typed so
-        typed = (a.lstrip("+~").split("=", 1)[0] for a in sys.argv[1:] if "${" in a)
-        key = key if key.startswith("hydra.") else next((k for k in typed if k.startswith("hydra.")), "")
+        typed = [k for k in (a.lstrip("+~").split("=", 1)[0] for a in sys.argv[1:] if "${" in a)
+                 if k.startswith("hydra.")]
+        if typed and (not key.startswith("hydra.") or (key not in typed and len(typed) == 1)):
+            key = typed[0]  # what the user typed (`hydra.job.name`), not the setting made of it (the log's file name)
+        elif not key.startswith("hydra."):
+            key = ""
         if not key:
             raise  # the command's own settings are checked, and said, by the command
         print(f"error: {key}: {_first_line(e.msg or str(e))}", file=sys.stderr)
+        from omegaconf import DictConfig, OmegaConf
+
+        hc = OmegaConf.select(e.parent_node._get_root(), "hydra") if e.parent_node is not None else None
+        made = OmegaConf.select(hc, "runtime.output_dir") if isinstance(hc, DictConfig) else None
+        if refused is not None and made:  # Hydra made the folder before it found the setting
+            refused(Path(made).resolve(), hc)
         raise SystemExit(2) from None
     except (OSError, ValueError, HydraException) as e:
         line = composition_error_line(e, config_dir, config_name, sys.argv[1:])
@@ -186,8 +199,14 @@ def remove_hydra_only_folder(out: Path, hc: Any, extra: tuple[str, ...] = (), ma
     """Removes the run folder `out` where it holds only what Hydra wrote there (the job's log, .hydra/*.yaml; `hc`:
     its HydraConfig) and `extra` (names in it), and the folders above it in `made` (`missing_folders` before the
     command made them) that are left empty: a refused command leaves nothing. Returns whether it did."""
+    from omegaconf.errors import OmegaConfBaseException
+
     saved = out / hc.output_subdir if hc.output_subdir else None  # .hydra: the config Hydra wrote
-    files = {out / f"{hc.job.name}.log", *(out / name for name in extra)}
+    files = {out / name for name in extra}
+    try:
+        files.add(out / f"{hc.job.name}.log")
+    except OmegaConfBaseException:  # `hydra.job.name='${nope}'`: refused before the log was made
+        pass
     if saved is not None:
         files |= {saved / f"{name}.yaml" for name in ("config", "hydra", "overrides")}
     present = {p for p in out.rglob("*") if p != saved}

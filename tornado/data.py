@@ -22,7 +22,7 @@ from pathlib import Path
 import netCDF4
 import numpy as np
 
-from tornado.errors import TornadoError
+from tornado.errors import TornadoError, quoted
 
 log = logging.getLogger(__name__)
 
@@ -52,16 +52,16 @@ class LabelRule:
 
     def __post_init__(self) -> None:
         if self.reduce not in REDUCES:
-            raise TornadoError(f"label.reduce: {self.reduce!r}: must be one of {', '.join(REDUCES)}")
+            raise TornadoError(f"label.reduce: {quoted(self.reduce)}: must be one of {', '.join(REDUCES)}")
         if not isinstance(self.threshold, numbers.Real) or not np.isfinite(self.threshold):
-            raise TornadoError(f"label.threshold: {self.threshold!r}: must be a finite number")
+            raise TornadoError(f"label.threshold: {quoted(self.threshold)}: must be a finite number")
         if not isinstance(self.inclusive, (bool, np.bool_)):
-            raise TornadoError(f"label.inclusive: {self.inclusive!r}: must be true or false")
+            raise TornadoError(f"label.inclusive: {quoted(self.inclusive)}: must be true or false")
 
     def apply(self, field: np.ndarray) -> np.ndarray:
         """``(p, 32, 32)`` future vorticity -> ``(p,)`` uint8 labels."""
         if self.reduce not in REDUCES:  # guards instances altered after construction
-            raise TornadoError(f"label.reduce: {self.reduce!r}: must be one of {', '.join(REDUCES)}")
+            raise TornadoError(f"label.reduce: {quoted(self.reduce)}: must be one of {', '.join(REDUCES)}")
         field = np.asarray(field)
         if field.dtype.kind != "f":
             field = field.astype(np.float64)
@@ -238,8 +238,8 @@ def _track_ids(ds: netCDF4.Dataset, path: Path, p: int) -> np.ndarray:
     data = np.ma.masked_invalid(var[:]) if kind == "f" else np.ma.asarray(var[:])
     kept = np.ma.compressed(data)
     if kind not in "iuf" or (kind == "f" and (kept != np.round(kept)).any()):
-        shown = getattr(var.dtype, "__name__", var.dtype)
-        raise TornadoError(f"NCARSTORM file: {path}: variable {TRACK_VAR!r} is {shown}, expected whole numbers")
+        kind = getattr(var.dtype, "__name__", var.dtype)
+        raise TornadoError(f"NCARSTORM file: {path}: variable {TRACK_VAR!r} is {kind}, expected whole numbers")
     return np.ma.filled(data, -1).astype(np.int64)
 
 
@@ -266,7 +266,7 @@ def _reversed_axes(ds: netCDF4.Dataset, grid: tuple[int, ...]) -> list[tuple[str
 
 def _check_nonfinite(nonfinite: str) -> None:
     if nonfinite not in NONFINITE:
-        raise TornadoError(f"data.nonfinite: {nonfinite!r}: must be one of {', '.join(NONFINITE)}")
+        raise TornadoError(f"data.nonfinite: {quoted(nonfinite)}: must be one of {', '.join(NONFINITE)}")
 
 
 def read_file(path: str | Path, label: LabelRule = LabelRule(), nonfinite: str = "drop",

@@ -30,6 +30,27 @@ def is_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool)
 
 
+def shown(v: Any) -> str:
+    """A setting's value as a command line types it: `null`, `true`, and a string quoted where it would read as
+    another type (`epochs='2'` is the text "2", not the number)."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, str):
+        try:
+            float(v)
+            return repr(v)
+        except ValueError:
+            return repr(v) if v.strip().lower() in ("", "null", "true", "false", "~") else v
+    return str(v)
+
+
+def quoted(v: Any) -> str:
+    """As `shown`, every string quoted (`label.reduce: 'median': ...`)."""
+    return repr(v) if isinstance(v, str) else shown(v)
+
+
 IN_USE = 75  # exit status of a run refused because another process trains in its folder
 
 

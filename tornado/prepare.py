@@ -36,7 +36,7 @@ from tornado import data, synth
 from tornado.cli import (check_resolves, counted, missing_folders, names_run_dir, remove_hydra_only_folder,
                          run_hydra_app, typed_overrides, unknown_key)
 from tornado.augment import AugmentConfig, augment
-from tornado.errors import TornadoError, is_int, is_number, run_cli, stop_if_signalled
+from tornado.errors import TornadoError, is_int, is_number, quoted, run_cli, stop_if_signalled
 from tornado.records import locked, write_json
 
 log = logging.getLogger(__name__)
@@ -106,6 +106,29 @@ def check_keys(cfg: Mapping, prefix: str = "") -> None:
                 raise unknown_key(f"{at}{key}", [f"{at}{k}" for k in known])
 
 
+def check_present(cfg: Mapping, augment_cfg: Mapping | None, needs: str, prefix: str = "") -> None:
+    """Refuse a setting removed on the command line (`~split.val_fraction`): parse_settings would take its own
+    default, which need not be the configured one, and the run's record would lack it. A group set to null
+    (`label=null`: the default rule) is a choice, not a removal; the synthetic set's settings are needed only without
+    a `source`."""
+    groups = {"synth": ("days", "patches_per_day", "seed"), **{k: GROUP_KEYS[k] for k in ("label", "split")}}
+    synthetic = cfg.get("source", None) in (None, "")
+    for key in DATA_KEYS:
+        if key == "synth" and not synthetic:
+            continue
+        if key not in cfg:
+            raise TornadoError(f"{prefix}{key}: missing: {needs} needs this setting")
+        node = cfg.get(key, None)
+        for sub in groups.get(key, ()) if isinstance(node, Mapping) else ():
+            if sub not in node:
+                raise TornadoError(f"{prefix}{key}.{sub}: missing: {needs} needs this setting")
+    if not isinstance(augment_cfg, Mapping):
+        raise TornadoError(f"augment: missing: {needs} needs this group of settings")
+    for key in AugmentConfig.__dataclass_fields__:
+        if key not in augment_cfg:
+            raise TornadoError(f"augment.{key}: missing: {needs} needs this setting")
+
+
 def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
     """Validate the data config (``cfg.data`` of training, the top level of prepare) and augment config."""
     cfg = data_cfg
@@ -120,7 +143,7 @@ def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
     for key in ("synth", "label", "split"):  # `label=5` would replace the group, not set one of its keys
         group = cfg.get(key, None)
         if group is not None and not isinstance(group, Mapping):
-            raise TornadoError(f"{key}: {group!r}: must be a group of settings ({key}.<key>=...), not a value")
+            raise TornadoError(f"{key}: {quoted(group)}: must be a group of settings ({key}.<key>=...), not a value")
     check_keys(cfg)
     synth_cfg = None
     if source is None or str(source) == "":
@@ -130,38 +153,39 @@ def parse_settings(data_cfg: Mapping, augment_cfg: Mapping | None) -> Settings:
         for key in ("days", "patches_per_day", "seed"):
             v = synth_cfg.get(key, 1)
             if not is_int(v) or v < (0 if key == "seed" else 1):
-                raise TornadoError(f"synth.{key}: {v!r}: must be an integer >= {0 if key == 'seed' else 1}")
+                raise TornadoError(f"synth.{key}: {quoted(v)}: must be an integer >= {0 if key == 'seed' else 1}")
     label = data.LabelRule.from_cfg(cfg.get("label", None) or {})
     split = cfg.get("split", None) or {}
     start = split.get("test_start", None)
     try:
         test_start = start if isinstance(start, dt.date) else dt.date.fromisoformat(str(start))
     except ValueError:
-        raise TornadoError(f"split.test_start: {start!r}: not a date (YYYY-MM-DD)") from None
+        raise TornadoError(f"split.test_start: {quoted(start)}: not a date (YYYY-MM-DD)") from None
     val_fraction = split.get("val_fraction", 0.0)
     if not is_number(val_fraction) or not 0 <= val_fraction < 1:
-        raise TornadoError(f"split.val_fraction: {val_fraction!r}: must be a number in [0, 1)")
+        raise TornadoError(f"split.val_fraction: {quoted(val_fraction)}: must be a number in [0, 1)")
     mult = cfg.get("multipliers", None)
     if isinstance(mult, (tuple, ListConfig)):
         mult = list(mult)
     if not isinstance(mult, list) or not mult or not all(is_int(m) and m >= 1 for m in mult):
-        raise TornadoError(f"multipliers: {mult!r}: must be a list of positive integers, e.g. [1, 2, 4]")
+        raise TornadoError(f"multipliers: {quoted(mult)}: must be a list of positive integers, e.g. [1, 2, 4]")
     balance = cfg.get("balance", False)
     if not (isinstance(balance, bool) or balance == "augmented"):
-        raise TornadoError(f"balance: {balance!r}: must be false, true (duplicates of the positives) or augmented")
+        raise TornadoError(f"balance: {quoted(balance)}: must be false, true (duplicates of the positives) or "
+                           "augmented")
     balance = "duplicate" if balance is True else balance
     ratio = cfg.get("balance_ratio", 1.0)
     if not is_number(ratio) or not 0 < ratio < math.inf:
-        raise TornadoError(f"balance_ratio: {ratio!r}: must be a positive number (positives per negative)")
+        raise TornadoError(f"balance_ratio: {quoted(ratio)}: must be a positive number (positives per negative)")
     dtype = cfg.get("dtype", "float32")
     if dtype not in DTYPES:
-        raise TornadoError(f"dtype: {dtype!r}: must be one of {', '.join(DTYPES)}")
+        raise TornadoError(f"dtype: {quoted(dtype)}: must be one of {', '.join(DTYPES)}")
     nonfinite = cfg.get("nonfinite", "drop")
     if nonfinite not in data.NONFINITE:
-        raise TornadoError(f"nonfinite: {nonfinite!r}: must be one of {', '.join(data.NONFINITE)}")
+        raise TornadoError(f"nonfinite: {quoted(nonfinite)}: must be one of {', '.join(data.NONFINITE)}")
     seed = cfg.get("seed", 0)
     if not is_int(seed) or seed < 0:
-        raise TornadoError(f"seed: {seed!r}: must be an integer >= 0")
+        raise TornadoError(f"seed: {quoted(seed)}: must be an integer >= 0")
     return Settings(
         source=None if source is None else str(source), out_dir=Path(str(out_dir)), synth=synth_cfg,
         label=label, test_start=test_start, val_fraction=float(val_fraction),
@@ -583,6 +607,7 @@ def main(cfg: DictConfig) -> None:
 
     def run() -> Path:
         check_resolves(cfg)  # `source='${oc.env:NOPE}'`: one line naming the setting
+        check_present(data_cfg, cfg.get("augment"), "tornado.prepare")
         return ensure_prepared(data_cfg, cfg.get("augment"))
     try:
         path = run_cli(run)
@@ -594,4 +619,4 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
-    run_hydra_app(main, Path(__file__).resolve().parents[1] / "conf", "prepare")
+    run_hydra_app(main, Path(__file__).resolve().parents[1] / "conf", "prepare", refused=lambda _, hc: drop_log(hc))

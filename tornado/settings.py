@@ -15,9 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 from tornado.augment import AUGMENTATIONS
 from tornado.cli import check_resolves, composition_error_line, counted, unknown_key
 from tornado.data import find_files
-from tornado.errors import TornadoError, is_int, is_number, run_cli
+from tornado.errors import TornadoError, is_int, is_number, run_cli, shown
 from tornado.metrics import SCORES, VAL_SCORES
-from tornado.prepare import DATA_KEYS, check_keys, parse_settings
+from tornado.prepare import DATA_KEYS, check_keys, check_present, parse_settings
 
 ACCELERATORS = ("auto", "cpu", "gpu", "cuda")  # what `gpus` chooses between
 
@@ -26,12 +26,12 @@ def resolve_devices(cfg: DictConfig) -> tuple[str, int]:
     """(accelerator, devices) from `gpus` and `trainer.accelerator`; refuses GPUs that are not there."""
     gpus, accel = cfg.gpus, str(cfg.trainer.accelerator)
     if accel not in ACCELERATORS:
-        raise TornadoError(f"trainer.accelerator={accel}: use one of {', '.join(ACCELERATORS)}")
+        raise TornadoError(f"trainer.accelerator={shown(accel)}: use one of {', '.join(ACCELERATORS)}")
     visible = torch.cuda.device_count()
     if gpus == "auto":
         gpus = visible if accel != "cpu" else 1
     if not is_int(gpus) or gpus < 0:
-        raise TornadoError(f"gpus={cfg.gpus}: use 0 (CPU), a positive number of GPUs, or auto")
+        raise TornadoError(f"gpus={shown(cfg.gpus)}: use 0 (CPU), a positive number of GPUs, or auto")
     if accel == "cpu":
         return "cpu", max(1, gpus)
     if gpus == 0:
@@ -78,12 +78,13 @@ def check_complete(cfg: DictConfig, resolve: bool = True) -> None:
             raise TornadoError(f"{group}: missing: a run needs this group of settings"
                                + (" (logger=none for no logger)" if group == "logger" else ""))
         if not isinstance(node, DictConfig):
-            raise TornadoError(f"{group}={node!r}: must be a group of settings ({group}.<key>=...), not a value")
+            raise TornadoError(f"{group}={shown(node)}: must be a group of settings ({group}.<key>=...), not a value")
     missing = sorted(needed - set(cfg)) + [f"{group}.{k}" for group, keys in
                                            (("fast", known_fast), ("model", known_model), ("trainer", TRAINER_NEEDS))
                                            for k in sorted(keys - set(cfg[group]))]
     if missing:
         raise TornadoError(f"{missing[0]}: missing: a run needs this setting")
+    check_present(cfg.data, cfg.augment, "a run", prefix="data.")
     if resolve:
         check_resolves(cfg)
 
@@ -103,54 +104,56 @@ def validate(cfg: DictConfig) -> None:
     for key in ("epochs", "batch_size", "data_multiplier"):
         v = cfg[key]
         if not is_int(v) or v <= 0:
-            raise TornadoError(f"{key}={v}: must be a positive integer")
+            raise TornadoError(f"{key}={shown(v)}: must be a positive integer")
     if not (is_number(cfg.lr) and 0 < cfg.lr < math.inf):
-        raise TornadoError(f"lr={cfg.lr}: must be a positive number")
+        raise TornadoError(f"lr={shown(cfg.lr)}: must be a positive number")
     if cfg.threads is not None and (not is_int(cfg.threads) or cfg.threads < 1):
-        raise TornadoError(f"threads={cfg.threads}: must be a positive integer, or null for torch's default")
+        raise TornadoError(f"threads={shown(cfg.threads)}: must be a positive integer, or null for torch's default")
     dropout = cfg.model.get("dropout", 0.0)
     if not is_number(dropout) or not 0 <= dropout < 1:
-        raise TornadoError(f"model.dropout={dropout}: must be a number in [0, 1)")
+        raise TornadoError(f"model.dropout={shown(dropout)}: must be a number in [0, 1)")
     pool3 = cfg.model.get("pool3", False)
     if not isinstance(pool3, bool):
-        raise TornadoError(f"model.pool3={pool3}: must be true or false")
+        raise TornadoError(f"model.pool3={shown(pool3)}: must be true or false")
     weight = cfg.model.get("pos_weight", 1.0)
     if not is_number(weight) or not 0 < weight < math.inf:
-        raise TornadoError(f"model.pos_weight={weight}: must be a positive number")
+        raise TornadoError(f"model.pos_weight={shown(weight)}: must be a positive number")
     for key in ("resume", "score_epochs"):
         if not isinstance(cfg.get(key, True), bool):
-            raise TornadoError(f"{key}={cfg[key]}: must be true or false")
+            raise TornadoError(f"{key}={shown(cfg[key])}: must be true or false")
     patience = cfg.get("patience")
     if patience is not None and (not is_int(patience) or patience < 1):
-        raise TornadoError(f"patience={patience}: must be a positive number of epochs, or null to train every epoch")
+        raise TornadoError(f"patience={shown(patience)}: must be a positive number of epochs, or null to train every "
+                           "epoch")
     if patience is not None and not cfg.get("score_epochs", True):
-        raise TornadoError(f"patience={patience}: needs score_epochs=true (the validation ROC AUC it watches)")
+        raise TornadoError(f"patience={shown(patience)}: needs score_epochs=true (the validation ROC AUC it watches)")
     for key, value in cfg.fast.items():
         if key == "storage":
             ok, allowed = value in ("float32", "float16"), "float32, float16"
         else:
             ok, allowed = isinstance(value, bool) or value == "auto", "true, false, auto"
         if not ok:
-            raise TornadoError(f"fast.{key}={value}: use one of {allowed}")
+            raise TornadoError(f"fast.{key}={shown(value)}: use one of {allowed}")
     for key, low in (("max_epochs", 1), ("num_sanity_val_steps", -1), ("log_every_n_steps", 1)):
         value = cfg.trainer.get(key)  # Lightning takes them as they come, and fails on them mid-fit
         if (value is not None or key == "max_epochs") and (not is_int(value) or value < low):
-            raise TornadoError(f"trainer.{key}={value}: must be an integer >= {low}")
+            raise TornadoError(f"trainer.{key}={shown(value)}: must be an integer >= {low}")
     limit = cfg.trainer.get("limit_train_batches")  # 0 trains nothing, and the run would score an untrained network
     if limit is not None and not ((is_int(limit) and limit >= 1) or (is_number(limit) and 0 < limit <= 1)):
-        raise TornadoError(f"trainer.limit_train_batches={limit}: must be a number of batches >= 1, a fraction in "
-                           "(0, 1], or null for all")
+        raise TornadoError(f"trainer.limit_train_batches={shown(limit)}: must be a number of batches >= 1, a "
+                           "fraction in (0, 1], or null for all")
     for name, node in cfg.logger.items():  # `logger.csv=null` would reach Lightning as no logger at all
         if not isinstance(node, DictConfig):
-            raise TornadoError(f"logger.{name}={node!r}: must be a logger's settings; ~logger.{name} leaves it out")
+            raise TornadoError(f"logger.{name}={shown(node)}: must be a logger's settings; ~logger.{name} leaves it "
+                           "out")
         if "_target_" not in node:
             raise TornadoError(f"logger.{name}._target_: missing: a logger needs it; ~logger.{name} leaves it out")
     if cfg.augmentation not in AUGMENTATIONS:
-        raise TornadoError(f"augmentation={cfg.augmentation}: unknown, use one of {', '.join(AUGMENTATIONS)}")
+        raise TornadoError(f"augmentation={shown(cfg.augmentation)}: unknown, use one of {', '.join(AUGMENTATIONS)}")
     if not is_int(cfg.seed) or not 0 <= cfg.seed < 2 ** 32:
-        raise TornadoError(f"seed={cfg.seed}: must be an integer from 0 to 2^32 - 1 (0 is a valid seed)")
+        raise TornadoError(f"seed={shown(cfg.seed)}: must be an integer from 0 to 2^32 - 1 (0 is a valid seed)")
     if cfg.optimize_metric not in SCORES + VAL_SCORES:
-        raise TornadoError(f"optimize_metric={cfg.optimize_metric}: unknown, use one of "
+        raise TornadoError(f"optimize_metric={shown(cfg.optimize_metric)}: unknown, use one of "
                            f"{', '.join(SCORES + VAL_SCORES)}")
 
 

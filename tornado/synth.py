@@ -63,7 +63,7 @@ from tqdm import tqdm
 
 from tornado.cli import closest, counted
 from tornado.data import FILE_GLOB, UNFINISHED
-from tornado.errors import TornadoError, is_int, run_cli
+from tornado.errors import TornadoError, is_int, quoted, run_cli
 from tornado.records import locked
 
 TEST_START = dt.date(2015, 1, 1)
@@ -131,7 +131,7 @@ def _parse_date(text, key: str) -> dt.date:
     try:
         return text if isinstance(text, dt.date) else dt.date.fromisoformat(str(text))
     except ValueError:
-        raise TornadoError(f"{key}: {text!r}: not a date (YYYY-MM-DD)") from None
+        raise TornadoError(f"{key}: {quoted(text)}: not a date (YYYY-MM-DD)") from None
 
 
 def run_dates(days: int, seed: int, start="2010-10-24", end="2017-03-29", keys: str = "synth.") -> list[dt.date]:
@@ -349,7 +349,7 @@ def generate(out_dir, days: int = 40, patches_per_day: int = 500, seed: int = 0,
     tornado.synth's command line)."""
     for key, value, low in (("days", days, 1), ("patches_per_day", patches_per_day, 1), ("seed", seed, 0)):
         if not is_int(value) or value < low:
-            raise TornadoError(f"{keys}{key}: {value!r}: must be an integer >= {low}")
+            raise TornadoError(f"{keys}{key}: {quoted(value)}: must be an integer >= {low}")
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise TornadoError(f"out_dir: {out}: exists and is not a folder")
@@ -411,7 +411,7 @@ def parse_args(argv: list[str]) -> dict:
         try:
             args[key] = _KEYS[key](value)
         except ValueError:
-            raise TornadoError(f"{key}: {value!r}: must be an integer") from None
+            raise TornadoError(f"{key}: {quoted(value)}: must be an integer") from None
     return args
 
 

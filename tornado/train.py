@@ -846,13 +846,13 @@ def new_run_dirs(argv: list[str]) -> set[str]:
     return set().union(*(missing_folders(value) for value in named if isinstance(value, str)))
 
 
-def drop_refused_run(out: Path) -> bool:
+def drop_refused_run(out: Path, hc: DictConfig | None = None) -> bool:
     """Removes the folder of a single run refused or stopped before training where it was made for this run (the
     default folder, or one the command named that did not exist) and holds only Hydra's files (no record):
     a refused run leaves nothing. A sweep's job keeps its record (the launcher reads it). Returns whether it did."""
     from hydra.types import RunMode
 
-    hc = HydraConfig.get()
+    hc = hc or HydraConfig.get()
     if os.environ.get("TORNADO_SWEEP_DIR") or hc.mode != RunMode.RUN:
         return False
     if any(names_run_dir(o) for o in typed_overrides(hc)) and str(out) not in _NEW_RUN_DIRS:
@@ -884,4 +884,4 @@ def main(cfg: DictConfig) -> float | None:
 
 if __name__ == "__main__":
     _NEW_RUN_DIRS.update(new_run_dirs(sys.argv[1:]))
-    run_hydra_app(main, CONF_DIR, "train")
+    run_hydra_app(main, CONF_DIR, "train", refused=drop_refused_run)
