@@ -459,7 +459,11 @@ def test_a_run_report_shows_its_scores_epochs_and_what_it_was(tmp_path, capsys):
                      r"0\.353 · 0\.441 · 0\.362\n", out)
     assert "trained 3 epochs in 10 s" in out and "\nstopped early (patience 1): epoch 2's weights scored\n" in out
     page = (run / "report.html").read_text()
-    assert 'alt="roc"' in page and "the sweep's report" not in page  # a run of its own: no sweep to go back to
+    assert "the sweep's report" not in page  # a run of its own: no sweep to go back to
+    assert ('<img alt="ROC curve of run run on the test set (200 cases, 20 tornadic): true positive rate against '
+            'false positive rate, AUC ') in page
+    assert ('<img alt="Learning curves of run run over 3 epochs: training loss, training accuracy and validation ROC '
+            'AUC against epoch; epoch 2, whose weights were scored, marked"') in page
     assert "<td>accuracy</td><td>0.95</td><td>–</td>" in page  # no validation accuracy recorded: a dash
     assert "never forecasting a tornado scores 0.945 on test</td>" in page  # 273 of 5,000 test cases: not 1 - 0.05
     assert '<th scope="row">settings given</th><td>patience=1</td>' in page
@@ -537,7 +541,9 @@ def test_an_interrupted_run_page_shows_the_epochs_it_finished(tmp_path, capsys):
     assert '<th scope="row">training time</th><td>2.75 s, the finished epochs&#x27; own</td>' in page
     assert '<th scope="row">model</th><td>the paper&#x27;s CNN, dropout 0.0</td>' in page
     assert '<tr class="best"><td>2</td><td>0.5</td><td>0.95</td><td>0.75</td><td>1.25</td><td>2.75</td></tr>' in page
-    assert 'alt="learning_curves"' in page and (run / "report" / "learning_curves.png").stat().st_size > 0
+    assert (run / "report" / "learning_curves.png").stat().st_size > 0
+    assert ('<img alt="Learning curves of run interrupted over 2 epochs: training loss, training accuracy and '
+            'validation ROC AUC against epoch"') in page
     assert 'id="scores"' not in page and "whole run" not in page
     notes = json.loads((run / "report" / "summary.json").read_text())["notes"]
     assert notes == []  # no scores because it stopped: nothing about a validation split or predictions
@@ -637,7 +643,10 @@ def test_jobs_are_compared_with_the_best_on_the_same_test_cases(tmp_path):
     assert jobs["roc_auc_p"].isna().tolist() == [True, False, False, True]  # a itself, and d's other test set
     page = paths["report.html"].read_text()
     assert "<th>roc_<wbr>auc_<wbr>p</th>" in page and "roc_auc_p: DeLong's p-value" in page
-    assert (sweep / "report" / "roc_best.png").stat().st_size > 0 and 'alt="roc_best"' in page
+    assert (sweep / "report" / "roc_best.png").stat().st_size > 0
+    assert re.search(r'<img alt="ROC curves, true positive rate against false positive rate on the same test cases, '
+                     r'of the 3 best jobs by val_roc_auc: job a: AUC 0\.\d+; job b: AUC 0\.\d+, p = 0\.\d+; '
+                     r'job c: AUC 0\.\d+, p = \d', page)
     # one job (a run's report): nothing to compare
     assert json.loads(report.build_report(sweep / "a")["summary.json"].read_text())["paired_roc_auc"] is None
 
@@ -682,7 +691,7 @@ def test_the_best_job_s_diagrams_are_drawn_once_for_the_sweep_and_its_own_page(t
     assert sorted(drawn) == ["job 3", "run 1", "run 2"]  # job 3's for the sweep's page and its own
     for name in ("roc.png", "reliability.svg", "performance.png"):
         assert (sweep / "3" / "report" / name).read_bytes() == (sweep / "report" / name).read_bytes()
-    assert 'alt="performance"' in (sweep / "3" / "report.html").read_text()
+    assert '<img alt="Performance diagram of run 3 on the test set' in (sweep / "3" / "report.html").read_text()
 
 
 def test_the_sweep_s_rankings_are_made_once_per_report(tmp_path, monkeypatch):
@@ -695,6 +704,82 @@ def test_the_sweep_s_rankings_are_made_once_per_report(tmp_path, monkeypatch):
         monkeypatch.setattr(report, name, once)
     report.build_report(sweep, pages="none")
     assert calls == {"best_by_metric": 1, "_jobs_ranked": 1}
+
+
+def test_the_settings_that_vary_are_worked_out_once_per_report(tmp_path, monkeypatch):
+    sweep = gpu_batch_sweep(tmp_path)  # 4 jobs ok, 1 failed
+    frames = []
+
+    def varying(df, _f=tables.varying_hparams):
+        frames.append(len(df))
+        return _f(df)
+
+    monkeypatch.setattr(report, "varying_hparams", varying)
+    monkeypatch.setattr(plots, "varying_hparams", varying)
+    report.build_report(sweep, pages="1")
+    # the 4 successful jobs; the one job of the best one's own page; all 5 jobs, for the failed one's settings
+    assert sorted(frames) == [1, 4, 5]
+
+
+def test_a_job_s_own_page_is_written_again_only_when_what_it_shows_changed(tmp_path, monkeypatch):
+    sweep = gpu_batch_sweep(tmp_path)  # roc_auc 0.70 ... 0.73 for jobs 0 ... 3
+    build = report.build_report
+    build(sweep, pages="2")  # jobs 3 and 2
+    written = []
+
+    def counted(run_dir, **kwargs):
+        written.append(Path(run_dir).name)
+        return build(run_dir, **kwargs)
+
+    monkeypatch.setattr(report, "build_report", counted)
+    page = sweep / "2" / "report.html"
+    before = page.stat().st_mtime_ns
+    assert list(json.loads(build(sweep, pages="2")["summary.json"].read_text())["job_pages"]) == ["3", "2"]
+    assert written == [] and page.stat().st_mtime_ns == before  # nothing either page shows changed
+    # job 2 scored anew, now the best: its page, and job 3's, whose diagrams the sweep's report no longer draws
+    r = json.loads((sweep / "2" / "result.json").read_text())
+    r["metrics"]["roc_auc"] = 0.8
+    (sweep / "2" / "result.json").write_text(json.dumps(r))
+    build(sweep, pages="2")
+    assert sorted(written) == ["2", "3"] and "<td>ROC AUC</td><td>0.8</td>" in page.read_text()
+    # linked from another sweep's page
+    written.clear()
+    report.job_pages(report.load_sweep(sweep), ["3"], 1, None, [], tmp_path / "elsewhere" / "report.html")
+    assert written == ["3"] and 'href="../../elsewhere/report.html"' in (sweep / "3" / "report.html").read_text()
+    # the sweep moved (its files' times kept): each page names its folder
+    written.clear()
+    moved = sweep.rename(tmp_path / "moved")
+    build(moved, pages="2")
+    assert sorted(written) == ["2", "3"] and str(moved.resolve() / "2") in (moved / "2" / "report.html").read_text()
+    # written by other code
+    written.clear()
+    monkeypatch.setattr(report, "_code_digest", lambda: "another version")
+    build(moved, pages="2")
+    assert sorted(written) == ["2", "3"]
+
+
+def test_each_figure_says_what_it_shows_in_its_alt_text(tmp_path):
+    sweep = gpu_batch_sweep(tmp_path)  # 2 batch sizes x 2 GPU counts; job 3 the best by roc_auc
+    page = report.build_report(sweep, pages="none")["report.html"].read_text()
+    alts = [a["alt"] for tag, a, _ in _Markup(page).tags if tag == "img"]
+    assert alts[:2] == [
+        "Training accuracy by GPU count at fixed batch size (cf. paper Fig. 6): training accuracy against epoch. "
+        "Panel batch size 128: 1 GPU; 2 GPUs. Panel batch size 256: 1 GPU; 2 GPUs.",
+        "Training accuracy by batch size at fixed GPU count (cf. paper Fig. 7): training accuracy against epoch. "
+        "Panel 1 GPU: batch 128; batch 256. Panel 2 GPUs: batch 128; batch 256."]
+    assert "Wall time against batch size (128 to 256) for 4 jobs" in alts
+    assert alts[-3:] == [
+        "ROC curve of job 3 on the test set (200 cases, 20 tornadic): true positive rate against false positive "
+        "rate, AUC 1",
+        "Reliability diagram of job 3 on the test set (200 cases, 20 tornadic): observed tornado frequency against "
+        "forecast probability in 10 bins, with how many forecasts fall in each bin",
+        "Performance diagram of job 3 on the test set (200 cases, 20 tornadic): probability of detection against "
+        "success ratio at every threshold"]
+    sweep = skill_sweep(tmp_path, {"a": [0.70, 0.80, 0.86], "b": [0.75, 0.86], "c": [0.60, 0.65]})
+    page = report.build_report(sweep, pages="none")["report.html"].read_text()
+    alts = [a["alt"] for tag, a, _ in _Markup(page).tags if tag == "img"]
+    assert re.fullmatch(r"Validation ROC AUC after each epoch against training seconds for 3 jobs \(b, a, c\), with "
+                        r"the skill target 0\.8\d+ as a dashed line: job b reaches it soonest", alts[1]), alts
 
 
 def test_a_long_list_of_jobs_scrolls_in_its_own_box_with_its_header_in_view(tmp_path):
@@ -1252,7 +1337,7 @@ def test_report_loads_in_chromium_without_console_errors(tmp_path):
     dom = subprocess.run([exe, *flags, "--dump-dom", run_page.resolve().as_uri()], capture_output=True, text=True,
                          timeout=120)
     assert dom.returncode == 0 and not [ln for ln in dom.stderr.splitlines() if re.search(r"CONSOLE[:(]|Uncaught", ln)]
-    assert '<h2 id="scores">Scores</h2>' in dom.stdout and 'alt="learning_curves"' in dom.stdout
+    assert '<h2 id="scores">Scores</h2>' in dom.stdout and 'alt="Learning curves of run 0 over 3 epochs' in dom.stdout
 
 
 def test_results_csv_without_output_dir_column_uses_the_job_folders(tmp_path):

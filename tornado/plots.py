@@ -85,8 +85,10 @@ def _device_counts(ok: pd.DataFrame) -> tuple[pd.Series, str]:
     return numeric_column(ok, _device_col(ok)).where(~cpu, 0.0), "GPU"
 
 
-def curve_figures(ok: pd.DataFrame, histories: dict[str, pd.DataFrame], rows: str) -> dict[str, tuple]:
+def curve_figures(ok: pd.DataFrame, histories: dict[str, pd.DataFrame], rows: str,
+                  varying: list[str] | None = None) -> dict[str, tuple]:
     """Training-accuracy figures as in the paper's Figures 6-8, else one curve per job coloured by `rows`.
+    `varying`: `varying_hparams(ok)`, where the caller has it.
 
     Returns name -> (title, [(panel title, [(label, x, y)])]).
     """
@@ -146,7 +148,9 @@ def curve_figures(ok: pd.DataFrame, histories: dict[str, pd.DataFrame], rows: st
                    *_mean_curve([str(row["job"])], histories)[:2]) for _, row in by.iterrows()]
         figs["train_acc"] = (f"Training accuracy per job, coloured by {rows}", [("", curves)])
         return figs
-    mixed = [c for c in varying_hparams(ok) if c not in ("batch_size", "gpus", "epochs")]
+    # of the settings that vary, those that still vary among the jobs with a history
+    varying = varying_hparams(ok) if varying is None else [c for c in varying if ok[c].nunique(dropna=False) > 1]
+    mixed = [c for c in varying if c not in ("batch_size", "gpus", "epochs")]
     figs = {k: (title, _label_counts(p, bool(mixed))) for k, (title, p) in figs.items()}
     if mixed:  # say what the curves average over; the longest runs of each curve are the ones drawn
         figs = {k: (title, p, f"{title}. Each curve averages the longest runs that differ only in: "
@@ -199,13 +203,18 @@ def plot_skill_vs_time(curves: list[tuple[str, np.ndarray, np.ndarray]], target:
     return _render(fig)
 
 
+def learning_panels(history: pd.DataFrame) -> list[tuple[str, str]]:
+    """The learning curves a run's history has: (title, column) of its loss, accuracy and validation ROC AUC."""
+    return [(t, c) for t, c in (("training loss", "train_loss"), ("training accuracy", "train_acc"),
+                                ("validation ROC AUC", "val_roc_auc"))
+            if c in history.columns and history[c].notna().any()]
+
+
 def plot_learning_curves(history: pd.DataFrame, scored_epoch: int | None = None) -> dict[str, bytes]:
     """One run's training loss and accuracy, and validation ROC AUC where scored, against epoch (from 1);
     `scored_epoch`: the epoch whose weights were scored (early stopping), marked."""
     epoch = history["epoch"].to_numpy(int) + 1 if "epoch" in history.columns else np.arange(1, len(history) + 1)
-    panels = [(t, c) for t, c in (("training loss", "train_loss"), ("training accuracy", "train_acc"),
-                                  ("validation ROC AUC", "val_roc_auc"))
-              if c in history.columns and history[c].notna().any()]
+    panels = learning_panels(history)
     fig, axes = _fig(len(panels))
     for ax, (title, col) in zip(axes, panels):
         ax.plot(epoch, history[col].to_numpy(float), color="#2563eb", lw=1.6, marker="o", ms=3)
@@ -219,16 +228,23 @@ def plot_learning_curves(history: pd.DataFrame, scored_epoch: int | None = None)
     return _render(fig)
 
 
-def plot_wall_vs_batch(ok: pd.DataFrame, group: str | None) -> dict[str, bytes] | None:
-    """Wall time against batch size, one line per data multiplier (panels by `group` when it varies too)."""
+def wall_layout(ok: pd.DataFrame, group: str | None) -> tuple[pd.DataFrame, str | None, str | None]:
+    """What `plot_wall_vs_batch` draws: the jobs with a batch size and a wall time (as `_b`, `_w`), the setting
+    with a line each (data multiplier, else `group`) and the one with a panel each (`group`, else epochs)."""
     ok = ok.assign(_b=numeric_column(ok, "batch_size"), _w=numeric_column(ok, "wall_s")).dropna(subset=["_b", "_w"])
-    if ok["_b"].nunique() < 2:
-        return None
+
     def varies(c):
         return c and c != "batch_size" and c in ok.columns and ok[c].nunique(dropna=False) > 1
 
     line = next((c for c in ("data_multiplier", group) if varies(c)), None)
-    panel = next((c for c in (group, "epochs") if varies(c) and c != line), None)
+    return ok, line, next((c for c in (group, "epochs") if varies(c) and c != line), None)
+
+
+def plot_wall_vs_batch(ok: pd.DataFrame, group: str | None) -> dict[str, bytes] | None:
+    """Wall time against batch size, one line per data multiplier (panels by `group` when it varies too)."""
+    ok, line, panel = wall_layout(ok, group)
+    if ok["_b"].nunique() < 2:
+        return None
     pvals = sorted_unique(ok[panel])[:MAX_PANELS] if panel else [None]
     fig, axes = _fig(len(pvals))
     for ax, pv in zip(axes, pvals):

@@ -8,7 +8,9 @@ A single run's folder (result.json at its top) is read as a sweep of one job and
 """
 from __future__ import annotations
 
+import hashlib
 import html
+import importlib.metadata
 import importlib.util
 import json
 import math
@@ -27,13 +29,13 @@ from tornado.collect import result_row, section
 from tornado.errors import TornadoError, run_cli
 from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
 from tornado.metrics import SCORES as TEST_SCORES
-from tornado.metrics import delong_against, roc_auc_se
+from tornado.metrics import RELIABILITY_BINS, delong_against, roc_auc_se
 from tornado import runpage
-from tornado.plots import (curve_figures, plot_curves, plot_learning_curves, plot_roc_comparison,
-                           plot_skill_vs_time, plot_verification, plot_wall_vs_batch, roc_points)
+from tornado.plots import (curve_figures, learning_panels, plot_curves, plot_learning_curves, plot_roc_comparison,
+                           plot_skill_vs_time, plot_verification, plot_wall_vs_batch, roc_points, wall_layout)
 from tornado.records import SWEEP_LOCK, held_by, load_result, read_result, write_atomic, write_json
 from tornado.tables import (AGGS, METRICS, PAPER_TABLES, RUN_INFO, SCALING, SKILL_S, TIMES, TableSet, build_tables,
-                            is_repeat, number_text, numeric_column, ok_rows, to_html_tables, to_latex,
+                            is_repeat, label_text, number_text, numeric_column, ok_rows, to_html_tables, to_latex,
                             settings_text, to_long_csv, to_markdown, varying_hparams)
 
 LOWER_IS_BETTER = METRICS_LOWER | {"total_s", "wall_s", "data_wait_s", "compute_s", "test_s"}
@@ -233,6 +235,11 @@ def _direction(metric: str) -> int:
     return -1 if metric in LOWER_IS_BETTER else 1
 
 
+def _varying(ok: pd.DataFrame, varying: list[str] | None) -> list[str]:
+    """`varying` as given (a report works it out once, for all its analyses), else `varying_hparams(ok)`."""
+    return varying_hparams(ok) if varying is None else varying
+
+
 def _config(row: pd.Series, cols: list[str]) -> dict:
     return {c: _plain(row[c]) for c in cols}
 
@@ -247,22 +254,24 @@ def _plain(v: Any) -> Any:
     return v
 
 
-def configurations(ok: pd.DataFrame, rows: pd.DataFrame) -> tuple[list[str], list[pd.DataFrame] | None]:
+def configurations(ok: pd.DataFrame, rows: pd.DataFrame,
+                   varying: list[str] | None = None) -> tuple[list[str], list[pd.DataFrame] | None]:
     """The settings that make a configuration (those that vary, less repeats such as seeds), and `rows` (some
-    of `ok`'s) split by configuration; None in place of the split when no configuration is repeated."""
-    cols = varying_hparams(ok)
+    of `ok`'s) split by configuration; None in place of the split when no configuration is repeated. `varying`:
+    `varying_hparams(ok)`, where the caller has it."""
+    cols = _varying(ok, varying)
     keys = [c for c in cols if not is_repeat(c)]
     if len(keys) == len(cols) or rows.empty:
         return cols, None
     return keys, [g for _, g in (rows.groupby(keys, dropna=False, sort=False) if keys else [(None, rows)])]
 
 
-def best_by_metric(ok: pd.DataFrame, metric: str, top: int = 5) -> list[dict]:
+def best_by_metric(ok: pd.DataFrame, metric: str, top: int = 5, varying: list[str] | None = None) -> list[dict]:
     """The best configurations by `metric`. Repeats of one configuration (seeds) are ranked by their mean,
     shown with their spread and count; `job` is then the configuration's best repeat."""
     ranked = ok.assign(_m=numeric_column(ok, metric) * _direction(metric),
                        _w=numeric_column(ok, "wall_s")).dropna(subset=["_m"])
-    keys, groups = configurations(ok, ranked)
+    keys, groups = configurations(ok, ranked, varying)
     if groups is None:  # no repeats: jobs are configurations
         ranked = ranked.sort_values(["_m", "job"], ascending=[False, True]).head(top)
         return [{"job": str(r["job"]), metric: _plain(r[metric]), "wall_s": _plain(r.get("wall_s")),
@@ -282,16 +291,17 @@ JOB_SCORES = ("roc_auc", "roc_auc_se", "wall_s", "samples_per_s", "average_preci
               "val_roc_auc", "val_best_epoch")
 
 
-def jobs_table(ok: pd.DataFrame, metric: str, p_values: dict[str, float] | None = None) -> pd.DataFrame:
+def jobs_table(ok: pd.DataFrame, metric: str, p_values: dict[str, float] | None = None,
+               varying: list[str] | None = None) -> pd.DataFrame:
     """Every successful job, best by `metric` first: its varying settings and its main scores; `p_values`
     (job: `paired_p_values`' p against the first job) as `roc_auc_p`, after the ROC AUC's standard error."""
-    return _jobs_shown(_jobs_ranked(ok, metric), p_values)
+    return _jobs_shown(_jobs_ranked(ok, metric, _varying(ok, varying)), p_values)
 
 
-def _jobs_ranked(ok: pd.DataFrame, metric: str) -> pd.DataFrame:
+def _jobs_ranked(ok: pd.DataFrame, metric: str, varying: list[str]) -> pd.DataFrame:
     """`jobs_table` before its p-values and with every column."""
     scores = [c for c in dict.fromkeys([metric, *JOB_SCORES]) if c in ok.columns and c != "job"]
-    table = ok[["job", *[c for c in varying_hparams(ok) if c not in scores], *scores]].copy()
+    table = ok[["job", *[c for c in varying if c not in scores], *scores]].copy()
     table["_m"] = numeric_column(ok, metric) * _direction(metric) if metric in ok.columns else 0.0
     return table.sort_values(["_m", "job"], ascending=[False, True], na_position="last").drop(columns="_m")
 
@@ -328,9 +338,10 @@ def paired_p_values(forecasts: dict[str, tuple[np.ndarray, np.ndarray]], jobs: l
     return {job: d[2] for job, d in zip(others, delong_against(first, list(others.values()), label))}
 
 
-def _time_to(sweep: Sweep, histories: dict[str, pd.DataFrame], column: str, target: float) -> list[dict]:
+def _time_to(sweep: Sweep, histories: dict[str, pd.DataFrame], column: str, target: float,
+             varying: list[str]) -> list[dict]:
     """Jobs whose per-epoch `column` reaches `target`, soonest first: summed epoch times up to that epoch."""
-    ok, cols, out = sweep.ok, varying_hparams(sweep.ok), []
+    ok, out = sweep.ok, []
     for _, r in ok.iterrows():
         h = histories.get(str(r["job"]))
         if h is None or "epoch_s" not in h.columns or column not in h.columns:
@@ -342,17 +353,17 @@ def _time_to(sweep: Sweep, histories: dict[str, pd.DataFrame], column: str, targ
         if h["epoch_s"].iloc[: i + 1].isna().any():
             continue
         out.append({"job": str(r["job"]), "seconds": float(h["epoch_s"].iloc[: i + 1].sum()),
-                    "epochs": i + 1, column: float(h[column].iloc[i]), "config": _config(r, cols)})
+                    "epochs": i + 1, column: float(h[column].iloc[i]), "config": _config(r, varying)})
     return sorted(out, key=lambda d: (d["seconds"], d["job"]))
 
 
-def by_configuration(ok: pd.DataFrame, reached: list[dict]) -> list[dict]:
+def by_configuration(ok: pd.DataFrame, reached: list[dict], varying: list[str] | None = None) -> list[dict]:
     """`reached` (jobs that reached a target, from `_time_to`) ranked by configuration when the jobs hold
     repeats (seeds): a configuration's seconds are the mean over its repeats that reached the target, with
     their spread; those that every repeat reached come first, so one lucky seed does not win. `job` is the
     configuration's soonest repeat, `jobs` all of them (those that reached it first). Without repeats,
     `reached` as it is."""
-    keys, groups = configurations(ok, ok)
+    keys, groups = configurations(ok, ok, varying)
     if groups is None or not reached:
         return reached
     by_job, out = {t["job"]: t for t in reached}, []
@@ -370,9 +381,10 @@ def by_configuration(ok: pd.DataFrame, reached: list[dict]) -> list[dict]:
     return sorted(out, key=lambda d: (d["reached"] < d["n"], d["seconds"], d["job"]))
 
 
-def time_to_accuracy(sweep: Sweep, target: float, histories: dict[str, pd.DataFrame]) -> list[dict]:
+def time_to_accuracy(sweep: Sweep, target: float, histories: dict[str, pd.DataFrame],
+                     varying: list[str] | None = None) -> list[dict]:
     """Jobs whose training accuracy reaches `target`, fastest first (the paper's question)."""
-    return _time_to(sweep, histories, "train_acc", target)
+    return _time_to(sweep, histories, "train_acc", target, _varying(sweep.ok, varying))
 
 
 def skill_curves(histories: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
@@ -381,7 +393,8 @@ def skill_curves(histories: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
             if {"val_roc_auc", "epoch_s"} <= set(h.columns) and h["val_roc_auc"].notna().any()}
 
 
-def soonest_to_skill(sweep: Sweep, curves: dict[str, pd.DataFrame], skill: float | None = None) -> dict | None:
+def soonest_to_skill(sweep: Sweep, curves: dict[str, pd.DataFrame], skill: float | None = None,
+                     varying: list[str] | None = None) -> dict | None:
     """Which configuration reaches skill soonest: training seconds until a job's validation ROC AUC, scored
     after every epoch, first reaches the target: `skill`, or else the best any job (any configuration, on
     average over its repeats: `_best_skill`) reached at any epoch less one standard error of it (Hanley and
@@ -390,24 +403,25 @@ def soonest_to_skill(sweep: Sweep, curves: dict[str, pd.DataFrame], skill: float
     `curves`: the jobs' histories with those scores (`skill_curves`)."""
     if not curves:
         return None
-    best_job, best, repeats = _best_skill(sweep.ok, curves)
+    varying = _varying(sweep.ok, varying)
+    best_job, best, repeats = _best_skill(sweep.ok, curves, varying)
     row = sweep.ok.loc[sweep.ok["job"].astype(str) == best_job]
     pos = numeric_column(row, "val_positives").iloc[0] if len(row) else math.nan
     neg = numeric_column(row, "val_n").iloc[0] - pos if len(row) else math.nan
     se = roc_auc_se(best, int(pos), int(neg)) if np.isfinite(pos) and np.isfinite(neg) else math.nan
     target = float(skill) if skill is not None else best - (se if np.isfinite(se) else 0.01 * best)
-    jobs = _time_to(sweep, curves, "val_roc_auc", target) if target > 0.5 else []
+    jobs = _time_to(sweep, curves, "val_roc_auc", target, varying) if target > 0.5 else []
     return {"metric": "val_roc_auc", "best": best, "best_job": best_job, "best_repeats": repeats,
             "se": None if math.isnan(se) else se, "target": target,
             "target_from": "skill" if skill is not None else "best less one standard error", "chance": 0.5,
             "jobs": jobs}
 
 
-def _best_skill(ok: pd.DataFrame, curves: dict[str, pd.DataFrame]) -> tuple[str, float, int]:
+def _best_skill(ok: pd.DataFrame, curves: dict[str, pd.DataFrame], varying: list[str]) -> tuple[str, float, int]:
     """(job, best, repeats): the highest validation ROC AUC after any epoch, of a job or, where the jobs repeat
     configurations (seeds), of a configuration's mean over its repeats epoch by epoch (one lucky seed does not
     set the target), with that configuration's first job and how many repeats the mean is of."""
-    _, groups = configurations(ok, ok)
+    _, groups = configurations(ok, ok, varying)
     if groups is None:
         job, h = max(curves.items(), key=lambda kv: float(kv[1]["val_roc_auc"].max()))
         return job, float(h["val_roc_auc"].max()), 1
@@ -421,14 +435,14 @@ def _best_skill(ok: pd.DataFrame, curves: dict[str, pd.DataFrame]) -> tuple[str,
     return best
 
 
-def scaling(ok: pd.DataFrame) -> pd.DataFrame:
+def scaling(ok: pd.DataFrame, varying: list[str] | None = None) -> pd.DataFrame:
     """Per job, how its wall time compares with the same settings on fewer devices: `speedup` = the mean wall
     time of those settings (repeats averaged) on the fewest devices the sweep ran them on, over this job's;
     `scaling_efficiency` = speedup / (its devices / those devices): 1 is perfect scaling. NaN where the
     settings ran on one device count only."""
     out = pd.DataFrame(np.nan, index=ok.index, columns=SCALING)
     frame = ok.assign(_d=numeric_column(ok, "devices"), _w=numeric_column(ok, "wall_s")).dropna(subset=["_d", "_w"])
-    keys = [c for c in varying_hparams(ok) if not is_repeat(c) and c not in ("gpus", "trainer.devices")]
+    keys = [c for c in _varying(ok, varying) if not is_repeat(c) and c not in ("gpus", "trainer.devices")]
     for _, g in (frame.groupby(keys, dropna=False, sort=False) if keys else [(None, frame)]):
         if g["_d"].nunique() < 2:
             continue
@@ -493,7 +507,8 @@ def _auc_se(ok: pd.DataFrame, metric: str) -> pd.Series:
     return pd.Series(se, index=ok.index).fillna(0.0)
 
 
-def time_to_skill(ok: pd.DataFrame, metric: str, tolerance: float = 0.01) -> dict | None:
+def time_to_skill(ok: pd.DataFrame, metric: str, tolerance: float = 0.01,
+                  varying: list[str] | None = None) -> dict | None:
     """The fastest job (wall_s) whose `metric` is within `tolerance` (relative) of the best. Where the jobs
     repeat configurations (seeds), the fastest configuration by its repeats' means: `n` and `jobs` say which."""
     m, wall = numeric_column(ok, metric), numeric_column(ok, "wall_s")
@@ -503,7 +518,7 @@ def time_to_skill(ok: pd.DataFrame, metric: str, tolerance: float = 0.01) -> dic
     good = ok.assign(_m=m, _w=wall, _ns=level.fillna(-math.inf), _se=se).dropna(subset=["_m", "_w"])
     if good.empty:
         return None
-    keys, groups = configurations(ok, good)
+    keys, groups = configurations(ok, good, varying)
     if groups is not None:  # one row per configuration: its fastest repeat's, with the repeats' means
         rows = []
         for g in (g.sort_values(["_w", "job"]) for g in groups):
@@ -640,7 +655,7 @@ def _best_cards(summary: dict, metric: str, target: float) -> list[str]:
     return body
 
 
-def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tuple[str, bytes]],
+def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tuple[str, str, bytes]],
                 metric: str, target: float, links: dict[str, str] | None = None,
                 jobs: pd.DataFrame | None = None) -> str:
     """The sweep's page; `links`: {job: the address of its own page, relative to this one}; `jobs`: its Jobs
@@ -666,7 +681,7 @@ def render_html(sweep: Sweep, ts: TableSet, summary: dict, images: dict[str, tup
     if not ok.empty:  # else the banner says there is nothing to rank, tabulate or plot
         body += _best_cards(summary, metric, target)
         body += ['<h2 id="tables">Tables</h2>', to_html_tables(ts), '<h2 id="plots">Plots</h2>']
-        body += [runpage.figure(name, caption, png) for name, (caption, png) in images.items()]
+        body += [runpage.figure(alt, caption, png) for caption, alt, png in images.values()]
         if not images:
             body.append('<p class="note">No plots: no successful job with the data they need.</p>')
     body += [f"<p class=\"note\">{e(n)}</p>" for n in summary["notes"]]
@@ -735,6 +750,55 @@ def _reached_text(t: dict) -> tuple[str, str, str, str]:
     return f"{number_text(t['seconds'])} s", spread, f"{how}, {epochs}", _jobs_text(t)
 
 
+def _learning_alt(history: pd.DataFrame, who: str, scored: int | None) -> str:
+    """The learning curves' alt text: whose, over how many epochs, which curves, the scored epoch."""
+    names = [title for title, _ in learning_panels(history)]
+    shown = ", ".join(names[:-1]) + f" and {names[-1]}" if len(names) > 1 else "".join(names)
+    return (f"Learning curves of {who} over {_epochs(len(history))}" + (f": {shown} against epoch" if names else "")
+            + (f"; epoch {scored}, whose weights were scored, marked" if scored is not None else ""))
+
+
+def _some(names: list[str], most: int) -> str:
+    """The first `most` of `names` (which may hold commas), and how many more there are."""
+    return "; ".join(names[:most]) + (f"; {len(names) - most} more" if len(names) > most else "")
+
+
+def _curves_alt(spec: tuple) -> str:
+    """A training-accuracy figure's alt text (`curve_figures`' spec): its title, then each panel's curves."""
+    title, panels = spec[0], spec[1]
+    parts = [f"{'Panel ' + ptitle if ptitle else 'Curves'}: {_some(list(dict.fromkeys(c[0] for c in curves)), 6)}."
+             for ptitle, curves in panels[:4]]
+    more = f" {counted(len(panels) - 4, 'more panel')}." if len(panels) > 4 else ""
+    return f"{title}: training accuracy against epoch. " + " ".join(parts) + more
+
+
+def _skill_alt(shown: list[str], sts: dict) -> str:
+    reached = (f"job {sts['jobs'][0]['job']} reaches it soonest" if sts["jobs"] else "no job reaches it")
+    return (f"Validation ROC AUC after each epoch against training seconds for {counted(len(shown), 'job')} "
+            f"({', '.join(shown)}), with the skill target {number_text(sts['target'])} as a dashed line: {reached}")
+
+
+def _wall_alt(ok: pd.DataFrame, group: str | None) -> str:
+    ok, line, panel = wall_layout(ok, group)
+    sizes = sorted(ok["_b"].unique())
+    return (f"Wall time against batch size ({label_text(sizes[0])} to {label_text(sizes[-1])}) for "
+            f"{counted(len(ok), 'job')}" + (f", one line per {line}" if line else "")
+            + (f", one panel per {panel}" if panel else ""))
+
+
+def _verification_alts(prob: np.ndarray, label: np.ndarray, who: str, cut: float | None) -> dict[str, str]:
+    """The alt texts of `plot_verification`'s diagrams of `who`'s test forecasts."""
+    cases = f"on the test set ({len(label):,} cases, {int(label.sum()):,} tornadic)"
+    chosen = cut is not None and math.isfinite(cut)
+    return {"roc": f"ROC curve of {who} {cases}: true positive rate against false positive rate, AUC "
+                   f"{_auc_text((prob, label))}",
+            "reliability": f"Reliability diagram of {who} {cases}: observed tornado frequency against forecast "
+                           f"probability in {RELIABILITY_BINS} bins, with how many forecasts fall in each bin",
+            "performance": f"Performance diagram of {who} {cases}: probability of detection against success ratio "
+                           "at every threshold" + (f", the threshold {number_text(cut, 3)} chosen on validation "
+                                                   "marked" if chosen else "")}
+
+
 def _reached_count_text(sts: dict) -> str:
     r = sts["reached"]
     return f"{r['n']} of {counted(r['of'], r['what'])} reached it within their epochs"
@@ -784,12 +848,13 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
                  group: str | None = "epochs", value: str = "wall_s", agg: str = "mean", metric: str = "auto",
                  target: float = 0.93, skill: float | str = "auto", paper: str = "auto", pages: str | int = 3,
                  out: str | Path | None = None, up: str | Path | None = None,
-                 drawn: dict[str, dict[str, bytes]] | None = None) -> dict[str, Path]:
+                 drawn: dict[str, dict[str, bytes]] | None = None, stamp: str | None = None) -> dict[str, Path]:
     """Write tables, plots, summary.json and report.html; return {file name: path} of what was written.
     `sweep_dir`: a sweep's (or run's) folder, or a list of them read as one (`load_sweeps`; needs `out`).
     `pages`: how many jobs, best first, get their own page written too (`job_pages`; all, none or a number).
     `up`: the sweep's page a run's page links back to; `drawn`: a run's ROC curve, reliability and performance
-    diagrams as its sweep's report drew them (`plot_verification`), used rather than drawn again."""
+    diagrams as its sweep's report drew them (`plot_verification`), used rather than drawn again; `stamp`: the
+    digest of a run page's inputs (`_page_inputs`), kept in the page."""
     dirs = list(sweep_dir) if isinstance(sweep_dir, (list, tuple)) else [sweep_dir]
     for d in dirs:
         _check_folder(Path(d))
@@ -836,23 +901,24 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         write_atomic(report_dir / name, data)
         written[name] = report_dir / name
 
+    varying = varying_hparams(sweep.ok)  # the settings that tell the successful jobs apart, for every analysis
     histories = {str(j): h for j in sweep.ok["job"] if (h := load_history(sweep, str(j))) is not None}
     curves = skill_curves(histories)
-    sts = soonest_to_skill(sweep, curves, skill)
+    sts = soonest_to_skill(sweep, curves, skill, varying)
     if sts:  # a column for the tables (value=skill_s): inf ("never") where a job with scores never reached it
         seconds = {t["job"]: t["seconds"] for t in sts["jobs"]}
         df[SKILL_S] = [seconds.get(str(j), math.inf if str(j) in curves else math.nan) for j in df["job"]]
-        ranked = by_configuration(sweep.ok, sts["jobs"])
-        _, groups = configurations(sweep.ok, sweep.ok.loc[sweep.ok["job"].astype(str).isin(curves)])
+        ranked = by_configuration(sweep.ok, sts["jobs"], varying)
+        _, groups = configurations(sweep.ok, sweep.ok.loc[sweep.ok["job"].astype(str).isin(curves)], varying)
         sts["reached"] = {"n": len(ranked), "of": len(groups) if groups is not None else len(curves),
                           "what": "configuration" if groups is not None else "job"}
         sts["jobs"] = ranked[:5]
-    for name, column in scaling(sweep.ok).items():  # columns for the tables (value=speedup)
+    for name, column in scaling(sweep.ok, varying).items():  # columns for the tables (value=speedup)
         df[name] = column
     ok = sweep.ok
     ts = build_tables(df, rows, cols, group, value, agg, paper) if tabulate else None
     run = read_result(sweep.dir) if sweep.single else None
-    tts = time_to_skill(ok, metric)
+    tts = time_to_skill(ok, metric, varying=varying)
     notes = list(sweep.notes)
     if tabulate and len(ok) and value in SCALING and df[value].isna().all():
         notes.append(f"value={value}: no settings ran on more than one device count (gpus=1,2,4 in a sweep does).")
@@ -878,48 +944,54 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
             notes.append(f"{early} of {len(ok)} jobs stopped early (patience): their times and scores are of the "
                          "epochs they trained (epochs_trained), not of `epochs`.")
 
-    images: dict[str, tuple[str, bytes]] = {}
+    images: dict[str, tuple[str, str, bytes]] = {}  # name: (caption, alt text, PNG)
     plots: dict[str, dict[str, bytes]] = {}
     if run is not None and runpage.epochs_of(run):
-        plots["learning_curves"] = plot_learning_curves(pd.DataFrame(runpage.epochs_of(run)),
-                                                        section(run, "early_stop").get("scored_epoch"))
+        history, scored = pd.DataFrame(runpage.epochs_of(run)), section(run, "early_stop").get("scored_epoch")
+        plots["learning_curves"] = plot_learning_curves(history, scored)
         images["learning_curves"] = ("Training loss and accuracy, and the validation ROC AUC, after each epoch",
+                                     _learning_alt(history, f"run {sweep.name}", scored),
                                      plots["learning_curves"]["png"])
-    for name, spec in (curve_figures(ok, histories, rows) if run is None else {}).items():
+    for name, spec in (curve_figures(ok, histories, rows, varying) if run is None else {}).items():
         plots[name] = plot_curves(spec)
-        images[name] = (spec[-1] if len(spec) > 2 else spec[0], plots[name]["png"])
+        images[name] = (spec[-1] if len(spec) > 2 else spec[0], _curves_alt(spec), plots[name]["png"])
     if not histories and len(ok):
         notes.append("No per-epoch history in its result.json: no learning curves." if run is not None else
                      "No per-epoch history in the jobs' result.json: no training-accuracy curves.")
     if sts and run is None:
         first = [j for t in sts["jobs"] for j in t.get("jobs", [t["job"]])]
         shown = (first + [j for j in curves if j not in first])[:12]  # the soonest, then the others
-        varying, by_job = varying_hparams(ok), ok.set_index(ok["job"].astype(str))
+        by_job = ok.set_index(ok["job"].astype(str))
         plots["skill_vs_time"] = plot_skill_vs_time(
             [(f"{j}: {_cfg_text(_config(by_job.loc[j], varying))}"[:60], curves[j]["epoch_s"].cumsum().to_numpy(float),
               curves[j]["val_roc_auc"].to_numpy(float)) for j in shown], sts["target"])
         images["skill_vs_time"] = ("Validation ROC AUC after each epoch against training time (up to 12 jobs, the "
-                                   "soonest to skill first); dashed: the skill target", plots["skill_vs_time"]["png"])
+                                   "soonest to skill first); dashed: the skill target", _skill_alt(shown, sts),
+                                   plots["skill_vs_time"]["png"])
     wall = plot_wall_vs_batch(ok, group) if run is None else None
     if wall:
         plots["wall_vs_batch"] = wall
-        images["wall_vs_batch"] = ("Wall time (training) against batch size; error bars: std over jobs", wall["png"])
-    ranked = best_by_metric(ok, metric, top=len(ok))
-    jobs = _jobs_ranked(ok, metric)
+        images["wall_vs_batch"] = ("Wall time (training) against batch size; error bars: std over jobs",
+                                   _wall_alt(ok, group), wall["png"])
+    ranked = best_by_metric(ok, metric, top=len(ok), varying=varying)
+    jobs = _jobs_ranked(ok, metric, varying)
     order = [str(j) for j in jobs["job"]]
     forecasts = test_forecasts(sweep, order)
     p_values = paired_p_values(forecasts, order)
     jobs = _jobs_shown(jobs, p_values)
     paired = {"reference": order[0], "metric": metric, "alpha": PAIRED_ALPHA, "p": p_values,
               "within_noise": [j for j in order if p_values.get(j, 0.0) >= PAIRED_ALPHA],
-              "repeats": configurations(ok, ok)[1] is not None} if p_values else None
+              "repeats": configurations(ok, ok, varying)[1] is not None} if p_values else None
     if paired:  # the best jobs' ROC curves together: the first and up to four it is compared with
         shown = [order[0]] + [j for j in order if j in p_values][:4]
-        plots["roc_best"] = plot_roc_comparison(
-            [(f"job {j}: AUC {_auc_text(forecasts[j])}" + (f", p = {p_values[j]:.2g}" if j in p_values else ""),
-              *forecasts[j]) for j in shown])
+        legend = [f"job {j}: AUC {_auc_text(forecasts[j])}" + (f", p = {p_values[j]:.2g}" if j in p_values else "")
+                  for j in shown]
+        plots["roc_best"] = plot_roc_comparison([(text, *forecasts[j]) for text, j in zip(legend, shown)])
         images["roc_best"] = (f"ROC curves on the test set of the best jobs by {metric}; p: DeLong's paired test "
-                              f"against job {order[0]}", plots["roc_best"]["png"])
+                              f"against job {order[0]}",
+                              f"ROC curves, true positive rate against false positive rate on the same test cases, "
+                              f"of the {len(shown)} best jobs by {metric}: {'; '.join(legend)}",
+                              plots["roc_best"]["png"])
     best_pred = next(((b["job"], *forecasts[b["job"]]) for b in ranked if b["job"] in forecasts), None)
     diagrams: dict[str, dict[str, dict[str, bytes]]] = {}  # {job: its diagrams}, for its own page
     if best_pred and len(np.unique(best_pred[2])) == 2:
@@ -929,6 +1001,7 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         clim = numeric_column(row, "climatology").iloc[0] if "climatology" in row.columns else None
         who = f"run {sweep.name}" if run is not None else f"job {job}"
         diagrams[job] = drawn or plot_verification(prob, label, who, cut, None if pd.isna(clim) else clim)
+        alts = _verification_alts(prob, label, who, cut)
         for name, data in diagrams[job].items():
             plots[name] = data
             of = "" if run is not None else f" of the best job by {metric} ({job})"
@@ -939,7 +1012,7 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
                                   "bin",
                    "performance": f"Performance diagram{of} on the test set: probability of detection against "
                                   "success ratio at every threshold; shading: CSI; dashed: frequency bias"}
-            images[name] = (cap[name], data["png"])
+            images[name] = (cap[name], alts[name], data["png"])
     elif len(ok):
         notes.append(f"No test_predictions.npz with both classes{'' if run is not None else ' for the best job'}: "
                      "no ROC, reliability or performance diagram.")
@@ -956,15 +1029,14 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         "sweep_dir": str(sweep.dir.resolve()), "sweep_dirs": [str(p.resolve()) for p in sweep.parts or [sweep.dir]],
         "single": sweep.single, "partial": sweep.partial, "running": sweep.running, "waiting": sweep.waiting,
         "jobs": len(df), "ok": len(ok), "failed": len(_problems(df)),
-        "failed_jobs": [{"job": str(r["job"]), "status": str(r["status"]), "error": _text(r.get("error")) or None,
-                         "config": _config(r, varying)} for varying in [varying_hparams(df)]
-                        for _, r in _problems(df).iterrows()],
+        "failed_jobs": _failed_jobs(df),
         "table": {"rows": rows, "cols": cols, "group": group, "value": value, "agg": agg,
                   "repeats": ts.repeats, "averaged": ts.averaged, "paper_tables": ts.paper_tables,
                   "sections": [{k: _plain(v) for k, v in s.fixed.items()} for s in ts.sections]} if ts else None,
         "metric": metric, "target": float(target), "constant_forecast_accuracy": constant,
         "best_by_metric": ranked[:5],
-        "time_to_accuracy": by_configuration(ok, time_to_accuracy(sweep, float(target), histories))[:5],
+        "time_to_accuracy": by_configuration(ok, time_to_accuracy(sweep, float(target), histories, varying),
+                                             varying)[:5],
         "time_to_skill": tts, "soonest_to_skill": sts, "paired_roc_auc": paired,
         "notes": notes, "job_pages": {j: str(p.resolve()) for j, p in pages_of.items()},
     }
@@ -975,13 +1047,21 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
             (report_dir / name).unlink(missing_ok=True)  # stale from an earlier report
     write_json(report_dir / "summary.json", summary)
     written["summary.json"] = report_dir / "summary.json"
-    page = (runpage.render(run, sweep.dir, images, notes, CSS, _href(up, html_path) if up else None)
+    page = (runpage.render(run, sweep.dir, images, notes, CSS, _href(up, html_path) if up else None, stamp)
             if run is not None else
             render_html(sweep, ts, summary, images, metric, float(target),
                         {j: _href(p, html_path) for j, p in pages_of.items()}, jobs))
     write_atomic(html_path, page)
     written["report.html"] = html_path
     return written
+
+
+def _failed_jobs(df: pd.DataFrame) -> list[dict]:
+    """The jobs that failed (`_problems`), each with its error and the settings that vary among all the jobs."""
+    failed = _problems(df)
+    varying = varying_hparams(df) if len(failed) else []
+    return [{"job": str(r["job"]), "status": str(r["status"]), "error": _text(r.get("error")) or None,
+             "config": _config(r, varying)} for _, r in failed.iterrows()]
 
 
 def _href(target: str | Path, page: Path) -> str:
@@ -993,17 +1073,24 @@ def job_pages(sweep: Sweep, order: list[str], pages: str | int, out: str | Path 
               up: Path, drawn: dict[str, dict[str, dict[str, bytes]]] | None = None) -> dict[str, Path]:
     """{job: its own report.html} (`tornado.report` on the job's folder, linked back to `up`, the sweep's page):
     written for the first `pages` jobs of `order` (all, none or a number), into the job's folder or, with `out`,
-    OUT/<job>/; any other job's page found there is kept where it is newer than the job's result.json (a job run
-    again makes its page stale). `drawn`: {job: its diagrams} the sweep's report drew already."""
+    OUT/<job>/, unless the page there was written from the same inputs (`_page_inputs`); any other job's page
+    found there is kept where it is newer than the job's result.json (a job run again makes its page stale).
+    `drawn`: {job: its diagrams} the sweep's report drew already."""
     count = len(order) if str(pages) == "all" else 0 if str(pages) == "none" else int(pages)
+    code = _code_digest() if count else ""
     found: dict[str, Path] = {}
     for i, job in enumerate(order):
         where = Path(out) / job if out else sweep.job_dir(job)
         page = where / "report.html"
         if i < count:
+            given = (drawn or {}).get(job)
+            inputs = _page_inputs(sweep.job_dir(job), page, up, given, code)
+            if inputs is not None and runpage.stamp_of(page) == inputs:  # it would be written the same again
+                found[job] = page
+                continue
             try:
-                found[job] = build_report(sweep.job_dir(job), out=where if out else None, up=up,
-                                          drawn=(drawn or {}).get(job))["report.html"]
+                found[job] = build_report(sweep.job_dir(job), out=where if out else None, up=up, drawn=given,
+                                          stamp=inputs)["report.html"]
             except TornadoError as e:
                 notes.append(f"Job {job}: no page of its own ({e}).")
             continue
@@ -1011,6 +1098,35 @@ def job_pages(sweep: Sweep, order: list[str], pages: str | int, out: str | Path 
         if page.is_file() and result.is_file() and page.stat().st_mtime >= result.stat().st_mtime:
             found[job] = page
     return found
+
+
+PAGE_FILES = ("result.json", "test_predictions.npz", "results.csv", "launcher.json")  # what a run's report reads
+
+
+def _code_digest() -> str:
+    """A digest of the code that writes the pages: this package's modules and the plotting library's version."""
+    digest = hashlib.sha256(importlib.metadata.version("matplotlib").encode())
+    for module in sorted(Path(__file__).parent.glob("*.py")):
+        digest.update(module.name.encode() + hashlib.sha256(module.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def _page_inputs(run_dir: Path, page: Path, up: Path, drawn: dict[str, dict[str, bytes]] | None,
+                 code: str) -> str | None:
+    """A digest of everything a job's own `page` is made from: its run folder's files and where that folder is,
+    the address of the sweep's page `up` it links to, the diagrams it is given (`drawn`) and the code (`code`:
+    `_code_digest`). None where a file cannot be read: then the page is written again."""
+    digest = hashlib.sha256("\0".join([code, str(run_dir.resolve()), _href(up, page)]).encode())
+    try:
+        for f in [run_dir / name for name in PAGE_FILES] + sorted(run_dir.glob("*/result.json")):
+            digest.update(f"\0{f.relative_to(run_dir)}\0".encode()
+                          + (hashlib.sha256(f.read_bytes()).digest() if f.is_file() else b"-"))
+    except OSError:
+        return None
+    for name, formats in sorted((drawn or {}).items()):
+        for fmt, data in sorted(formats.items()):
+            digest.update(f"\0{name}.{fmt}\0".encode() + hashlib.sha256(data).digest())
+    return digest.hexdigest()
 
 
 def _auc_text(forecast: tuple[np.ndarray, np.ndarray]) -> str:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import html
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,19 @@ from tornado.collect import section
 from tornado.errors import is_number
 from tornado.records import best_epoch
 from tornado.tables import number_text
+
+
+STAMP = re.compile(rb'<meta name="tornado-inputs" content="([0-9a-f]{64})">')  # what a page was made from
+
+
+def stamp_of(page: Path) -> str | None:
+    """The digest of its inputs that a page was written with (`render`'s `stamp`), None if it has none."""
+    try:
+        with open(page, "rb") as f:
+            found = STAMP.search(f.read(1024))  # in the head, before the style sheet
+    except OSError:
+        return None
+    return found.group(1).decode() if found else None
 
 
 def _num(v: Any, digits: int = 4) -> str:
@@ -240,19 +254,21 @@ def _epoch_number(h: dict, i: int) -> int:
     return int(h["epoch"]) if is_number(h.get("epoch")) and math.isfinite(h["epoch"]) else i
 
 
-def figure(name: str, caption: str, png: bytes) -> str:
-    """A figure of a page, its PNG inline. One of several panels side by side (over 800 px wide) is of class
-    `panels`: on a narrow screen it scrolls sideways at a size its labels can be read at."""
+def figure(alt: str, caption: str, png: bytes) -> str:
+    """A figure of a page, its PNG inline, `alt` saying what it shows to whoever cannot see it. One of several
+    panels side by side (over 800 px wide) is of class `panels`: on a narrow screen it scrolls sideways at a size
+    its labels can be read at."""
     wide = ' class="panels"' if int.from_bytes(png[16:20], "big") > 800 else ""  # the PNG header's width
     data = base64.b64encode(png).decode()
-    return (f'<figure{wide}><img alt="{html.escape(name)}" src="data:image/png;base64,{data}">'
+    return (f'<figure{wide}><img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
-def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: list[str], css: str,
-           up: str | None = None) -> str:
+def render(r: dict, run_dir: Path, images: dict[str, tuple[str, str, bytes]], notes: list[str], css: str,
+           up: str | None = None, stamp: str | None = None) -> str:
     """The run's page: status, scores (test and validation), facts, epochs, figures; a section with nothing to
-    show is left out. `up`: the address of the sweep's page it belongs to, linked at the top."""
+    show is left out. `up`: the address of the sweep's page it belongs to, linked at the top; `stamp`: a digest
+    of what the page is made from, kept in its head (`stamp_of`)."""
     e = html.escape
     title = f"Run report: {run_dir.name}"
     status = str(r.get("status") or "unknown")
@@ -305,12 +321,13 @@ def render(r: dict, run_dir: Path, images: dict[str, tuple[str, bytes]], notes: 
             body.append(f'<p class="note">{e(note.strip())}</p>')
     if sections["plots"]:
         body.append('<h2 id="plots">Plots</h2>')
-    body += [figure(name, caption, png) for name, (caption, png) in images.items()]
+    body += [figure(alt, caption, png) for caption, alt, png in images.values()]
     if sections["plots"] and not images:
         body.append('<p class="note">No plots: the run left no history or test predictions.</p>')
     body += [f'<p class="note">{e(n)}</p>' for n in notes]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-            "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
+            + (f'<meta name="tornado-inputs" content="{stamp}">' if stamp else "")
+            + "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">"
             f"<title>{e(title)}</title><style>{css}tr.best td{{font-weight:600}}"
             # the scores (the middle columns: test, and validation where there is one) stay on one line; the
             # explanation wraps, but not to a word a line on a narrow screen (its box scrolls instead)
