@@ -444,13 +444,13 @@ BAD_SETTINGS = {
     "label a value": ({"label": 5}, r"^label: 5: must be a group of settings \(label.<key>=...\), not a value$"),
     "split a value": ({"split": "abc"}, r"^split: 'abc': must be a group of settings"),
     "synth a value": ({"synth": 5}, r"^synth: 5: must be a group of settings"),
-    "unknown key": ({"foo": 1}, r"^foo: unknown key$"),
+    "unknown key": ({"foo": 1}, r"^foo: no such setting$"),
     "unknown label key": ({"label.treshold": 0.01},
-                          r"^label.treshold: unknown key \(did you mean label.threshold\?\)$"),
+                          r"^label.treshold: no such setting \(did you mean label.threshold\?\)$"),
     "unknown split key": ({"split.start": "2014-01-01"},
-                          r"^split.start: unknown key \(did you mean split.test_start\?\)$"),
-    "unknown key like none": ({"label.x": 1}, r"^label.x: unknown key$"),  # not `label.reduce`: only x is compared
-    "unknown synth key": ({"synth.dayz": 3}, r"^synth.dayz: unknown key \(did you mean synth.days\?\)$"),  # unread
+                          r"^split.start: no such setting \(did you mean split.test_start\?\)$"),
+    "unknown key like none": ({"label.x": 1}, r"^label.x: no such setting$"),  # not `label.reduce`: only x is compared
+    "unknown synth key": ({"synth.dayz": 3}, r"^synth.dayz: no such setting \(did you mean synth.days\?\)$"),  # unread
     # null and booleans as typed, not Python's None and True
     "null date": ({"split.test_start": None}, r"^split.test_start: null: not a date"),
     "null seed": ({"seed": None}, r"^seed: null: must be an integer >= 0$"),
@@ -569,7 +569,7 @@ def test_cli_prepares_and_refuses(source, tmp_path):
         ([f"source={tmp_path / 'nowhere'}"], f"error: source: {tmp_path / 'nowhere'}: no such folder"),
         ([f"source={source}", "label.threshold=1e9"], "leaves no positive"),
         (["synth.dayz=3"], "error: synth.dayz: no such setting (did you mean synth.days?)"),
-        (["+foo=1"], "error: foo: unknown key"),  # Hydra's `+` adds a key: none that prepare does not read
+        (["+foo=1"], "error: foo: no such setting"),  # Hydra's `+` adds a key: none that prepare does not read
     ]:
         res = run_cli(*args, f"out_dir={bad}")
         assert res.returncode == 2, res.stderr
@@ -587,7 +587,7 @@ def test_a_refused_command_keeps_a_log_folder_it_was_given(how, tmp_path):
     mine.mkdir(parents=True)
     (mine / "prepare.log").write_text("an earlier command's log\n")
     res = run_cli("+foo=1", f"out_dir={tmp_path / 'out'}", f"{how}hydra.run.dir={mine}")
-    assert res.returncode == 2 and res.stderr == "error: foo: unknown key\n", res.stderr
+    assert res.returncode == 2 and res.stderr == "error: foo: no such setting\n", res.stderr
     assert (mine / "prepare.log").read_text().startswith("an earlier command's log\n")
 
 

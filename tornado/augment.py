@@ -143,7 +143,7 @@ class AugmentConfig:
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(items) - known)
         if unknown:
-            raise TornadoError(f"augment.{unknown[0]}: unknown key (known: {', '.join(sorted(known))})")
+            raise TornadoError(f"augment.{unknown[0]}: no such setting (known: {', '.join(sorted(known))})")
         return cls(**items)
 
     def to_dict(self) -> dict:

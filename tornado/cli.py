@@ -57,12 +57,13 @@ def closest(word: str, names: list[str]) -> str | None:
 
 
 def unknown_key(key: str, known: list[str] | set[str]) -> TornadoError:
-    """`key: unknown key (did you mean ...?)`: a setting nothing reads (Hydra's `+key=` adds any). The names are
-    compared without their shared group (`data.label.`), which would make any two alike."""
+    """`key: no such setting (did you mean ...?)`, as Hydra's own refusal of `key=` reads: a setting nothing reads
+    (Hydra's `+key=` adds any). The names are compared without their shared group (`data.label.`), which would make
+    any two alike."""
     group, _, name = key.rpartition(".")
     names = {k.rpartition(".")[2]: k for k in known if k.rpartition(".")[0] == group}
     close = closest(name, sorted(names))
-    return TornadoError(f"{key}: unknown key" + (f" (did you mean {names[close]}?)" if close else ""))
+    return TornadoError(f"{key}: no such setting" + (f" (did you mean {names[close]}?)" if close else ""))
 
 
 def counted(n: int, thing: str, things: str | None = None) -> str:
