@@ -756,6 +756,11 @@ def test_a_job_s_own_page_is_written_again_only_when_what_it_shows_changed(tmp_p
     monkeypatch.setattr(report, "_code_digest", lambda: "another version")
     build(moved, pages="2")
     assert sorted(written) == ["2", "3"]
+    # the sweep's report asked for other targets: its jobs' pages are of them too
+    written.clear()
+    build(moved, pages="2", target=0.5, skill=0.9)
+    summary = json.loads((moved / "2" / "report" / "summary.json").read_text())
+    assert sorted(written) == ["2", "3"] and summary["target"] == 0.5
 
 
 def test_each_figure_says_what_it_shows_in_its_alt_text(tmp_path):

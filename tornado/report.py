@@ -1024,7 +1024,8 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
             else:
                 (report_dir / f"{name}.{fmt}").unlink(missing_ok=True)  # stale from an earlier report
 
-    pages_of = {} if run is not None else job_pages(sweep, order, pages, out, notes, html_path, diagrams)
+    pages_of = {} if run is not None else job_pages(sweep, order, pages, out, notes, html_path, diagrams,
+                                                    {"target": float(target), "skill": skill or "auto"})
     summary = {
         "sweep_dir": str(sweep.dir.resolve()), "sweep_dirs": [str(p.resolve()) for p in sweep.parts or [sweep.dir]],
         "single": sweep.single, "partial": sweep.partial, "running": sweep.running, "waiting": sweep.waiting,
@@ -1070,12 +1071,15 @@ def _href(target: str | Path, page: Path) -> str:
 
 
 def job_pages(sweep: Sweep, order: list[str], pages: str | int, out: str | Path | None, notes: list[str],
-              up: Path, drawn: dict[str, dict[str, dict[str, bytes]]] | None = None) -> dict[str, Path]:
+              up: Path, drawn: dict[str, dict[str, dict[str, bytes]]] | None = None,
+              targets: dict[str, Any] | None = None) -> dict[str, Path]:
     """{job: its own report.html} (`tornado.report` on the job's folder, linked back to `up`, the sweep's page):
     written for the first `pages` jobs of `order` (all, none or a number), into the job's folder or, with `out`,
     OUT/<job>/, unless the page there was written from the same inputs (`_page_inputs`); any other job's page
     found there is kept where it is newer than the job's result.json (a job run again makes its page stale).
-    `drawn`: {job: its diagrams} the sweep's report drew already."""
+    `drawn`: {job: its diagrams} the sweep's report drew already; `targets`: the sweep's `target` and `skill`, which
+    a page's summary is of too."""
+    targets = targets or {}
     count = len(order) if str(pages) == "all" else 0 if str(pages) == "none" else int(pages)
     code = _code_digest() if count else ""
     found: dict[str, Path] = {}
@@ -1084,13 +1088,13 @@ def job_pages(sweep: Sweep, order: list[str], pages: str | int, out: str | Path 
         page = where / "report.html"
         if i < count:
             given = (drawn or {}).get(job)
-            inputs = _page_inputs(sweep.job_dir(job), page, up, given, code)
+            inputs = _page_inputs(sweep.job_dir(job), page, up, given, f"{code}\0{sorted(targets.items())}")
             if inputs is not None and runpage.stamp_of(page) == inputs:  # it would be written the same again
                 found[job] = page
                 continue
             try:
                 found[job] = build_report(sweep.job_dir(job), out=where if out else None, up=up, drawn=given,
-                                          stamp=inputs)["report.html"]
+                                          stamp=inputs, **targets)["report.html"]
             except TornadoError as e:
                 notes.append(f"Job {job}: no page of its own ({e}).")
             continue
