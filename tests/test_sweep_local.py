@@ -1019,3 +1019,40 @@ def test_a_job_that_exits_with_an_error_after_writing_ok_fails(tmp_path):
     settle(job, 1)
     assert job.status == "failed" and job.error == "exit code 1: RuntimeError: NCCL communicator was aborted"
     assert json.loads((tmp_path / "result.json").read_text())["status"] == "failed"
+
+
+def test_a_job_resumed_from_its_checkpoint_keeps_the_threads_the_launcher_gave_it(tmp_path, monkeypatch):
+    """On a CPU the thread count sets the order of a run's sums: a sweep resumed with another max_parallel goes
+    on with each checkpointed job's earlier count, so it ends as a run never stopped; a job with nothing saved
+    takes the new share."""
+    import types
+
+    from omegaconf import OmegaConf
+
+    from hydra_plugins.tornado_launcher import jobs as launcher_jobs
+    from hydra_plugins.tornado_launcher.jobs import Job, assign_threads, check_resume, place
+    from tornado.records import config_hash, flatten
+
+    monkeypatch.setattr(launcher_jobs, "HydraConfig", types.SimpleNamespace(
+        instance=lambda: types.SimpleNamespace(set_config=lambda cfg: None)))
+
+    def settings(batch_size: int, threads=None) -> dict:
+        return {"batch_size": batch_size, "threads": threads, "resume": True}
+
+    # 0 and 1: their own folders; 2: its run was put in folder 7 by an earlier grid
+    for d, batch_size, saved in (("0", 32, True), ("1", 16, False), ("7", 64, True)):
+        earlier = settings(batch_size, threads=2)
+        write_json(tmp_path / d / "result.json", {"status": "failed", "config_hash": config_hash(earlier),
+                                                  "hparams": flatten(earlier)})
+        if saved:
+            (tmp_path / d / "checkpoints").mkdir()
+            (tmp_path / d / "checkpoints" / "last.ckpt").write_bytes(b"")
+    jobs = [Job(num=n, overrides=[], cfg=OmegaConf.create(settings(b)), dir=tmp_path / str(n))
+            for n, b in enumerate((32, 16, 64))]
+    for job in jobs:
+        assign_threads(job, 1)
+        check_resume(job)
+    place(jobs, tmp_path)
+    assert [(j.dir.name, j.status, j.threads, j.overrides) for j in jobs] == [
+        ("0", "pending", 2, ["threads=2"]), ("1", "pending", 1, ["threads=1"]), ("7", "pending", 2, ["threads=2"])]
+    assert jobs[0].config_hash == config_hash(settings(32, threads=2))

@@ -514,6 +514,38 @@ def test_a_resumed_run_with_dropout_matches_one_never_stopped(data_dir, tmp_path
     assert resumed["metrics"] == straight["metrics"]
 
 
+def test_a_resumed_run_keeps_the_data_placement_auto_chose_before(data_dir, tmp_path, monkeypatch):
+    """fast.resident=auto decides by the memory free at the start, and resident and streamed data are drawn in
+    another batch order: a session resumed when more (or less) memory is free keeps the earlier sessions' choice."""
+    from tornado import datamodule
+    from tornado.train import train
+
+    args = small(data_dir, "logger=none")
+    monkeypatch.setattr(datamodule, "_fits_in_memory", lambda nbytes, device: False)
+    train(cfg_for(*args, "epochs=1"), output_dir=tmp_path / "resumed")
+    monkeypatch.setattr(datamodule, "_fits_in_memory", lambda nbytes, device: True)
+    resumed = train(cfg_for(*args, "epochs=2"), output_dir=tmp_path / "resumed")
+    straight = train(cfg_for(*args, "epochs=2", "fast.resident=false"), output_dir=tmp_path / "straight")
+    assert resumed["resumed_after_epochs"] == 1 and resumed["fast"]["resident"] is False
+    assert [h["train_loss"] for h in resumed["history"]] == [h["train_loss"] for h in straight["history"]]
+    assert resumed["metrics"] == straight["metrics"]
+
+
+def test_a_resume_with_another_thread_count_says_its_numbers_will_differ(data_dir, tmp_path, caplog):
+    from tornado.train import train
+
+    args = small(data_dir, "logger=none")
+    train(cfg_for(*args, "epochs=1"), output_dir=tmp_path)
+    with caplog.at_level("WARNING", logger="tornado.train"):
+        train(cfg_for(*args, "epochs=2", "threads=2"), output_dir=tmp_path)
+    said = [r.getMessage() for r in caplog.records if r.name == "tornado.train" and r.levelname == "WARNING"]
+    assert len(said) == 1 and "with threads 1 there, 2 here: the epochs from here on will not match" in said[0], said
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="tornado.train"):
+        train(cfg_for(*args, "epochs=3", "threads=2"), output_dir=tmp_path)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+
+
 def test_a_resumed_session_stopped_before_an_epoch_ends_names_the_epochs_saved_before(data_dir, tmp_path,
                                                                                       monkeypatch):
     from pytorch_lightning.utilities.exceptions import SIGTERMException

@@ -47,7 +47,8 @@ from tornado.cli import (counted, missing_folders, names_run_dir, override_text,
                          remove_hydra_only_folder, run_hydra_app, shown_path, typed_overrides)
 from tornado.data import find_files
 from tornado.datamodule import StormDataModule, load_split
-from tornado.errors import IN_USE, Terminated, TornadoError, die_with_parent, on_sigterm, run_cli, stop_if_signalled
+from tornado.errors import (IN_USE, Terminated, TornadoError, die_with_parent, on_sigterm, run_cli, shown,
+                            stop_if_signalled)
 from tornado.metrics import VAL_SCORES, best_csi_threshold, forecast_scores, roc_auc
 from tornado.model import StormModule
 from tornado.prepare import ensure_prepared
@@ -275,15 +276,36 @@ def identity(task: dict) -> dict:
     return flat
 
 
+def numerics(accelerator: str, devices: int, fast: dict, dm: StormDataModule) -> dict:
+    """What changes a run's numbers, for the same settings, data and seed, without being part of its identity
+    (a run may resume with other values): the thread count on a CPU (the order of its sums), whether the data
+    are resident (the batch order) and the speed switches that change the arithmetic."""
+    return {"accelerator": accelerator, "devices": devices,
+            "threads": torch.get_num_threads() if accelerator == "cpu" else None, "resident": dm.is_resident,
+            **{k: fast[k] for k in ("storage", "channels_last", "bf16", "compile")}}
+
+
 class _LastCheckpoint(Checkpoint):
     """checkpoints/last.ckpt after every epoch, written whole (temp file, then rename) and stamped with the
-    run's identity. A `Checkpoint` callback, so it runs after the module's own epoch end: an epoch whose loss
-    diverged is refused there and never saved. Notes an interruption (Ctrl-C, SIGTERM) for the error line."""
+    run's identity and `numerics`. A `Checkpoint` callback, so it runs after the module's own epoch end: an
+    epoch whose loss diverged is refused there and never saved. Notes an interruption (Ctrl-C, SIGTERM) for
+    the error line. `before`: the numerics of the checkpoint a session resumes from, to warn where they differ."""
 
-    def __init__(self, path: Path, ident: dict):
+    def __init__(self, path: Path, ident: dict, numerics=None, before: dict | None = None):
         self.path, self.ident = path, ident
+        self.numerics, self.before = numerics, before
         self.epochs_saved = 0
         self.interrupted: str | None = None
+
+    def on_train_start(self, trainer, pl_module):
+        if not self.before or self.numerics is None or not trainer.is_global_zero:
+            return
+        now = self.numerics()
+        diff = [f"{k} {shown(self.before[k])} there, {shown(now[k])} here" for k in now if k in self.before
+                and self.before[k] != now[k]]
+        if diff:
+            log.warning("resumed from %s with %s: the epochs from here on will not match a run never stopped "
+                        "bit for bit", shown_path(self.path), ", ".join(diff))
 
     def on_train_epoch_end(self, trainer, pl_module):
         tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
@@ -293,7 +315,8 @@ class _LastCheckpoint(Checkpoint):
         self.epochs_saved = trainer.current_epoch + 1
 
     def on_save_checkpoint(self, trainer, pl_module, checkpoint):
-        checkpoint["tornado"] = {"identity": self.ident}
+        checkpoint["tornado"] = {"identity": self.ident,
+                                 **({"numerics": self.numerics()} if self.numerics is not None else {})}
 
     def on_exception(self, trainer, pl_module, exception):
         from pytorch_lightning.utilities.exceptions import SIGTERMException
@@ -326,14 +349,16 @@ def keep_best(module: StormModule, skill: _EpochSkill | None, path: Path) -> int
     return epoch
 
 
-def resume_path(last: Path, ident: dict, epochs: int) -> tuple[str | None, int]:
-    """`last` if it holds a checkpoint of this run to resume, and the epochs it holds; refuses a checkpoint that
-    is unreadable, of other settings (resuming it would silently continue another experiment) or past `epochs`."""
+def resume_path(last: Path, ident: dict, epochs: int) -> tuple[str | None, int, dict | None]:
+    """`last` if it holds a checkpoint of this run to resume, the epochs it holds and its `numerics` (None: a
+    checkpoint from before they were kept); refuses a checkpoint that is unreadable, of other settings
+    (resuming it would silently continue another experiment) or past `epochs`."""
     if not last.exists():
-        return None, 0
+        return None, 0, None
     try:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
         stored = ckpt.get("tornado", {}).get("identity")
+        kept = ckpt.get("tornado", {}).get("numerics")
         done = int(ckpt["epoch"]) + 1
     except Exception as e:
         reason = f"{type(e).__name__}: {e}".splitlines()[0][:200]
@@ -348,7 +373,7 @@ def resume_path(last: Path, ident: dict, epochs: int) -> tuple[str | None, int]:
     if done > epochs:
         raise TornadoError(f"{last}: {counted(done, 'epoch')} done, more than epochs={epochs}; use epochs={done} or "
                            "more to go on, another hydra.run.dir, or resume=false to start over")
-    return str(last), done
+    return str(last), done, kept if isinstance(kept, dict) else None
 
 
 def log_aside(csv_log: Path, done: int) -> Path | None:
@@ -499,7 +524,7 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         if cfg.data.get("source") is not None:  # missing data said as such, before a checkpoint is compared with it
             find_files(cfg.data.source, key="data.source")
         ident = identity(task)
-        ckpt, done = resume_path(last, ident, cfg.epochs) if cfg.resume else (None, 0)
+        ckpt, done, kept = resume_path(last, ident, cfg.epochs) if cfg.resume else (None, 0, None)
         earlier = records.read_result(out) if ckpt else None  # the record of the run this checkpoint is of
         if earlier and isinstance(earlier.get("started"), str):
             result["started"] = earlier["started"]  # a resumed run started with its first session
@@ -507,6 +532,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             records.write_json(out / "result.json", result)
         accelerator, devices = resolve_devices(cfg)
         fast = fast_switches(cfg, accelerator, devices)
+        if fast["resident"] == "auto" and isinstance((kept or {}).get("resident"), bool):
+            fast["resident"] = kept["resident"]  # the batch order follows it: the earlier sessions' choice
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         if fast["keep_memory"] or accelerator == "cpu":
@@ -521,7 +548,8 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
         if cfg.get("patience") is not None and dm.meta["n_val"] == 0:
             raise TornadoError(f"patience={cfg.patience}: needs a validation split to watch "
                                "(data.split.val_fraction > 0)")
-        saver = _LastCheckpoint(last, ident)
+        saver = _LastCheckpoint(last, ident, lambda: numerics(accelerator, devices, fast, dm),
+                                kept if done < cfg.epochs else None)
         saver.epochs_saved = done  # a resumed run's checkpoint holds the earlier sessions' epochs already
         skill = (_EpochSkill(*load_split(path, "val"), patience=cfg.get("patience"))
                  if cfg.score_epochs and dm.meta["n_val"] > 0 else None)

@@ -232,6 +232,19 @@ def same_config(job: Job, old: dict) -> bool:
     return config_hash(data) == old.get("config_hash")
 
 
+def keep_threads(job: Job, old: dict, folder: Path) -> None:
+    """A job that goes on from a checkpoint in `folder` keeps the thread count the launcher gave it then: on a
+    CPU the count sets the order of its sums, and a resumed run matches one never stopped only with the same."""
+    before = (old.get("hparams") or {}).get("threads")
+    if (job.threads_assigned and is_int(before) and int(before) != job.threads and job.cfg.get("resume", True)
+            and (folder / "checkpoints" / "last.ckpt").exists()):
+        log.info(f"{job.label}: goes on from its checkpoint with the {counted(int(before), 'thread')} it had, not "
+                 f"{job.threads}")
+        job.threads = int(before)
+        set_override(job, "threads", job.threads)
+        job.config_hash = config_hash(job.cfg)
+
+
 def finished_ok(res: Optional[dict]) -> bool:
     """A run to skip on resume: its result.json says ok and holds its metrics (one edited to ok without them, or
     cut short, is run again)."""
@@ -252,8 +265,10 @@ def check_resume(job: Job) -> None:
         job.stale = True
     elif finished_ok(old):
         job.status, job.result = "skipped", old
-    elif old.get("status") == "ok":
-        log.warning(f"{job.label}: {job.dir / 'result.json'} says ok but holds no metrics; running it again")
+    else:
+        keep_threads(job, old, job.dir)
+        if old.get("status") == "ok":
+            log.warning(f"{job.label}: {job.dir / 'result.json'} says ok but holds no metrics; running it again")
 
 
 def place(jobs: Sequence[Job], sweep_dir: Path) -> None:
@@ -282,6 +297,8 @@ def place(jobs: Sequence[Job], sweep_dir: Path) -> None:
             j.num = int(d.name) if d.name.isdigit() else j.num
             if finished_ok(held[d]):
                 j.status, j.result = "skipped", held[d]
+            else:
+                keep_threads(j, held[d], d)
         elif j.dir in found.values() or (j.stale and held.get(j.dir, {}).get("status") == "ok"):
             j.num = max(numbers) + 1
             numbers.append(j.num)
