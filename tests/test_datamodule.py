@@ -195,3 +195,46 @@ def test_blocks_of_batches_count_as_lightning_sees_them(prepared):
         items = list(loader)
         assert len(items) == len(loader), batch
         assert sum(y.numel() for _, y in items) == dm.meta["n_train"]
+
+
+def _fake_host(tmp_path, cgroup_line: str, groups: dict[str, dict[str, str]], available_kb: int = 8 * 2 ** 20):
+    proc, sys_cg = tmp_path / "proc", tmp_path / "cgroup"
+    (proc / "self").mkdir(parents=True)
+    (proc / "meminfo").write_text(f"MemTotal:       33554432 kB\nMemFree:          100000 kB\n"
+                                  f"MemAvailable:   {available_kb} kB\n")
+    (proc / "self" / "cgroup").write_text(cgroup_line + "\n")
+    for where, files in groups.items():
+        (sys_cg / where).mkdir(parents=True, exist_ok=True)
+        for name, text in files.items():
+            (sys_cg / where / name).write_text(text)
+    return proc, sys_cg
+
+
+GB = 2 ** 30
+
+
+@pytest.mark.parametrize("case, line, groups, want", [
+    # the page cache counts as available (MemAvailable, not MemFree's 0.1 GB)
+    ("no cgroup limit", "0::/", {"": {"memory.max": "max", "memory.current": "1"}}, 8 * GB),
+    # a SLURM job's --mem=2G: its cgroup leaves 2 - 1.5 GB used + 0.5 GB of dropable cache
+    ("v2 job limit", "0::/slurm/job_7", {"slurm/job_7": {"memory.max": str(2 * GB), "memory.current": str(3 * GB // 2),
+                                                         "memory.stat": f"anon 1\ninactive_file {GB // 2}\n"}}, GB),
+    ("v2 parent limit binds", "0::/slurm/job_7", {"slurm": {"memory.max": str(GB), "memory.current": str(GB - 100)},
+                                                  "slurm/job_7": {"memory.max": "max", "memory.current": "5"}}, 100),
+    ("v1 limit", "4:memory:/job", {"memory/job": {"memory.limit_in_bytes": str(3 * GB),
+                                                  "memory.usage_in_bytes": str(GB)}}, 2 * GB),
+    ("v1 no limit", "4:memory:/job", {"memory/job": {"memory.limit_in_bytes": "9223372036854771712",
+                                                     "memory.usage_in_bytes": str(GB)}}, 8 * GB),
+])
+def test_host_memory_is_what_the_system_and_the_job_s_cgroup_leave(case, line, groups, want, tmp_path):
+    from tornado.datamodule import host_memory_available
+
+    assert host_memory_available(*_fake_host(tmp_path, line, groups)) == want
+
+
+def test_auto_residence_holds_the_set_only_where_half_the_available_memory_takes_it(monkeypatch):
+    from tornado import datamodule
+
+    monkeypatch.setattr(datamodule, "host_memory_available", lambda: 1000)
+    cpu = torch.device("cpu")
+    assert datamodule._fits_in_memory(499, cpu) and not datamodule._fits_in_memory(500, cpu)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -69,11 +70,62 @@ def _fits_in_memory(nbytes: int, device: torch.device) -> bool:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return nbytes < 0.5 * free
+    avail = host_memory_available()
+    return avail is None or nbytes < 0.5 * avail
+
+
+def host_memory_available(proc: Path = Path("/proc"), cgroups: Path = Path("/sys/fs/cgroup")) -> int | None:
+    """Bytes of RAM this process can still take: the system's MemAvailable (free memory and the page cache it can
+    reclaim, not only free pages), or less where its cgroup's limit allows less (a SLURM job's `--mem`, a
+    container's); None where neither can be read."""
+    room = []
     try:
-        avail = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError):
-        return True
-    return nbytes < 0.5 * avail
+        room += [int(line.split()[1]) * 1024 for line in (proc / "meminfo").read_text().splitlines()
+                 if line.startswith("MemAvailable:")]
+    except (OSError, ValueError, IndexError):
+        pass
+    if not room:
+        try:
+            room.append(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+        except (ValueError, OSError):
+            pass
+    try:
+        lines = (proc / "self" / "cgroup").read_text().splitlines()
+    except OSError:
+        lines = []
+    for line in lines:  # "0::/path" (cgroup v2) or "4:memory:/path" (v1)
+        _, controllers, path = line.split(":", 2)
+        v2 = controllers == ""
+        if not v2 and "memory" not in controllers.split(","):
+            continue
+        mount = cgroups if v2 else cgroups / "memory"
+        files = ("memory.max", "memory.current", "inactive_file") if v2 else (
+            "memory.limit_in_bytes", "memory.usage_in_bytes", "total_inactive_file")
+        folder = mount / path.lstrip("/")
+        for group in [folder, *folder.parents] if folder.is_relative_to(mount) else []:  # a parent's limit binds too
+            left = _cgroup_room(group, *files)
+            if left is not None:
+                room.append(left)
+            if group == mount:
+                break
+    return min(room) if room else None
+
+
+def _cgroup_room(group: Path, limit_file: str, usage_file: str, inactive: str) -> int | None:
+    """What a cgroup's memory limit leaves: the limit less its usage, the page cache it can drop not counted."""
+    try:
+        limit = (group / limit_file).read_text().strip()
+        if limit == "max" or int(limit) >= 2 ** 60:  # no limit (v1 writes it as a huge number)
+            return None
+        used = int((group / usage_file).read_text())
+    except (OSError, ValueError):
+        return None
+    try:
+        stat = dict(line.split(None, 1) for line in (group / "memory.stat").read_text().splitlines() if " " in line)
+        used -= int(stat.get(inactive, 0))
+    except (OSError, ValueError):
+        pass
+    return max(0, int(limit) - used)
 
 
 class StormDataModule(pl.LightningDataModule):
