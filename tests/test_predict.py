@@ -103,6 +103,43 @@ def test_a_missing_input_is_named_by_its_own_key_and_help_prints_usage(tmp_path)
     assert p.returncode == 0 and p.stdout.startswith("usage: python -m tornado.predict checkpoint=FILE")
 
 
+def test_an_output_under_a_file_names_output_and_the_file(tmp_path):
+    from tornado import synth
+
+    synth.generate(tmp_path / "storms", days=1, patches_per_day=2, seed=3)
+    ckpt = fake_checkpoint(tmp_path / "m.ckpt", scaler_mean=[0.0] * 3, scaler_std=[1.0] * 3)
+    (tmp_path / "taken").write_text("")
+    out = tmp_path / "taken" / "sub" / "p.csv"
+    p = cli(f"checkpoint={ckpt}", f"input={tmp_path / 'storms'}", f"output={out}")
+    assert p.returncode == 2 and p.stderr == f"error: output={out}: cannot write it ({tmp_path / 'taken'} is a file)\n"
+
+
+def test_output_dash_writes_the_rows_to_stdout_and_says_the_rest_on_stderr(tmp_path):
+    import io
+    import json
+
+    import pandas as pd
+
+    from tornado import synth
+
+    synth.generate(tmp_path / "storms", days=1, patches_per_day=3, seed=3)
+    run = tmp_path / "run"
+    fake_checkpoint(run / "checkpoints" / "last.ckpt", scaler_mean=[0.0] * 3, scaler_std=[1.0] * 3)
+    (run / "result.json").write_text(json.dumps({"status": "running"}))  # a note to say, not in the rows
+    p = subprocess.run([sys.executable, "-m", "tornado.predict", f"checkpoint={run}",
+                        f"input={tmp_path / 'storms'}", "output=-", "threshold=0.5"],
+                       cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    rows = pd.read_csv(io.StringIO(p.stdout))
+    assert rows["patch"].tolist() == [0, 1, 2] and rows.columns[0] == "file"
+    assert p.stderr.splitlines() == [
+        f"note: checkpoint={run}: its run has not finished (result.json says running): the model is the one it "
+        "saved so far",
+        "3 patches from 1 file -> standard output; yes/no (tornado) at threshold 0.5; observed labels: max > "
+        "0.005 s^-1"]
+    assert sorted(q.name for q in tmp_path.iterdir()) == ["run", "storms"]  # no file named `-`
+
+
 def test_a_sweep_folder_stands_for_its_best_run_by_validation(tmp_path):
     import json
 

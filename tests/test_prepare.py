@@ -618,6 +618,7 @@ def test_cli_refuses_an_out_dir_naming_no_folder_without_making_one_for_its_log(
     (["~out_dir"], "error: out_dir: missing: tornado.prepare needs this setting"),
     (["~augment.rotation"], "error: augment.rotation: missing: tornado.prepare needs this setting"),
     (["~augment"], "error: augment: missing: tornado.prepare needs this group of settings"),
+    (["hydra.run.dir="], "error: hydra.run.dir=: must name a folder (leave the setting out for the default)"),
 ])
 def test_cli_refuses_settings_that_name_no_folder_in_one_line_and_leaves_nothing(args, line, tmp_path):
     """Each said in the command's words (not Hydra's traceback, nor its log folder's under out_dir), and its log folder

@@ -361,6 +361,40 @@ def test_launcher_settings_that_cannot_work_are_refused_up_front(sweep_cli, tmp_
     assert not (tmp_path / "sweep").exists()
 
 
+def test_a_preload_module_that_is_not_there_is_refused_before_any_job(sweep_cli, tmp_path):
+    """warm=true: a misspelt module would not be preloaded, each job importing it itself, slower, unsaid."""
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "batch_size=64,128", f"hydra.sweep.dir={sweep}", "hydra.launcher.warm=true",
+                   "hydra.launcher.preload=[json,pandsa]"])
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
+        "error: hydra.launcher.preload: pandsa: no such module to import (did you mean pandas?)"), p.stderr[-2000:]
+    assert not sweep.exists() and "Launching" not in p.stdout + p.stderr
+    p = sweep_cli(["-m", "batch_size=64", f"hydra.sweep.dir={sweep}", "hydra.launcher.preload=[pandsa]"])
+    assert p.returncode == 0, p.stderr[-2000:]  # warm=false preloads nothing
+
+
+def test_a_preload_module_that_fails_to_import_is_warned_of_and_the_jobs_run(sweep_cli, tmp_path):
+    import os
+
+    (tmp_path / "needs_libfoo.py").write_text("raise ImportError('libfoo.so: cannot open shared object file')\n")
+    apps = Path(__file__).resolve().parent / "apps"
+    path = os.pathsep.join(filter(None, [str(tmp_path), str(apps), os.environ.get("PYTHONPATH")]))
+    p = sweep_cli(["-m", "batch_size=64", f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.launcher.warm=true",
+                   "hydra.launcher.preload=[json,needs_libfoo]"], env={"PYTHONPATH": path})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert ("warning: hydra.launcher.preload: needs_libfoo: not preloaded (libfoo.so: cannot open shared object "
+            "file)") in p.stderr.splitlines()
+
+
+@pytest.mark.parametrize("value", ["", "''"])
+def test_an_empty_sweep_folder_is_refused_not_the_working_directory(sweep_cli, tmp_path, value):
+    """`hydra.sweep.dir=$DIR` with DIR unset: Hydra would take the working directory as the sweep's folder."""
+    p = sweep_cli(["-m", "batch_size=64,128", f"hydra.sweep.dir={value}"], cwd=tmp_path)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
+        "error: hydra.sweep.dir=: must name a folder (leave the setting out for the default)"), p.stderr[-2000:]
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize("subdir, why", [
     ("x", "jobs 0 and 1 would share the folder {sweep}/x"),  # each job would train over the one before
     ("''", "job 0's folder {sweep} is not one inside the sweep's"),

@@ -263,6 +263,15 @@ def test_an_empty_out_dir_is_refused_not_the_working_directory(tmp_path, monkeyp
     assert list(tmp_path.iterdir()) == []
 
 
+def test_an_out_dir_under_a_file_is_refused_naming_out_dir_and_the_file(tmp_path):
+    (tmp_path / "taken").write_text("")
+    for under in (tmp_path / "taken" / "x", tmp_path / "taken" / "x" / "y"):
+        r = run_cli(f"out_dir={under}", "days=1", "patches_per_day=2")
+        assert r.returncode == 2 and r.stderr == (f"error: out_dir: {under}: cannot create it ({tmp_path / 'taken'} "
+                                                  "is a file)\n"), r.stderr
+    assert [p.name for p in tmp_path.iterdir()] == ["taken"]
+
+
 def test_cli_refuses_the_set_training_manages(tmp_path):
     from tornado.prepare import synthetic_source
 

@@ -10,7 +10,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from tornado.errors import TornadoError
+from tornado.errors import TornadoError, run_cli
 
 
 def shown_path(path) -> str:
@@ -111,6 +111,7 @@ def run_hydra_app(main: Callable[[], Any], config_dir: Path, config_name: str,
     from omegaconf.errors import OmegaConfBaseException
 
     os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra raises these instead of printing its own report of them
+    run_cli(lambda: refuse_empty_folders(sys.argv[1:]))
     try:
         main()
     except OmegaConfBaseException as e:  # a setting of Hydra's own that does not resolve (`hydra.run.dir='${x}'`)
@@ -223,6 +224,34 @@ def remove_hydra_only_folder(out: Path, hc: Any, extra: tuple[str, ...] = (), ma
             break
         parent.rmdir()
     return True
+
+
+def folder_fault(folder: str | os.PathLike, e: OSError) -> str:
+    """Why `folder` could not be made: the file in its way where one is (`a is a file`), else the system's reason."""
+    folder = Path(folder)
+    above = next((p for p in (folder, *folder.parents) if p.exists()), None)
+    return f"{above} is a file" if above is not None and not above.is_dir() else (e.strerror or str(e))
+
+
+EMPTY_REFUSED = ("hydra.run.dir", "hydra.sweep.dir")  # empty, Hydra takes the working directory
+
+
+def refuse_empty_folders(argv: list[str]) -> None:
+    """`hydra.run.dir=` or `hydra.sweep.dir=` given empty (`=$DIR`, DIR unset), which Hydra would take as the working
+    directory and write the run or sweep into, is refused naming it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    for arg in argv:
+        key, eq, _ = arg.lstrip("+").partition("=")
+        if not eq or key not in EMPTY_REFUSED:
+            continue
+        try:
+            value = OverridesParser.create().parse_override(arg).value()
+        except HydraException:  # Hydra refuses it itself
+            continue
+        if isinstance(value, str) and not value.strip():
+            raise TornadoError(f"{key}=: must name a folder (leave the setting out for the default)")
 
 
 def unwritable_text(e: OSError, where: Any = None) -> str:

@@ -4,7 +4,8 @@
 
 (`checkpoint=RUN`, the run's folder, takes the model its test scores are of: checkpoints/best.ckpt where
 `patience` kept the best epoch's weights, else checkpoints/last.ckpt. `checkpoint=SWEEP_DIR` takes the run of
-the sweep's job with the highest validation ROC AUC.)
+the sweep's job with the highest validation ROC AUC. `output=-` writes the rows to standard output, and the lines
+about them to standard error; `output=./-` is a file named `-`.)
 
 Inputs are standardised with the scaler stored in the checkpoint (fitted on the training split). A model
 trained with balance copies or a pos_weight has its probabilities moved back to the training originals'
@@ -19,6 +20,7 @@ one whose label field misses a value no label.
 """
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
@@ -32,7 +34,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from tornado.cli import convert, counted, parse_kv
+from tornado.cli import convert, counted, folder_fault, parse_kv
 from tornado.data import LabelRule, find_files, read_file
 from tornado.datamodule import standardise
 from tornado.errors import TornadoError, is_int, run_cli
@@ -214,7 +216,7 @@ def predict(checkpoint, source, label: LabelRule | dict | None = None, batch: in
     return out
 
 
-USAGE = ("usage: python -m tornado.predict checkpoint=FILE|RUN_DIR input=DIR_OR_GLOB [output=predictions.csv] "
+USAGE = ("usage: python -m tornado.predict checkpoint=FILE|RUN_DIR input=DIR_OR_GLOB [output=predictions.csv|-] "
          "[threshold=auto|none|P] [batch=8192]")
 
 
@@ -228,29 +230,37 @@ def _main(argv: list[str]) -> None:
     _check_batch(args["batch"])
     if not args["output"].strip():
         raise TornadoError("output=: must name a file (default predictions.csv)")
+    to_stdout = args["output"] == "-"  # the rows on stdout; what is said about them on stderr
+    say = functools.partial(print, file=sys.stderr if to_stdout else sys.stdout)
     if _is_sweep(Path(args["checkpoint"])):
         run, job, auc = best_run(args["checkpoint"])
-        print(f"the sweep's best job by validation ROC AUC: {job} ({auc:.4g}), {run}")
+        say(f"the sweep's best job by validation ROC AUC: {job} ({auc:.4g}), {run}")
         args["checkpoint"] = str(run)
     unfinished = _unfinished(args["checkpoint"])
     if unfinished:
-        print(unfinished)
+        say(unfinished)
     given = {k: args[f"label_{k}"] for k in ("reduce", "threshold", "inclusive")}
     cut = run_threshold(args["checkpoint"], args["threshold"])
     df = predict(args["checkpoint"], args["input"], given, args["batch"], "none" if cut is None else cut)
     buf = io.StringIO()
     df.to_csv(buf, index=False, float_format="%.6f")
-    try:
-        write_atomic(args["output"], buf.getvalue())
-    except OSError as e:
-        raise TornadoError(f"output={args['output']}: cannot write it ({e.strerror or e})") from None
+    if to_stdout:
+        sys.stdout.write(buf.getvalue())
+        sys.stdout.flush()
+    else:
+        try:
+            write_atomic(args["output"], buf.getvalue())
+        except OSError as e:
+            why = folder_fault(Path(args["output"]).parent, e)
+            raise TornadoError(f"output={args['output']}: cannot write it ({why})") from None
     yes = f"; yes/no (tornado) at threshold {cut:.4g}" if cut is not None else ""
     if df["label"].notna().any():
         yes += f"; observed labels: {rule_text(df.attrs['label_rule'])}"
     patches = counted(len(df), "patch", "patches")
     unscored = int(df["probability"].isna().sum())
     patches += f" ({unscored} without a probability: inputs missing)" if unscored else ""
-    print(f"{patches} from {counted(df.attrs['files'], 'file')} -> {args['output']}{yes}")
+    where = "standard output" if to_stdout else args["output"]
+    say(f"{patches} from {counted(df.attrs['files'], 'file')} -> {where}{yes}")
 
 
 if __name__ == "__main__":

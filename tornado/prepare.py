@@ -33,8 +33,8 @@ from tqdm import tqdm
 
 import tornado
 from tornado import data, synth
-from tornado.cli import (check_resolves, counted, missing_folders, names_run_dir, remove_hydra_only_folder,
-                         run_hydra_app, typed_overrides, unknown_key)
+from tornado.cli import (check_resolves, counted, folder_fault, missing_folders, names_run_dir,
+                         remove_hydra_only_folder, run_hydra_app, typed_overrides, unknown_key)
 from tornado.augment import AugmentConfig, augment
 from tornado.errors import TornadoError, is_int, is_number, quoted, run_cli, stop_if_signalled
 from tornado.records import locked, write_json
@@ -112,13 +112,19 @@ def check_present(cfg: Mapping, augment_cfg: Mapping | None, needs: str, prefix:
     (`label=null`: the default rule) is a choice, not a removal; the synthetic set's settings are needed only without
     a `source`."""
     groups = {"synth": ("days", "patches_per_day", "seed"), **{k: GROUP_KEYS[k] for k in ("label", "split")}}
-    synthetic = cfg.get("source", None) in (None, "")
+
+    def value(key: str):  # what does not resolve here (`${hydra:runtime.cwd}` outside a run) is left to the run
+        try:
+            return cfg.get(key, None)
+        except OmegaConfBaseException:
+            return ...
+    synthetic = value("source") in (None, "")
     for key in DATA_KEYS:
         if key == "synth" and not synthetic:
             continue
         if key not in cfg:
             raise TornadoError(f"{prefix}{key}: missing: {needs} needs this setting")
-        node = cfg.get(key, None)
+        node = value(key) if key in groups else None
         for sub in groups.get(key, ()) if isinstance(node, Mapping) else ():
             if sub not in node:
                 raise TornadoError(f"{prefix}{key}.{sub}: missing: {needs} needs this setting")
@@ -297,9 +303,7 @@ def prepare(data_cfg: Mapping, augment_cfg: Mapping | None) -> tuple[Path, bool]
     try:
         s.out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        above = next((d for d in s.out_dir.parents if d.exists()), None)
-        why = f"{above} is a file" if above is not None and not above.is_dir() else (e.strerror or str(e))
-        raise TornadoError(f"out_dir: {s.out_dir}: cannot create it ({why})") from None
+        raise TornadoError(f"out_dir: {s.out_dir}: cannot create it ({folder_fault(s.out_dir, e)})") from None
     with contextlib.ExitStack() as stack:
         if s.source is None:
             folder = stack.enter_context(synthetic_source(s.out_dir, s.synth))

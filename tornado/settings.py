@@ -13,7 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from tornado.augment import AUGMENTATIONS
-from tornado.cli import check_resolves, composition_error_line, counted, unknown_key
+from tornado.cli import check_resolves, composition_error_line, counted, refuse_empty_folders, unknown_key
 from tornado.data import find_files
 from tornado.errors import TornadoError, is_int, is_number, run_cli, shown
 from tornado.metrics import SCORES, VAL_SCORES
@@ -175,9 +175,11 @@ def refuse_early(argv: list[str]) -> None:
 
     Only a plain single run is checked here: a command with an option (`-m`, `--config-name`, `--help`) or a
     sweep's job (its launcher checked it) is left as it is, and so is what this cannot compose or resolve
-    alike (Hydra's refusals where a `hydra.` setting is given, `${hydra:...}`): the run checks it all again."""
+    alike (Hydra's refusals where a `hydra.` setting is given, `${hydra:...}`): the run checks it all again. An empty
+    `hydra.run.dir=` or `hydra.sweep.dir=` is refused on any command line."""
     from hydra import compose, initialize_config_dir
 
+    run_cli(lambda: refuse_empty_folders(argv))
     if os.environ.get("TORNADO_SWEEP_DIR") or any(a.startswith("-") for a in argv):
         return
     try:

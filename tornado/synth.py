@@ -61,7 +61,7 @@ import netCDF4
 import numpy as np
 from tqdm import tqdm
 
-from tornado.cli import closest, counted
+from tornado.cli import closest, counted, folder_fault
 from tornado.data import FILE_GLOB, UNFINISHED
 from tornado.errors import TornadoError, is_int, quoted, run_cli
 from tornado.records import locked
@@ -359,7 +359,10 @@ def generate(out_dir, days: int = 40, patches_per_day: int = 500, seed: int = 0,
     if others:
         raise TornadoError(f"out_dir: {out} already holds {counted(len(others), 'other NCARSTORM file')} "
                            f"(e.g. {others[0].name}), which would be read with these: use an empty folder")
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TornadoError(f"out_dir: {out}: cannot create it ({folder_fault(out, e)})") from None
     with contextlib.ExitStack() as stack:
         try:  # one writer a folder: another would take the unfinished mark away while this one still writes
             stack.enter_context(locked(out / ".synth.lock", fcntl.LOCK_EX | fcntl.LOCK_NB))

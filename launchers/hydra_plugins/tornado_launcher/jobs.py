@@ -35,6 +35,15 @@ _SWEEP_ONLY = ("hydra.sweep", "hydra.sweeper", "hydra/sweeper", "hydra.launcher"
                "hydra.run", "hydra.mode", "hydra.job.id", "hydra.job.num")
 
 
+def sweep_folder(config: DictConfig) -> Path:
+    """The sweep's folder; an empty `hydra.sweep.dir` (`=$DIR`, DIR unset), which would be the working directory, is
+    refused."""
+    folder = str(config.hydra.sweep.dir)
+    if not folder.strip():
+        raise TornadoError("hydra.sweep.dir=: must name a folder (leave the setting out for the default)")
+    return Path(folder).absolute()
+
+
 def hold_sweep(sweep_dir: Path) -> contextlib.ExitStack:
     """Lock the sweep folder for this launcher (the lock goes with the process): two sweeps in one folder at
     once would move each other's running jobs aside and write into each other's job folders."""
@@ -72,7 +81,7 @@ class TornadoLauncherBase(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         # before Hydra writes the sweep's multirun.yaml: a second sweep in the folder is refused, and changes nothing
-        self._held = run_cli(lambda: hold_sweep(Path(str(config.hydra.sweep.dir)).absolute()))
+        self._held = run_cli(lambda: hold_sweep(sweep_folder(config)))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()

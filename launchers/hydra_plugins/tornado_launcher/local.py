@@ -1,9 +1,11 @@
 """Local launcher: every job is its own single-run process, scheduled onto this machine's GPUs and cores."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import logging
 import os
+import pkgutil
 import signal
 import subprocess
 import sys
@@ -16,7 +18,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.utils import JobReturn
 
-from tornado.cli import counted
+from tornado.cli import closest, counted
 from tornado.errors import TornadoError, is_number
 from tornado.records import read_result, write_json
 
@@ -105,6 +107,26 @@ def _signal_group(pid: int, sig: int) -> None:
             os.kill(pid, sig)
         except ProcessLookupError:
             pass
+
+
+def check_preload(names: Sequence[str]) -> None:
+    """Every module a warm worker is to preload can be found: a misspelt one would not be preloaded, and each job
+    would import it itself, slower, with nothing said. Nothing is imported here but a dotted name's packages."""
+    for name in names:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except Exception:  # a package above it that is missing or fails to import, an empty or relative name
+            found = False
+        if found:
+            continue
+        parent, _, last = name.rpartition(".")
+        try:  # the modules it may misspell: those of its package, or every top-level one
+            known = [m.name for m in pkgutil.iter_modules(importlib.import_module(parent).__path__ if parent else None)]
+        except Exception:  # the suggestion is a courtesy
+            known = []
+        close = closest(last, known)
+        hint = f" (did you mean {parent + '.' if parent else ''}{close}?)" if close else ""
+        raise TornadoError(f"hydra.launcher.preload: {name or repr(name)}: no such module to import{hint}")
 
 
 class _DevicePool:
@@ -198,6 +220,8 @@ class TornadoLocalLauncher(TornadoLauncherBase):
                 raise TornadoError(f"hydra.launcher.{key}={getattr(p, key)}: must be at least 1, or null to choose")
         if p.stop_grace_s < 0:
             raise TornadoError(f"hydra.launcher.stop_grace_s={p.stop_grace_s:g}: must be 0 or more seconds")
+        if p.warm:
+            check_preload([str(m) for m in p.preload])
         module = job_module(p.module)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         jobs = compose_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)

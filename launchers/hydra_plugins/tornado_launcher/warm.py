@@ -52,8 +52,8 @@ def serve(module: str, preload: list) -> None:
     for name in preload:
         try:
             importlib.import_module(name)
-        except ImportError:
-            pass
+        except ImportError as e:  # there (the launcher found it) but broken: the jobs import it themselves
+            print(f"warning: hydra.launcher.preload: {name}: not preloaded ({e})", file=sys.stderr, flush=True)
     out = sys.stdout
     for line in sys.stdin:
         if not line.strip():
