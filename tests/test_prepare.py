@@ -466,6 +466,14 @@ def test_bad_settings_are_refused(case, source, tmp_path):
     assert leftovers(tmp_path) == []
 
 
+def test_a_file_where_the_synthetic_set_goes_is_named(tmp_path):
+    (tmp_path / "synthetic").write_text("a file")
+    where = re.escape(str(tmp_path / "synthetic"))
+    with pytest.raises(TornadoError, match=f"^out_dir: {where}: cannot create the synthetic set's folder there "
+                                           f"\\({where} is a file\\)$"):
+        ensure_prepared(make_cfg(tmp_path), AUG)
+
+
 def test_an_out_dir_that_cannot_be_a_folder_is_named(source, tmp_path):
     (tmp_path / "taken").write_text("a file")
     with pytest.raises(TornadoError, match=r"^out_dir: .*/taken: exists and is not a folder$"):

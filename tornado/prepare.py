@@ -229,7 +229,11 @@ def synthetic_source(out_dir: Path, settings: dict) -> Iterator[Path]:
     Yields the folder while holding a shared lock on it, so no other process regenerates it while it is read.
     """
     folder = out_dir / "synthetic"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TornadoError(f"out_dir: {folder}: cannot create the synthetic set's folder there "
+                           f"({folder_fault(folder, e)})") from None
     with locked(folder / ".lock") as fd:
         while True:
             fcntl.flock(fd, fcntl.LOCK_EX)  # again after a shared lock that found the set changed
