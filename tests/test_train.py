@@ -21,6 +21,9 @@ from tornado.errors import TornadoError
 ROOT = Path(__file__).resolve().parents[1]
 CONF = str(ROOT / "conf")
 EXPERIMENTS = sorted(p.stem for p in (ROOT / "conf" / "experiment").glob("*.yaml"))
+# `python -m tornado.train` where Lightning cannot be imported (`-c WITHOUT_LIGHTNING args...`)
+WITHOUT_LIGHTNING = ("import runpy, sys; sys.modules['pytorch_lightning'] = None; sys.argv[:1] = ['-m']; "
+                     "runpy.run_module('tornado.train', run_name='__main__', alter_sys=True)")
 
 
 def small(data_dir: Path, *extra: str) -> list[str]:
@@ -276,16 +279,17 @@ def test_same_seed_same_metrics(data_dir, tmp_path, first_run):
 
 
 def test_the_last_epoch_s_validation_forecasts_are_made_once(data_dir, tmp_path, monkeypatch):
-    from tornado import train as training
+    from tornado import fit
+    from tornado.train import train
 
-    sizes, forward = [], training.probabilities
+    sizes, forward = [], fit.probabilities
 
     def counted(net, x, *args, **kwargs):
         sizes.append(len(x))
         return forward(net, x, *args, **kwargs)
 
-    monkeypatch.setattr(training, "probabilities", counted)
-    r = training.train(cfg_for(*small(data_dir)), output_dir=tmp_path)
+    monkeypatch.setattr(fit, "probabilities", counted)
+    r = train(cfg_for(*small(data_dir)), output_dir=tmp_path)
     assert sizes.count(r["data"]["n_val"]) == 2 != r["data"]["n_test"]  # after each epoch; the scores reuse the last
     assert r["metrics"]["val_roc_auc"] == r["history"][-1]["val_roc_auc"]
 
@@ -484,7 +488,7 @@ def test_a_null_label_group_takes_the_default_rule(data_dir, tmp_path):
 def test_the_clock_keeps_the_whole_jobs_time_to_each_checkpoint():
     import time
 
-    from tornado.train import _Clock
+    from tornado.fit import _Clock
 
     first = _Clock()
     first.run_start = time.perf_counter() - 10  # a session that started 10 s ago, start-up and all
@@ -807,10 +811,9 @@ def test_a_log_name_that_does_not_resolve_leaves_no_folder(command, tmp_path):
     (["hydra.run.dir="], "error: hydra.run.dir=: must name a folder (leave the setting out for the default)"),
     (["-m", "batch_size=64,128", "hydra.sweep.dir=''"],
      "error: hydra.sweep.dir=: must name a folder (leave the setting out for the default)"),
-    # left to the run (which loads Lightning, here missing): good settings, options, a sweep's job, what Hydra
+    # left to the run (which loads Lightning, here missing): good settings, a sweep's job, what Hydra
     # refuses where Hydra's own settings are given, and interpolations only the run resolves
     (["epochs=1"], None),
-    (["-m", "epochs=0"], None),
     (["epochs=0", "SWEEP"], None),
     (["hydra.run.dir=/nonexistent/r", "epoch=3"], None),
     (["data.out_dir=${hydra:runtime.cwd}/d", "epochs=0"], None),
@@ -824,16 +827,36 @@ def test_a_bad_single_run_is_refused_before_lightning_loads(args, line, tmp_path
     env["CUDA_VISIBLE_DEVICES"] = ""
     if "SWEEP" in args:
         args, env["TORNADO_SWEEP_DIR"] = [a for a in args if a != "SWEEP"], str(tmp_path)
-    code = ("import runpy, sys; sys.modules['pytorch_lightning'] = None; sys.argv[:1] = ['-m']; "
-            "runpy.run_module('tornado.train', run_name='__main__', alter_sys=True)")
-    p = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, env=env, capture_output=True, text=True,
-                       timeout=120)
+    p = subprocess.run([sys.executable, "-c", WITHOUT_LIGHTNING, *args], cwd=tmp_path, env=env, capture_output=True,
+                       text=True, timeout=120)
     missing = f"error: pytorch_lightning: not installed for {sys.executable}; "
     if line is None:
         assert p.returncode == 1 and p.stderr.startswith(missing), p.stderr[-2000:]
     else:
         assert p.returncode == 2 and p.stderr == line + "\n", p.stderr[-2000:]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_sweep_s_launcher_checks_and_starts_its_jobs_without_lightning(data_dir, tmp_path):
+    """A sweep's launcher composes, checks and starts its jobs and never trains: it does not load Lightning (seconds,
+    and memory a SLURM sweep's launcher would hold while it waits). A bad value in one job is refused so; the jobs,
+    each its own process, load it and train."""
+    env = {k: v for k, v in os.environ.items() if k not in ("TORNADO_SWEEP_DIR", "CUDA_VISIBLE_DEVICES")}
+
+    def sweep(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", WITHOUT_LIGHTNING, "-m", *args], cwd=tmp_path, env=env,
+                              capture_output=True, text=True, timeout=600)
+
+    p = sweep("lr=0.001,-1", f"hydra.sweep.dir={tmp_path / 'bad'}")
+    assert p.returncode == 2 and p.stderr == "error: job 1 [lr=-1]: lr=-1: must be a positive number\n", p.stderr
+    assert list(tmp_path.iterdir()) == []
+    good = tmp_path / "good"
+    p = sweep("seed=0,1", *small(data_dir, "epochs=1", "score_epochs=false", "logger=none"), f"hydra.sweep.dir={good}")
+    assert p.returncode == 0, p.stdout[-2000:] + p.stderr[-2000:]
+    runs = [json.loads((good / str(n) / "result.json").read_text()) for n in (0, 1)]
+    assert [(r["status"], r["hparams"]["seed"], len(r["history"])) for r in runs] == [("ok", 0, 1), ("ok", 1, 1)]
+    assert all(r["versions"]["pytorch_lightning"] for r in runs)
+    assert len(pd.read_csv(good / "results.csv")) == 2
 
 
 def test_the_run_records_its_overrides_as_typed(data_dir, tmp_path):
@@ -923,7 +946,7 @@ def test_sigterm_while_data_is_prepared_is_one_line_and_leaves_no_temp_file(tmp_
 
 
 def test_resume_hint_names_the_run_folder_when_the_command_did_not(monkeypatch):
-    from tornado.train import _resume_hint
+    from tornado.fit import _resume_hint
 
     monkeypatch.delenv("TORNADO_SWEEP_DIR", raising=False)
     hint = _resume_hint(Path("/somewhere/outputs/runs/2026-01-01_00-00-00-1"))
@@ -981,7 +1004,7 @@ def test_lightning_s_per_rank_start_up_lines_are_quiet_but_its_warnings_are_not(
     import importlib
     import logging
 
-    importlib.import_module("tornado.train")  # which sets the levels as it is imported
+    importlib.import_module("tornado.fit")  # which sets the levels as it is imported
     for name in ("lightning_fabric.utilities.distributed", "pytorch_lightning.accelerators.cuda"):
         assert not logging.getLogger(name).isEnabledFor(logging.INFO)
         assert logging.getLogger(name).isEnabledFor(logging.WARNING)

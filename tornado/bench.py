@@ -153,7 +153,7 @@ class Ctx:
         """The switches `tornado.train` resolves for this batch size on this device."""
         from omegaconf import OmegaConf
 
-        from tornado.train import fast_switches
+        from tornado.fit import fast_switches
 
         return fast_switches(OmegaConf.merge(self.cfg, {"batch_size": batch}), self.accelerator, 1)
 
@@ -183,7 +183,7 @@ def make_ctx(args: argparse.Namespace) -> Ctx:
     import torch
 
     from tornado.prepare import ensure_prepared
-    from tornado.train import fast_switches
+    from tornado.fit import fast_switches
 
     gpus = args.gpus if args.gpus is not None else int(torch.cuda.is_available())
     if gpus and not torch.cuda.is_available():
@@ -292,7 +292,7 @@ def run_ours(ctx: Ctx, dm, batch: int, epochs: int, fast: dict | None = None) ->
     import pytorch_lightning as pl
     from omegaconf import OmegaConf
 
-    from tornado.train import make_module, make_trainer
+    from tornado.fit import make_module, make_trainer
 
     fast = fast or ctx.fast_for(batch)
     _process_switches(ctx, fast)
@@ -384,7 +384,7 @@ def _process_switches(ctx: Ctx, fast: dict) -> None:
     """The process-wide switches (allocator, cuDNN's timing), set for this run as `tornado.train` sets them."""
     import torch
 
-    from tornado.train import keep_memory
+    from tornado.fit import keep_memory
 
     if fast["keep_memory"] or ctx.device.type == "cpu":
         keep_memory(fast["keep_memory"])
@@ -502,7 +502,7 @@ def section_paper(ctx: Ctx) -> list[dict]:
 
 
 def section_switches(ctx: Ctx) -> list[dict]:
-    from tornado.train import cpu_has_bf16
+    from tornado.fit import cpu_has_bf16
 
     epochs = 1 + ctx.args.timed_epochs
     rows = []
@@ -546,7 +546,7 @@ def section_profile(ctx: Ctx, steps: int = 20) -> dict:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from tornado.train import make_module
+    from tornado.fit import make_module
 
     dev = ctx.device
     dm = ctx.dm("preaugmented", multiplier=1)
@@ -699,7 +699,7 @@ def _cpu_model() -> str:
 def machine(ctx: Ctx) -> dict:
     import torch
 
-    from tornado.train import cpu_has_bf16
+    from tornado.fit import cpu_has_bf16
 
     m = {"cpu": _cpu_model(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
          "cpu_bf16": cpu_has_bf16(), "device": str(ctx.device), "host": platform.node()}
@@ -987,7 +987,7 @@ def main(argv: list[str] | None = None) -> dict | None:
     args = run_cli(lambda: parse_args(argv))
     import warnings
 
-    import tornado.train  # noqa: F401  (its logging and warning filters)
+    import tornado.fit  # noqa: F401  (its logging and warning filters)
 
     warnings.filterwarnings("ignore", message=".*(does not have many workers|LeafSpec|srun|"
                                               "smaller than the logging interval).*")
