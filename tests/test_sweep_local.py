@@ -329,7 +329,16 @@ def test_gpu_request_without_gpus_is_refused_up_front(sweep_cli, tmp_path):
         assert p.returncode == 2
         assert p.stderr.strip().splitlines()[-1].startswith(
             "error: gpus=1 asks for 1 GPU but 0 are visible (CUDA_VISIBLE_DEVICES unset)")
-    assert list((tmp_path / "outputs" / "multirun").iterdir()) == []  # nothing was launched, nothing left
+    assert [p for p in tmp_path.rglob("*") if not p.is_dir()] == []  # nothing was launched, nothing left
+
+
+def test_a_refused_first_sweep_leaves_no_outputs_folder(sweep_cli, tmp_path):
+    """The default sweep folder's parents (outputs/multirun), made for it, go with it; one there before stays."""
+    p = sweep_cli(["-m", "gpus=1,2"], module="tornado.train", cwd=tmp_path)
+    assert p.returncode == 2 and list(tmp_path.iterdir()) == [], p.stderr[-2000:]
+    (tmp_path / "outputs").mkdir()
+    p = sweep_cli(["-m", "gpus=1,2"], module="tornado.train", cwd=tmp_path)
+    assert p.returncode == 2 and list(tmp_path.rglob("*")) == [tmp_path / "outputs"], p.stderr[-2000:]
 
 
 @pytest.mark.parametrize("value", ["1.5", "true", "'2'"])

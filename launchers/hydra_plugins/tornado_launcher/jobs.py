@@ -21,7 +21,7 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from tornado.cli import (closest, counted, hydra_quoted, override_text, python_command, shown_path,
+from tornado.cli import (closest, counted, hydra_quoted, missing_folders, override_text, python_command, shown_path,
                          typed_overrides, unwritable_text)
 from tornado.errors import IN_USE, TornadoError, is_int, run_cli
 from tornado.records import (SWEEP_LOCK, HeldElsewhere, config_hash, flatten, hold, load_result, read_result,
@@ -68,6 +68,7 @@ class TornadoLauncherBase(Launcher):
         self.config: Optional[DictConfig] = None
         self.hydra_context: Optional[HydraContext] = None
         self.task_function: Optional[TaskFunction] = None
+        self._made: set[str] = set()
 
     def _settings(self, params: Dict[str, Any]) -> Any:
         names = list(self.conf_cls.__dataclass_fields__)
@@ -81,7 +82,9 @@ class TornadoLauncherBase(Launcher):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
         # before Hydra writes the sweep's multirun.yaml: a second sweep in the folder is refused, and changes nothing
-        self._held = run_cli(lambda: hold_sweep(sweep_folder(config)))
+        folder = run_cli(lambda: sweep_folder(config))
+        self._made = missing_folders(folder)  # outputs/multirun too, for a first sweep: a refused one leaves neither
+        self._held = run_cli(lambda: hold_sweep(folder))
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
         setup_globals()
@@ -97,6 +100,10 @@ class TornadoLauncherBase(Launcher):
                         (sweep_dir / "multirun.yaml").unlink()
                         (sweep_dir / SWEEP_LOCK).unlink()
                         sweep_dir.rmdir()
+                        for parent in sweep_dir.resolve().parents:
+                            if str(parent) not in self._made or any(parent.iterdir()):
+                                break
+                            parent.rmdir()
             raise
 
     def _launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> List[JobReturn]:
