@@ -386,13 +386,32 @@ def test_a_preload_module_that_fails_to_import_is_warned_of_and_the_jobs_run(swe
     import os
 
     (tmp_path / "needs_libfoo.py").write_text("raise ImportError('libfoo.so: cannot open shared object file')\n")
+    (tmp_path / "broken").mkdir()  # a module there, in a package that fails to import: not "no such module"
+    (tmp_path / "broken" / "__init__.py").write_text("raise ImportError('libbar.so: missing')\n")
+    (tmp_path / "broken" / "part.py").write_text("")
     apps = Path(__file__).resolve().parent / "apps"
     path = os.pathsep.join(filter(None, [str(tmp_path), str(apps), os.environ.get("PYTHONPATH")]))
     p = sweep_cli(["-m", "batch_size=64", f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.launcher.warm=true",
-                   "hydra.launcher.preload=[json,needs_libfoo]"], env={"PYTHONPATH": path})
+                   "hydra.launcher.preload=[json,needs_libfoo,broken.part]"], env={"PYTHONPATH": path})
     assert p.returncode == 0, p.stderr[-2000:]
     assert ("warning: hydra.launcher.preload: needs_libfoo: not preloaded (libfoo.so: cannot open shared object "
             "file)") in p.stderr.splitlines()
+    assert "warning: hydra.launcher.preload: broken.part: not preloaded (libbar.so: missing)" in p.stderr.splitlines()
+
+
+def test_a_preload_module_that_raises_another_error_on_import_is_warned_of_and_the_jobs_run(sweep_cli, tmp_path):
+    """A module there but broken otherwise (an error other than ImportError as it is imported) is not preloaded, as
+    one that fails with ImportError: the warm worker goes on and the jobs run."""
+    import os
+
+    (tmp_path / "needs_setup.py").write_text("raise RuntimeError('run setup first')\n")
+    apps = Path(__file__).resolve().parent / "apps"
+    path = os.pathsep.join(filter(None, [str(tmp_path), str(apps), os.environ.get("PYTHONPATH")]))
+    p = sweep_cli(["-m", "batch_size=64", f"hydra.sweep.dir={tmp_path / 'sweep'}", "hydra.launcher.warm=true",
+                   "hydra.launcher.preload=[json,needs_setup]"], env={"PYTHONPATH": path})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert "warning: hydra.launcher.preload: needs_setup: not preloaded (RuntimeError: run setup first)" in (
+        p.stderr.splitlines())
 
 
 @pytest.mark.parametrize("value", ["", "''"])

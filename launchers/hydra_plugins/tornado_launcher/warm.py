@@ -52,8 +52,9 @@ def serve(module: str, preload: list) -> None:
     for name in preload:
         try:
             importlib.import_module(name)
-        except ImportError as e:  # there (the launcher found it) but broken: the jobs import it themselves
-            print(f"warning: hydra.launcher.preload: {name}: not preloaded ({e})", file=sys.stderr, flush=True)
+        except Exception as e:  # there (the launcher found it) but broken: the jobs import it themselves
+            why = str(e) if isinstance(e, ImportError) else f"{type(e).__name__}: {e}"
+            print(f"warning: hydra.launcher.preload: {name}: not preloaded ({why})", file=sys.stderr, flush=True)
     out = sys.stdout
     for line in sys.stdin:
         if not line.strip():
