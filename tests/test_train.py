@@ -535,6 +535,24 @@ def test_a_resumed_run_keeps_the_data_placement_auto_chose_before(data_dir, tmp_
     assert resumed["metrics"] == straight["metrics"]
 
 
+def test_a_resumed_run_whose_resident_set_no_longer_fits_streams_it_and_says_so(data_dir, tmp_path, monkeypatch,
+                                                                                   caplog):
+    """Resumed where less memory is free (another node), a set held before is streamed, not held at the risk of
+    the run being killed for memory; the warning says its numbers will differ from a run never stopped."""
+    from tornado import datamodule
+    from tornado.train import train
+
+    args = small(data_dir, "logger=none")
+    monkeypatch.setattr(datamodule, "_fits_in_memory", lambda nbytes, device: True)
+    train(cfg_for(*args, "epochs=1"), output_dir=tmp_path)
+    monkeypatch.setattr(datamodule, "_fits_in_memory", lambda nbytes, device: False)
+    with caplog.at_level("WARNING", logger="tornado.train"):
+        resumed = train(cfg_for(*args, "epochs=2"), output_dir=tmp_path)
+    said = [r.getMessage() for r in caplog.records if r.name == "tornado.train" and r.levelname == "WARNING"]
+    assert resumed["resumed_after_epochs"] == 1 and resumed["fast"]["resident"] is False
+    assert len(said) == 1 and "with resident true there, false here: the epochs from here on" in said[0], said
+
+
 def test_a_resume_with_another_thread_count_says_its_numbers_will_differ(data_dir, tmp_path, caplog):
     from tornado.train import train
 

@@ -521,8 +521,9 @@ def train(cfg: DictConfig, output_dir: str | os.PathLike | None = None) -> dict:
             records.write_json(out / "result.json", result)
         accelerator, devices = resolve_devices(cfg)
         fast = fast_switches(cfg, accelerator, devices)
-        if fast["resident"] == "auto" and isinstance((kept or {}).get("resident"), bool):
-            fast["resident"] = kept["resident"]  # the batch order follows it: the earlier sessions' choice
+        if fast["resident"] == "auto" and (kept or {}).get("resident") is False:
+            fast["resident"] = False  # the batch order follows it: the earlier sessions' choice (resident data are
+            # held again only where they still fit, else streamed, with a warning that the numbers will differ)
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
         if fast["keep_memory"] or accelerator == "cpu":
