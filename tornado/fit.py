@@ -735,7 +735,8 @@ def make_trainer(cfg: DictConfig, out: Path, accelerator: str, devices: int, dm:
     strategy = cfg.trainer.strategy
     if strategy == "auto" and devices > 1:
         strategy = "ddp"
-    plugins = [SLURMEnvironment(auto_requeue=False)] if SLURMEnvironment.detect() else None
+    # one plugin, not a list: Hydra 1.3.2 hands a list on as a ListConfig, which Lightning 2.4 takes for a plugin
+    plugins = SLURMEnvironment(auto_requeue=False) if SLURMEnvironment.detect() else None
     try:  # trainer.* and logger.* go to Lightning as they are: what it refuses is a setting, said in one line
         loggers = [instantiate(c, save_dir=str(out)) for c in (cfg.logger or {}).values()]
         for name, made in zip(cfg.logger or {}, loggers):

@@ -14,6 +14,8 @@ from tornado.cli import counted
 from tornado.metrics import RELIABILITY_BINS, contingency, counts_at_thresholds
 from tornado.tables import label_text, matches, numeric_column, sort_key, sorted_unique, varying_hparams
 
+_trapezoid = getattr(np, "trapezoid", None) or np.trapz  # NumPy 2 renamed trapz (the name NumPy 1.x has)
+
 MAX_PANELS = 12
 
 
@@ -287,7 +289,7 @@ def roc_points(prob: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndar
     _, hits, false_alarms = counts_at_thresholds(prob, label)
     tpr = np.r_[0.0, hits / np.sum(label)]
     fpr = np.r_[0.0, false_alarms / (len(label) - np.sum(label))]
-    return fpr, tpr, float(np.trapezoid(tpr, fpr))
+    return fpr, tpr, float(_trapezoid(tpr, fpr))
 
 
 def plot_roc_comparison(curves: list[tuple[str, np.ndarray, np.ndarray]]) -> dict[str, bytes]:

@@ -144,8 +144,8 @@ def validate(cfg: DictConfig) -> None:
                            "fraction in (0, 1], or null for all")
     for name, node in cfg.logger.items():  # `logger.csv=null` would reach Lightning as no logger at all
         if not isinstance(node, DictConfig):
-            raise TornadoError(f"logger.{name}={shown(node)}: must be a logger's settings; ~logger.{name} leaves it "
-                           "out")
+            raise TornadoError(f"logger.{name}={shown(node)}: must be a logger's settings; "
+                               f"~logger.{name} leaves it out")
         if "_target_" not in node:
             raise TornadoError(f"logger.{name}._target_: missing: a logger needs it; ~logger.{name} leaves it out")
     if cfg.augmentation not in AUGMENTATIONS:

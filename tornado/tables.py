@@ -316,8 +316,8 @@ def build_tables(df: pd.DataFrame, rows: str, cols: str, group: str | None, valu
     ok["_scale"] = figs["paper_table"].map(lambda t: scale.get(t, np.nan))
     ok["_table"] = figs["paper_table"].where(figs["paper"].notna()).map(lambda t: float(t[5:]), na_action="ignore")
     sections = []
-    combos = ok[extra].drop_duplicates() if extra else pd.DataFrame(index=[0])
-    combos = sorted((tuple(r) for r in combos.itertuples(index=False)), key=lambda t: [sort_key(v) for v in t])
+    combos = sorted((tuple(r) for r in ok[extra].drop_duplicates().itertuples(index=False)),
+                    key=lambda t: [sort_key(v) for v in t]) if extra else [()]
     for combo in combos:
         mask = pd.Series(True, index=ok.index)
         for c, v in zip(extra, combo):
