@@ -432,6 +432,28 @@ def test_a_single_run_folder_is_reported_as_one_job(tmp_path):
         report.load_sweep(tmp_path / "cut")
 
 
+def test_a_folder_it_cannot_write_is_refused_in_one_line_before_any_work(tmp_path, capsys, monkeypatch):
+    run = tmp_path / "run"
+    result_json(run, {"batch_size": 128, "epochs": 1}, history=[(0.9, 1.0)], metrics={"roc_auc": 0.8})
+    before = sorted(run.rglob("*"))
+    (tmp_path / "taken").write_text("")
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(run), f"out={tmp_path / 'taken' / 'report'}"])
+    assert exc.value.code == 2 and capsys.readouterr().err == (
+        f"error: {tmp_path / 'taken' / 'report'}: cannot write the report there ({tmp_path / 'taken'} is a file)\n")
+
+    def refused(dir: Path):  # a colleague's read-only run folder (root writes anywhere, so the refusal is made up)
+        raise PermissionError(13, "Permission denied", str(Path(dir) / "tmpx"))
+
+    monkeypatch.setattr(report.tempfile, "TemporaryFile", refused)
+    monkeypatch.setattr(report, "plot_curves", lambda *a, **k: pytest.fail("drew before it found it cannot write"))
+    with pytest.raises(SystemExit) as exc:
+        report.main([str(run)])
+    assert exc.value.code == 2 and capsys.readouterr().err == (
+        f"error: {run}: cannot write the report there (Permission denied); out=DIR writes it elsewhere\n")
+    assert sorted(run.rglob("*")) == before
+
+
 def test_a_run_with_an_empty_settings_group_is_reported(tmp_path):
     run = tmp_path / "run"  # logger=none leaves `logger: {}` among the hparams
     result_json(run, {"batch_size": 128, "epochs": 1, "logger": {}}, history=[(0.9, 1.0)], metrics={"roc_auc": 0.8})

@@ -358,6 +358,34 @@ def test_a_bad_value_in_one_job_of_the_grid_is_refused_before_any_job_runs(sweep
     assert not sweep.exists() and "Launching" not in p.stdout + p.stderr
 
 
+def test_a_sweeper_that_launches_batch_after_batch_gets_every_job_s_return(sweep_cli, tmp_path):
+    """Optuna and its kind launch into one folder again and again (tests/apps/hydra_plugins: `walk`)."""
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "hydra/sweeper=walk", "hydra.sweeper.batches=[[64,128],[128,256]]",
+                   f"hydra.sweep.dir={sweep}"], env={"FAKE_FAIL_BATCH": "256"})
+    assert p.returncode == 0, p.stderr[-2000:]  # a failed job is the sweeper's to judge: it gets it as failed
+    walked = [ln.split(" threads=")[0] + " " + ln.split(" -> ")[1] for ln in p.stdout.splitlines()
+              if ln.startswith("walk ")]
+    assert walked == [f"walk 0: batch_size=64 COMPLETED 64.0 in {sweep / '0'}",
+                      f"walk 0: batch_size=128 COMPLETED 128.0 in {sweep / '1'}",
+                      f"walk 1: batch_size=128 COMPLETED 128.0 in {sweep / '1'}",  # run before: not again
+                      f"walk 1: batch_size=256 FAILED raised JobFailed in {sweep / '3'}"], p.stdout
+    assert "sweep " + str(sweep) + " (this launch of its sweeper: 2 jobs): 0 ok, 1 failed, 1 skipped" in p.stdout
+    csv = pd.read_csv(sweep / "results.csv")
+    assert csv[["job", "batch_size", "status"]].values.tolist() == [[0, 64, "ok"], [1, 128, "ok"], [3, 256, "failed"]]
+
+
+def test_a_validation_score_without_a_validation_split_is_refused_where_a_sweeper_chooses_by_it(sweep_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "hydra/sweeper=walk", "hydra.sweeper.batches=[[128]]", "data.split.val_fraction=0",
+                   f"hydra.sweep.dir={sweep}"], module="tornado.train")
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
+        "error: job 0 [batch_size=128 data.split.val_fraction=0]: optimize_metric=val_roc_auc: no validation split "
+        "to score it on (data.split.val_fraction=0), so the sweeper would get nothing; give data.split.val_fraction "
+        "> 0, or optimize_metric=roc_auc (test: optimistic)"), p.stderr[-2000:]
+    assert not sweep.exists()
+
+
 @pytest.mark.parametrize("setting, line", [
     ("hydra.launcher.max_parallel=0", "error: hydra.launcher.max_parallel=0: must be at least 1, or null to choose"),
     ("hydra.launcher.stop_grace_s=-1", "error: hydra.launcher.stop_grace_s=-1: must be 0 or more seconds"),
@@ -592,6 +620,23 @@ def test_collect_cli_refuses_a_folder_without_results(sweep_cli, tmp_path, make,
     assert p.returncode == 2
     assert p.stderr.strip().startswith("error: sweep folder") and message in p.stderr
     assert len(p.stderr.strip().splitlines()) == 1
+
+
+def test_collect_cli_refuses_a_sweep_it_cannot_write_saying_how_to_report_it(tmp_path, capsys, monkeypatch):
+    import tornado.collect
+
+    write_json(tmp_path / "0" / "result.json", {"status": "ok", "times": {"wall_s": 1.0}})
+
+    def refused(path, *a, **k):  # someone else's sweep folder (root writes anywhere, so the refusal is made up)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(tornado.collect, "locked", refused)
+    with pytest.raises(SystemExit) as exc:
+        tornado.collect.main([str(tmp_path)])
+    assert exc.value.code == 2 and capsys.readouterr().err == (
+        f"error: {tmp_path}: cannot write results.csv there (Permission denied); python -m tornado.report {tmp_path} "
+        "out=DIR reports it without writing there\n")
+    assert not (tmp_path / "results.csv").exists()
 
 
 def test_collect_cli_and_sweep_efficiency(sweep_cli, tmp_path):

@@ -351,6 +351,16 @@ def test_a_bad_value_in_one_job_of_the_grid_is_refused_before_anything_is_queued
     assert not sweep.exists()  # no .submitit, launcher.json, job folder: nothing
 
 
+def test_a_sweeper_that_chooses_by_the_jobs_returns_is_refused_not_waiting_for_them(sweep_cli, tmp_path):
+    sweep = tmp_path / "sweep"
+    p = sweep_cli(["-m", "hydra/sweeper=walk", "hydra.sweeper.batches=[[64]]", *FAKE_SLURM,
+                   "hydra.launcher.wait=false", f"hydra.sweep.dir={sweep}"])
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1] == (
+        "error: hydra.launcher.wait=false: the sweeper chooses its next jobs from these jobs' returns, so the "
+        "launcher must wait for them; leave it true with this sweeper"), p.stderr[-2000:]
+    assert not sweep.exists()
+
+
 @slurm_only
 def test_gpus_on_a_cluster_without_them_are_refused_with_a_hint_and_nothing_left_queued(sweep_cli, tmp_path):
     """The gpus=0 group is queued first, then sbatch refuses the gpus=1 one: the first is cancelled again."""

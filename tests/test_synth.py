@@ -256,6 +256,16 @@ def test_a_second_writer_into_the_same_folder_is_refused_while_the_first_writes(
     assert len(synth.generate(tmp_path, days=1, patches_per_day=2)) == 1 and not (tmp_path / UNFINISHED).exists()
 
 
+def test_a_folder_it_cannot_write_is_refused_naming_out_dir(tmp_path, monkeypatch):
+    def refused(path, *a, **k):  # a folder of someone else's (root writes anywhere, so the refusal is made up)
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(synth, "locked", refused)
+    with pytest.raises(TornadoError, match=f"^out_dir: {tmp_path}: cannot write there \\(Permission denied\\)$"):
+        synth.generate(tmp_path, days=1, patches_per_day=2)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_empty_out_dir_is_refused_not_the_working_directory(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # `out_dir=$DATA` with DATA unset
     with pytest.raises(TornadoError, match="^out_dir: must name a folder$"):

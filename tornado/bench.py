@@ -313,14 +313,14 @@ def run_ours(ctx: Ctx, dm, batch: int, epochs: int, fast: dict | None = None) ->
     return Run([b - a for a, b in zip(t, t[1:])], [b - t0 for b in t[1:]], dm.samples_per_epoch)
 
 
-def run_raw(ctx: Ctx, dm, batch: int, epochs: int, fast: dict | None = None) -> Run:
+def run_raw(ctx: Ctx, dm, batch: int, epochs: int) -> Run:
     """A minimal PyTorch loop on `dm`'s resident tensors with the same network, optimiser and switches."""
     import torch
     import torch.nn.functional as F
 
     from tornado.model import StormCNN
 
-    fast = fast or ctx.fast_for(batch)
+    fast = ctx.fast_for(batch)
     _process_switches(ctx, fast)
     dev, cfg = ctx.device, ctx.cfg
     torch.manual_seed(cfg.seed)

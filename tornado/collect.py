@@ -195,7 +195,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
 
     def work() -> None:
-        df = collect(args.sweep_dir)
+        try:
+            df = collect(args.sweep_dir)
+        except PermissionError as e:  # someone else's sweep; the report reads it without writing there
+            raise TornadoError(f"{args.sweep_dir}: cannot write results.csv there ({e.strerror}); python -m "
+                               f"tornado.report {args.sweep_dir} out=DIR reports it without writing there") from None
         c = df["status"].value_counts().to_dict()
         print(f"wrote {Path(args.sweep_dir) / 'results.csv'}: {counted(len(df), 'job')} "
               f"({', '.join(f'{n} {s}' for s, n in sorted(c.items()))})", file=sys.stderr if args.json else sys.stdout)

@@ -16,6 +16,7 @@ import json
 import math
 import os
 import sys
+import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from tornado.cli import closest, counted, parse_kv, shown_path
+from tornado.cli import closest, counted, folder_fault, parse_kv, shown_path
 from tornado.collect import result_row, section
 from tornado.errors import TornadoError, run_cli
 from tornado.metrics import LOWER_IS_BETTER as METRICS_LOWER
@@ -291,11 +292,10 @@ JOB_SCORES = ("roc_auc", "roc_auc_se", "wall_s", "samples_per_s", "average_preci
               "val_roc_auc", "val_best_epoch")
 
 
-def jobs_table(ok: pd.DataFrame, metric: str, p_values: dict[str, float] | None = None,
-               varying: list[str] | None = None) -> pd.DataFrame:
+def jobs_table(ok: pd.DataFrame, metric: str, p_values: dict[str, float] | None = None) -> pd.DataFrame:
     """Every successful job, best by `metric` first: its varying settings and its main scores; `p_values`
     (job: `paired_p_values`' p against the first job) as `roc_auc_p`, after the ROC AUC's standard error."""
-    return _jobs_shown(_jobs_ranked(ok, metric, _varying(ok, varying)), p_values)
+    return _jobs_shown(_jobs_ranked(ok, metric, varying_hparams(ok)), p_values)
 
 
 def _jobs_ranked(ok: pd.DataFrame, metric: str, varying: list[str]) -> pd.DataFrame:
@@ -895,6 +895,8 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
 
     report_dir = Path(out) if out else sweep.dir / "report"
     html_path = report_dir / "report.html" if out else sweep.dir / "report.html"
+    for folder in dict.fromkeys([html_path.parent, report_dir]):
+        writable(folder, "" if out else "; out=DIR writes it elsewhere")
     written: dict[str, Path] = {}
 
     def put(name: str, data: bytes | str) -> None:
@@ -1102,6 +1104,17 @@ def job_pages(sweep: Sweep, order: list[str], pages: str | int, out: str | Path 
         if page.is_file() and result.is_file() and page.stat().st_mtime >= result.stat().st_mtime:
             found[job] = page
     return found
+
+
+def writable(folder: Path, hint: str = "") -> None:
+    """Make `folder` where it is missing and write a file in it, or refuse in one line before any work (a read-only
+    sweep folder of someone else's: `hint` says where else the report can go)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        raise TornadoError(f"{folder}: cannot write the report there ({folder_fault(folder, e)}){hint}") from None
 
 
 PAGE_FILES = ("result.json", "test_predictions.npz", "results.csv", "launcher.json")  # what a run's report reads

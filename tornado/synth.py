@@ -369,6 +369,8 @@ def generate(out_dir, days: int = 40, patches_per_day: int = 500, seed: int = 0,
         except BlockingIOError:
             raise TornadoError(f"out_dir: {out}: another tornado.synth is writing there; wait for it to "
                                "end") from None
+        except OSError as e:  # a folder there already that this user cannot write
+            raise TornadoError(f"out_dir: {out}: cannot write there ({e.strerror or e})") from None
         (out / UNFINISHED).touch()  # a folder left part-written is refused as a source
         bar = tqdm(dates, desc="synthetic storms", unit=" files", leave=False, disable=not sys.stderr.isatty())
         for k, run in enumerate(bar):

@@ -220,7 +220,7 @@ def paper_figures(ok: pd.DataFrame, value: str, paper: str = "auto") -> pd.DataF
     for i, name in zip(ok.index, names):
         if name is None:
             continue
-        measure, keys, _, _ = PAPER_TABLES[name]
+        keys = PAPER_TABLES[name][1]
         t = tables[name]
         job = ok.loc[i]
         if "gpus" in keys and not np.isfinite(pd.to_numeric(pd.Series([job.get("gpus")]), errors="coerce").iloc[0]):

@@ -93,12 +93,12 @@ class TornadoLauncherBase(Launcher):
         try:
             return run_cli(lambda: self._launch(job_overrides, initial_job_idx))
         except SystemExit as e:
-            if e.code == 2:  # refused before any job: the folder goes, where Hydra's multirun.yaml is all it holds
-                sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+            if e.code == 2:  # refused before any job: the folder goes, where it holds no more than our lock and
+                sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()  # the basic sweeper's multirun.yaml
                 with contextlib.suppress(OSError):
-                    if sorted(p.name for p in sweep_dir.iterdir()) == [SWEEP_LOCK, "multirun.yaml"]:
-                        (sweep_dir / "multirun.yaml").unlink()
-                        (sweep_dir / SWEEP_LOCK).unlink()
+                    if {p.name for p in sweep_dir.iterdir()} <= {SWEEP_LOCK, "multirun.yaml"}:
+                        (sweep_dir / "multirun.yaml").unlink(missing_ok=True)
+                        (sweep_dir / SWEEP_LOCK).unlink(missing_ok=True)
                         sweep_dir.rmdir()
                         for parent in sweep_dir.resolve().parents:
                             if str(parent) not in self._made or any(parent.iterdir()):
@@ -181,21 +181,34 @@ def compose_jobs(hydra_context: Any, config: DictConfig, job_overrides: Sequence
     return jobs
 
 
+def sweeper_decides(config: DictConfig) -> bool:
+    """Whether a sweeper other than Hydra's basic one (Optuna, Nevergrad, ...) runs the sweep: it launches batch
+    after batch into one folder and chooses the next from what each job returns (`optimize_metric`)."""
+    return str(config.hydra.sweeper.get("_target_")) != BASIC_SWEEPER
+
+
 def check_settings(config: DictConfig, jobs: Sequence[Job], module: str) -> None:
     """Run the job module's `validate(cfg)`, where it has one, on every job's settings: a bad value in one job of
-    a grid is refused before any job starts or is queued, not on a node after the wait."""
+    a grid is refused before any job starts or is queued, not on a node after the wait. Under a sweeper that
+    chooses by the jobs' returns (`sweeper_decides`), a validation score to return without a validation split is
+    refused too: every job would train only to return nothing."""
     main = sys.modules.get("__main__")
     owner = main if getattr(getattr(main, "__spec__", None), "name", None) == module else sys.modules.get(module)
     validate = getattr(owner, "validate", None)
-    if validate is None:
-        return
     try:
         for job in jobs:
             HydraConfig.instance().set_config(job.cfg)
             try:
-                validate(OmegaConf.masked_copy(job.cfg, [k for k in job.cfg if k != "hydra"]))
+                if validate is not None:
+                    validate(OmegaConf.masked_copy(job.cfg, [k for k in job.cfg if k != "hydra"]))
             except TornadoError as e:
                 raise TornadoError(f"{job.label}: {e}", e.code) from None
+            metric = str(job.cfg.get("optimize_metric") or "")
+            if (sweeper_decides(config) and metric.startswith("val_")
+                    and OmegaConf.select(job.cfg, "data.split.val_fraction") == 0):
+                raise TornadoError(f"{job.label}: optimize_metric={metric}: no validation split to score it on "
+                                   "(data.split.val_fraction=0), so the sweeper would get nothing; give "
+                                   f"data.split.val_fraction > 0, or optimize_metric={metric[4:]} (test: optimistic)")
     finally:
         HydraConfig.instance().set_config(config)
 
@@ -320,7 +333,7 @@ def place(jobs: Sequence[Job], sweep_dir: Path) -> None:
             numbers.append(j.num)
             j.dir, j.stale = sweep_dir / str(j.num), False
     if found:
-        log.info(f"{counted(len(found), 'configuration')} of this grid found in other job folders of the sweep")
+        log.info(f"{counted(len(found), 'configuration')} of this launch found in other job folders of the sweep")
 
 
 def move_aside(job: Job) -> Optional[Path]:
@@ -454,6 +467,8 @@ def job_return(job: Job) -> JobReturn:
         metrics = (job.result or {}).get("metrics")
         metrics = metrics if isinstance(metrics, dict) else {}  # a hand-edited result.json: no value, no traceback
         ret.return_value = metrics.get(metric) if metric else None
+        if metric and ret.return_value is None and job.status in ("ok", "skipped"):
+            log.warning(f"{job.label}: optimize_metric={metric}: not in its result.json; the sweeper gets None")
     return ret
 
 
@@ -551,14 +566,15 @@ def finish(config: DictConfig, jobs: Sequence[Job], sweep_dir: Path) -> List[Job
         where = f"results: {shown_path(sweep_dir / 'results.csv')}"
     except TornadoError as e:
         where = f"no results.csv ({e})"
-    print(f"sweep {shown_path(sweep_dir)}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped (already ok); "
-          f"{where}", flush=True)
+    batch = f" (this launch of its sweeper: {counted(len(jobs), 'job')})" if sweeper_decides(config) else ""
+    print(f"sweep {shown_path(sweep_dir)}{batch}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped "
+          f"(already ok); {where}", flush=True)
     if c["ok"] + c["skipped"]:
         print(f"tables, plots and report.html: {python_command()} -m tornado.report "
               f"{shlex.quote(shown_path(sweep_dir))}", flush=True)
     returns = [job_return(j) for j in jobs]
     # Hydra's basic sweeper turns a failed job into a traceback; the summary above already says it all.
-    if c["failed"] and str(config.hydra.sweeper.get("_target_")) == BASIC_SWEEPER:
+    if c["failed"] and not sweeper_decides(config):
         sys.stderr.flush()
         raise SystemExit(1)
     return returns

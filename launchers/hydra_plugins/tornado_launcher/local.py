@@ -25,7 +25,7 @@ from tornado.records import read_result, write_json
 from .config import LocalLauncherConf
 from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, check_settings,
                    compose_jobs, counts, duration_text, eta_text, finish, gpu_request, job_args, job_cost, job_module,
-                   job_record, move_aside, passthrough_overrides, place, same_command, settle)
+                   job_record, move_aside, passthrough_overrides, place, same_command, settle, sweeper_decides)
 from .schedule import imbalance, partition
 
 log = logging.getLogger(__name__)
@@ -317,9 +317,10 @@ class TornadoLocalLauncher(TornadoLauncherBase):
             where = f"no results.csv ({e})"
         print(f"sweep {sweep_dir}: {c['ok']} ok, {c['failed']} failed, {c['skipped']} skipped (already ok), "
               f"{c['pending']} not started; {where}", flush=True)
+        of = " of this launch of its sweeper" if sweeper_decides(self.config) else ""
         print(f"error: sweep interrupted ({self._stop.name}): {c['ok'] + c['skipped']} of "
-              f"{counted(len(jobs), 'job')} done; {same_command(self.config, sweep_dir)} to resume", file=sys.stderr,
-              flush=True)
+              f"{counted(len(jobs), 'job')}{of} done; {same_command(self.config, sweep_dir)} to resume",
+              file=sys.stderr, flush=True)
         raise SystemExit(128 + self._stop.signals[0])
 
     # -- running --------------------------------------------------------------------------------------

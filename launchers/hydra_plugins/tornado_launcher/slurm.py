@@ -23,7 +23,7 @@ from .config import SlurmLauncherConf
 from .jobs import (Job, TornadoLauncherBase, Progress, as_count, assign_threads, check_resume, check_settings,
                    compose_jobs, counts, describe_exit, duration_text, eta_text, finish, gpu_request, job_args,
                    job_cost, job_module, job_record, job_return, log_tail, move_aside, passthrough_overrides, place,
-                   same_command, same_config, settle)
+                   same_command, same_config, settle, sweeper_decides)
 
 log = logging.getLogger(__name__)
 
@@ -152,6 +152,9 @@ class TornadoSlurmLauncher(TornadoLauncherBase):
             raise TornadoError(f"hydra.launcher.time_min={p.time_min}: no longer than signal_delay_s="
                                f"{p.signal_delay_s}, the warning before the time limit; give more minutes, or a "
                                "smaller hydra.launcher.signal_delay_s")
+        if not p.wait and sweeper_decides(self.config):
+            raise TornadoError("hydra.launcher.wait=false: the sweeper chooses its next jobs from these jobs' "
+                               "returns, so the launcher must wait for them; leave it true with this sweeper")
         module = job_module(p.module)
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         jobs = compose_jobs(self.hydra_context, self.config, job_overrides, initial_job_idx)
