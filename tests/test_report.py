@@ -186,6 +186,7 @@ def test_many_other_combinations_are_averaged_and_named(tmp_path):
     lrs = [0.001 * (k + 1) for k in range(tables.MAX_SECTIONS + 1)]
     for k, lr in enumerate(lrs):
         lines.append(f"{k},ok,,,5,128,1,{lr},{k + 1}")
+    lines.append(f"{len(lrs)},ok,,,5,256,1,{lrs[0]},100")
     sweep = write_csv_sweep(tmp_path, "\n".join(lines) + "\n")
     paths = report.build_report(sweep)
     summary = json.loads(paths["summary.json"].read_text())
@@ -193,6 +194,22 @@ def test_many_other_combinations_are_averaged_and_named(tmp_path):
     md = paths["table.md"].read_text()
     assert "Also averaged over" in md and "lr" in md
     assert "| 128 | 5 ± 2.7 (n=9) |" in md        # mean of 1..9 = 5, sample std = sqrt(7.5) = 2.74
+
+
+def test_a_sweep_in_which_nothing_of_the_paper_s_layout_varies_is_tabulated_by_what_does(tmp_path, capsys):
+    lines = ["job,status,error,output_dir,epochs,batch_size,data_multiplier,lr,model.dropout,seed,wall_s"]
+    for k, (lr, dropout, seed) in enumerate([(0.001, 0.1, 0), (0.001, 0.1, 1), (0.01, 0.1, 0), (0.001, 0.3, 0)]):
+        lines.append(f"{k},ok,,,5,128,1,{lr},{dropout},{seed},{k + 1}")
+    sweep = write_csv_sweep(tmp_path, "\n".join(lines) + "\n")  # a search over lr and dropout, two seeds of one
+    report.main([str(sweep), "pages=none"])
+    out = capsys.readouterr().out
+    assert ("## wall_s (mean): lr × model.dropout, by epochs\n" in out and "### epochs = 5\n\n"
+            "| lr \\ model.dropout | 0.1 | 0.3 |\n|---:|---:|---:|\n| 0.001 | 1.5 ± 0.71 (n=2) | 4 |\n"
+            "| 0.01 | 3 | – |\n" in out), out
+    assert ("note: Tables by lr and model.dropout: the paper's layout (batch_size × data_multiplier, by epochs) does "
+            "not vary in this sweep; rows=, cols= and group= choose another.") in out
+    report.main([str(sweep), "rows=batch_size", "cols=lr", "pages=none"])  # what is asked for is what is shown
+    assert capsys.readouterr().out.startswith("## wall_s (mean): batch_size × lr, by epochs")
 
 
 def test_tables_at_their_boundaries():

@@ -904,6 +904,12 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
         written[name] = report_dir / name
 
     varying = varying_hparams(sweep.ok)  # the settings that tell the successful jobs apart, for every analysis
+    # The paper's layout where nothing of it varies (a search over lr): tables by the settings that do vary.
+    own = [c for c in varying if not is_repeat(c)]
+    relaid = (tabulate and bool(own) and (rows, cols, group) == (DEFAULTS["rows"], DEFAULTS["cols"], DEFAULTS["group"])
+              and not {rows, cols, group} & set(varying))
+    if relaid:
+        rows, cols = own[0], own[1] if len(own) > 1 else cols
     histories = {str(j): h for j in sweep.ok["job"] if (h := load_history(sweep, str(j))) is not None}
     curves = skill_curves(histories)
     sts = soonest_to_skill(sweep, curves, skill, varying)
@@ -922,6 +928,10 @@ def build_report(sweep_dir: str | Path | list, rows: str = "batch_size", cols: s
     run = read_result(sweep.dir) if sweep.single else None
     tts = time_to_skill(ok, metric, varying=varying)
     notes = list(sweep.notes)
+    if relaid:
+        notes.append(f"Tables by {rows}" + (f" and {cols}" if cols != DEFAULTS["cols"] else "") + ": the paper's "
+                     f"layout ({DEFAULTS['rows']} × {DEFAULTS['cols']}, by {DEFAULTS['group']}) does not vary in "
+                     "this sweep; rows=, cols= and group= choose another.")
     if tabulate and len(ok) and value in SCALING and df[value].isna().all():
         notes.append(f"value={value}: no settings ran on more than one device count (gpus=1,2,4 in a sweep does).")
     if tabulate and len(ok) and value == SKILL_S and not sts:
